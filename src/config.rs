@@ -1,0 +1,527 @@
+//! Configuration: parsed from YAML (unknown keys rejected with their path), then validated into
+//! the values the rest of the program trusts. The built-in defaults equal the shipped
+//! `config.yaml`; a unit test holds the two together.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::ConfigError;
+
+/// The whole configuration file. Every section is optional; what is left out takes its default.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the one HTTP listener (`/metrics` and the API).
+    pub listen: SocketAddr,
+    /// How often the sampler reads the hardware.
+    pub sample_interval: Dur,
+    /// Where the state store lives (API overrides, history, leases).
+    pub state_dir: PathBuf,
+    /// NVML settings.
+    pub gpu: GpuConfig,
+    /// History recording and its backend.
+    pub history: HistoryConfig,
+    /// Optional bearer token for writes.
+    pub auth: AuthConfig,
+    /// Default resource constraints (the API can override them).
+    pub constraints: Constraints,
+    /// Default optimization settings (the API can override them).
+    pub optimization: Optimization,
+    /// The VRAM profile of one generation, for estimates and recommendations.
+    pub workload: Workload,
+    /// Generation leases.
+    pub leases: LeasesConfig,
+}
+
+/// NVML settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// `false` says this host has no GPU on purpose: no NVML, no gpu collector, and admission
+    /// does not fail closed on VRAM.
+    pub enabled: bool,
+    /// Path of libnvidia-ml.so; `null` lets the loader find `libnvidia-ml.so`.
+    pub nvml_library: Option<PathBuf>,
+    /// Export VRAM per compute process.
+    pub per_process: bool,
+}
+
+/// Where stats history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryBackend {
+    /// vramguard's own store.
+    Embedded,
+    /// Query a Prometheus server that scrapes vramguard.
+    Prometheus,
+}
+
+/// History recording.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Which backend answers history queries.
+    pub backend: HistoryBackend,
+    /// How often a snapshot is recorded into the embedded store.
+    pub interval: Dur,
+    /// How long recorded snapshots are kept.
+    pub retention: Dur,
+    /// Base URL of Prometheus, for `backend: prometheus`.
+    pub prometheus_url: Option<String>,
+}
+
+/// API authentication.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the bearer token; `null` leaves writes open (bind to loopback then).
+    pub token_file: Option<PathBuf>,
+}
+
+/// Resource constraints: thresholds are fractions 0.1–1.0.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Constraints {
+    /// Generation leases allowed at once (1–10).
+    pub max_concurrent_generations: u32,
+    /// VRAM fraction at or above which health warns.
+    pub vram_warning_threshold: f64,
+    /// VRAM fraction at or above which health is critical and admission refuses.
+    pub vram_critical_threshold: f64,
+    /// CPU busy fraction at or above which health warns and admission refuses.
+    pub cpu_warning_threshold: f64,
+    /// RAM fraction at or above which health warns and admission refuses.
+    pub ram_warning_threshold: f64,
+}
+
+/// Weight precision of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// 2 bytes a parameter.
+    Fp16,
+    /// 2 bytes a parameter (same memory as fp16, wider exponent).
+    Bf16,
+    /// 1 byte a parameter.
+    Int8,
+}
+
+/// Optimization settings of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Optimization {
+    /// Weight precision.
+    pub quantization: Quantization,
+    /// Move offloadable components (the text encoder) to the CPU.
+    pub enable_offload: bool,
+    /// VAE decode tile edge in pixels (128–512).
+    pub vae_tile_size: u32,
+    /// Most VRAM one generation may use, GiB.
+    pub max_vram_usage_gb: f64,
+}
+
+/// One model component whose weights sit in VRAM.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    /// What it is, for messages.
+    pub name: String,
+    /// Parameter count in billions.
+    pub params_billions: f64,
+    /// Whether `enable_offload` moves it to the CPU.
+    pub offloadable: bool,
+}
+
+/// The VRAM profile of one generation (SPEC §4.3).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workload {
+    /// What the profile describes.
+    pub name: String,
+    /// Components kept on the GPU.
+    pub components: Vec<Component>,
+    /// Peak activation memory of a denoising step, GiB.
+    pub activations_gb: f64,
+    /// VAE decode memory at `vae_reference_tile_size`, GiB; scales with tile area.
+    pub vae_decode_gb: f64,
+    /// Tile edge at which `vae_decode_gb` was measured.
+    pub vae_reference_tile_size: u32,
+    /// CUDA context, allocator slack and other fixed cost, GiB.
+    pub overhead_gb: f64,
+}
+
+/// Generation leases.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeasesConfig {
+    /// Lease lifetime when the client does not ask for one.
+    pub default_ttl: Dur,
+    /// How long a new lease's VRAM counts against its GPU on top of NVML's reading.
+    pub reservation_grace: Dur,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9842)),
+            sample_interval: Dur::secs(1),
+            state_dir: PathBuf::from("./vramguard-state"),
+            gpu: GpuConfig::default(),
+            history: HistoryConfig::default(),
+            auth: AuthConfig::default(),
+            constraints: Constraints::default(),
+            optimization: Optimization::default(),
+            workload: Workload::default(),
+            leases: LeasesConfig::default(),
+        }
+    }
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self { enabled: true, nvml_library: None, per_process: true }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            backend: HistoryBackend::Embedded,
+            interval: Dur::secs(5),
+            retention: Dur::secs(7 * 86_400),
+            prometheus_url: None,
+        }
+    }
+}
+
+impl Default for Constraints {
+    fn default() -> Self {
+        Self {
+            max_concurrent_generations: 2,
+            vram_warning_threshold: 0.85,
+            vram_critical_threshold: 0.95,
+            cpu_warning_threshold: 0.90,
+            ram_warning_threshold: 0.90,
+        }
+    }
+}
+
+impl Default for Optimization {
+    fn default() -> Self {
+        Self { quantization: Quantization::Bf16, enable_offload: true, vae_tile_size: 256, max_vram_usage_gb: 12.0 }
+    }
+}
+
+impl Default for Workload {
+    /// Wan2.2 TI2V-5B at 720p; the sources of each figure are in config.yaml.
+    fn default() -> Self {
+        Self {
+            name: "Wan2.2 TI2V-5B, 1280x704, 121 frames".to_owned(),
+            components: vec![
+                Component { name: "transformer".to_owned(), params_billions: 5.0, offloadable: false },
+                Component { name: "umt5-xxl text encoder".to_owned(), params_billions: 5.7, offloadable: true },
+            ],
+            activations_gb: 4.0,
+            vae_decode_gb: 3.0,
+            vae_reference_tile_size: 256,
+            overhead_gb: 1.5,
+        }
+    }
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        Self { default_ttl: Dur::secs(900), reservation_grace: Dur::secs(60) }
+    }
+}
+
+/// The largest `max_vram_usage_gb` accepted when no GPU is known (SPEC §3.1).
+pub const MAX_VRAM_BUDGET_WITHOUT_GPU_GB: f64 = 1024.0;
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_owned(), source: e })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        // An empty file is a valid config of all defaults.
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let de = serde_norway::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let mut message = e.into_inner().to_string();
+            // serde_norway already prefixes some messages with the path; say it once.
+            if let Some(rest) = message.strip_prefix(&format!("{key}: ")) {
+                message = rest.to_owned();
+            }
+            ConfigError::Invalid { key: if key == "." { "(top level)".to_owned() } else { key }, message }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-field rules that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| Err(ConfigError::Invalid { key: key.to_owned(), message });
+        let si = self.sample_interval.0;
+        if si < Duration::from_millis(200) || si > Duration::from_secs(3600) {
+            // sysinfo needs 200 ms between CPU refreshes to compute a busy ratio.
+            return bad("sample_interval", format!("{} is out of range; allowed 200ms to 1h", self.sample_interval));
+        }
+        if self.history.interval.0 < Duration::from_secs(1) {
+            return bad("history.interval", format!("{} is too short; allowed at least 1s", self.history.interval));
+        }
+        if self.history.retention.0 < self.history.interval.0 {
+            return bad("history.retention", format!("{} is shorter than history.interval", self.history.retention));
+        }
+        if self.history.backend == HistoryBackend::Prometheus && self.history.prometheus_url.is_none() {
+            return bad("history.prometheus_url", "is required when history.backend is prometheus".to_owned());
+        }
+        if let Some(url) = &self.history.prometheus_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("history.prometheus_url", format!("{url:?} must start with http:// or https://"));
+        }
+        validate_constraints(&self.constraints)
+            .map_err(|(key, message)| ConfigError::Invalid { key: format!("constraints.{key}"), message })?;
+        validate_optimization(&self.optimization, MAX_VRAM_BUDGET_WITHOUT_GPU_GB)
+            .map_err(|(key, message)| ConfigError::Invalid { key: format!("optimization.{key}"), message })?;
+        self.workload.validate()?;
+        let ttl = self.leases.default_ttl.0;
+        if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(86_400) {
+            return bad(
+                "leases.default_ttl",
+                format!("{} is out of range; allowed 10s to 24h", self.leases.default_ttl),
+            );
+        }
+        if self.leases.reservation_grace.0 > Duration::from_secs(3600) {
+            return bad(
+                "leases.reservation_grace",
+                format!("{} is out of range; allowed 0s to 1h", self.leases.reservation_grace),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Workload {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        for (i, c) in self.components.iter().enumerate() {
+            if !(c.params_billions.is_finite() && c.params_billions > 0.0 && c.params_billions <= 10_000.0) {
+                return bad(
+                    format!("workload.components[{i}].params_billions"),
+                    format!("{} is out of range; allowed above 0 up to 10000", c.params_billions),
+                );
+            }
+        }
+        for (key, value) in [
+            ("activations_gb", self.activations_gb),
+            ("vae_decode_gb", self.vae_decode_gb),
+            ("overhead_gb", self.overhead_gb),
+        ] {
+            if !(value.is_finite() && (0.0..=1024.0).contains(&value)) {
+                return bad(format!("workload.{key}"), format!("{value} is out of range; allowed 0 to 1024"));
+            }
+        }
+        if !(128..=512).contains(&self.vae_reference_tile_size) {
+            return bad(
+                "workload.vae_reference_tile_size".to_owned(),
+                format!("{} is out of range; allowed 128 to 512", self.vae_reference_tile_size),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks constraint ranges and the warning ≤ critical rule; returns (field, sentence) on error.
+/// Shared by the config loader and the constraints API so both accept exactly the same values.
+pub fn validate_constraints(c: &Constraints) -> Result<(), (&'static str, String)> {
+    if !(1..=10).contains(&c.max_concurrent_generations) {
+        return Err((
+            "max_concurrent_generations",
+            format!("{} is out of range; allowed integers 1 to 10", c.max_concurrent_generations),
+        ));
+    }
+    for (field, value) in [
+        ("vram_warning_threshold", c.vram_warning_threshold),
+        ("vram_critical_threshold", c.vram_critical_threshold),
+        ("cpu_warning_threshold", c.cpu_warning_threshold),
+        ("ram_warning_threshold", c.ram_warning_threshold),
+    ] {
+        if !(value.is_finite() && (0.1..=1.0).contains(&value)) {
+            let hint = if value > 1.0 && value <= 100.0 {
+                format!("; thresholds are fractions; did you mean {}?", value / 100.0)
+            } else {
+                String::new()
+            };
+            return Err((field, format!("{value} is out of range; allowed 0.1 to 1.0{hint}")));
+        }
+    }
+    if c.vram_warning_threshold > c.vram_critical_threshold {
+        return Err((
+            "vram_warning_threshold",
+            format!(
+                "{} is above vram_critical_threshold {}; the warning level must not exceed the critical level",
+                c.vram_warning_threshold, c.vram_critical_threshold
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks optimization ranges; `max_budget_gb` is the largest GPU's VRAM (or 1024 without one).
+pub fn validate_optimization(o: &Optimization, max_budget_gb: f64) -> Result<(), (&'static str, String)> {
+    if !(128..=512).contains(&o.vae_tile_size) {
+        return Err(("vae_tile_size", format!("{} is out of range; allowed integers 128 to 512", o.vae_tile_size)));
+    }
+    if !(o.max_vram_usage_gb.is_finite() && o.max_vram_usage_gb > 0.0 && o.max_vram_usage_gb <= max_budget_gb) {
+        return Err((
+            "max_vram_usage_gb",
+            format!("{} is out of range; allowed above 0 up to {max_budget_gb:.1}", o.max_vram_usage_gb),
+        ));
+    }
+    Ok(())
+}
+
+/// A duration written as a string with a unit: `500ms`, `1s`, `5m`, `2h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+}
+
+impl FromStr for Dur {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid duration {s:?}; expected a whole number and a unit, e.g. 500ms, 1s, 5m, 7d")
+        })?;
+        let ms_per = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(format!("invalid duration {s:?}; the unit must be one of ms, s, m, h, d")),
+        };
+        n.checked_mul(ms_per)
+            .map(|ms| Dur(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("invalid duration {s:?}; too large"))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms != 0 && ms.is_multiple_of(per) {
+                return write!(f, "{}{unit}", ms / per);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped config.yaml is valid and says exactly what the built-in defaults say.
+    #[test]
+    fn shipped_config_equals_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+        let shipped = Config::load(&path).expect("shipped config.yaml parses");
+        assert_eq!(shipped, Config::default());
+    }
+
+    /// An unknown key is rejected with its full path, not silently ignored.
+    #[test]
+    fn unknown_key_names_its_path() {
+        let err = Config::parse("constraints:\n  vram_warning_threshold: 0.8\n  vram_warnig: 0.9\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("constraints"), "{text}");
+        assert!(text.contains("vram_warnig"), "{text}");
+        let err = Config::parse("gpu:\n  enabled: true\n  nvml_libary: /x\n").unwrap_err().to_string();
+        assert!(err.contains("gpu") && err.contains("nvml_libary"), "{err}");
+    }
+
+    /// A partial file keeps the defaults of everything it leaves out.
+    #[test]
+    fn partial_config_keeps_defaults() {
+        let c = Config::parse("listen: \"127.0.0.1:0\"\ngpu: { per_process: false }\n").unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert!(c.gpu.enabled);
+        assert!(!c.gpu.per_process);
+        assert_eq!(c.constraints, Constraints::default());
+    }
+
+    /// Out-of-range values name the key and the allowed range.
+    #[test]
+    fn out_of_range_values_are_rejected_with_key() {
+        let cases = [
+            ("constraints: { vram_warning_threshold: 85 }", "constraints.vram_warning_threshold", "did you mean 0.85"),
+            ("constraints: { max_concurrent_generations: 0 }", "constraints.max_concurrent_generations", "1 to 10"),
+            (
+                "constraints: { vram_warning_threshold: 0.96, vram_critical_threshold: 0.95 }",
+                "constraints.vram_warning_threshold",
+                "critical",
+            ),
+            ("optimization: { vae_tile_size: 64 }", "optimization.vae_tile_size", "128 to 512"),
+            ("sample_interval: 10ms", "sample_interval", "200ms"),
+            ("sample_interval: 5 minutes", "sample_interval", "unit"),
+            ("history: { backend: prometheus }", "history.prometheus_url", "required"),
+            ("leases: { default_ttl: 1s }", "leases.default_ttl", "10s"),
+            ("listen: nowhere", "listen", "socket address"),
+        ];
+        for (yaml, key, fragment) in cases {
+            let err = Config::parse(yaml).expect_err(yaml).to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+            assert!(err.contains(fragment), "{yaml}: {err}");
+        }
+    }
+
+    /// Durations round-trip through their string form.
+    #[test]
+    fn durations_parse_and_print() {
+        for (text, ms) in [("500ms", 500), ("1s", 1_000), ("5m", 300_000), ("2h", 7_200_000), ("7d", 604_800_000)] {
+            let d: Dur = text.parse().unwrap();
+            assert_eq!(d.0, Duration::from_millis(ms));
+            assert_eq!(d.to_string(), text);
+        }
+        assert!("".parse::<Dur>().is_err());
+        assert!("10".parse::<Dur>().is_err());
+        assert!("-1s".parse::<Dur>().is_err());
+        assert!("99999999999999999999d".parse::<Dur>().is_err());
+    }
+}

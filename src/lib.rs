@@ -1,0 +1,30 @@
+//! vramguard: a Prometheus exporter and admission sidecar for GPU generation pipelines.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//!  sysinfo, NVML ──▶ sampler ──▶ Arc<Snapshot> (watch) ──▶ metrics  ──▶ http (/metrics)
+//!                   (blocking                         └──▶ policy / API (later issues)
+//!                    pool, timeouts)
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: the YAML configuration, its defaults (equal to the shipped `config.yaml`) and
+//!   validation.
+//! - [`snapshot`]: the immutable picture of the machine: plain data, `None` for readings that
+//!   could not be taken.
+//! - [`sampler`]: the only code that touches hardware; one file per collector (`host`, `gpu`,
+//!   `cgroup`), each run on the blocking pool under a timeout.
+//! - [`metrics`]: renders a snapshot and the live constraints as Prometheus text.
+//! - [`http`]: the axum router ([`http::app`]), its handlers and the one `ApiError` type.
+//! - [`server`]: wiring and graceful shutdown; [`server::run`] is what `main` calls.
+//! - [`error`]: start-up and configuration errors.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod sampler;
+pub mod server;
+pub mod snapshot;

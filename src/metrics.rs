@@ -1,0 +1,281 @@
+//! The `/metrics` exposition: the latest snapshot and the live policy values rendered in the
+//! Prometheus text format. Nothing here reads hardware; a scrape costs a walk over one snapshot.
+//!
+//! Snapshot series are built fresh on every scrape (like node_exporter's const metrics), so a
+//! GPU that disappears, or a reading that becomes unavailable, simply has no series, rather than
+//! lingering in a registry with its last value.
+
+use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::config::Constraints;
+use crate::snapshot::Snapshot;
+
+/// Version and revision for `vramguard_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Git revision the binary was built from.
+pub const REVISION: &str = env!("VRAMGUARD_REVISION");
+
+/// Process metrics and other registered collectors, plus the snapshot renderer.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers the process collector (CPU seconds, RSS, open fds of vramguard itself).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            // Registration only fails on a duplicate, which cannot happen on a fresh registry.
+            registry.register(Box::new(pc)).expect("fresh registry accepts the process collector");
+        }
+        Self { registry }
+    }
+
+    /// Renders the whole exposition.
+    pub fn render(&self, snapshot: Option<&Snapshot>, constraints: &Constraints) -> String {
+        let mut families = self.registry.gather();
+        families.extend(policy_families(constraints));
+        families.push(family(
+            "vramguard_build_info",
+            "A metric with a constant 1 labelled by vramguard's version and git revision.",
+            vec![sample(&[("version", VERSION), ("revision", REVISION)], 1.0)],
+        ));
+        if let Some(s) = snapshot {
+            families.extend(snapshot_families(s));
+        }
+        families.retain(|f| !f.get_metric().is_empty());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec cannot fail for well-formed families.
+        TextEncoder::new().encode(&families, &mut out).expect("text encoding into memory");
+        String::from_utf8(out).expect("the text encoder writes UTF-8")
+    }
+}
+
+fn policy_families(c: &Constraints) -> Vec<MetricFamily> {
+    vec![
+        family(
+            "vramguard_threshold_ratio",
+            "Live resource constraint thresholds (fractions 0-1), so alert rules follow API changes.",
+            vec![
+                sample(&[("resource", "vram"), ("level", "warning")], c.vram_warning_threshold),
+                sample(&[("resource", "vram"), ("level", "critical")], c.vram_critical_threshold),
+                sample(&[("resource", "cpu"), ("level", "warning")], c.cpu_warning_threshold),
+                sample(&[("resource", "ram"), ("level", "warning")], c.ram_warning_threshold),
+            ],
+        ),
+        family(
+            "vramguard_max_concurrent_generations",
+            "Live limit on generation leases held at once.",
+            vec![sample(&[], f64::from(c.max_concurrent_generations))],
+        ),
+    ]
+}
+
+/// Series derived from one snapshot. Unavailable readings produce no sample.
+pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    if let Some(h) = &s.host {
+        out.push(family(
+            "vramguard_cpu_usage_ratio",
+            "Whole-machine CPU busy fraction over the last sample interval.",
+            vec![sample(&[], h.cpu_usage_ratio)],
+        ));
+        out.push(family(
+            "vramguard_memory_total_bytes",
+            "RAM size in bytes.",
+            vec![sample(&[], h.memory_total_bytes as f64)],
+        ));
+        out.push(family(
+            "vramguard_memory_used_bytes",
+            "RAM in use in bytes (total minus available).",
+            vec![sample(&[], h.memory_used_bytes() as f64)],
+        ));
+        out.push(family(
+            "vramguard_memory_available_bytes",
+            "RAM available for new work in bytes.",
+            vec![sample(&[], h.memory_available_bytes as f64)],
+        ));
+        if let Some(limit) = h.cgroup_memory_limit_bytes {
+            out.push(family(
+                "vramguard_cgroup_memory_limit_bytes",
+                "Memory limit of vramguard's cgroup in bytes, when below host RAM.",
+                vec![sample(&[], limit as f64)],
+            ));
+        }
+    }
+
+    out.push(family("vramguard_gpus", "Number of GPUs visible now.", vec![sample(&[], s.gpus.len() as f64)]));
+
+    let driver = s.driver_version.as_deref().unwrap_or("");
+    let mut info = Vec::new();
+    let mut util = Vec::new();
+    let (mut total, mut used, mut free) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut temp, mut power, mut procs) = (Vec::new(), Vec::new(), Vec::new());
+    for g in &s.gpus {
+        let index = g.index.to_string();
+        let id: [(&str, &str); 2] = [("gpu", &index), ("uuid", &g.uuid)];
+        info.push(sample(
+            &[
+                ("gpu", &index),
+                ("uuid", &g.uuid),
+                ("name", g.name.as_deref().unwrap_or("")),
+                ("pci_bus_id", g.pci_bus_id.as_deref().unwrap_or("")),
+                ("driver_version", driver),
+            ],
+            1.0,
+        ));
+        if let Some(v) = g.utilization_ratio {
+            util.push(sample(&id, v));
+        }
+        if let Some(m) = g.memory {
+            total.push(sample(&id, m.total_bytes as f64));
+            used.push(sample(&id, m.used_bytes as f64));
+            free.push(sample(&id, m.free_bytes as f64));
+        }
+        if let Some(v) = g.temperature_celsius {
+            temp.push(sample(&id, v));
+        }
+        if let Some(v) = g.power_watts {
+            power.push(sample(&id, v));
+        }
+        for p in g.processes.iter().flatten() {
+            let pid = p.pid.to_string();
+            procs.push(sample(
+                &[("gpu", &index), ("uuid", &g.uuid), ("pid", &pid), ("process", p.name.as_deref().unwrap_or(""))],
+                p.used_bytes as f64,
+            ));
+        }
+    }
+    out.push(family("vramguard_gpu_info", "GPU identity; the value is always 1.", info));
+    out.push(family("vramguard_gpu_utilization_ratio", "GPU SM busy fraction.", util));
+    out.push(family("vramguard_gpu_memory_total_bytes", "VRAM capacity in bytes.", total));
+    out.push(family("vramguard_gpu_memory_used_bytes", "VRAM allocated in bytes.", used));
+    out.push(family("vramguard_gpu_memory_free_bytes", "VRAM free in bytes.", free));
+    out.push(family("vramguard_gpu_temperature_celsius", "GPU core temperature in degrees Celsius.", temp));
+    out.push(family("vramguard_gpu_power_watts", "GPU board power draw in watts.", power));
+    out.push(family("vramguard_gpu_process_memory_used_bytes", "VRAM held by a compute process in bytes.", procs));
+
+    let mut success = Vec::new();
+    let mut duration = Vec::new();
+    for c in &s.collectors {
+        success.push(sample(&[("collector", c.name)], if c.success { 1.0 } else { 0.0 }));
+        duration.push(sample(&[("collector", c.name)], c.duration.as_secs_f64()));
+    }
+    out.push(family("vramguard_collector_success", "1 if the collector's last sample succeeded, else 0.", success));
+    out.push(family("vramguard_collector_duration_seconds", "How long the collector's last sample took.", duration));
+    out.push(family(
+        "vramguard_last_sample_timestamp_seconds",
+        "Unix time of the snapshot being served.",
+        vec![sample(&[], s.timestamp_seconds())],
+    ));
+    out
+}
+
+fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(MetricType::GAUGE);
+    f.set_metric(metrics);
+    f
+}
+
+fn sample(labels: &[(&str, &str)], value: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(value);
+    let mut m = Metric::default();
+    m.set_label(
+        labels
+            .iter()
+            .map(|(k, v)| {
+                let mut l = LabelPair::default();
+                l.set_name((*k).to_owned());
+                l.set_value((*v).to_owned());
+                l
+            })
+            .collect(),
+    );
+    m.set_gauge(g);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::snapshot::{CollectorStatus, GpuMemory, GpuStats, HostStats};
+
+    fn gpu(index: u32) -> GpuStats {
+        GpuStats {
+            index,
+            uuid: format!("GPU-{index}"),
+            name: Some("Test \"GPU\"".to_owned()),
+            pci_bus_id: Some("00000000:01:00.0".to_owned()),
+            utilization_ratio: Some(0.5),
+            memory: Some(GpuMemory { total_bytes: 100, used_bytes: 40, free_bytes: 60 }),
+            temperature_celsius: None,
+            power_watts: Some(120.5),
+            processes: None,
+        }
+    }
+
+    fn snapshot(gpus: Vec<GpuStats>) -> Snapshot {
+        Snapshot {
+            taken_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            host: Some(HostStats {
+                cpu_usage_ratio: 0.25,
+                memory_total_bytes: 1000,
+                memory_available_bytes: 600,
+                cgroup_memory_limit_bytes: None,
+            }),
+            gpus,
+            driver_version: Some("550.1".to_owned()),
+            collectors: vec![
+                CollectorStatus { name: "host", success: true, duration: Duration::from_millis(2), error: None },
+                CollectorStatus { name: "gpu", success: true, duration: Duration::from_millis(3), error: None },
+            ],
+        }
+    }
+
+    /// An unavailable reading has no series at all (never a 0), and label values are escaped.
+    #[test]
+    fn unavailable_readings_are_omitted() {
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0)])), &Constraints::default());
+        assert!(!text.contains("vramguard_gpu_temperature_celsius"), "{text}");
+        assert!(text.contains("vramguard_gpu_power_watts{gpu=\"0\",uuid=\"GPU-0\"} 120.5"), "{text}");
+        assert!(text.contains("name=\"Test \\\"GPU\\\"\""), "{text}");
+        assert!(text.contains("vramguard_memory_used_bytes 400"), "{text}");
+        assert!(!text.contains("vramguard_cgroup_memory_limit_bytes"), "{text}");
+    }
+
+    /// The policy gauges carry the live constraint values.
+    #[test]
+    fn thresholds_follow_constraints() {
+        let c = Constraints { vram_critical_threshold: 0.9, max_concurrent_generations: 3, ..Constraints::default() };
+        let text = Metrics::new().render(None, &c);
+        assert!(text.contains("vramguard_threshold_ratio{resource=\"vram\",level=\"critical\"} 0.9"), "{text}");
+        assert!(text.contains("vramguard_max_concurrent_generations 3"), "{text}");
+        assert!(!text.contains("vramguard_gpus"), "no snapshot yet: {text}");
+    }
+
+    /// A lost GPU takes its series with it and the GPU count drops.
+    #[test]
+    fn gpu_count_follows_snapshot() {
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0), gpu(1)])), &Constraints::default());
+        assert!(text.contains("vramguard_gpus 2"));
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(1)])), &Constraints::default());
+        assert!(text.contains("vramguard_gpus 1"));
+        assert!(!text.contains("gpu=\"0\""));
+    }
+}

@@ -1,0 +1,299 @@
+//! Test harness: starts the real `vramguard` binary as a child process on port 0 with the fake
+//! NVML library and a scenario file of its own, and reads its exposition.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vramguard");
+pub const GIB: u64 = 1 << 30;
+pub const MIB: u64 = 1 << 20;
+
+/// Path of the fake libnvidia-ml.so built by build.rs.
+pub fn fake_nvml() -> &'static str {
+    let path = env!("VRAMGUARD_FAKE_NVML");
+    assert!(
+        !path.is_empty() && Path::new(path).exists(),
+        "the fake NVML library was not built (see the build script's warning); a C compiler is needed"
+    );
+    path
+}
+
+/// A running vramguard and the files it was started with.
+pub struct Vramguard {
+    child: Child,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    logs: Arc<Mutex<String>>,
+    client: reqwest::blocking::Client,
+}
+
+/// Writes a scenario file atomically (rename), so the fake never reads half a file.
+pub fn write_scenario(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write scenario");
+    std::fs::rename(&tmp, path).expect("rename scenario");
+}
+
+impl Vramguard {
+    /// Starts with the fake NVML and `scenario`, sampling every `interval`.
+    pub fn with_fake(scenario: &str, interval: &str) -> Self {
+        let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\", per_process: true }}\n", fake_nvml());
+        Self::start(&format!("sample_interval: \"{interval}\"\n{gpu}"), Some(scenario), &[])
+    }
+
+    /// Starts with `config` (listen and state_dir are added) and an optional scenario file.
+    pub fn start(config: &str, scenario: Option<&str>, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scenario_path = dir.path().join("scenario.txt");
+        if let Some(s) = scenario {
+            write_scenario(&scenario_path, s);
+        }
+        let config_path = dir.path().join("config.yaml");
+        let full = format!("listen: \"127.0.0.1:0\"\nstate_dir: \"{}\"\n{config}", dir.path().join("state").display());
+        std::fs::write(&config_path, full).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&config_path).args(args);
+        Self::spawn(cmd, dir, &scenario_path)
+    }
+
+    /// Spawns a prepared command and waits for its listening line.
+    pub fn spawn(mut cmd: Command, dir: tempfile::TempDir, scenario_path: &Path) -> Self {
+        cmd.env("FAKE_NVML_SCENARIO", scenario_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn vramguard");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("vramguard did not report its address; logs:\n{}", logs.lock().unwrap());
+        };
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        Self { child, addr, dir, logs, client }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn scenario_path(&self) -> PathBuf {
+        self.dir.path().join("scenario.txt")
+    }
+
+    /// Replaces the scenario the fake NVML reads.
+    pub fn set_scenario(&self, text: &str) {
+        write_scenario(&self.scenario_path(), text);
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = self.client.get(self.url(path)).send().expect("GET");
+        (r.status().as_u16(), r.text().expect("body"))
+    }
+
+    /// Waits until `/-/ready` says 200.
+    pub fn wait_ready(&self) {
+        self.wait_until("ready", Duration::from_secs(20), || self.get("/-/ready").0 == 200);
+    }
+
+    /// The exposition, once ready.
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    /// Polls /metrics until `f` holds, returning the exposition that satisfied it.
+    pub fn wait_metrics(&self, what: &str, timeout: Duration, f: impl Fn(&Metrics) -> bool) -> Metrics {
+        let start = Instant::now();
+        loop {
+            let m = self.metrics();
+            if f(&m) {
+                return m;
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for {what}; last exposition:\n{}\nlogs:\n{}", m.text, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_until(&self, what: &str, timeout: Duration, f: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for {what}; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit, returning its status and how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> (Option<ExitStatus>, Duration) {
+        let start = Instant::now();
+        signal(self.child.id(), "TERM");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (Some(status), start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return (None, start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success());
+}
+
+impl Drop for Vramguard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One parsed sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed exposition.
+pub struct Metrics {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+            let value: f64 = value.parse().expect("numeric value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n.to_owned(), parse_labels(rest.trim_end_matches('}'))),
+                None => (series.to_owned(), BTreeMap::new()),
+            };
+            samples.push(Sample { name, labels, value });
+        }
+        Self { text: text.to_owned(), samples }
+    }
+
+    /// Every sample of `name` whose labels include `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .collect()
+    }
+
+    /// The one value of `name` with `labels`, if present.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found = self.find(name, labels);
+        assert!(found.len() <= 1, "{name}{labels:?} is ambiguous: {found:?}");
+        found.first().map(|s| s.value)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.samples.iter().any(|s| s.name == name)
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        assert_eq!(chars.next(), Some('"'));
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.insert(key.trim_start_matches(',').to_owned(), value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    out
+}
+
+/// Whether a tool is on PATH. With `CI` set, a missing tool is a failure, not a skip.
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{tool} is required when CI is set (install it: apt-get install -y prometheus)");
+        }
+        eprintln!("SKIPPED: {tool} not found on PATH; install it to run this check");
+    }
+    found
+}
+
+/// Runs `promtool check metrics` on an exposition and fails on anything it prints.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child.stdin.take().expect("piped stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && printed.trim().is_empty(), "promtool check metrics: {printed}\n{text}");
+}

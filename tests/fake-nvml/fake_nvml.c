@@ -1,0 +1,376 @@
+/*
+ * fake_nvml.c - a scripted stand-in for libnvidia-ml.so, so the real nvml-wrapper code path in
+ * vramguard runs on machines without a GPU. Devices come from a scenario file named by the
+ * FAKE_NVML_SCENARIO environment variable; the file is re-read whenever its inode, size or mtime
+ * changes, so a test can change the "hardware" while vramguard runs. Format: README.md beside
+ * this file. Only the functions vramguard calls are implemented; nvml-wrapper resolves the rest
+ * lazily and never asks for them.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+typedef int nvmlReturn_t;
+typedef void *nvmlDevice_t;
+
+enum {
+    NVML_SUCCESS = 0,
+    NVML_ERROR_UNINITIALIZED = 1,
+    NVML_ERROR_INVALID_ARGUMENT = 2,
+    NVML_ERROR_NOT_SUPPORTED = 3,
+    NVML_ERROR_NO_PERMISSION = 4,
+    NVML_ERROR_NOT_FOUND = 6,
+    NVML_ERROR_INSUFFICIENT_SIZE = 7,
+    NVML_ERROR_DRIVER_NOT_LOADED = 9,
+    NVML_ERROR_TIMEOUT = 10,
+    NVML_ERROR_LIBRARY_NOT_FOUND = 12,
+    NVML_ERROR_GPU_IS_LOST = 15,
+    NVML_ERROR_UNKNOWN = 999,
+};
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
+typedef struct {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+} nvmlMemory_v2_t;
+
+typedef struct {
+    unsigned int gpu, memory;
+} nvmlUtilization_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlProcessInfo_t;
+
+#define MAX_GPUS 16
+#define MAX_PROCS 64
+#define NOT_SUPPORTED (-1LL)
+
+typedef struct {
+    char uuid[96], name[96], pci_bus_id[32];
+    long long memory_total, memory_used, memory_reserved;
+    long long utilization_gpu, utilization_memory, temperature, power_mw;
+    int lost;
+    long long hang_ms;
+    int nprocs;
+    unsigned int proc_pid[MAX_PROCS];
+    long long proc_mem[MAX_PROCS];
+} fake_gpu;
+
+typedef struct {
+    char driver_version[80];
+    int init_error;
+    long long init_hang_ms;
+    int ngpus;
+    fake_gpu gpus[MAX_GPUS];
+} scenario;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static scenario cur;
+static int init_count;
+static struct stat last_stat;
+static int loaded;
+
+static int parse_error(const char *name) {
+    if (!strcmp(name, "DRIVER_NOT_LOADED")) return NVML_ERROR_DRIVER_NOT_LOADED;
+    if (!strcmp(name, "NO_PERMISSION")) return NVML_ERROR_NO_PERMISSION;
+    if (!strcmp(name, "LIBRARY_NOT_FOUND")) return NVML_ERROR_LIBRARY_NOT_FOUND;
+    if (!strcmp(name, "TIMEOUT")) return NVML_ERROR_TIMEOUT;
+    if (!strcmp(name, "NONE") || !strcmp(name, "")) return NVML_SUCCESS;
+    return NVML_ERROR_UNKNOWN;
+}
+
+static long long parse_value(const char *v) {
+    if (!strcmp(v, "unsupported")) return NOT_SUPPORTED;
+    return strtoll(v, NULL, 10);
+}
+
+static void default_gpu(fake_gpu *g, int index) {
+    memset(g, 0, sizeof(*g));
+    snprintf(g->uuid, sizeof g->uuid, "GPU-00000000-0000-0000-0000-%012d", index);
+    snprintf(g->name, sizeof g->name, "Fake GPU");
+    snprintf(g->pci_bus_id, sizeof g->pci_bus_id, "00000000:%02X:00.0", index + 1);
+    g->memory_total = 16LL << 30;
+}
+
+/* Re-reads the scenario when the file changed. Called with the lock held. */
+static void refresh(void) {
+    const char *path = getenv("FAKE_NVML_SCENARIO");
+    struct stat st;
+    if (!path || stat(path, &st) != 0) {
+        if (!loaded) {
+            memset(&cur, 0, sizeof cur);
+            cur.init_error = NVML_ERROR_DRIVER_NOT_LOADED;
+            loaded = 1;
+        }
+        return;
+    }
+    if (loaded && st.st_ino == last_stat.st_ino && st.st_size == last_stat.st_size &&
+        st.st_mtim.tv_sec == last_stat.st_mtim.tv_sec &&
+        st.st_mtim.tv_nsec == last_stat.st_mtim.tv_nsec)
+        return;
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    scenario next;
+    memset(&next, 0, sizeof next);
+    snprintf(next.driver_version, sizeof next.driver_version, "550.54.15");
+    fake_gpu *g = NULL;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        char key[64] = "", val[400] = "", extra[64] = "";
+        char *hash = strchr(line, '#');
+        if (hash) *hash = 0;
+        int n = sscanf(line, "%63s %399s %63s", key, val, extra);
+        if (n < 1) continue;
+        if (!strcmp(key, "[gpu]")) {
+            if (next.ngpus >= MAX_GPUS) break;
+            g = &next.gpus[next.ngpus];
+            default_gpu(g, next.ngpus);
+            next.ngpus++;
+            continue;
+        }
+        if (n < 2) continue;
+        if (!g) {
+            if (!strcmp(key, "driver_version")) snprintf(next.driver_version, sizeof next.driver_version, "%s", val);
+            else if (!strcmp(key, "init_error")) next.init_error = parse_error(val);
+            else if (!strcmp(key, "init_hang_ms")) next.init_hang_ms = parse_value(val);
+            continue;
+        }
+        if (!strcmp(key, "uuid")) snprintf(g->uuid, sizeof g->uuid, "%s", val);
+        else if (!strcmp(key, "name")) {
+            /* names have spaces: take the rest of the line after the key */
+            const char *rest = strstr(line, "name") + 4;
+            while (*rest == ' ' || *rest == '\t') rest++;
+            snprintf(g->name, sizeof g->name, "%s", rest);
+            g->name[strcspn(g->name, "\r\n")] = 0;
+            size_t len = strlen(g->name);
+            while (len && (g->name[len - 1] == ' ' || g->name[len - 1] == '\t')) g->name[--len] = 0;
+        }
+        else if (!strcmp(key, "pci_bus_id")) snprintf(g->pci_bus_id, sizeof g->pci_bus_id, "%s", val);
+        else if (!strcmp(key, "memory_total")) g->memory_total = parse_value(val);
+        else if (!strcmp(key, "memory_used")) g->memory_used = parse_value(val);
+        else if (!strcmp(key, "memory_reserved")) g->memory_reserved = parse_value(val);
+        else if (!strcmp(key, "utilization_gpu")) g->utilization_gpu = parse_value(val);
+        else if (!strcmp(key, "utilization_memory")) g->utilization_memory = parse_value(val);
+        else if (!strcmp(key, "temperature")) g->temperature = parse_value(val);
+        else if (!strcmp(key, "power_mw")) g->power_mw = parse_value(val);
+        else if (!strcmp(key, "lost")) g->lost = atoi(val);
+        else if (!strcmp(key, "hang_ms")) g->hang_ms = parse_value(val);
+        else if (!strcmp(key, "process") && n == 3 && g->nprocs < MAX_PROCS) {
+            g->proc_pid[g->nprocs] = (unsigned int)strtoul(val, NULL, 10);
+            g->proc_mem[g->nprocs] = parse_value(extra);
+            g->nprocs++;
+        }
+    }
+    fclose(f);
+    cur = next;
+    last_stat = st;
+    loaded = 1;
+}
+
+static void sleep_ms(long long ms) {
+    if (ms <= 0) return;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Looks up a device handle; copies the device so the lock can be dropped before any hang. */
+static nvmlReturn_t device(nvmlDevice_t handle, fake_gpu *out) {
+    pthread_mutex_lock(&lock);
+    refresh();
+    nvmlReturn_t rc = NVML_SUCCESS;
+    uintptr_t idx = (uintptr_t)handle;
+    if (init_count == 0) rc = NVML_ERROR_UNINITIALIZED;
+    else if (idx == 0 || idx > (uintptr_t)cur.ngpus) rc = NVML_ERROR_INVALID_ARGUMENT;
+    else {
+        *out = cur.gpus[idx - 1];
+        if (out->lost) rc = NVML_ERROR_GPU_IS_LOST;
+    }
+    pthread_mutex_unlock(&lock);
+    if (rc == NVML_SUCCESS) sleep_ms(out->hang_ms);
+    return rc;
+}
+
+static nvmlReturn_t copy_string(char *dst, unsigned int len, const char *src) {
+    if (!dst) return NVML_ERROR_INVALID_ARGUMENT;
+    if (strlen(src) + 1 > len) return NVML_ERROR_INSUFFICIENT_SIZE;
+    memcpy(dst, src, strlen(src) + 1);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlInit_v2(void) {
+    pthread_mutex_lock(&lock);
+    refresh();
+    long long hang = cur.init_hang_ms;
+    nvmlReturn_t rc = cur.init_error;
+    pthread_mutex_unlock(&lock);
+    sleep_ms(hang);
+    if (rc != NVML_SUCCESS) return rc;
+    pthread_mutex_lock(&lock);
+    init_count++;
+    pthread_mutex_unlock(&lock);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    (void)flags;
+    return nvmlInit_v2();
+}
+
+nvmlReturn_t nvmlShutdown(void) {
+    pthread_mutex_lock(&lock);
+    nvmlReturn_t rc = init_count > 0 ? NVML_SUCCESS : NVML_ERROR_UNINITIALIZED;
+    if (init_count > 0) init_count--;
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+const char *nvmlErrorString(nvmlReturn_t result) {
+    switch (result) {
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    default: return "Unknown Error";
+    }
+}
+
+nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    pthread_mutex_lock(&lock);
+    refresh();
+    nvmlReturn_t rc = init_count == 0 ? NVML_ERROR_UNINITIALIZED : copy_string(version, length, cur.driver_version);
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    refresh();
+    nvmlReturn_t rc = init_count == 0 ? NVML_ERROR_UNINITIALIZED : NVML_SUCCESS;
+    if (rc == NVML_SUCCESS) *count = (unsigned int)cur.ngpus;
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *out) {
+    if (!out) return NVML_ERROR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    refresh();
+    nvmlReturn_t rc = NVML_SUCCESS;
+    if (init_count == 0) rc = NVML_ERROR_UNINITIALIZED;
+    else if (index >= (unsigned int)cur.ngpus) rc = NVML_ERROR_INVALID_ARGUMENT;
+    else if (cur.gpus[index].lost) rc = NVML_ERROR_GPU_IS_LOST;
+    else *out = (nvmlDevice_t)(uintptr_t)(index + 1);
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc == NVML_SUCCESS) *index = (unsigned int)((uintptr_t)d - 1);
+    return rc;
+}
+
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int length) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    return rc == NVML_SUCCESS ? copy_string(uuid, length, g.uuid) : rc;
+}
+
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int length) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    return rc == NVML_SUCCESS ? copy_string(name, length, g.name) : rc;
+}
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *pci) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    memset(pci, 0, sizeof *pci);
+    snprintf(pci->busId, sizeof pci->busId, "%s", g.pci_bus_id);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%.15s", g.pci_bus_id);
+    pci->pciDeviceId = 0x270410de;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *mem) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (g.memory_total == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    mem->total = (unsigned long long)g.memory_total;
+    mem->reserved = (unsigned long long)g.memory_reserved;
+    mem->used = (unsigned long long)g.memory_used;
+    long long free = g.memory_total - g.memory_reserved - g.memory_used;
+    mem->free = free > 0 ? (unsigned long long)free : 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (g.utilization_gpu == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    u->gpu = (unsigned int)g.utilization_gpu;
+    u->memory = (unsigned int)(g.utilization_memory == NOT_SUPPORTED ? 0 : g.utilization_memory);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int *temp) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.temperature == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *temp = (unsigned int)g.temperature;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *power) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (g.power_mw == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *power = (unsigned int)g.power_mw;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *count,
+                                                     nvmlProcessInfo_t *infos) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int want = (unsigned int)g.nprocs;
+    if (*count < want || !infos) {
+        *count = want;
+        return want == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (unsigned int i = 0; i < want; i++) {
+        infos[i].pid = g.proc_pid[i];
+        /* NVML_VALUE_NOT_AVAILABLE: what NVML reports when it cannot see a process's memory */
+        infos[i].usedGpuMemory = g.proc_mem[i] == NOT_SUPPORTED ? 0xFFFFFFFFFFFFFFFFULL
+                                                               : (unsigned long long)g.proc_mem[i];
+        infos[i].gpuInstanceId = 0xFFFFFFFF;
+        infos[i].computeInstanceId = 0xFFFFFFFF;
+    }
+    *count = want;
+    return NVML_SUCCESS;
+}
