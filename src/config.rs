@@ -84,7 +84,7 @@ pub struct AuthConfig {
 }
 
 /// Resource constraints: thresholds are fractions 0.1–1.0.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Constraints {
     /// Generation leases allowed at once (1–10).
@@ -100,7 +100,7 @@ pub struct Constraints {
 }
 
 /// Weight precision of the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Quantization {
     /// 2 bytes a parameter.
@@ -112,7 +112,7 @@ pub enum Quantization {
 }
 
 /// Optimization settings of the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Optimization {
     /// Weight precision.
@@ -226,10 +226,10 @@ impl Default for Workload {
                 Component { name: "transformer".to_owned(), params_billions: 5.0, offloadable: false },
                 Component { name: "umt5-xxl text encoder".to_owned(), params_billions: 5.7, offloadable: true },
             ],
-            activations_gb: 4.0,
-            vae_decode_gb: 3.0,
+            activations_gb: 1.0,
+            vae_decode_gb: 0.75,
             vae_reference_tile_size: 256,
-            overhead_gb: 1.5,
+            overhead_gb: 0.75,
         }
     }
 }

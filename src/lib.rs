@@ -17,14 +17,18 @@
 //! - [`sampler`]: the only code that touches hardware; one file per collector (`host`, `gpu`,
 //!   `cgroup`), each run on the blocking pool under a timeout.
 //! - [`metrics`]: renders a snapshot and the live constraints as Prometheus text.
+//! - [`policy`]: pure decisions: workload estimate, recommendations, health, resource-check.
 //! - [`http`]: the axum router ([`http::app`]), its handlers and the one `ApiError` type.
 //! - [`server`]: wiring and graceful shutdown; [`server::run`] is what `main` calls.
+//! - [`store`]: the SQLite state store: API overrides (and later history and leases).
 //! - [`error`]: start-up and configuration errors.
 
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod policy;
 pub mod sampler;
 pub mod server;
 pub mod snapshot;
+pub mod store;

@@ -6,9 +6,10 @@
 //! lingering in a registry with its last value.
 
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::config::Constraints;
+use crate::policy::health::HealthStatus;
 use crate::snapshot::Snapshot;
 
 /// Version and revision for `vramguard_build_info`.
@@ -19,6 +20,7 @@ pub const REVISION: &str = env!("VRAMGUARD_REVISION");
 /// Process metrics and other registered collectors, plus the snapshot renderer.
 pub struct Metrics {
     registry: Registry,
+    decisions: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -37,13 +39,43 @@ impl Metrics {
             // Registration only fails on a duplicate, which cannot happen on a fresh registry.
             registry.register(Box::new(pc)).expect("fresh registry accepts the process collector");
         }
-        Self { registry }
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "vramguard_admission_decisions_total",
+                "Admission decisions (resource-checks and lease requests) by result and the first refusal reason.",
+            ),
+            &["result", "reason"],
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(decisions.clone())).expect("fresh registry accepts the decision counter");
+        // Start the common series at 0 so rate() works from the first decision.
+        decisions.with_label_values(&["admitted", "none"]);
+        for reason in ["vram", "cpu", "ram", "no_gpu"] {
+            decisions.with_label_values(&["refused", reason]);
+        }
+        Self { registry, decisions }
+    }
+
+    /// Counts one admission decision.
+    pub fn record_decision(&self, admitted: bool, reason: &str) {
+        let result = if admitted { "admitted" } else { "refused" };
+        self.decisions.with_label_values(&[result, reason]).inc();
     }
 
     /// Renders the whole exposition.
-    pub fn render(&self, snapshot: Option<&Snapshot>, constraints: &Constraints) -> String {
+    pub fn render(&self, snapshot: Option<&Snapshot>, constraints: &Constraints, health: Option<HealthStatus>) -> String {
         let mut families = self.registry.gather();
         families.extend(policy_families(constraints));
+        if let Some(status) = health {
+            families.push(family(
+                "vramguard_health_status",
+                "Health status as a state set: 1 for the current status, 0 for the others.",
+                HealthStatus::ALL
+                    .iter()
+                    .map(|s| sample(&[("status", s.as_str())], if *s == status { 1.0 } else { 0.0 }))
+                    .collect(),
+            ));
+        }
         families.push(family(
             "vramguard_build_info",
             "A metric with a constant 1 labelled by vramguard's version and git revision.",
@@ -251,7 +283,7 @@ mod tests {
     /// An unavailable reading has no series at all (never a 0), and label values are escaped.
     #[test]
     fn unavailable_readings_are_omitted() {
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0)])), &Constraints::default());
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0)])), &Constraints::default(), None);
         assert!(!text.contains("vramguard_gpu_temperature_celsius"), "{text}");
         assert!(text.contains("vramguard_gpu_power_watts{gpu=\"0\",uuid=\"GPU-0\"} 120.5"), "{text}");
         assert!(text.contains("name=\"Test \\\"GPU\\\"\""), "{text}");
@@ -263,7 +295,7 @@ mod tests {
     #[test]
     fn thresholds_follow_constraints() {
         let c = Constraints { vram_critical_threshold: 0.9, max_concurrent_generations: 3, ..Constraints::default() };
-        let text = Metrics::new().render(None, &c);
+        let text = Metrics::new().render(None, &c, None);
         assert!(text.contains("vramguard_threshold_ratio{resource=\"vram\",level=\"critical\"} 0.9"), "{text}");
         assert!(text.contains("vramguard_max_concurrent_generations 3"), "{text}");
         assert!(!text.contains("vramguard_gpus"), "no snapshot yet: {text}");
@@ -272,9 +304,9 @@ mod tests {
     /// A lost GPU takes its series with it and the GPU count drops.
     #[test]
     fn gpu_count_follows_snapshot() {
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0), gpu(1)])), &Constraints::default());
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0), gpu(1)])), &Constraints::default(), None);
         assert!(text.contains("vramguard_gpus 2"));
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(1)])), &Constraints::default());
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(1)])), &Constraints::default(), None);
         assert!(text.contains("vramguard_gpus 1"));
         assert!(!text.contains("gpu=\"0\""));
     }

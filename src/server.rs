@@ -7,10 +7,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Constraints, MAX_VRAM_BUDGET_WITHOUT_GPU_GB, Optimization};
 use crate::error::Error;
-use crate::http::{AppState, app};
+use crate::http::{AppState, Live, app};
 use crate::sampler::Sampler;
+use crate::store::{Store, StoreError};
 
 /// How long in-flight requests get to finish after a shutdown signal. Together with process
 /// teardown this keeps `kill -TERM` to exit well under 2 s.
@@ -19,6 +20,12 @@ const DRAIN_LIMIT: Duration = Duration::from_millis(1500);
 /// Runs vramguard until `shutdown` resolves. The listening address is logged as
 /// `listening on http://ADDR` (tests read it to find the port when `listen` has port 0).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let token = match &config.auth.token_file {
+        Some(path) => Some(crate::http::auth::read_token(path).map_err(Error::Token)?),
+        None => None,
+    };
+    let store = Store::open(&config.state_dir)?;
+    let live = load_live(&store, &config)?;
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
@@ -30,7 +37,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let _ = sampler_stop.wait_for(|s| *s).await;
     }));
 
-    let state = AppState::new(config, snapshots);
+    let state = AppState::new(config, snapshots, store, live, token);
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on http://{addr}");
 
     let stop_for_server = stop_tx.clone();
@@ -55,4 +62,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let _ = sampler_task.await;
     tracing::info!("stopped");
     result
+}
+
+/// The live settings: API overrides from the store where present, else config.yaml. An override
+/// that no longer validates is an error naming the store, not a silent reset.
+fn load_live(store: &Store, config: &Config) -> Result<Live, StoreError> {
+    let invalid = |key: &str, message: String| StoreError::Invalid {
+        path: store.path().to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    let settings = store.load_override::<Optimization>("optimization")?.unwrap_or(config.optimization);
+    crate::config::validate_optimization(&settings, MAX_VRAM_BUDGET_WITHOUT_GPU_GB)
+        .map_err(|(f, m)| invalid("optimization", format!("{f}: {m}")))?;
+    let constraints = store.load_override::<Constraints>("constraints")?.unwrap_or(config.constraints);
+    crate::config::validate_constraints(&constraints).map_err(|(f, m)| invalid("constraints", format!("{f}: {m}")))?;
+    if settings != config.optimization || constraints != config.constraints {
+        tracing::info!(store = %store.path().display(), "using settings changed through the API (DELETE resets them)");
+    }
+    Ok(Live { settings, constraints })
 }

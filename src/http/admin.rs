@@ -14,6 +14,12 @@ pub async fn landing() -> Html<String> {
          <ul>\n<li><a href=\"/metrics\">/metrics</a> Prometheus exposition</li>\n\
          <li><a href=\"/-/healthy\">/-/healthy</a> liveness</li>\n\
          <li><a href=\"/-/ready\">/-/ready</a> readiness (after the first sample)</li>\n\
+         <li><a href=\"/api/v1/system/stats\">/api/v1/system/stats</a> current readings (JSON)</li>\n\
+         <li><a href=\"/api/v1/system/health\">/api/v1/system/health</a> health report</li>\n\
+         <li><a href=\"/api/v1/system/resource-check\">/api/v1/system/resource-check</a> may a generation start now?</li>\n\
+         <li><a href=\"/api/v1/system/optimization\">/api/v1/system/optimization</a> optimization settings</li>\n\
+         <li><a href=\"/api/v1/system/constraints\">/api/v1/system/constraints</a> resource constraints</li>\n\
+         <li><a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a> OpenAPI document</li>\n\
          </ul>\n</body></html>\n",
         crate::metrics::VERSION
     ))
@@ -21,8 +27,12 @@ pub async fn landing() -> Html<String> {
 
 /// `GET /metrics`: renders the latest snapshot; never touches hardware.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let snapshot = state.snapshots.borrow().clone();
-    let body = state.metrics.render(snapshot.as_deref(), &state.constraints());
+    let snapshot = state.snapshot();
+    let live = state.live();
+    // Health is a pure function of what is rendered anyway; computing it here keeps the state
+    // set consistent with the snapshot in the same scrape.
+    let status = snapshot.as_ref().map(|s| crate::policy::health::health(&state.context(Some(s), &live)).status);
+    let body = state.metrics.render(snapshot.as_deref(), &live.constraints, status);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -15,15 +15,28 @@ pub struct ApiError {
     pub detail: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    detail: &'a str,
+/// The JSON body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong and what is allowed.
+    pub detail: String,
 }
 
 impl ApiError {
     /// 400 with a detail.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, detail: detail.into() }
+    }
+
+    /// 500 for a failure of vramguard itself (the state store), logged once here.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, detail: format!("{context}; see vramguard's log") }
+    }
+
+    /// 503 before the first sample exists (the process is starting, not failing).
+    pub fn not_ready() -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, detail: "no resource sample yet; vramguard is starting".to_owned() }
     }
 
     /// 404 with a detail.
@@ -34,7 +47,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(Body { detail: &self.detail })).into_response()
+        let mut response = (self.status, Json(ErrorBody { detail: self.detail })).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 

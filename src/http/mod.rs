@@ -1,65 +1,122 @@
 //! The HTTP surface: one router, built by [`app`], that tests drive in-process and the server
-//! binds to a socket.
+//! binds to a socket. Handlers are thin: they read the latest snapshot and the live settings,
+//! call a pure function in [`crate::policy`], and shape the answer.
 //!
-//! | method | path         | handler                 | purpose                                 |
-//! |--------|--------------|-------------------------|-----------------------------------------|
-//! | GET    | `/`          | [`admin::landing`]      | landing page with links                 |
-//! | GET    | `/metrics`   | [`admin::metrics`]      | Prometheus exposition of the snapshot   |
-//! | GET    | `/-/healthy` | [`admin::healthy`]      | liveness: 200 while the process answers |
-//! | GET    | `/-/ready`   | [`admin::ready`]        | 503 until the first snapshot, then 200  |
+//! | method | path | handler | purpose |
+//! |---|---|---|---|
+//! | GET | `/` | [`admin::landing`] | landing page with links |
+//! | GET | `/metrics` | [`admin::metrics`] | Prometheus exposition of the snapshot |
+//! | GET | `/-/healthy` | [`admin::healthy`] | liveness: 200 while the process answers |
+//! | GET | `/-/ready` | [`admin::ready`] | 503 until the first snapshot, then 200 |
+//! | GET | `/api/v1/system/stats` | [`stats::get_stats`] | current snapshot as JSON |
+//! | GET, POST, DELETE | `/api/v1/system/optimization` | [`settings`] | optimization settings |
+//! | GET, POST, DELETE | `/api/v1/system/constraints` | [`settings`] | resource constraints |
+//! | GET | `/api/v1/system/health` | [`decisions::get_health`] | health report |
+//! | GET | `/api/v1/system/resource-check` | [`decisions::resource_check`] | admission query |
+//! | GET | `/api/v1/openapi.json` | [`openapi`] | OpenAPI 3.1 document of the JSON API |
 //!
-//! Everything else answers 404 (or 405 for a known path) with a JSON `detail`.
+//! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. With
+//! `auth.token_file` set, POST and DELETE under `/api/` need the bearer token ([`auth`]).
 
 pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod decisions;
 pub mod error;
+pub mod openapi;
+pub mod settings;
+pub mod stats;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
-use crate::config::{Config, Constraints};
+use crate::config::{Config, Constraints, Optimization};
 use crate::metrics::Metrics;
+use crate::policy::Context;
 use crate::sampler::SnapshotRx;
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+
+/// The settings the API can change, as they are now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Live {
+    /// Optimization settings.
+    pub settings: Optimization,
+    /// Resource constraints.
+    pub constraints: Constraints,
+}
 
 /// Shared, cheaply cloned state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     /// The latest snapshot (None before the first sample).
     pub snapshots: SnapshotRx,
-    /// Process metrics and the exposition renderer.
+    /// Process metrics, counters and the exposition renderer.
     pub metrics: Arc<Metrics>,
     /// The configuration vramguard started with.
     pub config: Arc<Config>,
-    /// Live constraints. A std lock: it is held for a copy, never across an await.
-    pub constraints: Arc<RwLock<Constraints>>,
+    /// Live settings and constraints. A std lock: held for a copy, never across an await.
+    pub live: Arc<RwLock<Live>>,
+    /// The state store. Writers take this lock on a blocking thread for the whole
+    /// read-validate-write-publish sequence, so concurrent updates are serialised.
+    pub store: Arc<Mutex<Store>>,
+    /// Bearer token for writes, when configured.
+    pub token: Option<Arc<str>>,
 }
 
 impl AppState {
-    /// State for a freshly started service.
-    pub fn new(config: Config, snapshots: SnapshotRx) -> Self {
+    /// State for a service whose store and live values were loaded by the caller.
+    pub fn new(config: Config, snapshots: SnapshotRx, store: Store, live: Live, token: Option<String>) -> Self {
         Self {
             snapshots,
             metrics: Arc::new(Metrics::new()),
-            constraints: Arc::new(RwLock::new(config.constraints)),
             config: Arc::new(config),
+            live: Arc::new(RwLock::new(live)),
+            store: Arc::new(Mutex::new(store)),
+            token: token.map(Arc::from),
         }
     }
 
-    /// A copy of the live constraints.
-    pub fn constraints(&self) -> Constraints {
-        *self.constraints.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// A copy of the live settings and constraints.
+    pub fn live(&self) -> Live {
+        *self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// The policy's view of now, without leases.
+    pub fn context<'a>(&'a self, snapshot: Option<&'a Snapshot>, live: &'a Live) -> Context<'a> {
+        Context {
+            snapshot,
+            constraints: &live.constraints,
+            settings: &live.settings,
+            workload: &self.config.workload,
+            gpu_enabled: self.config.gpu.enabled,
+            reservations: &[],
+            active_generations: None,
+        }
     }
 }
 
 /// The router with every endpoint.
 pub fn app(state: AppState) -> Router {
+    let (api, _doc) = openapi::api_router().split_for_parts();
     Router::new()
         .route("/", get(admin::landing))
         .route("/metrics", get(admin::metrics))
         .route("/-/healthy", get(admin::healthy))
         .route("/-/ready", get(admin::ready))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .merge(api)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(DefaultBodyLimit::max(body::BODY_LIMIT))
         .with_state(state)
 }

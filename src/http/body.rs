@@ -1,0 +1,138 @@
+//! Request-body and query extractors that turn every malformed input into an [`ApiError`] with
+//! a `detail` naming the field: 415 for a body that is not JSON, 413 past the size limit, 400
+//! for malformed JSON, wrong types and unknown fields.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON object body deserialised into `T` (which should deny unknown fields).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                detail: "the request body must be JSON: send Content-Type: application/json".to_owned(),
+            });
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    detail: format!("the request body is larger than the limit of {BODY_LIMIT} bytes"),
+                }
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {rejection}"))
+            }
+        })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "the request body must be a JSON object with any of: {}",
+                T::FIELDS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        from_value::<T>(value).map(JsonBody)
+    }
+}
+
+/// Fields of a request type and the sentence saying what each allows, for error details.
+pub trait Allowed {
+    /// `(field, allowed values)` pairs.
+    const FIELDS: &'static [(&'static str, &'static str)];
+}
+
+/// Deserialises a JSON value, naming the offending field and what it allows on failure.
+pub fn from_value<T: DeserializeOwned + Allowed>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if inner.starts_with("unknown field") {
+            let name = inner.split('`').nth(1).unwrap_or("?");
+            return ApiError::bad_request(format!(
+                "unknown field {name:?}; allowed fields: {}",
+                T::FIELDS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let allowed = T::FIELDS.iter().find(|(f, _)| *f == field).map(|(_, a)| *a);
+        match allowed {
+            Some(a) => ApiError::bad_request(format!("{field}: {inner}; allowed: {a}")),
+            None => ApiError::bad_request(format!("{field}: {inner}")),
+        }
+    })
+}
+
+/// Query parameters deserialised into `T`, with unknown parameters rejected.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
+        let mut map = serde_json::Map::new();
+        for (k, v) in pairs {
+            if map.contains_key(&k) {
+                return Err(ApiError::bad_request(format!("query parameter {k:?} is given more than once")));
+            }
+            // Values stay strings; the target type parses them (see `de::from_str`).
+            map.insert(k, serde_json::Value::String(v));
+        }
+        from_value::<T>(serde_json::Value::Object(map)).map(QueryParams).map_err(|mut e| {
+            if let Some(rest) = e.detail.strip_prefix("unknown field") {
+                e.detail = format!("unknown query parameter{}", rest.replace("allowed fields", "allowed parameters"));
+            }
+            e
+        })
+    }
+}
+
+/// Helpers for query fields, which arrive as strings.
+pub mod de {
+    use serde::{Deserialize, Deserializer};
+
+    /// Parses an optional number from a query string value, rejecting NaN and infinities.
+    pub fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let s = String::deserialize(d)?;
+        let v: f64 = s.trim().parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number")))?;
+        if !v.is_finite() {
+            return Err(serde::de::Error::custom(format!("{s:?} is not a finite number")));
+        }
+        Ok(Some(v))
+    }
+
+    /// Parses an optional boolean (`true`/`false`, `1`/`0`) from a query string value.
+    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(Some(true)),
+            "false" | "0" => Ok(Some(false)),
+            _ => Err(serde::de::Error::custom(format!("{s:?} is not a boolean"))),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `GET /api/v1/system/health` and `GET /api/v1/system/resource-check`: the policy's answers on
+//! the latest snapshot and the live settings.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::body::{Allowed, QueryParams, de};
+use super::error::{ApiError, ErrorBody};
+use crate::policy::admission::{CheckRequest, ResourceCheck, resource_check as decide};
+use crate::policy::health::{Health, health};
+
+/// The largest VRAM requirement accepted, GiB: above any GPU made.
+pub const MAX_REQUIRED_GB: f64 = 1024.0;
+
+/// Health report: always 200 while vramguard can answer.
+#[utoipa::path(get, path = "/api/v1/system/health", tag = "policy",
+    responses((status = 200, body = Health)))]
+pub async fn get_health(State(state): State<AppState>) -> Json<Health> {
+    let snapshot = state.snapshot();
+    let live = state.live();
+    Json(health(&state.context(snapshot.as_deref(), &live)))
+}
+
+/// Query of the resource-check.
+#[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ResourceCheckQuery {
+    /// VRAM the job needs, GiB (above 0, at most 1024); default: the workload estimate.
+    #[serde(default, deserialize_with = "de::opt_f64")]
+    #[param(value_type = Option<f64>, exclusive_minimum = 0.0, maximum = 1024.0)]
+    pub vram_required_gb: Option<f64>,
+    /// The worker already holds its model, so only activations, VAE and overhead count.
+    #[serde(default, deserialize_with = "de::opt_bool")]
+    #[param(value_type = Option<bool>)]
+    pub model_loaded: Option<bool>,
+}
+
+impl Allowed for ResourceCheckQuery {
+    const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("vram_required_gb", "a number above 0 up to 1024 (GiB)"),
+        ("model_loaded", "true or false"),
+    ];
+}
+
+/// Checks a requirement is a sane number of GiB.
+pub fn validate_required(v: Option<f64>) -> Result<(), ApiError> {
+    match v {
+        Some(v) if !(v > 0.0 && v <= MAX_REQUIRED_GB) => Err(ApiError::bad_request(format!(
+            "vram_required_gb: {v} is out of range; allowed above 0 up to {MAX_REQUIRED_GB} (GiB)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// May a generation start now, and on which GPU? Read-only: it records nothing but the
+/// decision counter.
+#[utoipa::path(get, path = "/api/v1/system/resource-check", tag = "policy",
+    params(ResourceCheckQuery),
+    responses((status = 200, body = ResourceCheck), (status = 400, body = ErrorBody)))]
+pub async fn resource_check(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<ResourceCheckQuery>,
+) -> Result<Json<ResourceCheck>, ApiError> {
+    validate_required(q.vram_required_gb)?;
+    let snapshot = state.snapshot();
+    let live = state.live();
+    let req = CheckRequest {
+        vram_required_gb: q.vram_required_gb,
+        model_loaded: q.model_loaded.unwrap_or(false),
+        gpu: None,
+    };
+    let check = decide(&state.context(snapshot.as_deref(), &live), &req);
+    state.metrics.record_decision(check.can_start_generation, check.primary_reason());
+    Ok(Json(check))
+}

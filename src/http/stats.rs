@@ -1,0 +1,114 @@
+//! `GET /api/v1/system/stats`: the latest snapshot in the seed's shape (nine fields) plus the
+//! per-GPU breakdown. Built from the snapshot only; never samples in the request.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use crate::policy::{GIB, MIB, round1, round2};
+use crate::snapshot::{Snapshot, rfc3339};
+
+/// One GPU in the stats answer.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct GpuStatsBody {
+    /// NVML index.
+    pub index: u32,
+    /// NVML UUID.
+    pub uuid: String,
+    /// Product name, when NVML reports it.
+    pub name: Option<String>,
+    /// SM busy, percent.
+    pub gpu_percent: Option<f64>,
+    /// VRAM allocated, MiB.
+    pub vram_used_mb: Option<f64>,
+    /// VRAM capacity, MiB.
+    pub vram_total_mb: Option<f64>,
+    /// VRAM allocated, percent of capacity.
+    pub vram_percent: Option<f64>,
+    /// Core temperature, °C.
+    pub temperature_c: Option<f64>,
+    /// Board power draw, W.
+    pub power_w: Option<f64>,
+}
+
+/// The stats answer: the seed's nine fields, then `gpu_count` and `gpus`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct StatsBody {
+    /// CPU busy, percent; null when the host collector failed.
+    pub cpu_percent: Option<f64>,
+    /// RAM in use (total − available), GiB.
+    pub ram_used_gb: Option<f64>,
+    /// RAM size, GiB.
+    pub ram_total_gb: Option<f64>,
+    /// RAM in use, percent.
+    pub ram_percent: Option<f64>,
+    /// Mean SM busy over the GPUs, percent (0 without a GPU).
+    pub gpu_percent: f64,
+    /// VRAM allocated over all GPUs, MiB.
+    pub vram_used_mb: f64,
+    /// VRAM capacity over all GPUs, MiB.
+    pub vram_total_mb: f64,
+    /// `vram_used_mb / vram_total_mb`, percent.
+    pub vram_percent: f64,
+    /// When the snapshot was taken (RFC 3339 UTC).
+    pub timestamp: String,
+    /// GPUs visible now.
+    pub gpu_count: usize,
+    /// Per-GPU figures.
+    pub gpus: Vec<GpuStatsBody>,
+}
+
+impl From<&Snapshot> for StatsBody {
+    fn from(s: &Snapshot) -> Self {
+        let host = s.host.as_ref();
+        let gpus: Vec<GpuStatsBody> = s
+            .gpus
+            .iter()
+            .map(|g| GpuStatsBody {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                name: g.name.clone(),
+                gpu_percent: g.utilization_ratio.map(|u| round1(u * 100.0)),
+                vram_used_mb: g.memory.map(|m| round1(m.used_bytes as f64 / MIB)),
+                vram_total_mb: g.memory.map(|m| round1(m.total_bytes as f64 / MIB)),
+                vram_percent: g.memory.filter(|m| m.total_bytes > 0).map(|m| round1(m.used_bytes as f64 / m.total_bytes as f64 * 100.0)),
+                temperature_c: g.temperature_celsius,
+                power_w: g.power_watts,
+            })
+            .collect();
+        let utils: Vec<f64> = s.gpus.iter().filter_map(|g| g.utilization_ratio).collect();
+        let used: u64 = s.gpus.iter().filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
+        let total: u64 = s.gpus.iter().filter_map(|g| g.memory).map(|m| m.total_bytes).sum();
+        Self {
+            cpu_percent: host.map(|h| round1(h.cpu_usage_ratio * 100.0)),
+            ram_used_gb: host.map(|h| round2(h.memory_used_bytes() as f64 / GIB)),
+            ram_total_gb: host.map(|h| round2(h.memory_total_bytes as f64 / GIB)),
+            ram_percent: host.map(|h| round1(h.memory_used_bytes() as f64 / h.memory_total_bytes as f64 * 100.0)),
+            gpu_percent: if utils.is_empty() { 0.0 } else { round1(utils.iter().sum::<f64>() / utils.len() as f64 * 100.0) },
+            vram_used_mb: round1(used as f64 / MIB),
+            vram_total_mb: round1(total as f64 / MIB),
+            vram_percent: if total == 0 { 0.0 } else { round1(used as f64 / total as f64 * 100.0) },
+            timestamp: rfc3339(s.taken_at),
+            gpu_count: s.gpus.len(),
+            gpus,
+        }
+    }
+}
+
+/// The latest snapshot as JSON.
+#[utoipa::path(
+    get,
+    path = "/api/v1/system/stats",
+    tag = "stats",
+    responses(
+        (status = 200, description = "The latest snapshot", body = StatsBody),
+        (status = 503, description = "No sample has been taken yet", body = ErrorBody),
+    )
+)]
+pub async fn get_stats(State(state): State<AppState>) -> Result<Json<StatsBody>, ApiError> {
+    let snapshot = state.snapshot().ok_or_else(ApiError::not_ready)?;
+    Ok(Json(StatsBody::from(snapshot.as_ref())))
+}

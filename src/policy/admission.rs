@@ -1,0 +1,308 @@
+//! The admission decision (SPEC §4.2): may a generation start now, on which GPU, and if not,
+//! what blocks it and what would help.
+//!
+//! For each GPU, `projected = (used + reserved + required) / total`; a GPU fits when
+//! `projected < vram_critical_threshold`, and the job must also be within `max_vram_usage_gb`.
+//! Among fitting GPUs the one with the most free VRAM is chosen. CPU and RAM must be under their
+//! warning thresholds, and (where leases are tracked) a slot must be free. With no GPU visible
+//! VRAM is unavailable — fail closed — unless `gpu.enabled: false` says the host has none on
+//! purpose.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Context, GpuView, best_gpu, estimate, round1, round2, top_holders};
+
+/// What the client asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CheckRequest {
+    /// The job's own VRAM figure, GiB; `None` uses the workload estimate.
+    pub vram_required_gb: Option<f64>,
+    /// The worker already holds its model, so the weights need no new VRAM.
+    pub model_loaded: bool,
+    /// Only this GPU may be used.
+    pub gpu: Option<u32>,
+}
+
+/// Why a decision refused, for `vramguard_admission_decisions_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Not enough VRAM, or over the VRAM budget.
+    Vram,
+    /// CPU at or above its threshold (or unknown).
+    Cpu,
+    /// RAM at or above its threshold (or unknown).
+    Ram,
+    /// Every generation slot is taken.
+    Concurrency,
+    /// No GPU visible while `gpu.enabled` is true.
+    NoGpu,
+}
+
+impl Reason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Vram => "vram",
+            Reason::Cpu => "cpu",
+            Reason::Ram => "ram",
+            Reason::Concurrency => "concurrency",
+            Reason::NoGpu => "no_gpu",
+        }
+    }
+}
+
+/// Which resources allow the job.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ResourceStatus {
+    /// Some GPU fits the job within the budget.
+    pub vram_available: bool,
+    /// CPU under its warning threshold.
+    pub cpu_available: bool,
+    /// RAM under its warning threshold.
+    pub ram_available: bool,
+    /// A generation slot is free (reported where leases are tracked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_available: Option<bool>,
+}
+
+/// Usage the decision saw.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct CurrentUsage {
+    /// VRAM use of the GPU in `gpu` (the chosen one, or the best candidate), percent.
+    pub vram_percent: f64,
+    /// CPU busy, percent; null when the host collector failed.
+    pub cpu_percent: Option<f64>,
+    /// RAM used, percent; null when the host collector failed.
+    pub ram_percent: Option<f64>,
+    /// Generation leases held now (reported where leases are tracked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_generations: Option<u32>,
+}
+
+/// The GPU a job goes to, or the best candidate when none fits.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ChosenGpu {
+    /// NVML index.
+    pub index: u32,
+    /// NVML UUID.
+    pub uuid: String,
+    /// Free VRAM after reservations, GiB.
+    pub free_gb: f64,
+    /// VRAM use if the job starts there, percent.
+    pub projected_percent: f64,
+}
+
+/// The answer of `GET /api/v1/system/resource-check` (and the heart of a lease decision).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ResourceCheck {
+    /// All resources allow the job.
+    pub can_start_generation: bool,
+    /// Per-resource verdicts.
+    pub resource_status: ResourceStatus,
+    /// The usage the verdicts rest on.
+    pub current_usage: CurrentUsage,
+    /// Why it cannot start; empty when it can.
+    pub blocking_issues: Vec<String>,
+    /// One sentence.
+    pub message: String,
+    /// Setting changes with their savings and costs, or what to wait for.
+    pub recommendations: Vec<String>,
+    /// Chosen GPU, or the best candidate; null without a GPU.
+    pub gpu: Option<ChosenGpu>,
+    /// The VRAM the decision assumed, GiB.
+    pub vram_required_gb: f64,
+    /// Why it refused, first reason first (not serialised; feeds the decision counter).
+    #[serde(skip)]
+    pub reasons: Vec<Reason>,
+}
+
+impl ResourceCheck {
+    /// The reason label for the decision counter: `none` when admitted.
+    pub fn primary_reason(&self) -> &'static str {
+        self.reasons.first().map_or("none", |r| r.as_str())
+    }
+}
+
+/// Decides whether a generation can start now.
+pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
+    let c = ctx.constraints;
+    let required = req
+        .vram_required_gb
+        .unwrap_or_else(|| estimate::need_gb(ctx.workload, ctx.settings, req.model_loaded));
+    let mut blocking = Vec::new();
+    let mut reasons = Vec::new();
+    let mut recommendations = Vec::new();
+
+    // VRAM.
+    let all = ctx.gpus();
+    let candidates: Vec<GpuView> = match req.gpu {
+        Some(pin) => all.iter().filter(|g| g.index == pin).cloned().collect(),
+        None => all.clone(),
+    };
+    let fitting: Vec<GpuView> = candidates.iter().filter(|g| g.projected(required) < c.vram_critical_threshold).cloned().collect();
+    let within_budget = required <= ctx.settings.max_vram_usage_gb;
+    let chosen = best_gpu(&fitting).or_else(|| best_gpu(&candidates)).cloned();
+    let vram_available = if ctx.snapshot.is_none() {
+        blocking.push("No resource sample yet; vramguard is starting".to_owned());
+        reasons.push(Reason::NoGpu);
+        false
+    } else if candidates.is_empty() && (ctx.gpu_enabled || req.gpu.is_some()) {
+        let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
+        let text = match req.gpu {
+            Some(pin) if !all.is_empty() => format!("GPU {pin} is not visible (visible: {})", visible.join(", ")),
+            _ => "No GPU visible: NVML reports no usable GPU, so VRAM cannot be checked".to_owned(),
+        };
+        blocking.push(text);
+        reasons.push(Reason::NoGpu);
+        false
+    } else if candidates.is_empty() {
+        // gpu.enabled: false — this host runs generations without a GPU on purpose.
+        true
+    } else {
+        if fitting.is_empty() {
+            let g = chosen.as_ref().expect("candidates is not empty");
+            if g.usage() >= c.vram_critical_threshold {
+                blocking.push(format!("VRAM usage too high ({:.1}%)", g.usage() * 100.0));
+            } else {
+                blocking.push(format!(
+                    "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB below the {:.0}% limit)",
+                    g.index,
+                    g.headroom_gb(c.vram_critical_threshold),
+                    c.vram_critical_threshold * 100.0
+                ));
+            }
+        }
+        if !within_budget {
+            blocking.push(format!(
+                "Generation needs {required:.1} GB, more than max_vram_usage_gb {:.1}",
+                ctx.settings.max_vram_usage_gb
+            ));
+            if !fitting.is_empty() {
+                recommendations.push(format!(
+                    "Raise max_vram_usage_gb to {:.1} or more: the GPU has room (projected VRAM {:.0}%)",
+                    (required * 10.0).ceil() / 10.0,
+                    chosen.as_ref().map_or(0.0, |g| g.projected(required) * 100.0)
+                ));
+            }
+        }
+        let ok = !fitting.is_empty() && within_budget;
+        if !ok {
+            reasons.push(Reason::Vram);
+        }
+        let warns = chosen.as_ref().is_some_and(|g| g.projected(required) >= c.vram_warning_threshold);
+        if !ok || warns {
+            let found = estimate::search(
+                ctx.workload,
+                ctx.settings,
+                req.model_loaded,
+                required,
+                &candidates,
+                c.vram_critical_threshold,
+            );
+            let any_fits = found.iter().any(|r| r.fits);
+            recommendations.extend(found.into_iter().map(|r| r.text));
+            // Naming the processes that hold VRAM only helps if the job fits an emptier GPU.
+            let freeing_helps = candidates.iter().any(|g| (g.reserved_gb + required) / g.total_gb < c.vram_critical_threshold);
+            if !ok
+                && !any_fits
+                && freeing_helps
+                && let Some(holders) = ctx.snapshot.and_then(|s| top_holders(s, 3))
+            {
+                recommendations.push(holders);
+            }
+        }
+        ok
+    };
+
+    // CPU and RAM.
+    let host = ctx.snapshot.and_then(|s| s.host.as_ref());
+    let cpu = host.map(|h| h.cpu_usage_ratio);
+    let ram = host.map(|h| h.memory_used_bytes() as f64 / h.memory_total_bytes as f64);
+    let cpu_available = match cpu {
+        Some(v) if v < c.cpu_warning_threshold => true,
+        Some(v) => {
+            blocking.push(format!("CPU usage too high ({:.1}%)", v * 100.0));
+            recommendations.push(format!(
+                "CPU is at {:.1}% (limit {:.0}%): wait for CPU-heavy work to finish before starting",
+                v * 100.0,
+                c.cpu_warning_threshold * 100.0
+            ));
+            reasons.push(Reason::Cpu);
+            false
+        }
+        None => {
+            if ctx.snapshot.is_some() {
+                blocking.push("CPU usage unknown: the host collector failed".to_owned());
+                reasons.push(Reason::Cpu);
+            }
+            false
+        }
+    };
+    let ram_available = match (ram, host) {
+        (Some(v), _) if v < c.ram_warning_threshold => true,
+        (Some(v), Some(h)) => {
+            blocking.push(format!("RAM usage too high ({:.1}%)", v * 100.0));
+            recommendations.push(format!(
+                "RAM is at {:.1}% (limit {:.0}%, {:.1} GB available): free host memory before starting",
+                v * 100.0,
+                c.ram_warning_threshold * 100.0,
+                h.memory_available_bytes as f64 / super::GIB
+            ));
+            reasons.push(Reason::Ram);
+            false
+        }
+        _ => {
+            if ctx.snapshot.is_some() {
+                blocking.push("RAM usage unknown: the host collector failed".to_owned());
+                reasons.push(Reason::Ram);
+            }
+            false
+        }
+    };
+
+    // Concurrency, where leases are tracked.
+    let concurrency_available = ctx.active_generations.map(|active| {
+        let free = active < c.max_concurrent_generations;
+        if !free {
+            blocking.push(format!("Concurrent generation limit reached ({active}/{})", c.max_concurrent_generations));
+            recommendations.push(format!(
+                "{active} of {} generation slots are in use: wait for one to finish or raise max_concurrent_generations",
+                c.max_concurrent_generations
+            ));
+            reasons.push(Reason::Concurrency);
+        }
+        free
+    });
+
+    let can_start = vram_available && cpu_available && ram_available && concurrency_available.unwrap_or(true);
+    let message = if can_start {
+        match &chosen {
+            Some(g) => format!("Resources available: generation can start on GPU {}", g.index),
+            None => "Resources available: generation can start".to_owned(),
+        }
+    } else {
+        format!("Cannot start generation: {}", blocking.join("; "))
+    };
+    ResourceCheck {
+        can_start_generation: can_start,
+        resource_status: ResourceStatus { vram_available, cpu_available, ram_available, concurrency_available },
+        current_usage: CurrentUsage {
+            vram_percent: chosen.as_ref().map_or(0.0, |g| round1(g.usage() * 100.0)),
+            cpu_percent: cpu.map(|v| round1(v * 100.0)),
+            ram_percent: ram.map(|v| round1(v * 100.0)),
+            active_generations: ctx.active_generations,
+        },
+        blocking_issues: blocking,
+        message,
+        recommendations,
+        gpu: chosen.map(|g| ChosenGpu {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            free_gb: round2(g.free_gb()),
+            projected_percent: round1(g.projected(required) * 100.0),
+        }),
+        vram_required_gb: round2(required),
+        reasons,
+    }
+}

@@ -1,0 +1,164 @@
+//! The health report (SPEC §4.1): CPU and RAM at or above their warning thresholds, any GPU's
+//! VRAM at or above warning or critical, and failing collectors.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Context, estimate, round1};
+use crate::config::Constraints;
+use crate::snapshot::rfc3339;
+
+/// Overall status, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Nothing at or above a threshold.
+    Healthy,
+    /// Something at or above a warning threshold, or a collector failing.
+    Warning,
+    /// A GPU at or above the critical VRAM threshold.
+    Critical,
+}
+
+impl HealthStatus {
+    /// Every status, for the state-set metric.
+    pub const ALL: [HealthStatus; 3] = [HealthStatus::Healthy, HealthStatus::Warning, HealthStatus::Critical];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Warning => "warning",
+            HealthStatus::Critical => "critical",
+        }
+    }
+}
+
+/// Details of the report.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SystemInfo {
+    /// CPU busy, percent; null when the host collector failed.
+    pub cpu_percent: Option<f64>,
+    /// RAM used, percent; null when the host collector failed.
+    pub ram_percent: Option<f64>,
+    /// The highest per-GPU VRAM use, percent (0 without a GPU).
+    pub vram_percent: f64,
+    /// Problems: high CPU or RAM, critical VRAM, failing collectors.
+    pub issues: Vec<String>,
+    /// VRAM above the warning level.
+    pub warnings: Vec<String>,
+    /// What would help, with numbers.
+    pub recommendations: Vec<String>,
+    /// The live constraints the report was judged against.
+    pub resource_constraints: Constraints,
+}
+
+/// The answer of `GET /api/v1/system/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Health {
+    /// healthy, warning or critical.
+    pub status: HealthStatus,
+    /// One sentence.
+    pub message: String,
+    /// When the snapshot was taken (RFC 3339 UTC).
+    pub timestamp: String,
+    /// Details.
+    pub system_info: SystemInfo,
+}
+
+/// Judges the latest snapshot against the live constraints.
+pub fn health(ctx: &Context<'_>) -> Health {
+    let c = ctx.constraints;
+    let mut status = HealthStatus::Healthy;
+    let mut issues = Vec::new();
+    let mut warnings = Vec::new();
+    let mut recommendations = Vec::new();
+    let Some(snapshot) = ctx.snapshot else {
+        return Health {
+            status: HealthStatus::Warning,
+            message: "No resource sample yet; vramguard is starting".to_owned(),
+            timestamp: rfc3339(std::time::SystemTime::UNIX_EPOCH),
+            system_info: SystemInfo {
+                cpu_percent: None,
+                ram_percent: None,
+                vram_percent: 0.0,
+                issues: vec!["No resource sample yet".to_owned()],
+                warnings,
+                recommendations,
+                resource_constraints: *c,
+            },
+        };
+    };
+
+    let host = snapshot.host.as_ref();
+    let cpu = host.map(|h| h.cpu_usage_ratio);
+    let ram = host.map(|h| h.memory_used_bytes() as f64 / h.memory_total_bytes as f64);
+    if let Some(v) = cpu
+        && v >= c.cpu_warning_threshold
+    {
+        issues.push("High CPU usage".to_owned());
+        recommendations.push(format!(
+            "CPU is at {:.1}% (warning at {:.0}%): let running work finish before starting more",
+            v * 100.0,
+            c.cpu_warning_threshold * 100.0
+        ));
+        status = status.max(HealthStatus::Warning);
+    }
+    if let Some(v) = ram
+        && v >= c.ram_warning_threshold
+    {
+        issues.push("High RAM usage".to_owned());
+        recommendations.push(format!(
+            "RAM is at {:.1}% (warning at {:.0}%): free host memory; model offloading moves weights into RAM",
+            v * 100.0,
+            c.ram_warning_threshold * 100.0
+        ));
+        status = status.max(HealthStatus::Warning);
+    }
+
+    let gpus = ctx.gpus();
+    let worst = gpus.iter().map(|g| g.usage()).fold(0.0_f64, f64::max);
+    if !gpus.is_empty() {
+        if worst >= c.vram_critical_threshold {
+            issues.push("Critical VRAM usage - generation may fail".to_owned());
+            status = status.max(HealthStatus::Critical);
+        } else if worst >= c.vram_warning_threshold {
+            warnings.push("High VRAM usage - consider optimization".to_owned());
+            status = status.max(HealthStatus::Warning);
+        }
+        if worst >= c.vram_warning_threshold {
+            let need = estimate::need_gb(ctx.workload, ctx.settings, false);
+            let found =
+                estimate::search(ctx.workload, ctx.settings, false, need, &gpus, c.vram_critical_threshold);
+            recommendations.extend(found.into_iter().map(|r| r.text));
+        }
+    } else if ctx.gpu_enabled {
+        issues.push("No GPU visible: VRAM cannot be checked and admission refuses generations".to_owned());
+        status = status.max(HealthStatus::Warning);
+    }
+    for col in snapshot.collectors.iter().filter(|c| !c.success) {
+        let why = col.error.as_deref().unwrap_or("unknown error");
+        issues.push(format!("Collector {} failing: {why}", col.name));
+        status = status.max(HealthStatus::Warning);
+    }
+
+    let message = match status {
+        HealthStatus::Healthy => "System is healthy".to_owned(),
+        HealthStatus::Warning => format!("System needs attention: {}", issues.iter().chain(&warnings).cloned().collect::<Vec<_>>().join("; ")),
+        HealthStatus::Critical => format!("System is critical: {}", issues.join("; ")),
+    };
+    Health {
+        status,
+        message,
+        timestamp: rfc3339(snapshot.taken_at),
+        system_info: SystemInfo {
+            cpu_percent: cpu.map(|v| round1(v * 100.0)),
+            ram_percent: ram.map(|v| round1(v * 100.0)),
+            vram_percent: round1(worst * 100.0),
+            issues,
+            warnings,
+            recommendations,
+            resource_constraints: *c,
+        },
+    }
+}

@@ -1,0 +1,147 @@
+//! The policy engine: pure functions of (snapshot, settings, constraints, request) → decision.
+//! No I/O, no clock reads, no globals; everything here is unit-tested without a socket.
+//!
+//! - [`estimate`]: VRAM need of one generation, savings, and the recommendation search.
+//! - [`admission`]: the resource-check decision (SPEC §4.2).
+//! - [`health`]: the health report (SPEC §4.1).
+//!
+//! Boundary rule everywhere: a usage at or above a threshold counts as over it.
+
+pub mod admission;
+pub mod estimate;
+pub mod health;
+#[cfg(test)]
+mod tests;
+
+use crate::config::{Constraints, Optimization, Workload};
+use crate::snapshot::Snapshot;
+
+/// Bytes in a GiB: every `_gb` field of the API is GiB, as in the seed.
+pub const GIB: f64 = 1_073_741_824.0;
+/// Bytes in a MiB.
+pub const MIB: f64 = 1_048_576.0;
+
+/// One GPU as the policy sees it, in GiB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuView {
+    /// NVML index.
+    pub index: u32,
+    /// NVML UUID.
+    pub uuid: String,
+    /// Capacity.
+    pub total_gb: f64,
+    /// Not available to new work: capacity minus NVML's free (includes the driver's reserve).
+    pub used_gb: f64,
+    /// Promised to recently granted leases and not yet visible in NVML's reading.
+    pub reserved_gb: f64,
+}
+
+impl GpuView {
+    /// Fraction of VRAM taken now (without reservations); what health looks at.
+    pub fn usage(&self) -> f64 {
+        self.used_gb / self.total_gb
+    }
+
+    /// Fraction of VRAM taken if a job of `required_gb` starts here.
+    pub fn projected(&self, required_gb: f64) -> f64 {
+        (self.used_gb + self.reserved_gb + required_gb) / self.total_gb
+    }
+
+    /// Free VRAM after reservations, GiB.
+    pub fn free_gb(&self) -> f64 {
+        (self.total_gb - self.used_gb - self.reserved_gb).max(0.0)
+    }
+
+    /// How much can still be allocated before reaching `critical`, GiB.
+    pub fn headroom_gb(&self, critical: f64) -> f64 {
+        (critical * self.total_gb - self.used_gb - self.reserved_gb).max(0.0)
+    }
+}
+
+/// The GPUs of a snapshot that report memory, with `reserved(index)` GiB promised on each.
+pub fn gpu_views(snapshot: &Snapshot, reserved: impl Fn(u32) -> f64) -> Vec<GpuView> {
+    snapshot
+        .gpus
+        .iter()
+        .filter_map(|g| {
+            let m = g.memory?;
+            (m.total_bytes > 0).then(|| GpuView {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                total_gb: m.total_bytes as f64 / GIB,
+                used_gb: m.total_bytes.saturating_sub(m.free_bytes) as f64 / GIB,
+                reserved_gb: reserved(g.index),
+            })
+        })
+        .collect()
+}
+
+/// The GPU with the most free VRAM after reservations (so also after any job); ties go to the
+/// lower index, so placement is stable.
+pub fn best_gpu(gpus: &[GpuView]) -> Option<&GpuView> {
+    gpus.iter().fold(None, |best: Option<&GpuView>, g| match best {
+        Some(b) if b.free_gb() >= g.free_gb() => Some(b),
+        _ => Some(g),
+    })
+}
+
+/// Everything a decision looks at, borrowed from the live state.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Latest snapshot, `None` before the first sample.
+    pub snapshot: Option<&'a Snapshot>,
+    /// Live constraints.
+    pub constraints: &'a Constraints,
+    /// Live optimization settings.
+    pub settings: &'a Optimization,
+    /// Workload profile from config.
+    pub workload: &'a Workload,
+    /// `gpu.enabled` from config: false means no GPU on purpose (VRAM does not fail closed).
+    pub gpu_enabled: bool,
+    /// GiB reserved per GPU index by recent leases.
+    pub reservations: &'a [(u32, f64)],
+    /// Leases held now; `None` where concurrency is not tracked.
+    pub active_generations: Option<u32>,
+}
+
+impl Context<'_> {
+    /// The GPUs with this context's reservations applied.
+    pub fn gpus(&self) -> Vec<GpuView> {
+        match self.snapshot {
+            Some(s) => gpu_views(s, |i| self.reservations.iter().filter(|(g, _)| *g == i).map(|(_, gb)| gb).sum()),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Rounds for display: percentages to 0.1, GiB to 0.01.
+pub fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Rounds to two decimals.
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The compute processes holding the most VRAM, as a sentence, when any are known.
+pub fn top_holders(snapshot: &Snapshot, n: usize) -> Option<String> {
+    let mut procs: Vec<(u32, &str, u64, u32)> = snapshot
+        .gpus
+        .iter()
+        .flat_map(|g| {
+            g.processes.iter().flatten().map(move |p| (p.pid, p.name.as_deref().unwrap_or("?"), p.used_bytes, g.index))
+        })
+        .filter(|p| p.2 as f64 >= 0.05 * GIB)
+        .collect();
+    if procs.is_empty() {
+        return None;
+    }
+    procs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    let list: Vec<String> = procs
+        .iter()
+        .take(n)
+        .map(|(pid, name, bytes, gpu)| format!("pid {pid} ({name}) {:.1} GB on GPU {gpu}", *bytes as f64 / GIB))
+        .collect();
+    Some(format!("Nothing fits while other work holds the VRAM; the largest holders: {}", list.join(", ")))
+}

@@ -1,0 +1,258 @@
+//! Decisions on synthetic snapshots: no I/O, exact numbers.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::admission::{CheckRequest, Reason, resource_check};
+use super::health::{HealthStatus, health};
+use super::{Context, GIB};
+use crate::config::{Config, Constraints, Optimization};
+use crate::snapshot::{CollectorStatus, GpuMemory, GpuProcess, GpuStats, HostStats, Snapshot};
+
+const G: u64 = 1 << 30;
+
+fn gpu(index: u32, total_gib: u64, used_bytes: u64) -> GpuStats {
+    GpuStats {
+        index,
+        uuid: format!("GPU-{index}"),
+        name: Some("Test GPU".to_owned()),
+        pci_bus_id: None,
+        utilization_ratio: Some(0.1),
+        memory: Some(GpuMemory {
+            total_bytes: total_gib * G,
+            used_bytes,
+            free_bytes: total_gib * G - used_bytes,
+        }),
+        temperature_celsius: None,
+        power_watts: None,
+        processes: Some(vec![GpuProcess { pid: 4242, name: Some("python3".to_owned()), used_bytes }]),
+    }
+}
+
+fn snapshot(cpu: f64, ram_used_fraction: f64, gpus: Vec<GpuStats>) -> Snapshot {
+    let total = 60 * G;
+    Snapshot {
+        taken_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        host: Some(HostStats {
+            cpu_usage_ratio: cpu,
+            memory_total_bytes: total,
+            memory_available_bytes: total - (total as f64 * ram_used_fraction) as u64,
+            cgroup_memory_limit_bytes: None,
+        }),
+        gpus,
+        driver_version: None,
+        collectors: vec![CollectorStatus { name: "host", success: true, duration: Duration::ZERO, error: None }],
+    }
+}
+
+struct Fixture {
+    config: Config,
+    constraints: Constraints,
+    settings: Optimization,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let config = Config::default();
+        Self { constraints: config.constraints, settings: config.optimization, config }
+    }
+
+    fn ctx<'a>(&'a self, s: &'a Snapshot) -> Context<'a> {
+        Context {
+            snapshot: Some(s),
+            constraints: &self.constraints,
+            settings: &self.settings,
+            workload: &self.config.workload,
+            gpu_enabled: self.config.gpu.enabled,
+            reservations: &[],
+            active_generations: None,
+        }
+    }
+}
+
+fn need(gb: f64) -> CheckRequest {
+    CheckRequest { vram_required_gb: Some(gb), ..CheckRequest::default() }
+}
+
+#[test]
+fn healthy_gpu_admits_and_reports_the_gpu() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 2 * G)]);
+    let h = health(&f.ctx(&s));
+    assert_eq!(h.status, HealthStatus::Healthy);
+    assert_eq!(h.system_info.vram_percent, 12.5);
+    let r = resource_check(&f.ctx(&s), &need(4.0));
+    assert!(r.can_start_generation, "{r:?}");
+    let g = r.gpu.clone().expect("gpu");
+    assert_eq!((g.index, g.free_gb, g.projected_percent), (0, 14.0, 37.5));
+    assert_eq!(r.current_usage.vram_percent, 12.5);
+    assert!(r.blocking_issues.is_empty());
+    assert_eq!(r.primary_reason(), "none");
+}
+
+#[test]
+fn warning_level_vram_warns_and_recommends() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 14 * G)]); // 87.5%
+    let h = health(&f.ctx(&s));
+    assert_eq!(h.status, HealthStatus::Warning);
+    assert_eq!(h.system_info.warnings, vec!["High VRAM usage - consider optimization"]);
+    assert!(h.system_info.issues.is_empty());
+    assert!(!h.system_info.recommendations.is_empty());
+    assert!(h.system_info.recommendations.iter().all(|r| r.contains("saves ~")), "{:?}", h.system_info.recommendations);
+}
+
+#[test]
+fn critical_vram_is_critical_and_blocks() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 15_600_000_000)]); // 90.8%... raise to 96%
+    let s = Snapshot { gpus: vec![gpu(0, 25, 24 * G)], ..s }; // 96%
+    let h = health(&f.ctx(&s));
+    assert_eq!(h.status, HealthStatus::Critical);
+    assert_eq!(h.system_info.issues, vec!["Critical VRAM usage - generation may fail"]);
+    let r = resource_check(&f.ctx(&s), &need(0.5));
+    assert!(!r.can_start_generation);
+    assert_eq!(r.blocking_issues, vec!["VRAM usage too high (96.0%)"]);
+    assert_eq!(r.reasons, vec![Reason::Vram]);
+    // Nothing fits: the largest VRAM holder is named.
+    assert!(r.recommendations.iter().any(|t| t.contains("pid 4242 (python3) 24.0 GB on GPU 0")), "{:?}", r.recommendations);
+}
+
+#[test]
+fn exactly_at_the_critical_threshold_both_agree() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 20, 19 * G)]); // exactly 0.95
+    assert_eq!(19.0 * GIB / (20.0 * GIB), 0.95);
+    assert_eq!(health(&f.ctx(&s)).status, HealthStatus::Critical);
+    let r = resource_check(&f.ctx(&s), &need(0.001));
+    assert!(!r.can_start_generation);
+    assert_eq!(r.blocking_issues[0], "VRAM usage too high (95.0%)");
+    // Just below, a small job fits.
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 20, 19 * G - 64 * (1 << 20))]);
+    assert_ne!(health(&f.ctx(&s)).status, HealthStatus::Critical);
+    assert!(resource_check(&f.ctx(&s), &need(0.01)).can_start_generation);
+}
+
+#[test]
+fn at_the_warning_thresholds_cpu_and_ram_count_as_over() {
+    let f = Fixture::new();
+    let s = snapshot(0.9, 0.9, vec![gpu(0, 16, 2 * G)]);
+    let h = health(&f.ctx(&s));
+    assert_eq!(h.status, HealthStatus::Warning);
+    assert_eq!(h.system_info.issues, vec!["High CPU usage", "High RAM usage"]);
+    let r = resource_check(&f.ctx(&s), &need(1.0));
+    assert!(!r.can_start_generation);
+    assert_eq!(r.blocking_issues, vec!["CPU usage too high (90.0%)", "RAM usage too high (90.0%)"]);
+    assert_eq!(r.reasons, vec![Reason::Cpu, Reason::Ram]);
+    assert!(r.resource_status.vram_available);
+}
+
+#[test]
+fn job_that_does_not_fit_says_how_much_room_there_is() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 9 * G)]);
+    let r = resource_check(&f.ctx(&s), &need(9.8));
+    assert!(!r.can_start_generation);
+    // 0.95 × 16 − 9 = 6.2 GiB below the limit.
+    assert_eq!(
+        r.blocking_issues,
+        vec!["Not enough free VRAM for this generation (needs 9.8 GB; GPU 0 has 6.2 GB below the 95% limit)"]
+    );
+}
+
+#[test]
+fn over_budget_is_blocking_even_when_the_gpu_has_room() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 80, 0)]);
+    let r = resource_check(&f.ctx(&s), &need(13.8));
+    assert!(!r.can_start_generation);
+    assert_eq!(r.blocking_issues, vec!["Generation needs 13.8 GB, more than max_vram_usage_gb 12.0"]);
+    assert!(r.recommendations[0].starts_with("Raise max_vram_usage_gb to 13.8 or more"), "{:?}", r.recommendations);
+}
+
+#[test]
+fn two_gpus_choose_the_less_loaded() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 24, 20 * G), gpu(1, 24, 4 * G)]);
+    let r = resource_check(&f.ctx(&s), &need(6.0));
+    assert!(r.can_start_generation);
+    assert_eq!(r.gpu.as_ref().unwrap().index, 1);
+    assert_eq!(r.current_usage.vram_percent, 16.7);
+    // health looks at the worst GPU.
+    assert_eq!(health(&f.ctx(&s)).system_info.vram_percent, 83.3);
+    // Pinning the loaded GPU refuses and says why.
+    let pinned = resource_check(&f.ctx(&s), &CheckRequest { gpu: Some(0), ..need(6.0) });
+    assert!(!pinned.can_start_generation);
+    assert_eq!(pinned.gpu.unwrap().index, 0);
+    let missing = resource_check(&f.ctx(&s), &CheckRequest { gpu: Some(7), ..need(1.0) });
+    assert_eq!(missing.blocking_issues, vec!["GPU 7 is not visible (visible: 0, 1)"]);
+}
+
+#[test]
+fn no_gpu_fails_closed_unless_disabled() {
+    let mut f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![]);
+    let r = resource_check(&f.ctx(&s), &need(1.0));
+    assert!(!r.can_start_generation);
+    assert!(!r.resource_status.vram_available);
+    assert_eq!(r.reasons, vec![Reason::NoGpu]);
+    assert!(r.gpu.is_none());
+    assert_eq!(health(&f.ctx(&s)).status, HealthStatus::Warning);
+    f.config.gpu.enabled = false;
+    let r = resource_check(&f.ctx(&s), &need(1.0));
+    assert!(r.can_start_generation, "{r:?}");
+    assert_eq!(health(&f.ctx(&s)).status, HealthStatus::Healthy);
+}
+
+#[test]
+fn reservations_count_against_their_gpu() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 4 * G)]); // 12 GiB free
+    let reservations = [(0, 10.0)];
+    let ctx = Context { reservations: &reservations, ..f.ctx(&s) };
+    let r = resource_check(&ctx, &need(10.0));
+    assert!(!r.can_start_generation);
+    assert_eq!(r.reasons, vec![Reason::Vram]);
+    assert_eq!(r.gpu.unwrap().free_gb, 2.0);
+}
+
+#[test]
+fn concurrency_limit_is_reported_when_tracked() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 2 * G)]);
+    let ctx = Context { active_generations: Some(2), ..f.ctx(&s) };
+    let r = resource_check(&ctx, &need(1.0));
+    assert!(!r.can_start_generation);
+    assert_eq!(r.resource_status.concurrency_available, Some(false));
+    assert_eq!(r.blocking_issues, vec!["Concurrent generation limit reached (2/2)"]);
+    assert_eq!(r.reasons, vec![Reason::Concurrency]);
+    // Untracked: the fields are absent from the JSON.
+    let json = serde_json::to_value(resource_check(&f.ctx(&s), &need(1.0))).unwrap();
+    assert!(json["resource_status"].get("concurrency_available").is_none());
+    assert!(json["current_usage"].get("active_generations").is_none());
+}
+
+#[test]
+fn default_requirement_is_the_workload_estimate() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 24, 0)]);
+    let r = resource_check(&f.ctx(&s), &CheckRequest::default());
+    let expected = super::estimate::need_gb(&f.config.workload, &f.settings, false);
+    assert_eq!(r.vram_required_gb, super::round2(expected));
+    let loaded = resource_check(&f.ctx(&s), &CheckRequest { model_loaded: true, ..CheckRequest::default() });
+    assert!(loaded.vram_required_gb < r.vram_required_gb - 9.0);
+}
+
+#[test]
+fn failing_collector_is_a_health_issue() {
+    let f = Fixture::new();
+    let mut s = snapshot(0.2, 0.3, vec![gpu(0, 16, 2 * G)]);
+    s.collectors.push(CollectorStatus {
+        name: "gpu",
+        success: false,
+        duration: Duration::ZERO,
+        error: Some("GPU 1: GPU is lost".to_owned()),
+    });
+    let h = health(&f.ctx(&s));
+    assert_eq!(h.status, HealthStatus::Warning);
+    assert_eq!(h.system_info.issues, vec!["Collector gpu failing: GPU 1: GPU is lost"]);
+}
