@@ -63,7 +63,12 @@ impl Metrics {
     }
 
     /// Renders the whole exposition.
-    pub fn render(&self, snapshot: Option<&Snapshot>, constraints: &Constraints, health: Option<HealthStatus>) -> String {
+    pub fn render(
+        &self,
+        snapshot: Option<&Snapshot>,
+        constraints: &Constraints,
+        health: Option<HealthStatus>,
+    ) -> String {
         let mut families = self.registry.gather();
         families.extend(policy_families(constraints));
         if let Some(status) = health {

@@ -40,10 +40,8 @@ pub struct ResourceCheckQuery {
 }
 
 impl Allowed for ResourceCheckQuery {
-    const FIELDS: &'static [(&'static str, &'static str)] = &[
-        ("vram_required_gb", "a number above 0 up to 1024 (GiB)"),
-        ("model_loaded", "true or false"),
-    ];
+    const FIELDS: &'static [(&'static str, &'static str)] =
+        &[("vram_required_gb", "a number above 0 up to 1024 (GiB)"), ("model_loaded", "true or false")];
 }
 
 /// Checks a requirement is a sane number of GiB.
@@ -68,11 +66,8 @@ pub async fn resource_check(
     validate_required(q.vram_required_gb)?;
     let snapshot = state.snapshot();
     let live = state.live();
-    let req = CheckRequest {
-        vram_required_gb: q.vram_required_gb,
-        model_loaded: q.model_loaded.unwrap_or(false),
-        gpu: None,
-    };
+    let req =
+        CheckRequest { vram_required_gb: q.vram_required_gb, model_loaded: q.model_loaded.unwrap_or(false), gpu: None };
     let check = decide(&state.context(snapshot.as_deref(), &live), &req);
     state.metrics.record_decision(check.can_start_generation, check.primary_reason());
     Ok(Json(check))

@@ -36,7 +36,10 @@ impl ApiError {
 
     /// 503 before the first sample exists (the process is starting, not failing).
     pub fn not_ready() -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, detail: "no resource sample yet; vramguard is starting".to_owned() }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            detail: "no resource sample yet; vramguard is starting".to_owned(),
+        }
     }
 
     /// 404 with a detail.
@@ -49,7 +52,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(ErrorBody { detail: self.detail })).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -28,11 +28,7 @@ struct ApiDoc;
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(stats::get_stats))
-        .routes(routes!(
-            settings::get_optimization,
-            settings::post_optimization,
-            settings::delete_optimization
-        ))
+        .routes(routes!(settings::get_optimization, settings::post_optimization, settings::delete_optimization))
         .routes(routes!(settings::get_constraints, settings::post_constraints, settings::delete_constraints))
         .routes(routes!(decisions::get_health))
         .routes(routes!(decisions::resource_check))

@@ -147,7 +147,8 @@ pub async fn post_optimization(
         if let Some(v) = patch.max_vram_usage_gb {
             s.max_vram_usage_gb = v;
         }
-        validate_optimization(s, max_budget).map_err(|(field, message)| ApiError::bad_request(format!("{field}: {message}")))?;
+        validate_optimization(s, max_budget)
+            .map_err(|(field, message)| ApiError::bad_request(format!("{field}: {message}")))?;
         Ok(Persist::Save(OPTIMIZATION_KEY, serde_json::to_value(*s).expect("settings serialise")))
     })
     .await?;
@@ -287,8 +288,7 @@ fn largest_gpu_gb(state: &AppState) -> f64 {
 
 fn optimization_answer(state: &AppState, live: &Live, message: &str) -> OptimizationUpdated {
     let snapshot = state.snapshot();
-    let used: u64 =
-        snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
+    let used: u64 = snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
     let ctx = state.context(snapshot.as_deref(), live);
     let check = resource_check(&ctx, &CheckRequest::default());
     OptimizationUpdated {

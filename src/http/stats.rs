@@ -74,7 +74,10 @@ impl From<&Snapshot> for StatsBody {
                 gpu_percent: g.utilization_ratio.map(|u| round1(u * 100.0)),
                 vram_used_mb: g.memory.map(|m| round1(m.used_bytes as f64 / MIB)),
                 vram_total_mb: g.memory.map(|m| round1(m.total_bytes as f64 / MIB)),
-                vram_percent: g.memory.filter(|m| m.total_bytes > 0).map(|m| round1(m.used_bytes as f64 / m.total_bytes as f64 * 100.0)),
+                vram_percent: g
+                    .memory
+                    .filter(|m| m.total_bytes > 0)
+                    .map(|m| round1(m.used_bytes as f64 / m.total_bytes as f64 * 100.0)),
                 temperature_c: g.temperature_celsius,
                 power_w: g.power_watts,
             })
@@ -87,7 +90,11 @@ impl From<&Snapshot> for StatsBody {
             ram_used_gb: host.map(|h| round2(h.memory_used_bytes() as f64 / GIB)),
             ram_total_gb: host.map(|h| round2(h.memory_total_bytes as f64 / GIB)),
             ram_percent: host.map(|h| round1(h.memory_used_bytes() as f64 / h.memory_total_bytes as f64 * 100.0)),
-            gpu_percent: if utils.is_empty() { 0.0 } else { round1(utils.iter().sum::<f64>() / utils.len() as f64 * 100.0) },
+            gpu_percent: if utils.is_empty() {
+                0.0
+            } else {
+                round1(utils.iter().sum::<f64>() / utils.len() as f64 * 100.0)
+            },
             vram_used_mb: round1(used as f64 / MIB),
             vram_total_mb: round1(total as f64 / MIB),
             vram_percent: if total == 0 { 0.0 } else { round1(used as f64 / total as f64 * 100.0) },

@@ -127,9 +127,8 @@ impl ResourceCheck {
 /// Decides whether a generation can start now.
 pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
     let c = ctx.constraints;
-    let required = req
-        .vram_required_gb
-        .unwrap_or_else(|| estimate::need_gb(ctx.workload, ctx.settings, req.model_loaded));
+    let required =
+        req.vram_required_gb.unwrap_or_else(|| estimate::need_gb(ctx.workload, ctx.settings, req.model_loaded));
     let mut blocking = Vec::new();
     let mut reasons = Vec::new();
     let mut recommendations = Vec::new();
@@ -140,7 +139,8 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
         Some(pin) => all.iter().filter(|g| g.index == pin).cloned().collect(),
         None => all.clone(),
     };
-    let fitting: Vec<GpuView> = candidates.iter().filter(|g| g.projected(required) < c.vram_critical_threshold).cloned().collect();
+    let fitting: Vec<GpuView> =
+        candidates.iter().filter(|g| g.projected(required) < c.vram_critical_threshold).cloned().collect();
     let within_budget = required <= ctx.settings.max_vram_usage_gb;
     let chosen = best_gpu(&fitting).or_else(|| best_gpu(&candidates)).cloned();
     let vram_available = if ctx.snapshot.is_none() {
@@ -203,7 +203,8 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
             let any_fits = found.iter().any(|r| r.fits);
             recommendations.extend(found.into_iter().map(|r| r.text));
             // Naming the processes that hold VRAM only helps if the job fits an emptier GPU.
-            let freeing_helps = candidates.iter().any(|g| (g.reserved_gb + required) / g.total_gb < c.vram_critical_threshold);
+            let freeing_helps =
+                candidates.iter().any(|g| (g.reserved_gb + required) / g.total_gb < c.vram_critical_threshold);
             if !ok
                 && !any_fits
                 && freeing_helps

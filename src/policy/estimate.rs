@@ -158,9 +158,7 @@ pub fn search(
         ));
     }
     // What fits first; among those the fewest changes (least cost), then the biggest saving.
-    found.sort_by(|(na, a), (nb, b)| {
-        b.fits.cmp(&a.fits).then(na.cmp(nb)).then(b.saves_gb.total_cmp(&a.saves_gb))
-    });
+    found.sort_by(|(na, a), (nb, b)| b.fits.cmp(&a.fits).then(na.cmp(nb)).then(b.saves_gb.total_cmp(&a.saves_gb)));
     found.into_iter().map(|(_, r)| r).take(4).collect()
 }
 

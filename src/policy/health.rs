@@ -128,8 +128,7 @@ pub fn health(ctx: &Context<'_>) -> Health {
         }
         if worst >= c.vram_warning_threshold {
             let need = estimate::need_gb(ctx.workload, ctx.settings, false);
-            let found =
-                estimate::search(ctx.workload, ctx.settings, false, need, &gpus, c.vram_critical_threshold);
+            let found = estimate::search(ctx.workload, ctx.settings, false, need, &gpus, c.vram_critical_threshold);
             recommendations.extend(found.into_iter().map(|r| r.text));
         }
     } else if ctx.gpu_enabled {
@@ -144,7 +143,10 @@ pub fn health(ctx: &Context<'_>) -> Health {
 
     let message = match status {
         HealthStatus::Healthy => "System is healthy".to_owned(),
-        HealthStatus::Warning => format!("System needs attention: {}", issues.iter().chain(&warnings).cloned().collect::<Vec<_>>().join("; ")),
+        HealthStatus::Warning => format!(
+            "System needs attention: {}",
+            issues.iter().chain(&warnings).cloned().collect::<Vec<_>>().join("; ")
+        ),
         HealthStatus::Critical => format!("System is critical: {}", issues.join("; ")),
     };
     Health {

@@ -17,11 +17,7 @@ fn gpu(index: u32, total_gib: u64, used_bytes: u64) -> GpuStats {
         name: Some("Test GPU".to_owned()),
         pci_bus_id: None,
         utilization_ratio: Some(0.1),
-        memory: Some(GpuMemory {
-            total_bytes: total_gib * G,
-            used_bytes,
-            free_bytes: total_gib * G - used_bytes,
-        }),
+        memory: Some(GpuMemory { total_bytes: total_gib * G, used_bytes, free_bytes: total_gib * G - used_bytes }),
         temperature_celsius: None,
         power_watts: None,
         processes: Some(vec![GpuProcess { pid: 4242, name: Some("python3".to_owned()), used_bytes }]),
@@ -114,7 +110,11 @@ fn critical_vram_is_critical_and_blocks() {
     assert_eq!(r.blocking_issues, vec!["VRAM usage too high (96.0%)"]);
     assert_eq!(r.reasons, vec![Reason::Vram]);
     // Nothing fits: the largest VRAM holder is named.
-    assert!(r.recommendations.iter().any(|t| t.contains("pid 4242 (python3) 24.0 GB on GPU 0")), "{:?}", r.recommendations);
+    assert!(
+        r.recommendations.iter().any(|t| t.contains("pid 4242 (python3) 24.0 GB on GPU 0")),
+        "{:?}",
+        r.recommendations
+    );
 }
 
 #[test]

@@ -30,6 +30,10 @@ pub struct Vramguard {
     pub dir: tempfile::TempDir,
     logs: Arc<Mutex<String>>,
     client: reqwest::blocking::Client,
+    /// The command line, to start again on the same state directory.
+    program: Vec<std::ffi::OsString>,
+    /// Bearer token sent with writes, when set.
+    pub token: Option<String>,
 }
 
 /// Writes a scenario file atomically (rename), so the fake never reads half a file.
@@ -63,6 +67,8 @@ impl Vramguard {
 
     /// Spawns a prepared command and waits for its listening line.
     pub fn spawn(mut cmd: Command, dir: tempfile::TempDir, scenario_path: &Path) -> Self {
+        let mut program = vec![cmd.get_program().to_owned()];
+        program.extend(cmd.get_args().map(|a| a.to_owned()));
         cmd.env("FAKE_NVML_SCENARIO", scenario_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -89,7 +95,58 @@ impl Vramguard {
             panic!("vramguard did not report its address; logs:\n{}", logs.lock().unwrap());
         };
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        Self { child, addr, dir, logs, client }
+        Self { child, addr, dir, logs, client, program, token: None }
+    }
+
+    /// Stops this process (SIGKILL when `kill9`, else SIGTERM) and starts the same command on the
+    /// same state directory and scenario.
+    pub fn restart(mut self, kill9: bool) -> Self {
+        if kill9 {
+            self.child.kill().expect("kill -9");
+        } else {
+            signal(self.child.id(), "TERM");
+        }
+        self.child.wait().expect("wait");
+        let mut cmd = Command::new(&self.program[0]);
+        cmd.args(&self.program[1..]);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let scenario = dir.path().join("scenario.txt");
+        let token = self.token.take();
+        let mut next = Self::spawn(cmd, dir, &scenario);
+        next.token = token;
+        next
+    }
+
+    fn with_token(&self, rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// GET returning the status and the JSON body.
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.client.get(self.url(path)).send().expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().expect("JSON body"))
+    }
+
+    /// POST a JSON body (with the token, if set), returning the status and the JSON body.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self.with_token(self.client.post(self.url(path)).json(body)).send().expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// DELETE (with the token, if set), returning the status and the body as JSON (or null).
+    pub fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.with_token(self.client.delete(self.url(path))).send().expect("DELETE");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn client(&self) -> &reqwest::blocking::Client {
+        &self.client
     }
 
     pub fn url(&self, path: &str) -> String {
