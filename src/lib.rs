@@ -20,12 +20,14 @@
 //! - [`policy`]: pure decisions: workload estimate, recommendations, health, resource-check.
 //! - [`http`]: the axum router ([`http::app`]), its handlers and the one `ApiError` type.
 //! - [`server`]: wiring and graceful shutdown; [`server::run`] is what `main` calls.
+//! - [`leases`]: the in-memory book of generation leases and their VRAM reservations.
 //! - [`store`]: the SQLite state store: API overrides (and later history and leases).
 //! - [`error`]: start-up and configuration errors.
 
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod leases;
 pub mod metrics;
 pub mod policy;
 pub mod sampler;

@@ -50,7 +50,7 @@ impl Metrics {
         registry.register(Box::new(decisions.clone())).expect("fresh registry accepts the decision counter");
         // Start the common series at 0 so rate() works from the first decision.
         decisions.with_label_values(&["admitted", "none"]);
-        for reason in ["vram", "cpu", "ram", "no_gpu"] {
+        for reason in ["vram", "cpu", "ram", "concurrency", "no_gpu"] {
             decisions.with_label_values(&["refused", reason]);
         }
         Self { registry, decisions }
@@ -68,9 +68,15 @@ impl Metrics {
         snapshot: Option<&Snapshot>,
         constraints: &Constraints,
         health: Option<HealthStatus>,
+        active_generations: u32,
     ) -> String {
         let mut families = self.registry.gather();
         families.extend(policy_families(constraints));
+        families.push(family(
+            "vramguard_active_generations",
+            "Generation leases held now.",
+            vec![sample(&[], f64::from(active_generations))],
+        ));
         if let Some(status) = health {
             families.push(family(
                 "vramguard_health_status",
@@ -288,7 +294,7 @@ mod tests {
     /// An unavailable reading has no series at all (never a 0), and label values are escaped.
     #[test]
     fn unavailable_readings_are_omitted() {
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0)])), &Constraints::default(), None);
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0)])), &Constraints::default(), None, 0);
         assert!(!text.contains("vramguard_gpu_temperature_celsius"), "{text}");
         assert!(text.contains("vramguard_gpu_power_watts{gpu=\"0\",uuid=\"GPU-0\"} 120.5"), "{text}");
         assert!(text.contains("name=\"Test \\\"GPU\\\"\""), "{text}");
@@ -300,7 +306,7 @@ mod tests {
     #[test]
     fn thresholds_follow_constraints() {
         let c = Constraints { vram_critical_threshold: 0.9, max_concurrent_generations: 3, ..Constraints::default() };
-        let text = Metrics::new().render(None, &c, None);
+        let text = Metrics::new().render(None, &c, None, 0);
         assert!(text.contains("vramguard_threshold_ratio{resource=\"vram\",level=\"critical\"} 0.9"), "{text}");
         assert!(text.contains("vramguard_max_concurrent_generations 3"), "{text}");
         assert!(!text.contains("vramguard_gpus"), "no snapshot yet: {text}");
@@ -309,9 +315,9 @@ mod tests {
     /// A lost GPU takes its series with it and the GPU count drops.
     #[test]
     fn gpu_count_follows_snapshot() {
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0), gpu(1)])), &Constraints::default(), None);
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0), gpu(1)])), &Constraints::default(), None, 0);
         assert!(text.contains("vramguard_gpus 2"));
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(1)])), &Constraints::default(), None);
+        let text = Metrics::new().render(Some(&snapshot(vec![gpu(1)])), &Constraints::default(), None, 0);
         assert!(text.contains("vramguard_gpus 1"));
         assert!(!text.contains("gpu=\"0\""));
     }

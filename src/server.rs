@@ -26,6 +26,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let store = Store::open(&config.state_dir)?;
     let live = load_live(&store, &config)?;
+    let leases = crate::leases::LeaseBook::from_leases(store.load_leases()?);
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
@@ -37,7 +38,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let _ = sampler_stop.wait_for(|s| *s).await;
     }));
 
-    let state = AppState::new(config, snapshots, store, live, token);
+    let state = AppState::new(config, snapshots, store, live, leases, token);
+    // Expired leases are also reaped on every decision; the timer keeps the count and the
+    // store honest when no one asks.
+    let reaper_state = state.clone();
+    let mut reaper_stop = stop_rx.clone();
+    let reaper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = reaper_stop.changed() => return,
+                _ = tick.tick() => crate::http::generations::reap_expired(&reaper_state).await,
+            }
+        }
+    });
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on http://{addr}");
 
     let stop_for_server = stop_tx.clone();
@@ -60,6 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let _ = stop_tx.send(true);
     let _ = sampler_task.await;
+    let _ = reaper.await;
     tracing::info!("stopped");
     result
 }

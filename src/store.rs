@@ -12,6 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::leases::Lease;
+
 /// File name of the database inside `state_dir`.
 pub const DB_FILE: &str = "vramguard.db";
 
@@ -63,6 +65,16 @@ CREATE TABLE IF NOT EXISTS overrides (
     key        TEXT PRIMARY KEY,
     value      TEXT NOT NULL,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    id               TEXT PRIMARY KEY,
+    gpu_index        INTEGER,
+    gpu_uuid         TEXT,
+    vram_reserved_gb REAL NOT NULL,
+    granted_at       REAL NOT NULL,
+    expires_at       REAL NOT NULL,
+    ttl_seconds      INTEGER NOT NULL,
+    client           TEXT
 );
 ";
 
@@ -135,6 +147,61 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every stored lease, live or not (the caller reaps).
+    pub fn load_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client
+                 FROM leases",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Lease {
+                    id: r.get(0)?,
+                    gpu_index: r.get(1)?,
+                    gpu_uuid: r.get(2)?,
+                    vram_reserved_gb: r.get(3)?,
+                    granted_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    ttl_seconds: r.get(6)?,
+                    client: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Inserts or updates a lease durably.
+    pub fn put_lease(&mut self, l: &Lease) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds",
+                params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Deletes leases by id in one transaction.
+    pub fn delete_leases(&mut self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(sql)?;
+        for id in ids {
+            tx.execute("DELETE FROM leases WHERE id = ?1", params![id]).map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +219,30 @@ mod tests {
         assert_eq!(s.load_override::<Vec<u32>>("k").unwrap(), Some(vec![3]));
         s.delete_override("k").unwrap();
         assert_eq!(s.load_override::<Vec<u32>>("k").unwrap(), None);
+    }
+
+    #[test]
+    fn leases_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Lease {
+            id: "0123456789abcdef0123456789abcdef".to_owned(),
+            gpu_index: Some(1),
+            gpu_uuid: Some("GPU-B".to_owned()),
+            vram_reserved_gb: 9.5,
+            granted_at: 100.0,
+            expires_at: 1000.0,
+            ttl_seconds: 900,
+            client: Some("worker-1".to_owned()),
+        };
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            s.put_lease(&lease).unwrap();
+            s.put_lease(&Lease { expires_at: 2000.0, ..lease.clone() }).unwrap();
+        }
+        let mut s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.load_leases().unwrap(), vec![Lease { expires_at: 2000.0, ..lease.clone() }]);
+        s.delete_leases(std::slice::from_ref(&lease.id)).unwrap();
+        assert!(s.load_leases().unwrap().is_empty());
     }
 
     #[test]

@@ -97,8 +97,8 @@ fn healthy_gpu() {
     assert_eq!(r["gpu"], json!({"index": 0, "uuid": "GPU-A", "free_gb": 14.0, "projected_percent": 37.5}));
     assert_eq!(r["current_usage"]["vram_percent"], json!(12.5));
     assert_eq!(r["vram_required_gb"], json!(4.0));
-    // Concurrency is not reported before leases exist.
-    assert!(r["resource_status"].get("concurrency_available").is_none());
+    assert_eq!(r["resource_status"]["concurrency_available"], json!(true));
+    assert_eq!(r["current_usage"]["active_generations"], json!(0));
     // Without a figure, the requirement is the workload estimate of the live settings.
     let est = check(&vg, "");
     assert_eq!(est["vram_required_gb"], json!(11.81));

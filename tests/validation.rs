@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use vramguard::config::{Config, Constraints, Optimization};
 use vramguard::http::{AppState, Live, app};
+use vramguard::leases::LeaseBook;
 use vramguard::snapshot::{CollectorStatus, GpuMemory, GpuStats, HostStats, Snapshot};
 use vramguard::store::Store;
 
@@ -52,7 +53,7 @@ impl Harness {
         let store = Store::open(dir.path()).unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(Some(Arc::new(snapshot())));
         let live = Live { settings: config.optimization, constraints: config.constraints };
-        let state = AppState::new(config, rx, store, live, token.map(str::to_owned));
+        let state = AppState::new(config, rx, store, live, LeaseBook::default(), token.map(str::to_owned));
         Self { state, _dir: dir }
     }
 

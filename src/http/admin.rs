@@ -27,12 +27,11 @@ pub async fn landing() -> Html<String> {
 
 /// `GET /metrics`: renders the latest snapshot; never touches hardware.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let snapshot = state.snapshot();
-    let live = state.live();
+    let view = state.view();
     // Health is a pure function of what is rendered anyway; computing it here keeps the state
     // set consistent with the snapshot in the same scrape.
-    let status = snapshot.as_ref().map(|s| crate::policy::health::health(&state.context(Some(s), &live)).status);
-    let body = state.metrics.render(snapshot.as_deref(), &live.constraints, status);
+    let status = view.snapshot.as_ref().map(|_| crate::policy::health::health(&view.context(&state.config)).status);
+    let body = state.metrics.render(view.snapshot.as_deref(), &view.live.constraints, status, view.active);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -3,7 +3,7 @@
 //! for malformed JSON, wrong types and unknown fields.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -55,6 +55,29 @@ impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequest<S> for JsonBody<
             )));
         }
         from_value::<T>(value).map(JsonBody)
+    }
+}
+
+/// An optional JSON body: no body at all (and no Content-Type) is `None`; anything else must be
+/// a valid JSON object, exactly as for [`JsonBody`].
+impl<S: Send + Sync, T: DeserializeOwned + Allowed> OptionalFromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        if req.headers().contains_key(header::CONTENT_TYPE) {
+            return <Self as FromRequest<S>>::from_request(req, state).await.map(Some);
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError { status: r.status(), detail: format!("could not read the request body: {r}") })?;
+        if bytes.is_empty() {
+            Ok(None)
+        } else {
+            Err(ApiError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                detail: "the request body must be JSON: send Content-Type: application/json".to_owned(),
+            })
+        }
     }
 }
 

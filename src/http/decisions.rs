@@ -19,9 +19,8 @@ pub const MAX_REQUIRED_GB: f64 = 1024.0;
 #[utoipa::path(get, path = "/api/v1/system/health", tag = "policy",
     responses((status = 200, body = Health)))]
 pub async fn get_health(State(state): State<AppState>) -> Json<Health> {
-    let snapshot = state.snapshot();
-    let live = state.live();
-    Json(health(&state.context(snapshot.as_deref(), &live)))
+    let view = state.view();
+    Json(health(&view.context(&state.config)))
 }
 
 /// Query of the resource-check.
@@ -64,11 +63,10 @@ pub async fn resource_check(
     QueryParams(q): QueryParams<ResourceCheckQuery>,
 ) -> Result<Json<ResourceCheck>, ApiError> {
     validate_required(q.vram_required_gb)?;
-    let snapshot = state.snapshot();
-    let live = state.live();
+    let view = state.view();
     let req =
         CheckRequest { vram_required_gb: q.vram_required_gb, model_loaded: q.model_loaded.unwrap_or(false), gpu: None };
-    let check = decide(&state.context(snapshot.as_deref(), &live), &req);
+    let check = decide(&view.context(&state.config), &req);
     state.metrics.record_decision(check.can_start_generation, check.primary_reason());
     Ok(Json(check))
 }

@@ -13,6 +13,9 @@
 //! | GET, POST, DELETE | `/api/v1/system/constraints` | [`settings`] | resource constraints |
 //! | GET | `/api/v1/system/health` | [`decisions::get_health`] | health report |
 //! | GET | `/api/v1/system/resource-check` | [`decisions::resource_check`] | admission query |
+//! | POST, GET | `/api/v1/system/generations` | [`generations`] | take a lease (atomic admission); list |
+//! | POST | `/api/v1/system/generations/{id}/heartbeat` | [`generations::heartbeat`] | extend a lease |
+//! | DELETE | `/api/v1/system/generations/{id}` | [`generations::release`] | release a lease |
 //! | GET | `/api/v1/openapi.json` | [`openapi`] | OpenAPI 3.1 document of the JSON API |
 //!
 //! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. With
@@ -23,6 +26,7 @@ pub mod auth;
 pub mod body;
 pub mod decisions;
 pub mod error;
+pub mod generations;
 pub mod openapi;
 pub mod settings;
 pub mod stats;
@@ -34,6 +38,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 use crate::config::{Config, Constraints, Optimization};
+use crate::leases::LeaseBook;
 use crate::metrics::Metrics;
 use crate::policy::Context;
 use crate::sampler::SnapshotRx;
@@ -65,12 +70,56 @@ pub struct AppState {
     pub store: Arc<Mutex<Store>>,
     /// Bearer token for writes, when configured.
     pub token: Option<Arc<str>>,
+    /// Generation leases. Changed only under the store lock (after the store write); read by
+    /// every decision for the active count and the VRAM reservations.
+    pub leases: Arc<RwLock<LeaseBook>>,
+}
+
+/// A consistent copy of everything a decision reads.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// Latest snapshot.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Live settings and constraints.
+    pub live: Live,
+    /// GiB reserved per GPU by leases within their grace period.
+    pub reservations: Vec<(u32, f64)>,
+    /// Live leases.
+    pub active: u32,
+}
+
+impl View {
+    /// The policy's input built from this view.
+    pub fn context<'a>(&'a self, config: &'a Config) -> Context<'a> {
+        Context {
+            snapshot: self.snapshot.as_deref(),
+            constraints: &self.live.constraints,
+            settings: &self.live.settings,
+            workload: &config.workload,
+            gpu_enabled: config.gpu.enabled,
+            reservations: &self.reservations,
+            active_generations: Some(self.active),
+        }
+    }
+}
+
+/// Wall-clock Unix seconds: lease times must keep counting across a restart.
+pub fn now_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 impl AppState {
     /// State for a service whose store and live values were loaded by the caller.
-    pub fn new(config: Config, snapshots: SnapshotRx, store: Store, live: Live, token: Option<String>) -> Self {
+    pub fn new(
+        config: Config,
+        snapshots: SnapshotRx,
+        store: Store,
+        live: Live,
+        leases: LeaseBook,
+        token: Option<String>,
+    ) -> Self {
         Self {
+            leases: Arc::new(RwLock::new(leases)),
             snapshots,
             metrics: Arc::new(Metrics::new()),
             config: Arc::new(config),
@@ -90,17 +139,20 @@ impl AppState {
         self.snapshots.borrow().clone()
     }
 
-    /// The policy's view of now, without leases.
-    pub fn context<'a>(&'a self, snapshot: Option<&'a Snapshot>, live: &'a Live) -> Context<'a> {
-        Context {
-            snapshot,
-            constraints: &live.constraints,
-            settings: &live.settings,
-            workload: &self.config.workload,
-            gpu_enabled: self.config.gpu.enabled,
-            reservations: &[],
-            active_generations: None,
+    /// A consistent copy of what a decision reads, at `now`.
+    pub fn view_at(&self, now: f64) -> View {
+        let book = self.leases.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        View {
+            snapshot: self.snapshot(),
+            live: self.live(),
+            reservations: book.reservations(now, self.config.leases.reservation_grace.0),
+            active: book.active(now),
         }
+    }
+
+    /// A consistent copy of what a decision reads, now.
+    pub fn view(&self) -> View {
+        self.view_at(now_seconds())
     }
 }
 

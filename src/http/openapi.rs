@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, decisions, settings, stats};
+use super::{AppState, decisions, generations, settings, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use super::{AppState, decisions, settings, stats};
         (name = "stats", description = "Resource readings"),
         (name = "settings", description = "Optimization settings and resource constraints"),
         (name = "policy", description = "Health and admission decisions"),
+        (name = "leases", description = "Generation leases: atomic admission"),
     )
 )]
 struct ApiDoc;
@@ -32,6 +33,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(settings::get_constraints, settings::post_constraints, settings::delete_constraints))
         .routes(routes!(decisions::get_health))
         .routes(routes!(decisions::resource_check))
+        .routes(routes!(generations::acquire, generations::list))
+        .routes(routes!(generations::heartbeat))
+        .routes(routes!(generations::release))
 }
 
 /// `GET /api/v1/openapi.json`.

@@ -263,7 +263,7 @@ async fn update(
         let mut next = state.live();
         let persist = change(&mut next)?;
         let result = match persist {
-            Persist::Save(key, value) => store.save_override(key, &value, now_seconds()),
+            Persist::Save(key, value) => store.save_override(key, &value, super::now_seconds()),
             Persist::Delete(key) => store.delete_override(key),
         };
         result.map_err(|e| ApiError::internal("could not write the state store", e))?;
@@ -272,10 +272,6 @@ async fn update(
     })
     .await
     .map_err(|e| ApiError::internal("settings update failed", e))?
-}
-
-fn now_seconds() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The largest GPU's VRAM in GiB, or the no-GPU ceiling.
@@ -287,9 +283,10 @@ fn largest_gpu_gb(state: &AppState) -> f64 {
 }
 
 fn optimization_answer(state: &AppState, live: &Live, message: &str) -> OptimizationUpdated {
-    let snapshot = state.snapshot();
-    let used: u64 = snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
-    let ctx = state.context(snapshot.as_deref(), live);
+    let view = super::View { live: *live, ..state.view() };
+    let used: u64 =
+        view.snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
+    let ctx = view.context(&state.config);
     let check = resource_check(&ctx, &CheckRequest::default());
     OptimizationUpdated {
         message: message.to_owned(),
