@@ -36,6 +36,8 @@ pub struct Config {
     pub workload: Workload,
     /// Generation leases.
     pub leases: LeasesConfig,
+    /// The live stats WebSocket.
+    pub stream: StreamConfig,
 }
 
 /// NVML settings.
@@ -73,6 +75,24 @@ pub struct HistoryConfig {
     pub retention: Dur,
     /// Base URL of Prometheus, for `backend: prometheus`.
     pub prometheus_url: Option<String>,
+    /// Label matchers that pick this vramguard's series in Prometheus, e.g. `job="vramguard"`.
+    pub prometheus_selector: String,
+    /// How long to wait for Prometheus before answering from the embedded store.
+    pub prometheus_timeout: Dur,
+}
+
+/// The live stats WebSocket.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Most WebSocket subscribers at once; further ones get 503.
+    pub max_subscribers: u32,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { max_subscribers: 64 }
+    }
 }
 
 /// API authentication.
@@ -178,6 +198,7 @@ impl Default for Config {
             optimization: Optimization::default(),
             workload: Workload::default(),
             leases: LeasesConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -195,6 +216,8 @@ impl Default for HistoryConfig {
             interval: Dur::secs(5),
             retention: Dur::secs(7 * 86_400),
             prometheus_url: None,
+            prometheus_selector: String::new(),
+            prometheus_timeout: Dur::secs(5),
         }
     }
 }
@@ -291,6 +314,28 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return bad("history.prometheus_url", format!("{url:?} must start with http:// or https://"));
+        }
+        if self.history.prometheus_selector.contains(['{', '}']) {
+            return bad(
+                "history.prometheus_selector",
+                format!(
+                    "{:?}: give the matchers without braces, e.g. job=\"vramguard\"",
+                    self.history.prometheus_selector
+                ),
+            );
+        }
+        let pt = self.history.prometheus_timeout.0;
+        if pt < Duration::from_millis(100) || pt > Duration::from_secs(60) {
+            return bad(
+                "history.prometheus_timeout",
+                format!("{} is out of range; allowed 100ms to 1m", self.history.prometheus_timeout),
+            );
+        }
+        if !(1..=10_000).contains(&self.stream.max_subscribers) {
+            return bad(
+                "stream.max_subscribers",
+                format!("{} is out of range; allowed 1 to 10000", self.stream.max_subscribers),
+            );
         }
         validate_constraints(&self.constraints)
             .map_err(|(key, message)| ConfigError::Invalid { key: format!("constraints.{key}"), message })?;

@@ -18,6 +18,7 @@
 //!   `cgroup`), each run on the blocking pool under a timeout.
 //! - [`metrics`]: renders a snapshot and the live constraints as Prometheus text.
 //! - [`policy`]: pure decisions: workload estimate, recommendations, health, resource-check.
+//! - [`history`]: the embedded history recorder and the Prometheus-backed history source.
 //! - [`http`]: the axum router ([`http::app`]), its handlers and the one `ApiError` type.
 //! - [`server`]: wiring and graceful shutdown; [`server::run`] is what `main` calls.
 //! - [`leases`]: the in-memory book of generation leases and their VRAM reservations.
@@ -26,6 +27,7 @@
 
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod http;
 pub mod leases;
 pub mod metrics;

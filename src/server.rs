@@ -38,7 +38,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let _ = sampler_stop.wait_for(|s| *s).await;
     }));
 
-    let state = AppState::new(config, snapshots, store, live, leases, token);
+    let state = AppState::new(config, snapshots, store, live, leases, token, stop_rx.clone())?;
+    let recorder = tokio::spawn(crate::history::recorder::run(state.clone(), stop_rx.clone()));
     // Expired leases are also reaped on every decision; the timer keeps the count and the
     // store honest when no one asks.
     let reaper_state = state.clone();
@@ -75,6 +76,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let _ = stop_tx.send(true);
     let _ = sampler_task.await;
     let _ = reaper.await;
+    let _ = recorder.await;
     tracing::info!("stopped");
     result
 }

@@ -12,7 +12,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::history::{HistoryPoint, HistorySeries};
 use crate::leases::Lease;
+use crate::snapshot::rfc3339;
 
 /// File name of the database inside `state_dir`.
 pub const DB_FILE: &str = "vramguard.db";
@@ -66,6 +68,20 @@ CREATE TABLE IF NOT EXISTS overrides (
     value      TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS history (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts            REAL NOT NULL,
+    saved         INTEGER NOT NULL DEFAULT 0,
+    cpu_percent   REAL,
+    ram_used_gb   REAL,
+    ram_total_gb  REAL,
+    ram_percent   REAL,
+    gpu_percent   REAL NOT NULL,
+    vram_used_mb  REAL NOT NULL,
+    vram_total_mb REAL NOT NULL,
+    vram_percent  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_ts ON history (ts);
 CREATE TABLE IF NOT EXISTS leases (
     id               TEXT PRIMARY KEY,
     gpu_index        INTEGER,
@@ -202,6 +218,109 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records one history point (durably) and drops points older than `prune_before`.
+    pub fn record_history(&mut self, p: &HistoryPoint, saved: bool, prune_before: f64) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT INTO history (ts, saved, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
+                                  gpu_percent, vram_used_mb, vram_total_mb, vram_percent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                p.ts,
+                saved,
+                p.cpu_percent,
+                p.ram_used_gb,
+                p.ram_total_gb,
+                p.ram_percent,
+                p.gpu_percent,
+                p.vram_used_mb,
+                p.vram_total_mb,
+                p.vram_percent
+            ],
+        )
+        .map_err(sql)?;
+        tx.execute("DELETE FROM history WHERE ts < ?1", params![prune_before]).map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    /// Points with `start <= ts <= end`, oldest first. When more than `max_points` fall in the
+    /// range they are averaged into `max_points` equal-width buckets; a reading missing from a
+    /// sample is left out of its bucket's average rather than counted as 0.
+    pub fn query_history(
+        &self,
+        start: f64,
+        end: f64,
+        max_points: u32,
+        interval_seconds: f64,
+    ) -> Result<HistorySeries, StoreError> {
+        let total: u64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM history WHERE ts >= ?1 AND ts <= ?2", params![start, end], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        let (sql, width) = if total <= u64::from(max_points) {
+            (
+                "SELECT ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
+                        gpu_percent, vram_used_mb, vram_total_mb, vram_percent
+                 FROM history WHERE ts >= ?1 AND ts <= ?2 AND ?3 > 0 ORDER BY ts, id",
+                interval_seconds,
+            )
+        } else {
+            (
+                "SELECT AVG(ts), AVG(cpu_percent), AVG(ram_used_gb), AVG(ram_total_gb), AVG(ram_percent),
+                        AVG(gpu_percent), AVG(vram_used_mb), AVG(vram_total_mb), AVG(vram_percent)
+                 FROM history WHERE ts >= ?1 AND ts <= ?2
+                 GROUP BY MIN(CAST((ts - ?1) / ?3 AS INTEGER), ?4 - 1)
+                 ORDER BY 1",
+                (end - start) / f64::from(max_points),
+            )
+        };
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
+        let bind_width = if total <= u64::from(max_points) { 1.0 } else { width };
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<HistoryPoint> {
+            let ts: f64 = r.get(0)?;
+            Ok(HistoryPoint {
+                ts,
+                cpu_percent: r.get(1)?,
+                ram_used_gb: r.get(2)?,
+                ram_total_gb: r.get(3)?,
+                ram_percent: r.get(4)?,
+                gpu_percent: r.get(5)?,
+                vram_used_mb: r.get(6)?,
+                vram_total_mb: r.get(7)?,
+                vram_percent: r.get(8)?,
+                timestamp: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ts.max(0.0))),
+            })
+        };
+        let points = if total <= u64::from(max_points) {
+            stmt.query_map(params![start, end, bind_width], map)
+        } else {
+            stmt.query_map(params![start, end, bind_width, max_points], map)
+        }
+        .map_err(|e| self.sql(e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| self.sql(e))?;
+        Ok(HistorySeries { points, total_count: total, resolution_seconds: width })
+    }
+
+    /// Size of the database and its write-ahead log, bytes.
+    pub fn size_bytes(&self) -> u64 {
+        let wal = self.path.with_extension("db-wal");
+        [self.path.as_path(), wal.as_path()].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+    }
+
+    /// Opens a second connection to the same database for long reads (history queries), so a
+    /// reader never holds the writers' lock. WAL lets it read while the writer commits.
+    pub fn reader(&self) -> Result<Self, StoreError> {
+        let sql = |source| StoreError::Sqlite { path: self.path.clone(), source };
+        let conn = Connection::open(&self.path).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+        Ok(Self { conn, path: self.path.clone() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +362,65 @@ mod tests {
         assert_eq!(s.load_leases().unwrap(), vec![Lease { expires_at: 2000.0, ..lease.clone() }]);
         s.delete_leases(std::slice::from_ref(&lease.id)).unwrap();
         assert!(s.load_leases().unwrap().is_empty());
+    }
+
+    fn point(ts: f64, cpu: Option<f64>, vram: f64) -> HistoryPoint {
+        HistoryPoint {
+            ts,
+            cpu_percent: cpu,
+            ram_used_gb: Some(1.0),
+            ram_total_gb: Some(2.0),
+            ram_percent: Some(50.0),
+            gpu_percent: 10.0,
+            vram_used_mb: vram,
+            vram_total_mb: 1000.0,
+            vram_percent: vram / 10.0,
+            timestamp: String::new(),
+        }
+    }
+
+    /// Ten samples into five buckets: each bucket is the exact mean of its two samples, and a
+    /// missing reading is skipped rather than averaged in as 0.
+    #[test]
+    fn history_buckets_average_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        for i in 0..10 {
+            let cpu = if i == 3 { None } else { Some(f64::from(i) * 10.0) };
+            s.record_history(&point(1000.0 + f64::from(i), cpu, f64::from(i) * 100.0), false, 0.0).unwrap();
+        }
+        let raw = s.query_history(1000.0, 1009.0, 100, 5.0).unwrap();
+        assert_eq!(raw.total_count, 10);
+        assert_eq!(raw.points.len(), 10);
+        assert_eq!(raw.resolution_seconds, 5.0);
+        assert_eq!(raw.points[3].cpu_percent, None);
+        let b = s.query_history(1000.0, 1010.0, 5, 5.0).unwrap();
+        assert_eq!(b.total_count, 10);
+        assert_eq!(b.resolution_seconds, 2.0);
+        let cpu: Vec<Option<f64>> = b.points.iter().map(|p| p.cpu_percent).collect();
+        assert_eq!(cpu, vec![Some(5.0), Some(20.0), Some(45.0), Some(65.0), Some(85.0)]);
+        let vram: Vec<f64> = b.points.iter().map(|p| p.vram_used_mb).collect();
+        assert_eq!(vram, vec![50.0, 250.0, 450.0, 650.0, 850.0]);
+        let ts: Vec<f64> = b.points.iter().map(|p| p.ts).collect();
+        assert_eq!(ts, vec![1000.5, 1002.5, 1004.5, 1006.5, 1008.5]);
+        // The sample exactly at the end of the range lands in the last bucket, not a sixth one.
+        let edge = s.query_history(1000.0, 1009.0, 3, 5.0).unwrap();
+        assert_eq!(edge.points.len(), 3);
+        assert_eq!(edge.points[2].vram_used_mb, 750.0); // 600, 700, 800 and the edge sample 900
+    }
+
+    /// Recording prunes what is older than the retention boundary.
+    #[test]
+    fn history_retention_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        for i in 0..5 {
+            s.record_history(&point(f64::from(i), Some(1.0), 1.0), false, 0.0).unwrap();
+        }
+        s.record_history(&point(10.0, Some(1.0), 1.0), false, 3.0).unwrap();
+        let all = s.query_history(0.0, 100.0, 100, 1.0).unwrap();
+        let ts: Vec<f64> = all.points.iter().map(|p| p.ts).collect();
+        assert_eq!(ts, vec![3.0, 4.0, 10.0]);
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn snapshot() -> Snapshot {
 struct Harness {
     state: AppState,
     _dir: tempfile::TempDir,
+    _shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Harness {
@@ -53,8 +54,10 @@ impl Harness {
         let store = Store::open(dir.path()).unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(Some(Arc::new(snapshot())));
         let live = Live { settings: config.optimization, constraints: config.constraints };
-        let state = AppState::new(config, rx, store, live, LeaseBook::default(), token.map(str::to_owned));
-        Self { state, _dir: dir }
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let state = AppState::new(config, rx, store, live, LeaseBook::default(), token.map(str::to_owned), shutdown_rx)
+            .unwrap();
+        Self { state, _dir: dir, _shutdown: shutdown_tx }
     }
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {

@@ -149,6 +149,12 @@ pub mod de {
         Ok(Some(v))
     }
 
+    /// Parses an optional non-negative integer from a query string value.
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let s = String::deserialize(d)?;
+        s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number")))
+    }
+
     /// Parses an optional boolean (`true`/`false`, `1`/`0`) from a query string value.
     pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
         let s = String::deserialize(d)?;

@@ -9,6 +9,9 @@
 //! | GET | `/-/healthy` | [`admin::healthy`] | liveness: 200 while the process answers |
 //! | GET | `/-/ready` | [`admin::ready`] | 503 until the first snapshot, then 200 |
 //! | GET | `/api/v1/system/stats` | [`stats::get_stats`] | current snapshot as JSON |
+//! | GET | `/api/v1/system/stats/history` | [`history::get_history`] | time series for charts |
+//! | POST | `/api/v1/system/stats/save` | [`history::save`] | durably record the current snapshot |
+//! | GET | `/api/v1/system/stats/ws` | [`stream::ws`] | WebSocket: one stats message per sample |
 //! | GET, POST, DELETE | `/api/v1/system/optimization` | [`settings`] | optimization settings |
 //! | GET, POST, DELETE | `/api/v1/system/constraints` | [`settings`] | resource constraints |
 //! | GET | `/api/v1/system/health` | [`decisions::get_health`] | health report |
@@ -27,23 +30,30 @@ pub mod body;
 pub mod decisions;
 pub mod error;
 pub mod generations;
+pub mod history;
 pub mod openapi;
 pub mod settings;
 pub mod stats;
+pub mod stream;
 
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
+use crate::config::HistoryBackend;
 use crate::config::{Config, Constraints, Optimization};
+use crate::history::prometheus::PrometheusSource;
 use crate::leases::LeaseBook;
 use crate::metrics::Metrics;
 use crate::policy::Context;
 use crate::sampler::SnapshotRx;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
+use crate::store::StoreError;
+use tokio::sync::watch;
 
 /// The settings the API can change, as they are now.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,6 +83,15 @@ pub struct AppState {
     /// Generation leases. Changed only under the store lock (after the store write); read by
     /// every decision for the active count and the VRAM reservations.
     pub leases: Arc<RwLock<LeaseBook>>,
+    /// A second connection to the store for history reads, so a long query never holds the
+    /// writers' lock.
+    pub history_reader: Arc<Mutex<Store>>,
+    /// Prometheus history source, when `history.backend` is `prometheus`.
+    pub prometheus: Option<PrometheusSource>,
+    /// WebSocket subscribers now.
+    pub subscribers: Arc<AtomicU32>,
+    /// Flips to true when the server shuts down (WebSockets close on it).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// A consistent copy of everything a decision reads.
@@ -117,8 +136,25 @@ impl AppState {
         live: Live,
         leases: LeaseBook,
         token: Option<String>,
-    ) -> Self {
-        Self {
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, StoreError> {
+        let history_reader = Arc::new(Mutex::new(store.reader()?));
+        let prometheus = match (&config.history.backend, &config.history.prometheus_url) {
+            (HistoryBackend::Prometheus, Some(url)) => Some(
+                PrometheusSource::new(url, &config.history.prometheus_selector, config.history.prometheus_timeout.0)
+                    .map_err(|message| StoreError::Invalid {
+                        path: store.path().to_owned(),
+                        key: "history.prometheus_url".to_owned(),
+                        message,
+                    })?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            history_reader,
+            prometheus,
+            subscribers: Arc::new(AtomicU32::new(0)),
+            shutdown,
             leases: Arc::new(RwLock::new(leases)),
             snapshots,
             metrics: Arc::new(Metrics::new()),
@@ -126,7 +162,7 @@ impl AppState {
             live: Arc::new(RwLock::new(live)),
             store: Arc::new(Mutex::new(store)),
             token: token.map(Arc::from),
-        }
+        })
     }
 
     /// A copy of the live settings and constraints.
@@ -165,6 +201,7 @@ pub fn app(state: AppState) -> Router {
         .route("/-/healthy", get(admin::healthy))
         .route("/-/ready", get(admin::ready))
         .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/system/stats/ws", get(stream::ws))
         .merge(api)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

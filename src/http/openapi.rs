@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, decisions, generations, settings, stats};
+use super::{AppState, decisions, generations, history, settings, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,8 @@ struct ApiDoc;
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(stats::get_stats))
+        .routes(routes!(history::get_history))
+        .routes(routes!(history::save))
         .routes(routes!(settings::get_optimization, settings::post_optimization, settings::delete_optimization))
         .routes(routes!(settings::get_constraints, settings::post_constraints, settings::delete_constraints))
         .routes(routes!(decisions::get_health))

@@ -1,0 +1,90 @@
+//! Stats history for charts: the embedded store (the default) and a Prometheus-backed source
+//! that answers the same query from Prometheus's own record of vramguard's metrics.
+//!
+//! - [`recorder`]: records the latest snapshot every `history.interval` and prunes past
+//!   `history.retention`.
+//! - [`prometheus`]: builds the same answer from `query_range`.
+//!
+//! The bucketing itself is SQL in [`crate::store`]: equal-width time buckets, each the average of
+//! the samples in it (missing readings are skipped, not counted as 0).
+
+pub mod prometheus;
+pub mod recorder;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::policy::{GIB, MIB, round1, round2};
+use crate::snapshot::{Snapshot, rfc3339};
+
+/// One point of history: the seed's nine stats fields.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct HistoryPoint {
+    /// Unix seconds (not serialised; `timestamp` is).
+    #[serde(skip)]
+    pub ts: f64,
+    /// CPU busy, percent.
+    pub cpu_percent: Option<f64>,
+    /// RAM in use, GiB.
+    pub ram_used_gb: Option<f64>,
+    /// RAM size, GiB.
+    pub ram_total_gb: Option<f64>,
+    /// RAM in use, percent.
+    pub ram_percent: Option<f64>,
+    /// Mean GPU busy, percent.
+    pub gpu_percent: f64,
+    /// VRAM allocated over all GPUs, MiB.
+    pub vram_used_mb: f64,
+    /// VRAM capacity over all GPUs, MiB.
+    pub vram_total_mb: f64,
+    /// VRAM allocated, percent.
+    pub vram_percent: f64,
+    /// When (RFC 3339 UTC); for a bucket, the mean time of its samples.
+    pub timestamp: String,
+}
+
+impl HistoryPoint {
+    /// The point a snapshot contributes. Same figures as `GET /stats`, unrounded.
+    pub fn from_snapshot(s: &Snapshot) -> Self {
+        let host = s.host.as_ref();
+        let utils: Vec<f64> = s.gpus.iter().filter_map(|g| g.utilization_ratio).collect();
+        let used: u64 = s.gpus.iter().filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
+        let total: u64 = s.gpus.iter().filter_map(|g| g.memory).map(|m| m.total_bytes).sum();
+        Self {
+            ts: s.timestamp_seconds(),
+            cpu_percent: host.map(|h| h.cpu_usage_ratio * 100.0),
+            ram_used_gb: host.map(|h| h.memory_used_bytes() as f64 / GIB),
+            ram_total_gb: host.map(|h| h.memory_total_bytes as f64 / GIB),
+            ram_percent: host.map(|h| h.memory_used_bytes() as f64 / h.memory_total_bytes as f64 * 100.0),
+            gpu_percent: if utils.is_empty() { 0.0 } else { utils.iter().sum::<f64>() / utils.len() as f64 * 100.0 },
+            vram_used_mb: used as f64 / MIB,
+            vram_total_mb: total as f64 / MIB,
+            vram_percent: if total == 0 { 0.0 } else { used as f64 / total as f64 * 100.0 },
+            timestamp: rfc3339(s.taken_at),
+        }
+    }
+
+    /// The same point rounded for display (percent to 0.1, GiB to 0.01, MiB to 0.1).
+    pub fn rounded(mut self) -> Self {
+        self.cpu_percent = self.cpu_percent.map(round1);
+        self.ram_used_gb = self.ram_used_gb.map(round2);
+        self.ram_total_gb = self.ram_total_gb.map(round2);
+        self.ram_percent = self.ram_percent.map(round1);
+        self.gpu_percent = round1(self.gpu_percent);
+        self.vram_used_mb = round1(self.vram_used_mb);
+        self.vram_total_mb = round1(self.vram_total_mb);
+        self.vram_percent = round1(self.vram_percent);
+        self
+    }
+}
+
+/// Points in a time range, bucketed if needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistorySeries {
+    /// Oldest first.
+    pub points: Vec<HistoryPoint>,
+    /// Samples that fell in the range before bucketing.
+    pub total_count: u64,
+    /// Width of one bucket (or the recording interval when not bucketed), seconds.
+    pub resolution_seconds: f64,
+}
