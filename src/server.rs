@@ -40,6 +40,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let state = AppState::new(config, snapshots, store, live, leases, token, stop_rx.clone())?;
     let recorder = tokio::spawn(crate::history::recorder::run(state.clone(), stop_rx.clone()));
+    let ws_state = state.clone();
     // Expired leases are also reaped on every decision; the timer keeps the count and the
     // store honest when no one asks.
     let reaper_state = state.clone();
@@ -74,6 +75,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     };
     let _ = stop_tx.send(true);
+    // WebSockets are upgraded connections the server no longer tracks: give them a moment to
+    // send their Close frames before the runtime goes away.
+    let ws_deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    while ws_state.subscribers.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < ws_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = sampler_task.await;
     let _ = reaper.await;
     let _ = recorder.await;
