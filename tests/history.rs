@@ -166,7 +166,6 @@ fn websocket_streams_stats() {
 
 struct Prometheus {
     child: Child,
-    url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -201,7 +200,7 @@ fn start_prometheus(port: u16, target: &str) -> Prometheus {
         .stderr(Stdio::null())
         .spawn()
         .expect("start prometheus");
-    Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+    Prometheus { child, _dir: dir }
 }
 
 fn mean_and_spread(points: &[Value], field: &str) -> (f64, f64) {
