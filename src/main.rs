@@ -73,7 +73,10 @@ fn main() -> ExitCode {
         config.listen = listen;
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Blocking work is a collector call, a store transaction or a history query, and store
+    // writers queue on one lock anyway: a small pool bounds the threads (and their allocator
+    // arenas) that a burst of requests could otherwise spawn.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(16).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vramguard: cannot start the async runtime: {e}");

@@ -1,0 +1,103 @@
+//! Hot paths that must cost next to nothing: rendering `/metrics` for a big box, one admission
+//! decision, and the recommendation search.
+//!
+//!   cargo bench --bench policy
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use vramguard::config::Config;
+use vramguard::metrics::Metrics;
+use vramguard::policy::admission::{CheckRequest, resource_check};
+use vramguard::policy::{Context, estimate, gpu_views};
+use vramguard::snapshot::{CollectorStatus, GpuMemory, GpuProcess, GpuStats, HostStats, Snapshot};
+
+const GIB: u64 = 1 << 30;
+
+/// 8 GPUs with 4 compute processes each (32 in all).
+fn big_box() -> Snapshot {
+    let gpus = (0..8u32)
+        .map(|i| GpuStats {
+            index: i,
+            uuid: format!("GPU-{i:08x}-1111-2222-3333-444455556666"),
+            name: Some("NVIDIA H100 80GB HBM3".to_owned()),
+            pci_bus_id: Some(format!("00000000:{:02X}:00.0", 0x18 + i)),
+            utilization_ratio: Some(0.1 * f64::from(i)),
+            memory: Some(GpuMemory {
+                total_bytes: 80 * GIB,
+                used_bytes: u64::from(i) * 8 * GIB,
+                free_bytes: 80 * GIB - u64::from(i) * 8 * GIB,
+            }),
+            temperature_celsius: Some(40.0 + f64::from(i)),
+            power_watts: Some(300.0 + f64::from(i)),
+            processes: Some(
+                (0..4u32)
+                    .map(|p| GpuProcess {
+                        pid: 1000 + i * 10 + p,
+                        name: Some("python3".to_owned()),
+                        used_bytes: 2 * GIB,
+                    })
+                    .collect(),
+            ),
+        })
+        .collect();
+    Snapshot {
+        taken_at: SystemTime::now(),
+        host: Some(HostStats {
+            cpu_usage_ratio: 0.3,
+            memory_total_bytes: 512 * GIB,
+            memory_available_bytes: 400 * GIB,
+            cgroup_memory_limit_bytes: None,
+        }),
+        gpus,
+        driver_version: Some("550.54.15".to_owned()),
+        collectors: vec![
+            CollectorStatus { name: "host", success: true, duration: Duration::from_micros(300), error: None },
+            CollectorStatus { name: "gpu", success: true, duration: Duration::from_micros(900), error: None },
+        ],
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let snapshot = big_box();
+    let config = Config::default();
+    let metrics = Metrics::new();
+    c.bench_function("render /metrics (8 GPUs, 32 processes)", |b| {
+        b.iter(|| black_box(metrics.render(Some(&snapshot), &config.constraints, None, 2)))
+    });
+
+    let reservations = [(3u32, 10.0)];
+    let ctx = Context {
+        snapshot: Some(&snapshot),
+        constraints: &config.constraints,
+        settings: &config.optimization,
+        workload: &config.workload,
+        gpu_enabled: true,
+        reservations: &reservations,
+        active_generations: Some(1),
+    };
+    c.bench_function("resource-check decision (8 GPUs, fits)", |b| {
+        b.iter(|| {
+            black_box(resource_check(&ctx, &CheckRequest { vram_required_gb: Some(9.5), ..CheckRequest::default() }))
+        })
+    });
+    c.bench_function("resource-check decision (8 GPUs, refused with search)", |b| {
+        b.iter(|| {
+            black_box(resource_check(&ctx, &CheckRequest { vram_required_gb: Some(79.0), ..CheckRequest::default() }))
+        })
+    });
+    let views = gpu_views(&snapshot, |_| 0.0);
+    let settings = vramguard::config::Optimization {
+        quantization: vramguard::config::Quantization::Fp16,
+        enable_offload: false,
+        vae_tile_size: 512,
+        max_vram_usage_gb: 80.0,
+    };
+    c.bench_function("recommendation search (3 changes + 3 pairs, 8 GPUs)", |b| {
+        b.iter(|| black_box(estimate::search(&config.workload, &settings, false, 60.0, &views, 0.95)))
+    });
+}
+
+criterion_group!(policy, benches);
+criterion_main!(policy);

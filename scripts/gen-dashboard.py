@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Writes dashboards/vramguard.json, the Grafana dashboard for vramguard.
+
+The dashboard is generated so that its many panels stay consistent (datasource, selectors,
+units); edit this file and run `python3 scripts/gen-dashboard.py`. The test
+`tests/monitoring.rs` runs every query of the result against a real Prometheus.
+"""
+import json
+import pathlib
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'job="$job", instance="$instance"'
+GPU_SEL = SEL + ', gpu=~"$gpu"'
+# Joins a per-GPU series with its identity so legends read "NVIDIA RTX 4080 #0".
+NAMED = " * on (job, instance, gpu, uuid) group_left (name) vramguard_gpu_info{" + SEL + "}"
+
+panels = []
+y = 0
+next_id = 1
+
+
+def row(title):
+    global y, next_id
+    panels.append({"type": "row", "title": title, "id": next_id, "collapsed": False,
+                   "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+    next_id += 1
+    y += 1
+
+
+def panel(title, targets, unit, kind="timeseries", w=12, h=8, x=0, description="", extra=None, overrides=None):
+    global next_id
+    p = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "id": next_id,
+        "datasource": DS,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": overrides or []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                    "tooltip": {"mode": "multi", "sort": "desc"}},
+        "targets": [
+            {"datasource": DS, "refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
+             "range": True}
+            for i, (expr, legend) in enumerate(targets)
+        ],
+    }
+    if kind == "timeseries":
+        p["fieldConfig"]["defaults"]["custom"] = {"lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
+    if extra:
+        p.update(extra)
+    next_id += 1
+    panels.append(p)
+
+
+def threshold_style(name_regex):
+    return {"matcher": {"id": "byRegexp", "options": name_regex},
+            "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                           {"id": "custom.fillOpacity", "value": 0},
+                           {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}]}
+
+
+row("Host")
+panel("CPU busy", [(f"vramguard_cpu_usage_ratio{{{SEL}}}", "CPU busy"),
+                   (f'vramguard_threshold_ratio{{{SEL}, resource="cpu"}}', "{{level}} threshold")],
+      "percentunit", x=0, description="Whole-machine CPU busy fraction over each sample interval.",
+      overrides=[threshold_style(".*threshold")])
+panel("RAM", [(f'{{__name__=~"vramguard_memory_(total|used|available)_bytes|vramguard_cgroup_memory_limit_bytes", {SEL}}}',
+               "{{__name__}}")],
+      "bytes", x=12, description="Host RAM total, used (total - available) and available; the cgroup memory "
+                                 "limit when vramguard runs under one below host RAM.")
+y += 8
+
+row("GPUs")
+panel("GPU utilization", [(f"vramguard_gpu_utilization_ratio{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}")],
+      "percentunit", x=0, description="SM busy fraction per GPU.")
+panel("VRAM used with live thresholds",
+      [(f"(1 - vramguard_gpu_memory_free_bytes{{{GPU_SEL}}} / vramguard_gpu_memory_total_bytes{{{GPU_SEL}}})" + NAMED,
+        "{{name}} #{{gpu}}"),
+       (f'vramguard_threshold_ratio{{{SEL}, resource="vram"}}', "{{level}} threshold")],
+      "percentunit", x=12, description="VRAM not free per GPU, against the warning and critical thresholds "
+                                       "vramguard is using now (they move when changed through the API).",
+      overrides=[threshold_style(".*threshold")])
+y += 8
+panel("VRAM used and total",
+      [(f"vramguard_gpu_memory_used_bytes{{{GPU_SEL}}}" + NAMED, "used {{name}} #{{gpu}}"),
+       (f"vramguard_gpu_memory_total_bytes{{{GPU_SEL}}}" + NAMED, "total {{name}} #{{gpu}}")],
+      "bytes", x=0, w=8, description="VRAM allocated (as nvidia-smi's memory.used) and capacity per GPU.")
+panel("GPU temperature", [(f"vramguard_gpu_temperature_celsius{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}")],
+      "celsius", x=8, w=8, description="Core temperature per GPU; the GPUTemperatureHigh alert fires at 85 °C.")
+panel("GPU power", [(f"vramguard_gpu_power_watts{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}")],
+      "watt", x=16, w=8, description="Board power draw per GPU.")
+y += 8
+
+row("Processes")
+panel("Top VRAM holders",
+      [(f"topk(10, vramguard_gpu_process_memory_used_bytes{{{GPU_SEL}}})", "{{process}} (pid {{pid}}) on GPU {{gpu}}")],
+      "bytes", kind="bargauge", w=24, description="The compute processes holding the most VRAM now.",
+      extra={"options": {"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
+                         "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}})
+y += 8
+
+row("Policy")
+panel("Health status", [(f"vramguard_health_status{{{SEL}}} == 1", "{{status}}")],
+      "none", kind="state-timeline", x=0, w=8, description="healthy, warning or critical, as GET /api/v1/system/health says.",
+      extra={"options": {"mergeValues": True, "showValue": "never", "rowHeight": 0.9}})
+panel("Generations: active vs limit",
+      [(f"vramguard_active_generations{{{SEL}}}", "active"), (f"vramguard_max_concurrent_generations{{{SEL}}}", "limit")],
+      "short", x=8, w=8, description="Generation leases held now against max_concurrent_generations.")
+panel("Admission decisions",
+      [(f"sum by (result, reason) (rate(vramguard_admission_decisions_total{{{SEL}}}[$__rate_interval]))",
+        "{{result}} {{reason}}")],
+      "reqps", x=16, w=8, description="Resource-checks and lease requests per second, by result and the "
+                                       "first refusal reason.")
+y += 8
+
+row("Exporter")
+panel("Collector success", [(f"vramguard_collector_success{{{SEL}}}", "{{collector}}")],
+      "bool_on_off", x=0, w=8, description="1 when the collector's last sample succeeded. gpu is 0 when NVML "
+                                            "cannot be loaded or a GPU cannot be read.")
+panel("Collector duration", [(f"vramguard_collector_duration_seconds{{{SEL}}}", "{{collector}}")],
+      "s", x=8, w=8, description="How long each collector's last sample took.")
+panel("Sample age", [(f"time() - vramguard_last_sample_timestamp_seconds{{{SEL}}}", "age")],
+      "s", x=16, w=8, description="Age of the snapshot vramguard serves; it grows if the sampler stalls.")
+y += 8
+
+templating = [
+    {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+     "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
+    {"name": "job", "label": "Job", "type": "query", "datasource": DS,
+     "definition": "label_values(vramguard_build_info, job)",
+     "query": {"query": "label_values(vramguard_build_info, job)", "refId": "job"},
+     "refresh": 2, "sort": 1, "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": []},
+    {"name": "instance", "label": "Instance", "type": "query", "datasource": DS,
+     "definition": 'label_values(vramguard_build_info{job="$job"}, instance)',
+     "query": {"query": 'label_values(vramguard_build_info{job="$job"}, instance)', "refId": "instance"},
+     "refresh": 2, "sort": 1, "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": []},
+    {"name": "gpu", "label": "GPU", "type": "query", "datasource": DS,
+     "definition": 'label_values(vramguard_gpu_info{job="$job", instance="$instance"}, gpu)',
+     "query": {"query": 'label_values(vramguard_gpu_info{job="$job", instance="$instance"}, gpu)', "refId": "gpu"},
+     "refresh": 2, "sort": 3, "current": {}, "hide": 0, "includeAll": True, "allValue": ".*", "multi": True,
+     "options": []},
+]
+
+dashboard = {
+    "title": "vramguard",
+    "uid": "vramguard",
+    "description": "GPU, VRAM and admission for hosts running generation pipelines, from vramguard.",
+    "tags": ["vramguard", "gpu", "nvidia"],
+    "schemaVersion": 39,
+    "version": 1,
+    "editable": True,
+    "graphTooltip": 1,
+    "refresh": "10s",
+    "time": {"from": "now-3h", "to": "now"},
+    "timepicker": {},
+    "timezone": "",
+    "annotations": {"list": []},
+    "links": [],
+    "templating": {"list": templating},
+    "panels": panels,
+}
+
+out = pathlib.Path(__file__).resolve().parent.parent / "dashboards" / "vramguard.json"
+out.write_text(json.dumps(dashboard, indent=2, ensure_ascii=False) + "\n")
+print(f"wrote {out}")
