@@ -37,7 +37,13 @@ fn benches(c: &mut Criterion) {
         store.record_history(&p, false, 0.0).unwrap();
     }
     let bytes = store.size_bytes();
-    eprintln!("store size after one day at {INTERVAL} s: {bytes} bytes ({:.2} MiB)", bytes as f64 / 1_048_576.0);
+    let db = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "store size after one day at {INTERVAL} s: {bytes} bytes ({:.2} MiB): database {:.2} MiB, write-ahead log {:.2} MiB",
+        bytes as f64 / 1_048_576.0,
+        db as f64 / 1_048_576.0,
+        (bytes - db) as f64 / 1_048_576.0
+    );
 
     let reader = store.reader().unwrap();
     let series = reader.query_history(start, end, 1000, INTERVAL).unwrap();
