@@ -77,7 +77,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let _ = stop_tx.send(true);
     // WebSockets are upgraded connections the server no longer tracks: give them a moment to
     // send their Close frames before the runtime goes away.
-    let ws_deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    let ws_deadline = tokio::time::Instant::now() + Duration::from_millis(400);
     while ws_state.subscribers.load(std::sync::atomic::Ordering::SeqCst) > 0
         && tokio::time::Instant::now() < ws_deadline
     {

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{GIB, Vramguard, require_tool};
@@ -164,45 +162,6 @@ fn websocket_streams_stats() {
     assert!(took < Duration::from_secs(3));
 }
 
-struct Prometheus {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts a real Prometheus on loopback that scrapes `target` every second.
-fn start_prometheus(port: u16, target: &str) -> Prometheus {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
-             scrape_configs:\n  - job_name: vramguard\n    static_configs: [{{ targets: [\"{target}\"] }}]\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    Prometheus { child, _dir: dir }
-}
-
 fn mean_and_spread(points: &[Value], field: &str) -> (f64, f64) {
     let v: Vec<f64> = points.iter().filter_map(|p| p[field].as_f64()).collect();
     assert!(!v.is_empty(), "no {field}");
@@ -219,13 +178,13 @@ fn prometheus_backed_history_agrees_and_falls_back() {
     if !require_tool("prometheus") {
         return;
     }
-    let port = free_port();
+    let port = common::free_port();
     let config = gpu_config(&format!(
         "history: {{ backend: prometheus, interval: \"1s\", retention: \"1h\", prometheus_url: \"http://127.0.0.1:{port}\", prometheus_selector: 'job=\"vramguard\"', prometheus_timeout: \"2s\" }}\n"
     ));
     let vg = Vramguard::start(&config, Some(SCENARIO), &[]);
     vg.wait_ready();
-    let prom = start_prometheus(port, &vg.addr);
+    let prom = common::start_prometheus(port, &vg.addr, None);
     let window = "?hours=0.05"; // three minutes: more than the test lives
     let deadline = Instant::now() + Duration::from_secs(60);
     let from_prom = loop {

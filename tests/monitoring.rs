@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{GIB, Vramguard, require_tool};
@@ -143,44 +142,6 @@ fn dashboard_structure() {
     }
 }
 
-struct Prometheus {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_prometheus(target: &str) -> Prometheus {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
-             rule_files: [\"{}\"]\n\
-             scrape_configs:\n  - job_name: vramguard\n    static_configs: [{{ targets: [\"{target}\"] }}]\n",
-            repo("alerts/vramguard.rules.yml").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
-}
-
 fn instant_query(client: &reqwest::blocking::Client, base: &str, expr: &str) -> Option<Vec<Value>> {
     let r = client.get(format!("{base}/api/v1/query")).query(&[("query", expr)]).send().ok()?;
     let v: Value = r.json().ok()?;
@@ -207,7 +168,8 @@ fn end_to_end_with_a_real_prometheus() {
     vg.wait_ready();
     // A decision, so the admission counters move.
     vg.get("/api/v1/system/resource-check?vram_required_gb=1");
-    let prom = start_prometheus(&vg.addr);
+    let rules = repo("alerts/vramguard.rules.yml");
+    let prom = common::start_prometheus(common::free_port(), &vg.addr, Some(&rules));
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(90);

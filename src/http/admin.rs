@@ -15,10 +15,12 @@ pub async fn landing() -> Html<String> {
          <li><a href=\"/-/healthy\">/-/healthy</a> liveness</li>\n\
          <li><a href=\"/-/ready\">/-/ready</a> readiness (after the first sample)</li>\n\
          <li><a href=\"/api/v1/system/stats\">/api/v1/system/stats</a> current readings (JSON)</li>\n\
+         <li><a href=\"/api/v1/system/stats/history\">/api/v1/system/stats/history</a> history for charts</li>\n\
          <li><a href=\"/api/v1/system/health\">/api/v1/system/health</a> health report</li>\n\
          <li><a href=\"/api/v1/system/resource-check\">/api/v1/system/resource-check</a> may a generation start now?</li>\n\
          <li><a href=\"/api/v1/system/optimization\">/api/v1/system/optimization</a> optimization settings</li>\n\
          <li><a href=\"/api/v1/system/constraints\">/api/v1/system/constraints</a> resource constraints</li>\n\
+         <li><a href=\"/api/v1/system/generations\">/api/v1/system/generations</a> generation leases</li>\n\
          <li><a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a> OpenAPI document</li>\n\
          </ul>\n</body></html>\n",
         crate::metrics::VERSION

@@ -20,7 +20,12 @@ pub const MAX_REQUIRED_GB: f64 = 1024.0;
     responses((status = 200, body = Health)))]
 pub async fn get_health(State(state): State<AppState>) -> Json<Health> {
     let view = state.view();
-    Json(health(&view.context(&state.config)))
+    let mut report = health(&view.context(&state.config));
+    if view.snapshot.is_none() {
+        // The report is about no sample at all; date it now rather than at the epoch.
+        report.timestamp = crate::snapshot::rfc3339(std::time::SystemTime::now());
+    }
+    Json(report)
 }
 
 /// Query of the resource-check.

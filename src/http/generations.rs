@@ -182,16 +182,19 @@ pub async fn reap_expired(state: &AppState) {
     }
 }
 
+fn validate_ttl(ttl: Option<u64>) -> Result<(), ApiError> {
+    match ttl {
+        Some(t) if !(TTL_RANGE.0..=TTL_RANGE.1).contains(&t) => Err(ApiError::bad_request(format!(
+            "ttl_seconds: {t} is out of range; allowed integers {} to {}",
+            TTL_RANGE.0, TTL_RANGE.1
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn validate(req: &LeaseRequest) -> Result<(), ApiError> {
     validate_required(req.vram_required_gb)?;
-    if let Some(ttl) = req.ttl_seconds
-        && !(TTL_RANGE.0..=TTL_RANGE.1).contains(&ttl)
-    {
-        return Err(ApiError::bad_request(format!(
-            "ttl_seconds: {ttl} is out of range; allowed integers {} to {}",
-            TTL_RANGE.0, TTL_RANGE.1
-        )));
-    }
+    validate_ttl(req.ttl_seconds)?;
     if let Some(c) = &req.client
         && c.chars().count() > CLIENT_MAX_CHARS
     {
@@ -315,14 +318,7 @@ pub async fn heartbeat(
 ) -> Result<Json<LeaseBody>, ApiError> {
     check_id(&id)?;
     let ttl = body.and_then(|JsonBody(b)| b.ttl_seconds);
-    if let Some(t) = ttl
-        && !(TTL_RANGE.0..=TTL_RANGE.1).contains(&t)
-    {
-        return Err(ApiError::bad_request(format!(
-            "ttl_seconds: {t} is out of range; allowed integers {} to {}",
-            TTL_RANGE.0, TTL_RANGE.1
-        )));
-    }
+    validate_ttl(ttl)?;
     let st = state.clone();
     let lease = tokio::task::spawn_blocking(move || -> Result<Lease, ApiError> {
         let mut store = st.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -8,8 +8,9 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use crate::policy::{GIB, MIB, round1, round2};
-use crate::snapshot::{Snapshot, rfc3339};
+use crate::history::HistoryPoint;
+use crate::policy::{MIB, round1};
+use crate::snapshot::Snapshot;
 
 /// One GPU in the stats answer.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -37,24 +38,9 @@ pub struct GpuStatsBody {
 /// The stats answer: the seed's nine fields, then `gpu_count` and `gpus`.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct StatsBody {
-    /// CPU busy, percent; null when the host collector failed.
-    pub cpu_percent: Option<f64>,
-    /// RAM in use (total − available), GiB.
-    pub ram_used_gb: Option<f64>,
-    /// RAM size, GiB.
-    pub ram_total_gb: Option<f64>,
-    /// RAM in use, percent.
-    pub ram_percent: Option<f64>,
-    /// Mean SM busy over the GPUs, percent (0 without a GPU).
-    pub gpu_percent: f64,
-    /// VRAM allocated over all GPUs, MiB.
-    pub vram_used_mb: f64,
-    /// VRAM capacity over all GPUs, MiB.
-    pub vram_total_mb: f64,
-    /// `vram_used_mb / vram_total_mb`, percent.
-    pub vram_percent: f64,
-    /// When the snapshot was taken (RFC 3339 UTC).
-    pub timestamp: String,
+    /// The nine seed fields (sums over GPUs; `gpu_percent` is the mean), as a history point.
+    #[serde(flatten)]
+    pub summary: HistoryPoint,
     /// GPUs visible now.
     pub gpu_count: usize,
     /// Per-GPU figures.
@@ -63,7 +49,6 @@ pub struct StatsBody {
 
 impl From<&Snapshot> for StatsBody {
     fn from(s: &Snapshot) -> Self {
-        let host = s.host.as_ref();
         let gpus: Vec<GpuStatsBody> = s
             .gpus
             .iter()
@@ -82,26 +67,7 @@ impl From<&Snapshot> for StatsBody {
                 power_w: g.power_watts,
             })
             .collect();
-        let utils: Vec<f64> = s.gpus.iter().filter_map(|g| g.utilization_ratio).collect();
-        let used: u64 = s.gpus.iter().filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
-        let total: u64 = s.gpus.iter().filter_map(|g| g.memory).map(|m| m.total_bytes).sum();
-        Self {
-            cpu_percent: host.map(|h| round1(h.cpu_usage_ratio * 100.0)),
-            ram_used_gb: host.map(|h| round2(h.memory_used_bytes() as f64 / GIB)),
-            ram_total_gb: host.map(|h| round2(h.memory_total_bytes as f64 / GIB)),
-            ram_percent: host.map(|h| round1(h.memory_used_bytes() as f64 / h.memory_total_bytes as f64 * 100.0)),
-            gpu_percent: if utils.is_empty() {
-                0.0
-            } else {
-                round1(utils.iter().sum::<f64>() / utils.len() as f64 * 100.0)
-            },
-            vram_used_mb: round1(used as f64 / MIB),
-            vram_total_mb: round1(total as f64 / MIB),
-            vram_percent: if total == 0 { 0.0 } else { round1(used as f64 / total as f64 * 100.0) },
-            timestamp: rfc3339(s.taken_at),
-            gpu_count: s.gpus.len(),
-            gpus,
-        }
+        Self { summary: HistoryPoint::from_snapshot(s).rounded(), gpu_count: s.gpus.len(), gpus }
     }
 }
 

@@ -53,14 +53,14 @@ async fn serve(state: AppState, mut socket: WebSocket) {
     snapshots.mark_changed(); // send the current snapshot at once
     loop {
         if *shutdown.borrow_and_update() {
-            let frame =
-                CloseFrame { code: axum::extract::ws::close_code::AWAY, reason: "vramguard is shutting down".into() };
-            let _ = tokio::time::timeout(Duration::from_millis(200), socket.send(Message::Close(Some(frame)))).await;
+            close_going_away(&mut socket).await;
             break;
         }
         tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() {
+                    // The sampler has stopped: vramguard is shutting down.
+                    close_going_away(&mut socket).await;
                     break;
                 }
                 let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
@@ -76,7 +76,16 @@ async fn serve(state: AppState, mut socket: WebSocket) {
             },
             // A flip to true is handled at the top of the loop; a dropped sender means the
             // server is gone.
-            changed = shutdown.changed() => if changed.is_err() { break },
+            changed = shutdown.changed() => if changed.is_err() {
+                close_going_away(&mut socket).await;
+                break;
+            },
         }
     }
+}
+
+/// Sends the Close frame of a server going away, without waiting long for a slow client.
+async fn close_going_away(socket: &mut WebSocket) {
+    let frame = CloseFrame { code: axum::extract::ws::close_code::AWAY, reason: "vramguard is shutting down".into() };
+    let _ = tokio::time::timeout(Duration::from_millis(200), socket.send(Message::Close(Some(frame)))).await;
 }

@@ -354,3 +354,47 @@ pub fn promtool_check_metrics(text: &str) {
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && printed.trim().is_empty(), "promtool check metrics: {printed}\n{text}");
 }
+
+/// A real Prometheus server on loopback, stopped on drop.
+pub struct Prometheus {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Starts Prometheus on `port`, scraping `target` as job "vramguard" every second and
+/// evaluating `rules` (if any) every second.
+pub fn start_prometheus(port: u16, target: &str, rules: Option<&Path>) -> Prometheus {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("prometheus.yml");
+    let rule_files = rules.map(|r| format!("rule_files: [\"{}\"]\n", r.display())).unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n{rule_files}\
+             scrape_configs:\n  - job_name: vramguard\n    static_configs: [{{ targets: [\"{target}\"] }}]\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+}
