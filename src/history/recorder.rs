@@ -1,8 +1,6 @@
 //! Records the latest snapshot into the embedded history every `history.interval`, and prunes
 //! what is older than `history.retention` in the same transaction.
 
-use std::time::Duration;
-
 use super::HistoryPoint;
 use crate::http::AppState;
 
@@ -24,21 +22,14 @@ pub async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) 
             continue; // the sampler has not produced a newer snapshot
         }
         last_recorded = point.ts;
-        let st = state.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut store = st.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            store.record_history(&point, false, point.ts - retention.as_secs_f64())
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not record history"),
-            Err(e) => tracing::warn!(error = %e, "could not record history"),
-        }
+        let prune_before = point.ts - retention.as_secs_f64();
+        // A failure is logged where it happens (ApiError::internal); the next tick tries again.
+        let _ = state
+            .write("recording history failed", move |_, store| {
+                store
+                    .record_history(&point, false, prune_before)
+                    .map_err(|e| crate::http::error::ApiError::internal("could not record history", e))
+            })
+            .await;
     }
-}
-
-/// The recording interval, for `resolution_seconds` of unbucketed answers.
-pub fn resolution(interval: Duration) -> f64 {
-    interval.as_secs_f64()
 }

@@ -154,12 +154,12 @@ fn to_time(secs: f64) -> std::time::SystemTime {
 /// Removes lapsed leases from the store and the book; returns how many. Called with the store
 /// lock held, so it logs nothing: the only I/O in the critical section is the store write.
 fn reap(state: &AppState, store: &mut Store, now: f64) -> Result<usize, ApiError> {
-    let expired = state.leases.read().unwrap_or_else(std::sync::PoisonError::into_inner).expired(now);
+    let expired = book(state).expired(now);
     if expired.is_empty() {
         return Ok(0);
     }
     store.delete_leases(&expired).map_err(|e| ApiError::internal("could not write the state store", e))?;
-    let mut book = state.leases.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut book = book_mut(state);
     for id in &expired {
         book.remove(id);
     }
@@ -168,18 +168,39 @@ fn reap(state: &AppState, store: &mut Store, now: f64) -> Result<usize, ApiError
 
 /// Reaps lapsed leases; run by the server on a timer.
 pub async fn reap_expired(state: &AppState) {
-    let state = state.clone();
-    let reaped = tokio::task::spawn_blocking(move || {
-        let mut store = state.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        reap(&state, &mut store, now_seconds())
-    })
-    .await;
-    match reaped {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::info!(count = n, "expired generation leases reaped"),
-        Ok(Err(e)) => tracing::warn!(error = %e.detail, "reaping leases failed"),
-        Err(e) => tracing::warn!(error = %e, "reaping leases failed"),
+    match state.write("reaping leases failed", |st, store| reap(st, store, now_seconds())).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "expired generation leases reaped"),
+        Err(e) => tracing::warn!(error = %e.detail, "reaping leases failed"),
     }
+}
+
+/// Runs `f` in the lease critical section: under the store lock, after reaping lapsed leases,
+/// with one `now` for everything it decides.
+async fn critical<T: Send + 'static>(
+    state: &AppState,
+    what: &'static str,
+    f: impl FnOnce(&AppState, &mut Store, f64) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    state
+        .write(what, move |st, store| {
+            let now = now_seconds();
+            reap(st, store, now)?;
+            f(st, store, now)
+        })
+        .await
+}
+
+fn book(state: &AppState) -> std::sync::RwLockReadGuard<'_, crate::leases::LeaseBook> {
+    state.leases.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn book_mut(state: &AppState) -> std::sync::RwLockWriteGuard<'_, crate::leases::LeaseBook> {
+    state.leases.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn no_live_lease(id: &str) -> ApiError {
+    ApiError::not_found(format!("no live lease with id {id}; it was released or expired"))
 }
 
 fn validate_ttl(ttl: Option<u64>) -> Result<(), ApiError> {
@@ -224,11 +245,7 @@ pub async fn acquire(
     JsonBody(req): JsonBody<LeaseRequest>,
 ) -> Result<Response, ApiError> {
     validate(&req)?;
-    let st = state.clone();
-    let outcome = tokio::task::spawn_blocking(move || -> Result<Outcome, ApiError> {
-        let mut store = st.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = now_seconds();
-        reap(&st, &mut store, now)?;
+    let outcome = critical(&state, "lease decision failed", move |st, store, now| {
         let view = st.view_at(now);
         let check = resource_check(
             &view.context(&st.config),
@@ -253,11 +270,10 @@ pub async fn acquire(
             client: req.client,
         };
         store.put_lease(&lease).map_err(|e| ApiError::internal("could not write the state store", e))?;
-        st.leases.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(lease.clone());
+        book_mut(st).insert(lease.clone());
         Ok(Outcome::Granted(lease, check))
     })
-    .await
-    .map_err(|e| ApiError::internal("lease decision failed", e))??;
+    .await?;
     Ok(match outcome {
         Outcome::Granted(lease, check) => {
             state.metrics.record_decision(true, check.primary_reason());
@@ -285,8 +301,7 @@ pub async fn acquire(
     responses((status = 200, body = LeaseList)))]
 pub async fn list(State(state): State<AppState>) -> Json<LeaseList> {
     let now = now_seconds();
-    let book = state.leases.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let leases: Vec<LeaseBody> = book.live(now).into_iter().map(LeaseBody::from).collect();
+    let leases: Vec<LeaseBody> = book(&state).live(now).into_iter().map(LeaseBody::from).collect();
     Json(LeaseList {
         active_generations: leases.len() as u32,
         leases,
@@ -319,28 +334,17 @@ pub async fn heartbeat(
     check_id(&id)?;
     let ttl = body.and_then(|JsonBody(b)| b.ttl_seconds);
     validate_ttl(ttl)?;
-    let st = state.clone();
-    let lease = tokio::task::spawn_blocking(move || -> Result<Lease, ApiError> {
-        let mut store = st.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = now_seconds();
-        reap(&st, &mut store, now)?;
-        let mut lease = st
-            .leases
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_live(&id, now)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("no live lease with id {id}; it was released or expired")))?;
+    let lease = critical(&state, "heartbeat failed", move |st, store, now| {
+        let mut lease = book(st).get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
         if let Some(t) = ttl {
             lease.ttl_seconds = t;
         }
         lease.expires_at = now + lease.ttl_seconds as f64;
         store.put_lease(&lease).map_err(|e| ApiError::internal("could not write the state store", e))?;
-        st.leases.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(lease.clone());
+        book_mut(st).insert(lease.clone());
         Ok(lease)
     })
-    .await
-    .map_err(|e| ApiError::internal("heartbeat failed", e))??;
+    .await?;
     Ok(Json(LeaseBody::from(&lease)))
 }
 
@@ -351,22 +355,17 @@ pub async fn heartbeat(
 pub async fn release(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     check_id(&id)?;
     let id_for_log = id.clone();
-    let st = state.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let mut store = st.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = now_seconds();
-        reap(&st, &mut store, now)?;
-        if st.leases.read().unwrap_or_else(std::sync::PoisonError::into_inner).get_live(&id, now).is_none() {
-            return Err(ApiError::not_found(format!("no live lease with id {id}; it was released or expired")));
+    critical(&state, "release failed", move |st, store, now| {
+        if book(st).get_live(&id, now).is_none() {
+            return Err(no_live_lease(&id));
         }
         store
             .delete_leases(std::slice::from_ref(&id))
             .map_err(|e| ApiError::internal("could not write the state store", e))?;
-        st.leases.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+        book_mut(st).remove(&id);
         Ok(())
     })
-    .await
-    .map_err(|e| ApiError::internal("release failed", e))??;
+    .await?;
     tracing::info!(id = %id_for_log, "generation lease released");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -146,14 +146,13 @@ pub async fn save(State(state): State<AppState>) -> Result<Json<SavedBody>, ApiE
     let snapshot = state.snapshot().ok_or_else(ApiError::not_ready)?;
     let point = HistoryPoint::from_snapshot(&snapshot);
     let retention = state.config.history.retention.0.as_secs_f64();
-    let st = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut store = st.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        store.record_history(&point, true, now_seconds() - retention)
-    })
-    .await
-    .map_err(|e| ApiError::internal("saving stats failed", e))?
-    .map_err(|e| ApiError::internal("could not write the state store", e))?;
+    state
+        .write("saving stats failed", move |_, store| {
+            store
+                .record_history(&point, true, now_seconds() - retention)
+                .map_err(|e| ApiError::internal("could not write the state store", e))
+        })
+        .await?;
     Ok(Json(SavedBody {
         message: "System stats saved successfully".to_owned(),
         stats: StatsBody::from(snapshot.as_ref()),

@@ -53,6 +53,7 @@ use crate::sampler::SnapshotRx;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
 use crate::store::StoreError;
+use error::ApiError;
 use tokio::sync::watch;
 
 /// The settings the API can change, as they are now.
@@ -189,6 +190,24 @@ impl AppState {
     /// A consistent copy of what a decision reads, now.
     pub fn view(&self) -> View {
         self.view_at(now_seconds())
+    }
+
+    /// Runs `f` with the state store on a blocking thread, holding the writers' lock for all of
+    /// it. Every write goes through here, so read-decide-write sequences are serialised and a
+    /// rejected or failed one leaves nothing half done. `what` names the operation in the log
+    /// if the blocking task itself fails.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&AppState, &mut Store) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = state.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&state, &mut store)
+        })
+        .await
+        .map_err(|e| ApiError::internal(what, e))?
     }
 }
 

@@ -250,28 +250,25 @@ enum Persist {
     Delete(&'static str),
 }
 
-/// Applies `change` to a copy of the live values, makes it durable, then publishes it. Runs on
-/// a blocking thread under the store lock, so updates are serialised and a failed validation
-/// or write leaves both the store and the live values untouched.
+/// Applies `change` to a copy of the live values, makes it durable, then publishes it. Under the
+/// store lock, so updates are serialised and a failed validation or write leaves both the store
+/// and the live values untouched.
 async fn update(
     state: &AppState,
     change: impl FnOnce(&mut Live) -> Result<Persist, ApiError> + Send + 'static,
 ) -> Result<Live, ApiError> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut store = state.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next = state.live();
-        let persist = change(&mut next)?;
-        let result = match persist {
-            Persist::Save(key, value) => store.save_override(key, &value, super::now_seconds()),
-            Persist::Delete(key) => store.delete_override(key),
-        };
-        result.map_err(|e| ApiError::internal("could not write the state store", e))?;
-        *state.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
-        Ok(next)
-    })
-    .await
-    .map_err(|e| ApiError::internal("settings update failed", e))?
+    state
+        .write("settings update failed", move |state, store| {
+            let mut next = state.live();
+            let result = match change(&mut next)? {
+                Persist::Save(key, value) => store.save_override(key, &value, super::now_seconds()),
+                Persist::Delete(key) => store.delete_override(key),
+            };
+            result.map_err(|e| ApiError::internal("could not write the state store", e))?;
+            *state.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+            Ok(next)
+        })
+        .await
 }
 
 /// The largest GPU's VRAM in GiB, or the no-GPU ceiling.
