@@ -189,6 +189,9 @@ fn lease_survives_restart_and_still_expires() {
     assert_eq!(vg.metrics().value("vramguard_active_generations", &[]), Some(1.0));
     let (_, check) = vg.get_json("/api/v1/system/resource-check?vram_required_gb=1");
     assert_eq!(check["current_usage"]["active_generations"], json!(1));
+    let (_, health) = vg.get_json("/api/v1/system/health");
+    assert_eq!(health["system_info"]["active_generations"], json!(1));
+    assert_eq!(health["system_info"]["concurrency_available"], json!(true));
     // Expiry keeps counting across the restart: gone once its 10 s are up, not 10 s after restart.
     while granted.elapsed() < Duration::from_millis(10_500) {
         std::thread::sleep(Duration::from_millis(100));

@@ -51,6 +51,13 @@ pub struct SystemInfo {
     pub recommendations: Vec<String>,
     /// The live constraints the report was judged against.
     pub resource_constraints: Constraints,
+    /// Generation leases held now (where leases are tracked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_generations: Option<u32>,
+    /// Whether a generation slot is free (where leases are tracked). All slots taken is not a
+    /// health problem, so it does not change the status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_available: Option<bool>,
 }
 
 /// The answer of `GET /api/v1/system/health`.
@@ -86,6 +93,8 @@ pub fn health(ctx: &Context<'_>) -> Health {
                 warnings,
                 recommendations,
                 resource_constraints: *c,
+                active_generations: ctx.active_generations,
+                concurrency_available: ctx.active_generations.map(|a| a < c.max_concurrent_generations),
             },
         };
     };
@@ -161,6 +170,8 @@ pub fn health(ctx: &Context<'_>) -> Health {
             warnings,
             recommendations,
             resource_constraints: *c,
+            active_generations: ctx.active_generations,
+            concurrency_available: ctx.active_generations.map(|a| a < c.max_concurrent_generations),
         },
     }
 }

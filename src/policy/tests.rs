@@ -225,6 +225,10 @@ fn concurrency_limit_is_reported_when_tracked() {
     assert_eq!(r.resource_status.concurrency_available, Some(false));
     assert_eq!(r.blocking_issues, vec!["Concurrent generation limit reached (2/2)"]);
     assert_eq!(r.reasons, vec![Reason::Concurrency]);
+    let h = health(&ctx);
+    assert_eq!(h.system_info.active_generations, Some(2));
+    assert_eq!(h.system_info.concurrency_available, Some(false));
+    assert_eq!(h.status, HealthStatus::Healthy, "a full house is not a health problem");
     // Untracked: the fields are absent from the JSON.
     let json = serde_json::to_value(resource_check(&f.ctx(&s), &need(1.0))).unwrap();
     assert!(json["resource_status"].get("concurrency_available").is_none());
