@@ -129,8 +129,11 @@ read -r _ l_granted l_refused l_p50 l_p99 < <(grep '^LEASES' <<<"$lease_out")
 pairs_per_s=$(awk -v g="$l_granted" 'BEGIN {printf "%.0f", g / 10}')
 decisions_per_s=$(awk -v g="$l_granted" -v r="$l_refused" 'BEGIN {printf "%.0f", (g + r) / 10}')
 
-# History query over the pre-filled day, through HTTP.
-hist_ms=$(curl -s -o /dev/null -w '%{time_total}' "http://$addr/api/v1/system/stats/history?hours=24&max_points=1000" | awk '{printf "%.1f", $1 * 1000}')
+# History query over the pre-filled day, through HTTP: the first (cold) one, then the median of 10.
+hist_url="http://$addr/api/v1/system/stats/history?hours=24&max_points=1000"
+hist_cold=$(curl -s -o /dev/null -w '%{time_total}' "$hist_url" | awk '{printf "%.1f", $1 * 1000}')
+hist_ms=$(for _ in $(seq 1 10); do curl -s -o /dev/null -w '%{time_total}\n' "$hist_url"; done |
+  sort -n | awk '{v[NR] = $1} END {printf "%.1f", (v[5] + v[6]) / 2 * 1000}')
 
 # Sampler cost per tick.
 sample_cost() {
@@ -186,7 +189,7 @@ vramguard benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(awk -F': 
 | lease POST+DELETE pairs/s, 50 connections (limit 10) | $pairs_per_s | | |
 | lease decisions/s (granted + refused) | $decisions_per_s | | |
 | lease request p50 / p99 latency (ms) | $l_p50 / $l_p99 | | |
-| history: 24 h at 5 s into 1,000 buckets over HTTP (ms) | $hist_ms | | ≤ 20 |
+| history: 24 h at 5 s into 1,000 buckets over HTTP, median of 10 / first (ms) | $hist_ms / $hist_cold | | ≤ 20 |
 | sampler cost per tick: host / gpu (8 GPUs, 32 processes) (µs) | $host_us / $gpu_us | | |
 | idle CPU at 1 s sample interval, 60 s (% of one core) | $idle_cpu | | ≤ 0.5 |
 | RSS after start with 24 h of history (MiB) | $(awk -v k="$rss_start" 'BEGIN {printf "%.1f", k / 1024}') | | ≤ 20 |

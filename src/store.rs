@@ -94,6 +94,13 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 ";
 
+/// SQLite's default page cache is 2 MiB per connection; a scan of a day of history would fill
+/// it and keep it resident. 512 KiB holds the working set of the writes, and the OS page cache
+/// serves history scans nearly as fast (see BENCHMARKS.md).
+fn limit_cache(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "cache_size", -512)
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir` and checks it is readable and intact.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -105,6 +112,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+        limit_cache(&conn).map_err(sql)?;
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(sql)?;
         if check != "ok" {
             return Err(StoreError::Invalid { path, key: "database".to_owned(), message: check });
@@ -317,6 +325,7 @@ impl Store {
         let sql = |source| StoreError::Sqlite { path: self.path.clone(), source };
         let conn = Connection::open(&self.path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+        limit_cache(&conn).map_err(sql)?;
         Ok(Self { conn, path: self.path.clone() })
     }
 }
