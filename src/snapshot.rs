@@ -37,6 +37,11 @@ impl HostStats {
     pub fn memory_used_bytes(&self) -> u64 {
         self.memory_total_bytes.saturating_sub(self.memory_available_bytes)
     }
+
+    /// RAM in use as a fraction of RAM size (0–1): what the RAM threshold is compared with.
+    pub fn memory_used_ratio(&self) -> f64 {
+        self.memory_used_bytes() as f64 / self.memory_total_bytes as f64
+    }
 }
 
 /// One GPU as NVML saw it.

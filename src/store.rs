@@ -268,25 +268,8 @@ impl Store {
             .conn
             .query_row("SELECT COUNT(*) FROM history WHERE ts >= ?1 AND ts <= ?2", params![start, end], |r| r.get(0))
             .map_err(|e| self.sql(e))?;
-        let (sql, width) = if total <= u64::from(max_points) {
-            (
-                "SELECT ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
-                        gpu_percent, vram_used_mb, vram_total_mb, vram_percent
-                 FROM history WHERE ts >= ?1 AND ts <= ?2 AND ?3 > 0 ORDER BY ts, id",
-                interval_seconds,
-            )
-        } else {
-            (
-                "SELECT AVG(ts), AVG(cpu_percent), AVG(ram_used_gb), AVG(ram_total_gb), AVG(ram_percent),
-                        AVG(gpu_percent), AVG(vram_used_mb), AVG(vram_total_mb), AVG(vram_percent)
-                 FROM history WHERE ts >= ?1 AND ts <= ?2
-                 GROUP BY MIN(CAST((ts - ?1) / ?3 AS INTEGER), ?4 - 1)
-                 ORDER BY 1",
-                (end - start) / f64::from(max_points),
-            )
-        };
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
-        let bind_width = if total <= u64::from(max_points) { 1.0 } else { width };
+        let bucketed = total > u64::from(max_points);
+        let width = if bucketed { (end - start) / f64::from(max_points) } else { interval_seconds };
         let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<HistoryPoint> {
             let ts: f64 = r.get(0)?;
             Ok(HistoryPoint {
@@ -302,14 +285,32 @@ impl Store {
                 timestamp: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ts.max(0.0))),
             })
         };
-        let points = if total <= u64::from(max_points) {
-            stmt.query_map(params![start, end, bind_width], map)
+        let rows = if bucketed {
+            // The sample exactly at `end` belongs to the last bucket, not one of its own.
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT AVG(ts), AVG(cpu_percent), AVG(ram_used_gb), AVG(ram_total_gb), AVG(ram_percent),
+                            AVG(gpu_percent), AVG(vram_used_mb), AVG(vram_total_mb), AVG(vram_percent)
+                     FROM history WHERE ts >= ?1 AND ts <= ?2
+                     GROUP BY MIN(CAST((ts - ?1) / ?3 AS INTEGER), ?4 - 1)
+                     ORDER BY 1",
+                )
+                .map_err(|e| self.sql(e))?;
+            stmt.query_map(params![start, end, width, max_points], map)
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         } else {
-            stmt.query_map(params![start, end, bind_width, max_points], map)
-        }
-        .map_err(|e| self.sql(e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| self.sql(e))?;
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
+                            gpu_percent, vram_used_mb, vram_total_mb, vram_percent
+                     FROM history WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, id",
+                )
+                .map_err(|e| self.sql(e))?;
+            stmt.query_map(params![start, end], map).and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        };
+        let points = rows.map_err(|e| self.sql(e))?;
         Ok(HistorySeries { points, total_count: total, resolution_seconds: width })
     }
 

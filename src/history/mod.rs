@@ -55,7 +55,7 @@ impl HistoryPoint {
             cpu_percent: host.map(|h| h.cpu_usage_ratio * 100.0),
             ram_used_gb: host.map(|h| h.memory_used_bytes() as f64 / GIB),
             ram_total_gb: host.map(|h| h.memory_total_bytes as f64 / GIB),
-            ram_percent: host.map(|h| h.memory_used_bytes() as f64 / h.memory_total_bytes as f64 * 100.0),
+            ram_percent: host.map(|h| h.memory_used_ratio() * 100.0),
             gpu_percent: if utils.is_empty() { 0.0 } else { utils.iter().sum::<f64>() / utils.len() as f64 * 100.0 },
             vram_used_mb: used as f64 / MIB,
             vram_total_mb: total as f64 / MIB,

@@ -12,6 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{Context, GpuView, best_gpu, estimate, round1, round2, top_holders};
+use crate::snapshot::HostStats;
 
 /// What the client asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -219,7 +220,7 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
     // CPU and RAM.
     let host = ctx.snapshot.and_then(|s| s.host.as_ref());
     let cpu = host.map(|h| h.cpu_usage_ratio);
-    let ram = host.map(|h| h.memory_used_bytes() as f64 / h.memory_total_bytes as f64);
+    let ram = host.map(HostStats::memory_used_ratio);
     let cpu_available = match cpu {
         Some(v) if v < c.cpu_warning_threshold => true,
         Some(v) => {

@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 
 use super::{Context, estimate, round1};
 use crate::config::Constraints;
+use crate::snapshot::HostStats;
 use crate::snapshot::rfc3339;
 
 /// Overall status, worst first.
@@ -101,7 +102,7 @@ pub fn health(ctx: &Context<'_>) -> Health {
 
     let host = snapshot.host.as_ref();
     let cpu = host.map(|h| h.cpu_usage_ratio);
-    let ram = host.map(|h| h.memory_used_bytes() as f64 / h.memory_total_bytes as f64);
+    let ram = host.map(HostStats::memory_used_ratio);
     if let Some(v) = cpu
         && v >= c.cpu_warning_threshold
     {
