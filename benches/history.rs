@@ -34,7 +34,7 @@ fn benches(c: &mut Criterion) {
             timestamp: String::new(),
         };
         // Each sample is its own durable transaction, as the recorder writes them.
-        store.record_history(&p, false, 0.0).unwrap();
+        store.record_history(&p, 0.0).unwrap();
     }
     let bytes = store.size_bytes();
     let db = std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0);

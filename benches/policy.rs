@@ -76,6 +76,7 @@ fn benches(c: &mut Criterion) {
         gpu_enabled: true,
         reservations: &reservations,
         active_generations: Some(1),
+        now: 1_800_000_000.0,
     };
     c.bench_function("resource-check decision (8 GPUs, fits)", |b| {
         b.iter(|| {

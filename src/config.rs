@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ConfigError;
+use crate::limits;
 
 /// The whole configuration file. Every section is optional; what is left out takes its default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -24,6 +25,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// NVML settings.
     pub gpu: GpuConfig,
+    /// Where host CPU and RAM readings come from.
+    pub host: HostConfig,
     /// History recording and its backend.
     pub history: HistoryConfig,
     /// Optional bearer token for writes.
@@ -51,6 +54,15 @@ pub struct GpuConfig {
     pub nvml_library: Option<PathBuf>,
     /// Export VRAM per compute process.
     pub per_process: bool,
+}
+
+/// Host readings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Read CPU and RAM from this file instead of the machine (tests and demos; the format is in
+    /// `tests/fake-nvml/README.md`). `null` reads the machine.
+    pub scripted_file: Option<PathBuf>,
 }
 
 /// Where stats history is kept.
@@ -192,6 +204,7 @@ impl Default for Config {
             sample_interval: Dur::secs(1),
             state_dir: PathBuf::from("./vramguard-state"),
             gpu: GpuConfig::default(),
+            host: HostConfig::default(),
             history: HistoryConfig::default(),
             auth: AuthConfig::default(),
             constraints: Constraints::default(),
@@ -263,9 +276,6 @@ impl Default for LeasesConfig {
     }
 }
 
-/// The largest `max_vram_usage_gb` accepted when no GPU is known (SPEC §3.1).
-pub const MAX_VRAM_BUDGET_WITHOUT_GPU_GB: f64 = 1024.0;
-
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -296,9 +306,7 @@ impl Config {
     /// Checks ranges and cross-field rules that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, message: String| Err(ConfigError::Invalid { key: key.to_owned(), message });
-        let si = self.sample_interval.0;
-        if si < Duration::from_millis(200) || si > Duration::from_secs(3600) {
-            // sysinfo needs 200 ms between CPU refreshes to compute a busy ratio.
+        if !limits::SAMPLE_INTERVAL.contains(&self.sample_interval.0) {
             return bad("sample_interval", format!("{} is out of range; allowed 200ms to 1h", self.sample_interval));
         }
         if self.history.interval.0 < Duration::from_secs(1) {
@@ -331,7 +339,7 @@ impl Config {
                 format!("{} is out of range; allowed 100ms to 1m", self.history.prometheus_timeout),
             );
         }
-        if !(1..=10_000).contains(&self.stream.max_subscribers) {
+        if !limits::SUBSCRIBERS.contains(&self.stream.max_subscribers) {
             return bad(
                 "stream.max_subscribers",
                 format!("{} is out of range; allowed 1 to 10000", self.stream.max_subscribers),
@@ -339,11 +347,11 @@ impl Config {
         }
         validate_constraints(&self.constraints)
             .map_err(|(key, message)| ConfigError::Invalid { key: format!("constraints.{key}"), message })?;
-        validate_optimization(&self.optimization, MAX_VRAM_BUDGET_WITHOUT_GPU_GB)
+        validate_optimization(&self.optimization, limits::MAX_VRAM_GB)
             .map_err(|(key, message)| ConfigError::Invalid { key: format!("optimization.{key}"), message })?;
         self.workload.validate()?;
         let ttl = self.leases.default_ttl.0;
-        if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(86_400) {
+        if ttl.subsec_nanos() != 0 || limits::check_ttl_seconds(ttl.as_secs()).is_err() {
             return bad(
                 "leases.default_ttl",
                 format!("{} is out of range; allowed 10s to 24h", self.leases.default_ttl),
@@ -375,15 +383,15 @@ impl Workload {
             ("vae_decode_gb", self.vae_decode_gb),
             ("overhead_gb", self.overhead_gb),
         ] {
-            if !(value.is_finite() && (0.0..=1024.0).contains(&value)) {
-                return bad(format!("workload.{key}"), format!("{value} is out of range; allowed 0 to 1024"));
+            if !(value.is_finite() && (0.0..=limits::MAX_VRAM_GB).contains(&value)) {
+                return bad(
+                    format!("workload.{key}"),
+                    format!("{value} is out of range; allowed 0 to {}", limits::MAX_VRAM_GB),
+                );
             }
         }
-        if !(128..=512).contains(&self.vae_reference_tile_size) {
-            return bad(
-                "workload.vae_reference_tile_size".to_owned(),
-                format!("{} is out of range; allowed 128 to 512", self.vae_reference_tile_size),
-            );
+        if let Err(message) = limits::check_tile_size(self.vae_reference_tile_size) {
+            return bad("workload.vae_reference_tile_size".to_owned(), message);
         }
         Ok(())
     }
@@ -392,26 +400,14 @@ impl Workload {
 /// Checks constraint ranges and the warning ≤ critical rule; returns (field, sentence) on error.
 /// Shared by the config loader and the constraints API so both accept exactly the same values.
 pub fn validate_constraints(c: &Constraints) -> Result<(), (&'static str, String)> {
-    if !(1..=10).contains(&c.max_concurrent_generations) {
-        return Err((
-            "max_concurrent_generations",
-            format!("{} is out of range; allowed integers 1 to 10", c.max_concurrent_generations),
-        ));
-    }
+    limits::check_concurrency(c.max_concurrent_generations).map_err(|m| ("max_concurrent_generations", m))?;
     for (field, value) in [
         ("vram_warning_threshold", c.vram_warning_threshold),
         ("vram_critical_threshold", c.vram_critical_threshold),
         ("cpu_warning_threshold", c.cpu_warning_threshold),
         ("ram_warning_threshold", c.ram_warning_threshold),
     ] {
-        if !(value.is_finite() && (0.1..=1.0).contains(&value)) {
-            let hint = if value > 1.0 && value <= 100.0 {
-                format!("; thresholds are fractions; did you mean {}?", value / 100.0)
-            } else {
-                String::new()
-            };
-            return Err((field, format!("{value} is out of range; allowed 0.1 to 1.0{hint}")));
-        }
+        limits::check_threshold(value).map_err(|m| (field, m))?;
     }
     if c.vram_warning_threshold > c.vram_critical_threshold {
         return Err((
@@ -427,16 +423,8 @@ pub fn validate_constraints(c: &Constraints) -> Result<(), (&'static str, String
 
 /// Checks optimization ranges; `max_budget_gb` is the largest GPU's VRAM (or 1024 without one).
 pub fn validate_optimization(o: &Optimization, max_budget_gb: f64) -> Result<(), (&'static str, String)> {
-    if !(128..=512).contains(&o.vae_tile_size) {
-        return Err(("vae_tile_size", format!("{} is out of range; allowed integers 128 to 512", o.vae_tile_size)));
-    }
-    if !(o.max_vram_usage_gb.is_finite() && o.max_vram_usage_gb > 0.0 && o.max_vram_usage_gb <= max_budget_gb) {
-        return Err((
-            "max_vram_usage_gb",
-            format!("{} is out of range; allowed above 0 up to {max_budget_gb:.1}", o.max_vram_usage_gb),
-        ));
-    }
-    Ok(())
+    limits::check_tile_size(o.vae_tile_size).map_err(|m| ("vae_tile_size", m))?;
+    limits::check_budget_gb(o.max_vram_usage_gb, max_budget_gb).map_err(|m| ("max_vram_usage_gb", m))
 }
 
 /// A duration written as a string with a unit: `500ms`, `1s`, `5m`, `2h`, `7d`.

@@ -1,4 +1,5 @@
-//! Errors of start-up and configuration. Request errors live in `http::error`.
+//! Why a configuration could not be used. Start-up errors are [`crate::server::Error`]; store
+//! errors are [`crate::store::StoreError`]; request errors live at the edge, in `http::error`.
 
 use std::path::PathBuf;
 
@@ -21,29 +22,4 @@ pub enum ConfigError {
         /// What is wrong and what is allowed.
         message: String,
     },
-}
-
-/// Why vramguard could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Bad configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The state store could not be opened or read.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// The token file could not be used.
-    #[error("config key auth.token_file: {0}")]
-    Token(String),
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: std::net::SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The HTTP server failed while running.
-    #[error("http server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }

@@ -1,6 +1,6 @@
 //! Generation leases: the in-memory book of who holds a generation slot and which VRAM was
 //! promised to them. Pure data and arithmetic on explicit `now` values; persistence is the
-//! store's job and the critical section lives in `http::generations`.
+//! store's job and the critical section that changes the book is [`crate::app::ledger`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;

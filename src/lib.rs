@@ -3,36 +3,50 @@
 //! Data flows one way:
 //!
 //! ```text
-//!  sysinfo, NVML ──▶ sampler ──▶ Arc<Snapshot> (watch) ──▶ metrics  ──▶ http (/metrics)
-//!                   (blocking                         └──▶ policy / API (later issues)
-//!                    pool, timeouts)
+//!  sysinfo, NVML ──▶ sampler ──▶ Arc<Snapshot> (watch) ──▶ app (service layer) ──▶ http ──▶ server
+//!  (or scripted)    (blocking      │                        │ policy: pure decisions
+//!                    pool,         │                        │ metrics: exposition
+//!                    timeouts)     │                        │ leases + store: durable state
+//!                                  └──────────────────────▶ │ history: recorder and queries
 //! ```
 //!
-//! # Layout
+//! # Layers, lowest first
 //!
-//! - [`config`]: the YAML configuration, its defaults (equal to the shipped `config.yaml`) and
-//!   validation.
-//! - [`snapshot`]: the immutable picture of the machine: plain data, `None` for readings that
-//!   could not be taken.
-//! - [`sampler`]: the only code that touches hardware; one file per collector (`host`, `gpu`,
-//!   `cgroup`), each run on the blocking pool under a timeout.
-//! - [`metrics`]: renders a snapshot and the live constraints as Prometheus text.
-//! - [`policy`]: pure decisions: workload estimate, recommendations, health, resource-check.
-//! - [`history`]: the embedded history recorder and the Prometheus-backed history source.
-//! - [`http`]: the axum router ([`http::app`]), its handlers and the one `ApiError` type.
-//! - [`server`]: wiring and graceful shutdown; [`server::run`] is what `main` calls.
-//! - [`leases`]: the in-memory book of generation leases and their VRAM reservations.
-//! - [`store`]: the SQLite state store: API overrides (and later history and leases).
-//! - [`error`]: start-up and configuration errors.
+//! A module may import only modules listed before it; `tests/architecture.rs` fails the build's
+//! tests on a cycle or an upward import.
+//!
+//! 1. Leaves: [`units`] (GiB, rounding), [`time`] (clock, RFC 3339), [`limits`] (every accepted
+//!    range and its sentence), [`error`] (configuration errors).
+//! 2. [`config`]: the YAML configuration, its defaults (equal to the shipped `config.yaml`) and
+//!    validation.
+//! 3. [`snapshot`]: the immutable picture of the machine: plain data, `None` for readings that
+//!    could not be taken.
+//! 4. `sampler`: the only code that touches hardware; one collector per file behind one
+//!    `Collector` trait (`host`, `gpu`, a scripted host for tests), each run on the blocking pool
+//!    under a timeout.
+//! 5. [`policy`]: pure decisions: workload estimate, shared per-resource verdicts, health,
+//!    resource-check.
+//! 6. [`leases`]: the in-memory book of generation leases (pure data).
+//! 7. [`history`]: history points and the Prometheus-backed history source.
+//! 8. [`store`]: the SQLite state store: API overrides, history, leases.
+//! 9. [`metrics`]: renders a snapshot and the live constraints as Prometheus text.
+//! 10. [`app`]: the service layer: shared state, the one write path, the lease ledger and its
+//!     critical section, settings updates, the reaper and the history recorder.
+//! 11. [`http`]: the axum router ([`http::app`]), thin handlers and the one `ApiError` type.
+//! 12. [`server`]: wiring and graceful shutdown; [`server::run`] serves on a bound listener.
 
-pub mod config;
+pub mod units;
+pub mod time;
+pub mod limits;
 pub mod error;
-pub mod history;
-pub mod http;
-pub mod leases;
-pub mod metrics;
-pub mod policy;
-pub mod sampler;
-pub mod server;
+pub mod config;
 pub mod snapshot;
+pub(crate) mod sampler;
+pub mod policy;
+pub mod leases;
+pub mod history;
 pub mod store;
+pub mod metrics;
+pub mod app;
+pub mod http;
+pub mod server;

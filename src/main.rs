@@ -83,7 +83,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(vramguard::server::run(config, shutdown_signal()));
+    let result = runtime.block_on(async {
+        let listener = vramguard::server::bind(&config).await?;
+        vramguard::server::run(config, listener, shutdown_signal()).await
+    });
     // A collector stuck inside a driver call holds a blocking thread that will never return;
     // do not let it keep the process alive after the server has stopped.
     runtime.shutdown_timeout(Duration::from_millis(200));

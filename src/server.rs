@@ -1,5 +1,6 @@
-//! Wiring: start the sampler, bind the listener, serve until the shutdown future resolves,
-//! then stop everything within a bounded time.
+//! Wiring: start the sampler and the service's background tasks, serve the router on the
+//! listener the caller bound, and stop everything within a bounded time once `shutdown`
+//! resolves.
 
 use std::future::Future;
 use std::time::Duration;
@@ -7,53 +8,69 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, Constraints, MAX_VRAM_BUDGET_WITHOUT_GPU_GB, Optimization};
-use crate::error::Error;
-use crate::http::{AppState, Live, app};
+use crate::app::AppState;
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::http::app;
 use crate::sampler::Sampler;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// How long in-flight requests get to finish after a shutdown signal. Together with process
 /// teardown this keeps `kill -TERM` to exit well under 2 s.
 const DRAIN_LIMIT: Duration = Duration::from_millis(1500);
 
-/// Runs vramguard until `shutdown` resolves. The listening address is logged as
+/// Why vramguard could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The token file could not be used.
+    #[error("config key auth.token_file: {0}")]
+    Token(String),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while running.
+    #[error("http server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Binds `config.listen` (the caller may bind its own listener and call [`run`] instead).
+pub async fn bind(config: &Config) -> Result<TcpListener, Error> {
+    TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })
+}
+
+/// Runs vramguard on `listener` until `shutdown` resolves. The listening address is logged as
 /// `listening on http://ADDR` (tests read it to find the port when `listen` has port 0).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let token = match &config.auth.token_file {
         Some(path) => Some(crate::http::auth::read_token(path).map_err(Error::Token)?),
         None => None,
     };
-    let store = Store::open(&config.state_dir)?;
-    let live = load_live(&store, &config)?;
-    let leases = crate::leases::LeaseBook::from_leases(store.load_leases()?);
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
-
     let (sampler, snapshots) = Sampler::new(&config);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState::open(config, snapshots, token, stop_rx.clone())?;
+
     let mut sampler_stop = stop_rx.clone();
     let sampler_task = tokio::spawn(sampler.run(async move {
         let _ = sampler_stop.wait_for(|s| *s).await;
     }));
-
-    let state = AppState::new(config, snapshots, store, live, leases, token, stop_rx.clone())?;
-    let recorder = tokio::spawn(crate::history::recorder::run(state.clone(), stop_rx.clone()));
-    let ws_state = state.clone();
-    // Expired leases are also reaped on every decision; the timer keeps the count and the
-    // store honest when no one asks.
-    let reaper_state = state.clone();
-    let mut reaper_stop = stop_rx.clone();
-    let reaper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = reaper_stop.changed() => return,
-                _ = tick.tick() => crate::http::generations::reap_expired(&reaper_state).await,
-            }
-        }
-    });
+    let recorder = tokio::spawn(crate::app::history::run(state.clone(), stop_rx.clone()));
+    let reaper = tokio::spawn(crate::app::ledger::reaper(state.clone(), stop_rx.clone()));
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on http://{addr}");
 
     let stop_for_server = stop_tx.clone();
@@ -62,7 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tracing::info!("shutdown signal received; draining requests");
         let _ = stop_for_server.send(true);
     };
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(graceful);
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(graceful);
     let mut drain_deadline = stop_rx;
     let result = tokio::select! {
         r = server => r.map_err(Error::Serve),
@@ -78,9 +95,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // WebSockets are upgraded connections the server no longer tracks: give them a moment to
     // send their Close frames before the runtime goes away.
     let ws_deadline = tokio::time::Instant::now() + Duration::from_millis(400);
-    while ws_state.subscribers.load(std::sync::atomic::Ordering::SeqCst) > 0
-        && tokio::time::Instant::now() < ws_deadline
-    {
+    while state.subscribers.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < ws_deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = sampler_task.await;
@@ -88,23 +103,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let _ = recorder.await;
     tracing::info!("stopped");
     result
-}
-
-/// The live settings: API overrides from the store where present, else config.yaml. An override
-/// that no longer validates is an error naming the store, not a silent reset.
-fn load_live(store: &Store, config: &Config) -> Result<Live, StoreError> {
-    let invalid = |key: &str, message: String| StoreError::Invalid {
-        path: store.path().to_owned(),
-        key: key.to_owned(),
-        message,
-    };
-    let settings = store.load_override::<Optimization>("optimization")?.unwrap_or(config.optimization);
-    crate::config::validate_optimization(&settings, MAX_VRAM_BUDGET_WITHOUT_GPU_GB)
-        .map_err(|(f, m)| invalid("optimization", format!("{f}: {m}")))?;
-    let constraints = store.load_override::<Constraints>("constraints")?.unwrap_or(config.constraints);
-    crate::config::validate_constraints(&constraints).map_err(|(f, m)| invalid("constraints", format!("{f}: {m}")))?;
-    if settings != config.optimization || constraints != config.constraints {
-        tracing::info!(store = %store.path().display(), "using settings changed through the API (DELETE resets them)");
-    }
-    Ok(Live { settings, constraints })
 }

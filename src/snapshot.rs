@@ -105,49 +105,9 @@ pub struct CollectorStatus {
 impl Snapshot {
     /// Unix time of the sample, seconds.
     pub fn timestamp_seconds(&self) -> f64 {
-        self.taken_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-    }
-
-    /// The status of a collector, if it ran.
-    pub fn collector(&self, name: &str) -> Option<&CollectorStatus> {
-        self.collectors.iter().find(|c| c.name == name)
+        crate::time::unix(self.taken_at)
     }
 }
 
-/// Formats a time as RFC 3339 UTC with a `Z`, to the millisecond (e.g. `2026-11-27T09:00:00.123Z`).
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_770_173_250);
-        assert_eq!(rfc3339(t), "2026-11-27T09:02:53.250Z");
-        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
-    }
-}
+/// The latest snapshot, as the sampler publishes it; `None` until the first sample is complete.
+pub type SnapshotRx = tokio::sync::watch::Receiver<Option<std::sync::Arc<Snapshot>>>;

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::history::{HistoryPoint, HistorySeries};
 use crate::leases::Lease;
-use crate::snapshot::rfc3339;
+use crate::time::rfc3339_unix;
 
 /// File name of the database inside `state_dir`.
 pub const DB_FILE: &str = "vramguard.db";
@@ -71,7 +71,6 @@ CREATE TABLE IF NOT EXISTS overrides (
 CREATE TABLE IF NOT EXISTS history (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     ts            REAL NOT NULL,
-    saved         INTEGER NOT NULL DEFAULT 0,
     cpu_percent   REAL,
     ram_used_gb   REAL,
     ram_total_gb  REAL,
@@ -228,17 +227,16 @@ impl Store {
 
 impl Store {
     /// Records one history point (durably) and drops points older than `prune_before`.
-    pub fn record_history(&mut self, p: &HistoryPoint, saved: bool, prune_before: f64) -> Result<(), StoreError> {
+    pub fn record_history(&mut self, p: &HistoryPoint, prune_before: f64) -> Result<(), StoreError> {
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(sql)?;
         tx.execute(
-            "INSERT INTO history (ts, saved, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
+            "INSERT INTO history (ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
                                   gpu_percent, vram_used_mb, vram_total_mb, vram_percent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 p.ts,
-                saved,
                 p.cpu_percent,
                 p.ram_used_gb,
                 p.ram_total_gb,
@@ -282,7 +280,7 @@ impl Store {
                 vram_used_mb: r.get(6)?,
                 vram_total_mb: r.get(7)?,
                 vram_percent: r.get(8)?,
-                timestamp: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ts.max(0.0))),
+                timestamp: rfc3339_unix(ts),
             })
         };
         let rows = if bucketed {
@@ -397,7 +395,7 @@ mod tests {
         let mut s = Store::open(dir.path()).unwrap();
         for i in 0..10 {
             let cpu = if i == 3 { None } else { Some(f64::from(i) * 10.0) };
-            s.record_history(&point(1000.0 + f64::from(i), cpu, f64::from(i) * 100.0), false, 0.0).unwrap();
+            s.record_history(&point(1000.0 + f64::from(i), cpu, f64::from(i) * 100.0), 0.0).unwrap();
         }
         let raw = s.query_history(1000.0, 1009.0, 100, 5.0).unwrap();
         assert_eq!(raw.total_count, 10);
@@ -425,9 +423,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(dir.path()).unwrap();
         for i in 0..5 {
-            s.record_history(&point(f64::from(i), Some(1.0), 1.0), false, 0.0).unwrap();
+            s.record_history(&point(f64::from(i), Some(1.0), 1.0), 0.0).unwrap();
         }
-        s.record_history(&point(10.0, Some(1.0), 1.0), false, 3.0).unwrap();
+        s.record_history(&point(10.0, Some(1.0), 1.0), 3.0).unwrap();
         let all = s.query_history(0.0, 100.0, 100, 1.0).unwrap();
         let ts: Vec<f64> = all.points.iter().map(|p| p.ts).collect();
         assert_eq!(ts, vec![3.0, 4.0, 10.0]);

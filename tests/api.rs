@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{GIB, MIB, Vramguard};
+use common::{CALM, GIB, Host, MIB, Vramguard};
 use serde_json::{Value, json};
 
 fn gpu(uuid: &str, total: u64, used: u64, util: u32, extra: &str) -> String {
@@ -87,9 +87,11 @@ fn healthy_gpu() {
     assert_eq!(h["system_info"]["vram_percent"], json!(12.5));
     assert!(vram_issues(&h).is_empty(), "{h}");
     assert!(h["system_info"]["warnings"].as_array().unwrap().is_empty());
-    if h["system_info"]["issues"].as_array().unwrap().is_empty() {
-        assert_eq!(h["status"], json!("healthy"));
-    }
+    // The scripted host is calm, so nothing at all is wrong.
+    assert!(h["system_info"]["issues"].as_array().unwrap().is_empty(), "{h}");
+    assert_eq!(h["status"], json!("healthy"));
+    assert_eq!(h["system_info"]["cpu_percent"], json!(10.0));
+    assert_eq!(h["system_info"]["ram_percent"], json!(25.0));
     assert_eq!(h["system_info"]["resource_constraints"]["vram_critical_threshold"], json!(0.95));
 
     let r = check(&vg, "?vram_required_gb=4");
@@ -193,6 +195,50 @@ fn no_gpu_fails_closed() {
         "{}",
         m.text
     );
+}
+
+/// CPU and RAM from the scripted host: at or above the threshold warns and refuses, under it
+/// does not, and a failed host collector fails admission closed.
+#[test]
+fn host_thresholds_from_the_scripted_source() {
+    let vg = start(&gpu("GPU-A", 16 * GIB, 2 * GIB, 35, ""));
+    let wait_cpu = |percent: f64| {
+        vg.wait_until("the new host figures", Duration::from_secs(10), || {
+            health(&vg)["system_info"]["cpu_percent"] == json!(percent)
+        })
+    };
+    // Exactly at the 90 % CPU threshold counts as over it.
+    vg.set_host(Host { cpu: 0.90, ..CALM });
+    wait_cpu(90.0);
+    let h = health(&vg);
+    assert_eq!(h["status"], json!("warning"), "{h}");
+    assert_eq!(strings(&h["system_info"]["issues"]), vec!["High CPU usage"]);
+    let r = check(&vg, "?vram_required_gb=1");
+    assert_eq!(r["resource_status"]["cpu_available"], json!(false));
+    assert_eq!(strings(&r["blocking_issues"]), vec!["CPU usage too high (90.0%)"]);
+    // Just under it: admitted; RAM at 95 % used refuses instead.
+    vg.set_host(Host { cpu: 0.899, available: 64 * GIB / 20, ..CALM });
+    wait_cpu(89.9);
+    let r = check(&vg, "?vram_required_gb=1");
+    assert_eq!(r["resource_status"]["cpu_available"], json!(true));
+    assert_eq!(r["resource_status"]["ram_available"], json!(false));
+    assert_eq!(r["current_usage"]["ram_percent"], json!(95.0));
+    assert_eq!(strings(&r["blocking_issues"]), vec!["RAM usage too high (95.0%)"]);
+    assert_eq!(strings(&health(&vg)["system_info"]["issues"]), vec!["High RAM usage"]);
+    // A host collector that fails: CPU and RAM unknown, admission fails closed.
+    common::write_scenario(&vg.dir.path().join("host.txt"), "error sysinfo is broken\n");
+    vg.wait_until("the host collector to fail", Duration::from_secs(10), || {
+        health(&vg)["system_info"]["cpu_percent"].is_null()
+    });
+    let r = check(&vg, "?vram_required_gb=1");
+    assert!(!r["can_start_generation"].as_bool().unwrap());
+    assert!(strings(&r["blocking_issues"]).contains(&"CPU usage unknown: the host collector failed".to_owned()), "{r}");
+    let h = health(&vg);
+    assert!(strings(&h["system_info"]["issues"]).iter().any(|i| i.contains("sysinfo is broken")), "{h}");
+    // Back to calm: healthy again.
+    vg.set_host(CALM);
+    wait_cpu(10.0);
+    assert_eq!(health(&vg)["status"], json!("healthy"));
 }
 
 /// `gpu.enabled: false`: a GPU-less host on purpose does not block on VRAM.

@@ -357,7 +357,12 @@ fn host_metrics_match_proc() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let (b0, i0) = proc_stat_busy_idle();
-    let vg = Vramguard::start("sample_interval: \"1s\"\ngpu: { enabled: false }\n", None, &[]);
+    // The one test of the real host source: no scripted figures.
+    let vg = Vramguard::start(
+        "sample_interval: \"1s\"\nhost: { scripted_file: null }\ngpu: { enabled: false }\n",
+        None,
+        &[],
+    );
     vg.wait_ready();
     let first = vg.metrics();
     let (b1, i1) = proc_stat_busy_idle();

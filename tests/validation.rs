@@ -8,9 +8,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
+use vramguard::app::AppState;
 use vramguard::config::{Config, Constraints, Optimization};
-use vramguard::http::{AppState, Live, app};
-use vramguard::leases::LeaseBook;
+use vramguard::http::app;
 use vramguard::snapshot::{CollectorStatus, GpuMemory, GpuStats, HostStats, Snapshot};
 use vramguard::store::Store;
 
@@ -51,12 +51,9 @@ impl Harness {
     fn new(token: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { state_dir: dir.path().to_owned(), ..Config::default() };
-        let store = Store::open(dir.path()).unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(Some(Arc::new(snapshot())));
-        let live = Live { settings: config.optimization, constraints: config.constraints };
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let state = AppState::new(config, rx, store, live, LeaseBook::default(), token.map(str::to_owned), shutdown_rx)
-            .unwrap();
+        let state = AppState::open(config, rx, token.map(str::to_owned), shutdown_rx).unwrap();
         Self { state, _dir: dir, _shutdown: shutdown_tx }
     }
 
@@ -88,7 +85,8 @@ impl Harness {
     async fn state_now(&self) -> (Value, Value, Option<Optimization>, Option<Constraints>) {
         let opt = self.get("/api/v1/system/optimization").await.1;
         let con = self.get("/api/v1/system/constraints").await.1["constraints"].clone();
-        let store = self.state.store.lock().unwrap();
+        // A second connection reads what the service committed.
+        let store = Store::open(&self.state.config.state_dir).unwrap();
         (opt, con, store.load_override("optimization").unwrap(), store.load_override("constraints").unwrap())
     }
 }

@@ -1,21 +1,22 @@
 //! Stats history for charts: the embedded store (the default) and a Prometheus-backed source
 //! that answers the same query from Prometheus's own record of vramguard's metrics.
 //!
-//! - [`recorder`]: records the latest snapshot every `history.interval` and prunes past
-//!   `history.retention`.
 //! - [`prometheus`]: builds the same answer from `query_range`.
+//!
+//! Recording (every `history.interval`, pruning past `history.retention`) is the service
+//! layer's job: `app::recorder`.
 //!
 //! The bucketing itself is SQL in [`crate::store`]: equal-width time buckets, each the average of
 //! the samples in it (missing readings are skipped, not counted as 0).
 
 pub mod prometheus;
-pub mod recorder;
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::policy::{GIB, MIB, round1, round2};
-use crate::snapshot::{Snapshot, rfc3339};
+use crate::snapshot::Snapshot;
+use crate::time::rfc3339;
+use crate::units::{MIB, gib, round1, round2};
 
 /// One point of history: the seed's nine stats fields.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -53,8 +54,8 @@ impl HistoryPoint {
         Self {
             ts: s.timestamp_seconds(),
             cpu_percent: host.map(|h| h.cpu_usage_ratio * 100.0),
-            ram_used_gb: host.map(|h| h.memory_used_bytes() as f64 / GIB),
-            ram_total_gb: host.map(|h| h.memory_total_bytes as f64 / GIB),
+            ram_used_gb: host.map(|h| gib(h.memory_used_bytes())),
+            ram_total_gb: host.map(|h| gib(h.memory_total_bytes)),
             ram_percent: host.map(|h| h.memory_used_ratio() * 100.0),
             gpu_percent: if utils.is_empty() { 0.0 } else { utils.iter().sum::<f64>() / utils.len() as f64 * 100.0 },
             vram_used_mb: used as f64 / MIB,

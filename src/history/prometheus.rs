@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{HistoryPoint, HistorySeries};
-use crate::snapshot::rfc3339;
+use crate::time::rfc3339_unix;
 
 /// Shortest averaging window: a step shorter than a typical scrape interval would find no
 /// sample in some windows.
@@ -61,11 +61,6 @@ impl PrometheusSource {
         Ok(Self { client, base: base.trim_end_matches('/').to_owned(), selector: selector.to_owned() })
     }
 
-    /// The base URL, for messages.
-    pub fn url(&self) -> &str {
-        &self.base
-    }
-
     /// History between `start` and `end` (Unix seconds) in at most `max_points` points.
     pub async fn query(&self, start: f64, end: f64, max_points: u32) -> Result<HistorySeries, String> {
         let span = (end - start).max(1.0);
@@ -96,7 +91,7 @@ impl PrometheusSource {
                 vram_used_mb: vram_used.get(t).copied().unwrap_or(0.0),
                 vram_total_mb: vram_total.get(t).copied().unwrap_or(0.0),
                 vram_percent: vram_pct.get(t).copied().unwrap_or(0.0),
-                timestamp: rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(*t).unwrap_or(0))),
+                timestamp: rfc3339_unix(*t as f64),
             })
             .collect::<Vec<_>>();
         Ok(HistorySeries { total_count: points.len() as u64, points, resolution_seconds: step as f64 })

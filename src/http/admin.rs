@@ -29,11 +29,7 @@ pub async fn landing() -> Html<String> {
 
 /// `GET /metrics`: renders the latest snapshot; never touches hardware.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let view = state.view();
-    // Health is a pure function of what is rendered anyway; computing it here keeps the state
-    // set consistent with the snapshot in the same scrape.
-    let status = view.snapshot.as_ref().map(|_| crate::policy::health::health(&view.context(&state.config)).status);
-    let body = state.metrics.render(view.snapshot.as_deref(), &view.live.constraints, status, view.active);
+    let body = state.render_metrics();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
@@ -45,7 +41,7 @@ pub async fn healthy() -> &'static str {
 /// `GET /-/ready`: 200 once a snapshot exists. A snapshot never goes away, so readiness never
 /// flips back; collectors that fail later show in `vramguard_collector_success` instead.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    if state.snapshots.borrow().is_some() {
+    if state.snapshot().is_some() {
         (StatusCode::OK, "vramguard is ready.\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "vramguard is not ready: no sample yet.\n")

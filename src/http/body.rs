@@ -9,9 +9,7 @@ use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-
-/// Largest accepted request body.
-pub const BODY_LIMIT: usize = 64 * 1024;
+use crate::limits::BODY_LIMIT;
 
 /// A JSON object body deserialised into `T` (which should deny unknown fields).
 #[derive(Debug)]

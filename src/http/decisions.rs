@@ -1,5 +1,5 @@
 //! `GET /api/v1/system/health` and `GET /api/v1/system/resource-check`: the policy's answers on
-//! the latest snapshot and the live settings.
+//! the latest snapshot and the live settings, as the service layer gives them.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,23 +9,15 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::body::{Allowed, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
-use crate::policy::admission::{CheckRequest, ResourceCheck, resource_check as decide};
-use crate::policy::health::{Health, health};
-
-/// The largest VRAM requirement accepted, GiB: above any GPU made.
-pub const MAX_REQUIRED_GB: f64 = 1024.0;
+use crate::limits;
+use crate::policy::admission::{CheckRequest, ResourceCheck};
+use crate::policy::health::Health;
 
 /// Health report: always 200 while vramguard can answer.
 #[utoipa::path(get, path = "/api/v1/system/health", tag = "policy",
     responses((status = 200, body = Health)))]
 pub async fn get_health(State(state): State<AppState>) -> Json<Health> {
-    let view = state.view();
-    let mut report = health(&view.context(&state.config));
-    if view.snapshot.is_none() {
-        // The report is about no sample at all; date it now rather than at the epoch.
-        report.timestamp = crate::snapshot::rfc3339(std::time::SystemTime::now());
-    }
-    Json(report)
+    Json(state.health())
 }
 
 /// Query of the resource-check.
@@ -48,16 +40,6 @@ impl Allowed for ResourceCheckQuery {
         &[("vram_required_gb", "a number above 0 up to 1024 (GiB)"), ("model_loaded", "true or false")];
 }
 
-/// Checks a requirement is a sane number of GiB.
-pub fn validate_required(v: Option<f64>) -> Result<(), ApiError> {
-    match v {
-        Some(v) if !(v > 0.0 && v <= MAX_REQUIRED_GB) => Err(ApiError::bad_request(format!(
-            "vram_required_gb: {v} is out of range; allowed above 0 up to {MAX_REQUIRED_GB} (GiB)"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 /// May a generation start now, and on which GPU? Read-only: it records nothing but the
 /// decision counter.
 #[utoipa::path(get, path = "/api/v1/system/resource-check", tag = "policy",
@@ -67,11 +49,10 @@ pub async fn resource_check(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ResourceCheckQuery>,
 ) -> Result<Json<ResourceCheck>, ApiError> {
-    validate_required(q.vram_required_gb)?;
-    let view = state.view();
+    if let Some(v) = q.vram_required_gb {
+        limits::check_required_gb(v).map_err(|m| ApiError::bad_request(format!("vram_required_gb: {m}")))?;
+    }
     let req =
         CheckRequest { vram_required_gb: q.vram_required_gb, model_loaded: q.model_loaded.unwrap_or(false), gpu: None };
-    let check = decide(&view.context(&state.config), &req);
-    state.metrics.record_decision(check.can_start_generation, check.primary_reason());
-    Ok(Json(check))
+    Ok(Json(state.resource_check(&req)))
 }

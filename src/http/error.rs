@@ -6,6 +6,8 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::app::ServiceError;
+
 /// A rejected request, with the sentence the client sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -28,23 +30,22 @@ impl ApiError {
         Self { status: StatusCode::BAD_REQUEST, detail: detail.into() }
     }
 
-    /// 500 for a failure of vramguard itself (the state store), logged once here.
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "{context}");
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, detail: format!("{context}; see vramguard's log") }
-    }
-
-    /// 503 before the first sample exists (the process is starting, not failing).
-    pub fn not_ready() -> Self {
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            detail: "no resource sample yet; vramguard is starting".to_owned(),
-        }
-    }
-
     /// 404 with a detail.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, detail: detail.into() }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let status = match &e {
+            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            // Starting, not failing.
+            ServiceError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self { status, detail: e.to_string() }
     }
 }
 

@@ -5,13 +5,13 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::AppState;
 use super::body::{Allowed, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
 use super::stats::StatsBody;
-use super::{AppState, now_seconds};
-use crate::config::HistoryBackend;
-use crate::history::{HistoryPoint, HistorySeries};
-use crate::snapshot::rfc3339;
+use crate::history::HistoryPoint;
+use crate::limits::{HISTORY_DEFAULT_POINTS, HISTORY_MAX_POINTS};
+use crate::time::{now_unix, rfc3339_unix};
 
 /// Query of the history.
 #[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
@@ -86,55 +86,25 @@ pub async fn get_history(
             "hours: {hours} is out of range; allowed above 0 up to {retention_hours} (the history retention)"
         )));
     }
-    let max_points = q.max_points.unwrap_or(1000);
-    if !(1..=10_000).contains(&max_points) {
+    let max_points = q.max_points.unwrap_or(HISTORY_DEFAULT_POINTS);
+    if !HISTORY_MAX_POINTS.contains(&max_points) {
         return Err(ApiError::bad_request(format!(
-            "max_points: {max_points} is out of range; allowed integers 1 to 10000"
+            "max_points: {max_points} is out of range; allowed integers {} to {}",
+            HISTORY_MAX_POINTS.start(),
+            HISTORY_MAX_POINTS.end()
         )));
     }
-    let end = now_seconds();
+    let end = now_unix();
     let start = end - hours * 3600.0;
-    let mut warning = None;
-    if state.config.history.backend == HistoryBackend::Prometheus
-        && let Some(source) = &state.prometheus
-    {
-        match source.query(start, end, max_points).await {
-            Ok(series) => return Ok(Json(answer(series, start, end, hours, "prometheus", None))),
-            Err(e) => {
-                tracing::warn!(error = %e, "Prometheus history failed; answering from the embedded history");
-                warning = Some(format!("{e}; answered from the embedded history"));
-            }
-        }
-    }
-    let st = state.clone();
-    let interval = state.config.history.interval.0.as_secs_f64();
-    let series = tokio::task::spawn_blocking(move || {
-        let reader = st.history_reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        reader.query_history(start, end, max_points, interval)
-    })
-    .await
-    .map_err(|e| ApiError::internal("history query failed", e))?
-    .map_err(|e| ApiError::internal("could not read the history", e))?;
-    Ok(Json(answer(series, start, end, hours, "embedded", warning)))
-}
-
-fn answer(
-    series: HistorySeries,
-    start: f64,
-    end: f64,
-    hours: f64,
-    source: &str,
-    warning: Option<String>,
-) -> HistoryBody {
-    let at = |t: f64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0)));
-    HistoryBody {
-        stats: series.points.into_iter().map(HistoryPoint::rounded).collect(),
-        total_count: series.total_count,
-        time_range: TimeRange { start: at(start), end: at(end), hours },
-        resolution_seconds: series.resolution_seconds,
-        source: source.to_owned(),
-        warning,
-    }
+    let answer = state.query_history(start, end, max_points).await?;
+    Ok(Json(HistoryBody {
+        stats: answer.series.points.into_iter().map(HistoryPoint::rounded).collect(),
+        total_count: answer.series.total_count,
+        time_range: TimeRange { start: rfc3339_unix(start), end: rfc3339_unix(end), hours },
+        resolution_seconds: answer.series.resolution_seconds,
+        source: answer.source.to_owned(),
+        warning: answer.warning,
+    }))
 }
 
 /// Records the current snapshot durably (on disk before the 200) and returns it.
@@ -143,16 +113,7 @@ fn answer(
         (status = 200, body = SavedBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
 pub async fn save(State(state): State<AppState>) -> Result<Json<SavedBody>, ApiError> {
-    let snapshot = state.snapshot().ok_or_else(ApiError::not_ready)?;
-    let point = HistoryPoint::from_snapshot(&snapshot);
-    let retention = state.config.history.retention.0.as_secs_f64();
-    state
-        .write("saving stats failed", move |_, store| {
-            store
-                .record_history(&point, true, now_seconds() - retention)
-                .map_err(|e| ApiError::internal("could not write the state store", e))
-        })
-        .await?;
+    let snapshot = state.save_snapshot().await?;
     Ok(Json(SavedBody {
         message: "System stats saved successfully".to_owned(),
         stats: StatsBody::from(snapshot.as_ref()),

@@ -1,42 +1,21 @@
 //! `/api/v1/system/optimization` and `/api/v1/system/constraints`: read, partially update, and
-//! reset to config.yaml. An update is validated after the merge, written to the state store in
-//! one transaction, and only then published and acknowledged; a rejected update changes nothing.
+//! reset to config.yaml. The merge, validation and durable write are the service layer's
+//! ([`crate::app::settings`]); a rejected update changes nothing.
 
 use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::AppState;
 use super::body::{Allowed, JsonBody};
 use super::error::{ApiError, ErrorBody};
-use super::{AppState, Live};
-use crate::config::{
-    Constraints, MAX_VRAM_BUDGET_WITHOUT_GPU_GB, Optimization, Quantization, validate_constraints,
-    validate_optimization,
-};
-use crate::policy::admission::{CheckRequest, resource_check};
-use crate::policy::{GIB, estimate, round2};
-
-const OPTIMIZATION_KEY: &str = "optimization";
-const CONSTRAINTS_KEY: &str = "constraints";
-
-/// A partial update of the optimization settings; omitted fields keep their value.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizationPatch {
-    /// fp16, bf16 or int8.
-    pub quantization: Option<Quantization>,
-    /// Move offloadable components to the CPU.
-    pub enable_offload: Option<bool>,
-    /// VAE decode tile edge, pixels.
-    #[schema(minimum = 128, maximum = 512)]
-    pub vae_tile_size: Option<u32>,
-    /// Most VRAM one generation may use, GiB (at most the largest GPU's VRAM).
-    #[schema(exclusive_minimum = 0.0, maximum = 1024.0)]
-    pub max_vram_usage_gb: Option<f64>,
-}
+use crate::app::settings::OptimizationSummary;
+pub use crate::app::settings::{ConstraintsPatch, OptimizationPatch};
+use crate::config::{Constraints, Optimization};
+use crate::units::round2;
 
 impl Allowed for OptimizationPatch {
     const FIELDS: &'static [(&'static str, &'static str)] = &[
@@ -45,27 +24,6 @@ impl Allowed for OptimizationPatch {
         ("vae_tile_size", "integers 128 to 512"),
         ("max_vram_usage_gb", "a number above 0 up to the largest GPU's VRAM in GiB"),
     ];
-}
-
-/// A partial update of the constraints; omitted fields keep their value.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConstraintsPatch {
-    /// Generation leases allowed at once.
-    #[schema(minimum = 1, maximum = 10)]
-    pub max_concurrent_generations: Option<u32>,
-    /// VRAM fraction at which health warns.
-    #[schema(minimum = 0.1, maximum = 1.0)]
-    pub vram_warning_threshold: Option<f64>,
-    /// VRAM fraction at which health is critical and admission refuses.
-    #[schema(minimum = 0.1, maximum = 1.0)]
-    pub vram_critical_threshold: Option<f64>,
-    /// CPU busy fraction at which health warns and admission refuses.
-    #[schema(minimum = 0.1, maximum = 1.0)]
-    pub cpu_warning_threshold: Option<f64>,
-    /// RAM used fraction at which health warns and admission refuses.
-    #[schema(minimum = 0.1, maximum = 1.0)]
-    pub ram_warning_threshold: Option<f64>,
 }
 
 impl Allowed for ConstraintsPatch {
@@ -132,40 +90,16 @@ pub async fn post_optimization(
     State(state): State<AppState>,
     JsonBody(patch): JsonBody<OptimizationPatch>,
 ) -> Result<Json<OptimizationUpdated>, ApiError> {
-    let max_budget = largest_gpu_gb(&state);
-    let live = update(&state, move |live| {
-        let s = &mut live.settings;
-        if let Some(v) = patch.quantization {
-            s.quantization = v;
-        }
-        if let Some(v) = patch.enable_offload {
-            s.enable_offload = v;
-        }
-        if let Some(v) = patch.vae_tile_size {
-            s.vae_tile_size = v;
-        }
-        if let Some(v) = patch.max_vram_usage_gb {
-            s.max_vram_usage_gb = v;
-        }
-        validate_optimization(s, max_budget)
-            .map_err(|(field, message)| ApiError::bad_request(format!("{field}: {message}")))?;
-        Ok(Persist::Save(OPTIMIZATION_KEY, serde_json::to_value(*s).expect("settings serialise")))
-    })
-    .await?;
-    Ok(Json(optimization_answer(&state, &live, "Optimization settings updated successfully")))
+    let summary = state.update_optimization(patch).await?;
+    Ok(Json(optimization_answer(summary, "Optimization settings updated successfully")))
 }
 
 /// Puts the optimization settings back to config.yaml.
 #[utoipa::path(delete, path = "/api/v1/system/optimization", tag = "settings",
     responses((status = 200, body = OptimizationUpdated), (status = 401, body = ErrorBody)))]
 pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<OptimizationUpdated>, ApiError> {
-    let defaults = state.config.optimization;
-    let live = update(&state, move |live| {
-        live.settings = defaults;
-        Ok(Persist::Delete(OPTIMIZATION_KEY))
-    })
-    .await?;
-    Ok(Json(optimization_answer(&state, &live, "Optimization settings reset to config.yaml")))
+    let summary = state.reset_optimization().await?;
+    Ok(Json(optimization_answer(summary, "Optimization settings reset to config.yaml")))
 }
 
 /// The constraints now in force, with a sentence per field.
@@ -201,27 +135,7 @@ pub async fn post_constraints(
     State(state): State<AppState>,
     JsonBody(patch): JsonBody<ConstraintsPatch>,
 ) -> Result<Json<ConstraintsUpdated>, ApiError> {
-    let live = update(&state, move |live| {
-        let c = &mut live.constraints;
-        if let Some(v) = patch.max_concurrent_generations {
-            c.max_concurrent_generations = v;
-        }
-        if let Some(v) = patch.vram_warning_threshold {
-            c.vram_warning_threshold = v;
-        }
-        if let Some(v) = patch.vram_critical_threshold {
-            c.vram_critical_threshold = v;
-        }
-        if let Some(v) = patch.cpu_warning_threshold {
-            c.cpu_warning_threshold = v;
-        }
-        if let Some(v) = patch.ram_warning_threshold {
-            c.ram_warning_threshold = v;
-        }
-        validate_constraints(c).map_err(|(field, message)| ApiError::bad_request(format!("{field}: {message}")))?;
-        Ok(Persist::Save(CONSTRAINTS_KEY, serde_json::to_value(*c).expect("constraints serialise")))
-    })
-    .await?;
+    let live = state.update_constraints(patch).await?;
     Ok(Json(ConstraintsUpdated {
         message: "Resource constraints updated successfully".to_owned(),
         updated_constraints: live.constraints,
@@ -232,65 +146,20 @@ pub async fn post_constraints(
 #[utoipa::path(delete, path = "/api/v1/system/constraints", tag = "settings",
     responses((status = 200, body = ConstraintsUpdated), (status = 401, body = ErrorBody)))]
 pub async fn delete_constraints(State(state): State<AppState>) -> Result<Json<ConstraintsUpdated>, ApiError> {
-    let defaults = state.config.constraints;
-    let live = update(&state, move |live| {
-        live.constraints = defaults;
-        Ok(Persist::Delete(CONSTRAINTS_KEY))
-    })
-    .await?;
+    let live = state.reset_constraints().await?;
     Ok(Json(ConstraintsUpdated {
         message: "Resource constraints reset to config.yaml".to_owned(),
         updated_constraints: live.constraints,
     }))
 }
 
-/// What an update writes to the store.
-enum Persist {
-    Save(&'static str, serde_json::Value),
-    Delete(&'static str),
-}
-
-/// Applies `change` to a copy of the live values, makes it durable, then publishes it. Under the
-/// store lock, so updates are serialised and a failed validation or write leaves both the store
-/// and the live values untouched.
-async fn update(
-    state: &AppState,
-    change: impl FnOnce(&mut Live) -> Result<Persist, ApiError> + Send + 'static,
-) -> Result<Live, ApiError> {
-    state
-        .write("settings update failed", move |state, store| {
-            let mut next = state.live();
-            let result = match change(&mut next)? {
-                Persist::Save(key, value) => store.save_override(key, &value, super::now_seconds()),
-                Persist::Delete(key) => store.delete_override(key),
-            };
-            result.map_err(|e| ApiError::internal("could not write the state store", e))?;
-            *state.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
-            Ok(next)
-        })
-        .await
-}
-
-/// The largest GPU's VRAM in GiB, or the no-GPU ceiling.
-fn largest_gpu_gb(state: &AppState) -> f64 {
-    state
-        .snapshot()
-        .and_then(|s| s.gpus.iter().filter_map(|g| g.memory).map(|m| m.total_bytes).max())
-        .map_or(MAX_VRAM_BUDGET_WITHOUT_GPU_GB, |b| b as f64 / GIB)
-}
-
-fn optimization_answer(state: &AppState, live: &Live, message: &str) -> OptimizationUpdated {
-    let view = super::View { live: *live, ..state.view() };
-    let used: u64 =
-        view.snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
-    let ctx = view.context(&state.config);
-    let check = resource_check(&ctx, &CheckRequest::default());
+fn optimization_answer(s: OptimizationSummary, message: &str) -> OptimizationUpdated {
     OptimizationUpdated {
         message: message.to_owned(),
-        settings: live.settings,
-        current_vram_usage_gb: round2(used as f64 / GIB),
-        estimated_vram_need_gb: round2(estimate::need_gb(&state.config.workload, &live.settings, false)),
-        estimated_vram_savings_gb: round2(estimate::savings_gb(&state.config.workload, &live.settings)),
-        recommendations: check.recommendations,
+        settings: s.settings,
+        current_vram_usage_gb: round2(s.current_vram_usage_gb),
+        estimated_vram_need_gb: round2(s.estimated_vram_need_gb),
+        estimated_vram_savings_gb: round2(s.estimated_vram_savings_gb),
+        recommendations: s.recommendations,
     }
 }

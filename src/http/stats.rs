@@ -8,9 +8,10 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use crate::app::ServiceError;
 use crate::history::HistoryPoint;
-use crate::policy::{MIB, round1};
 use crate::snapshot::Snapshot;
+use crate::units::{MIB, round1};
 
 /// One GPU in the stats answer.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -82,6 +83,6 @@ impl From<&Snapshot> for StatsBody {
     )
 )]
 pub async fn get_stats(State(state): State<AppState>) -> Result<Json<StatsBody>, ApiError> {
-    let snapshot = state.snapshot().ok_or_else(ApiError::not_ready)?;
+    let snapshot = state.snapshot().ok_or(ServiceError::NotReady)?;
     Ok(Json(StatsBody::from(snapshot.as_ref())))
 }

@@ -11,8 +11,9 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{Context, GpuView, best_gpu, estimate, round1, round2, top_holders};
-use crate::snapshot::HostStats;
+use super::verdict::{self, HostVerdict, VramLevel, at_or_above, fits_under};
+use super::{Context, GpuView, best_gpu, estimate, top_holders};
+use crate::units::{gib, round1, round2};
 
 /// What the client asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -111,8 +112,11 @@ pub struct ResourceCheck {
     pub recommendations: Vec<String>,
     /// Chosen GPU, or the best candidate; null without a GPU.
     pub gpu: Option<ChosenGpu>,
-    /// The VRAM the decision assumed, GiB.
+    /// The VRAM the decision assumed, GiB (rounded for display).
     pub vram_required_gb: f64,
+    /// The same, unrounded: what a lease reserves (not serialised).
+    #[serde(skip)]
+    pub required_gb: f64,
     /// Why it refused, first reason first (not serialised; feeds the decision counter).
     #[serde(skip)]
     pub reasons: Vec<Reason>,
@@ -125,157 +129,32 @@ impl ResourceCheck {
     }
 }
 
+/// What the checks found, in the order the client reads it.
+#[derive(Default)]
+struct Findings {
+    blocking: Vec<String>,
+    recommendations: Vec<String>,
+    reasons: Vec<Reason>,
+}
+
+impl Findings {
+    fn block(&mut self, reason: Reason, text: String) {
+        self.blocking.push(text);
+        self.reasons.push(reason);
+    }
+}
+
 /// Decides whether a generation can start now.
 pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
-    let c = ctx.constraints;
     let required =
         req.vram_required_gb.unwrap_or_else(|| estimate::need_gb(ctx.workload, ctx.settings, req.model_loaded));
-    let mut blocking = Vec::new();
-    let mut reasons = Vec::new();
-    let mut recommendations = Vec::new();
-
-    // VRAM.
-    let all = ctx.gpus();
-    let candidates: Vec<GpuView> = match req.gpu {
-        Some(pin) => all.iter().filter(|g| g.index == pin).cloned().collect(),
-        None => all.clone(),
-    };
-    let fitting: Vec<GpuView> =
-        candidates.iter().filter(|g| g.projected(required) < c.vram_critical_threshold).cloned().collect();
-    let within_budget = required <= ctx.settings.max_vram_usage_gb;
-    let chosen = best_gpu(&fitting).or_else(|| best_gpu(&candidates)).cloned();
-    let vram_available = if ctx.snapshot.is_none() {
-        blocking.push("No resource sample yet; vramguard is starting".to_owned());
-        reasons.push(Reason::NoGpu);
-        false
-    } else if candidates.is_empty() && (ctx.gpu_enabled || req.gpu.is_some()) {
-        let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
-        let text = match req.gpu {
-            Some(pin) if !all.is_empty() => format!("GPU {pin} is not visible (visible: {})", visible.join(", ")),
-            _ => "No GPU visible: NVML reports no usable GPU, so VRAM cannot be checked".to_owned(),
-        };
-        blocking.push(text);
-        reasons.push(Reason::NoGpu);
-        false
-    } else if candidates.is_empty() {
-        // gpu.enabled: false — this host runs generations without a GPU on purpose.
-        true
-    } else {
-        if fitting.is_empty() {
-            let g = chosen.as_ref().expect("candidates is not empty");
-            if g.usage() >= c.vram_critical_threshold {
-                blocking.push(format!("VRAM usage too high ({:.1}%)", g.usage() * 100.0));
-            } else {
-                blocking.push(format!(
-                    "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB below the {:.0}% limit)",
-                    g.index,
-                    g.headroom_gb(c.vram_critical_threshold),
-                    c.vram_critical_threshold * 100.0
-                ));
-            }
-        }
-        if !within_budget {
-            blocking.push(format!(
-                "Generation needs {required:.1} GB, more than max_vram_usage_gb {:.1}",
-                ctx.settings.max_vram_usage_gb
-            ));
-            if !fitting.is_empty() {
-                recommendations.push(format!(
-                    "Raise max_vram_usage_gb to {:.1} or more: the GPU has room (projected VRAM {:.0}%)",
-                    (required * 10.0).ceil() / 10.0,
-                    chosen.as_ref().map_or(0.0, |g| g.projected(required) * 100.0)
-                ));
-            }
-        }
-        let ok = !fitting.is_empty() && within_budget;
-        if !ok {
-            reasons.push(Reason::Vram);
-        }
-        let warns = chosen.as_ref().is_some_and(|g| g.projected(required) >= c.vram_warning_threshold);
-        if !ok || warns {
-            let found = estimate::search(
-                ctx.workload,
-                ctx.settings,
-                req.model_loaded,
-                required,
-                &candidates,
-                c.vram_critical_threshold,
-            );
-            let any_fits = found.iter().any(|r| r.fits);
-            recommendations.extend(found.into_iter().map(|r| r.text));
-            // Naming the processes that hold VRAM only helps if the job fits an emptier GPU.
-            let freeing_helps =
-                candidates.iter().any(|g| (g.reserved_gb + required) / g.total_gb < c.vram_critical_threshold);
-            if !ok
-                && !any_fits
-                && freeing_helps
-                && let Some(holders) = ctx.snapshot.and_then(|s| top_holders(s, 3))
-            {
-                recommendations.push(holders);
-            }
-        }
-        ok
-    };
-
-    // CPU and RAM.
-    let host = ctx.snapshot.and_then(|s| s.host.as_ref());
-    let cpu = host.map(|h| h.cpu_usage_ratio);
-    let ram = host.map(HostStats::memory_used_ratio);
-    let cpu_available = match cpu {
-        Some(v) if v < c.cpu_warning_threshold => true,
-        Some(v) => {
-            blocking.push(format!("CPU usage too high ({:.1}%)", v * 100.0));
-            recommendations.push(format!(
-                "CPU is at {:.1}% (limit {:.0}%): wait for CPU-heavy work to finish before starting",
-                v * 100.0,
-                c.cpu_warning_threshold * 100.0
-            ));
-            reasons.push(Reason::Cpu);
-            false
-        }
-        None => {
-            if ctx.snapshot.is_some() {
-                blocking.push("CPU usage unknown: the host collector failed".to_owned());
-                reasons.push(Reason::Cpu);
-            }
-            false
-        }
-    };
-    let ram_available = match (ram, host) {
-        (Some(v), _) if v < c.ram_warning_threshold => true,
-        (Some(v), Some(h)) => {
-            blocking.push(format!("RAM usage too high ({:.1}%)", v * 100.0));
-            recommendations.push(format!(
-                "RAM is at {:.1}% (limit {:.0}%, {:.1} GB available): free host memory before starting",
-                v * 100.0,
-                c.ram_warning_threshold * 100.0,
-                h.memory_available_bytes as f64 / super::GIB
-            ));
-            reasons.push(Reason::Ram);
-            false
-        }
-        _ => {
-            if ctx.snapshot.is_some() {
-                blocking.push("RAM usage unknown: the host collector failed".to_owned());
-                reasons.push(Reason::Ram);
-            }
-            false
-        }
-    };
-
-    // Concurrency, where leases are tracked.
-    let concurrency_available = ctx.active_generations.map(|active| {
-        let free = active < c.max_concurrent_generations;
-        if !free {
-            blocking.push(format!("Concurrent generation limit reached ({active}/{})", c.max_concurrent_generations));
-            recommendations.push(format!(
-                "{active} of {} generation slots are in use: wait for one to finish or raise max_concurrent_generations",
-                c.max_concurrent_generations
-            ));
-            reasons.push(Reason::Concurrency);
-        }
-        free
-    });
+    let mut f = Findings::default();
+    let (vram_available, chosen) = check_vram(ctx, req, required, &mut f);
+    let cpu = verdict::cpu(ctx);
+    let ram = verdict::ram(ctx);
+    let cpu_available = check_cpu(ctx, &cpu, &mut f);
+    let ram_available = check_ram(ctx, &ram, &mut f);
+    let concurrency_available = check_slots(ctx, &mut f);
 
     let can_start = vram_available && cpu_available && ram_available && concurrency_available.unwrap_or(true);
     let message = if can_start {
@@ -284,20 +163,20 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
             None => "Resources available: generation can start".to_owned(),
         }
     } else {
-        format!("Cannot start generation: {}", blocking.join("; "))
+        format!("Cannot start generation: {}", f.blocking.join("; "))
     };
     ResourceCheck {
         can_start_generation: can_start,
         resource_status: ResourceStatus { vram_available, cpu_available, ram_available, concurrency_available },
         current_usage: CurrentUsage {
             vram_percent: chosen.as_ref().map_or(0.0, |g| round1(g.usage() * 100.0)),
-            cpu_percent: cpu.map(|v| round1(v * 100.0)),
-            ram_percent: ram.map(|v| round1(v * 100.0)),
+            cpu_percent: cpu.value.map(|v| round1(v * 100.0)),
+            ram_percent: ram.value.map(|v| round1(v * 100.0)),
             active_generations: ctx.active_generations,
         },
-        blocking_issues: blocking,
+        blocking_issues: f.blocking,
         message,
-        recommendations,
+        recommendations: f.recommendations,
         gpu: chosen.map(|g| ChosenGpu {
             index: g.index,
             uuid: g.uuid.clone(),
@@ -305,6 +184,156 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
             projected_percent: round1(g.projected(required) * 100.0),
         }),
         vram_required_gb: round2(required),
-        reasons,
+        required_gb: required,
+        reasons: f.reasons,
     }
+}
+
+/// VRAM: some candidate GPU stays under critical with the job, and the job is within budget.
+/// Returns the verdict and the chosen GPU (or the best candidate when none fits).
+fn check_vram(ctx: &Context<'_>, req: &CheckRequest, required: f64, f: &mut Findings) -> (bool, Option<GpuView>) {
+    let c = ctx.constraints;
+    let all = ctx.gpus();
+    let candidates: Vec<GpuView> = match req.gpu {
+        Some(pin) => all.iter().filter(|g| g.index == pin).cloned().collect(),
+        None => all.clone(),
+    };
+    let fitting: Vec<GpuView> =
+        candidates.iter().filter(|g| fits_under(g.projected(required), c.vram_critical_threshold)).cloned().collect();
+    let chosen = best_gpu(&fitting).or_else(|| best_gpu(&candidates)).cloned();
+    if ctx.snapshot.is_none() {
+        f.block(Reason::NoGpu, "No resource sample yet; vramguard is starting".to_owned());
+        return (false, chosen);
+    }
+    if candidates.is_empty() {
+        if !(ctx.gpu_enabled || req.gpu.is_some()) {
+            // gpu.enabled: false — this host runs generations without a GPU on purpose.
+            return (true, chosen);
+        }
+        let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
+        let text = match req.gpu {
+            Some(pin) if !all.is_empty() => format!("GPU {pin} is not visible (visible: {})", visible.join(", ")),
+            _ => "No GPU visible: NVML reports no usable GPU, so VRAM cannot be checked".to_owned(),
+        };
+        f.block(Reason::NoGpu, text);
+        return (false, chosen);
+    }
+    let within_budget = required <= ctx.settings.max_vram_usage_gb;
+    if fitting.is_empty() {
+        let g = chosen.as_ref().expect("candidates is not empty");
+        f.blocking.push(if verdict::vram_level(g.usage(), c) == VramLevel::Critical {
+            format!("VRAM usage too high ({:.1}%)", g.usage() * 100.0)
+        } else {
+            format!(
+                "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB below the {:.0}% limit)",
+                g.index,
+                g.headroom_gb(c.vram_critical_threshold),
+                c.vram_critical_threshold * 100.0
+            )
+        });
+    }
+    if !within_budget {
+        f.blocking.push(format!(
+            "Generation needs {required:.1} GB, more than max_vram_usage_gb {:.1}",
+            ctx.settings.max_vram_usage_gb
+        ));
+        if !fitting.is_empty() {
+            f.recommendations.push(format!(
+                "Raise max_vram_usage_gb to {:.1} or more: the GPU has room (projected VRAM {:.0}%)",
+                (required * 10.0).ceil() / 10.0,
+                chosen.as_ref().map_or(0.0, |g| g.projected(required) * 100.0)
+            ));
+        }
+    }
+    let ok = !fitting.is_empty() && within_budget;
+    if !ok {
+        f.reasons.push(Reason::Vram);
+    }
+    let warns = chosen.as_ref().is_some_and(|g| at_or_above(g.projected(required), c.vram_warning_threshold));
+    if !ok || warns {
+        recommend_changes(ctx, req, required, &candidates, ok, f);
+    }
+    (ok, chosen)
+}
+
+/// Setting changes that would make the job fit (or leave more room), and, when none would and
+/// an emptier GPU would, the processes holding the VRAM.
+fn recommend_changes(
+    ctx: &Context<'_>,
+    req: &CheckRequest,
+    required: f64,
+    candidates: &[GpuView],
+    ok: bool,
+    f: &mut Findings,
+) {
+    let critical = ctx.constraints.vram_critical_threshold;
+    let found = estimate::search(ctx.workload, ctx.settings, req.model_loaded, required, candidates, critical);
+    let any_fits = found.iter().any(|r| r.fits);
+    f.recommendations.extend(found.into_iter().map(|r| r.text));
+    // Naming the processes that hold VRAM only helps if the job fits an emptier GPU.
+    let freeing_helps = candidates.iter().any(|g| fits_under((g.reserved_gb + required) / g.total_gb, critical));
+    if !ok
+        && !any_fits
+        && freeing_helps
+        && let Some(holders) = ctx.snapshot.and_then(|s| top_holders(s, 3))
+    {
+        f.recommendations.push(holders);
+    }
+}
+
+fn check_cpu(ctx: &Context<'_>, cpu: &HostVerdict, f: &mut Findings) -> bool {
+    if cpu.allows() {
+        return true;
+    }
+    match cpu.value {
+        Some(v) => {
+            f.block(Reason::Cpu, format!("CPU usage too high ({:.1}%)", v * 100.0));
+            f.recommendations.push(format!(
+                "CPU is at {:.1}% (limit {:.0}%): wait for CPU-heavy work to finish before starting",
+                v * 100.0,
+                cpu.threshold * 100.0
+            ));
+        }
+        None if ctx.snapshot.is_some() => {
+            f.block(Reason::Cpu, "CPU usage unknown: the host collector failed".to_owned());
+        }
+        None => {}
+    }
+    false
+}
+
+fn check_ram(ctx: &Context<'_>, ram: &HostVerdict, f: &mut Findings) -> bool {
+    if ram.allows() {
+        return true;
+    }
+    let host = ctx.snapshot.and_then(|s| s.host.as_ref());
+    match (ram.value, host) {
+        (Some(v), Some(h)) => {
+            f.block(Reason::Ram, format!("RAM usage too high ({:.1}%)", v * 100.0));
+            f.recommendations.push(format!(
+                "RAM is at {:.1}% (limit {:.0}%, {:.1} GB available): free host memory before starting",
+                v * 100.0,
+                ram.threshold * 100.0,
+                gib(h.memory_available_bytes)
+            ));
+        }
+        _ if ctx.snapshot.is_some() => {
+            f.block(Reason::Ram, "RAM usage unknown: the host collector failed".to_owned());
+        }
+        _ => {}
+    }
+    false
+}
+
+/// Concurrency, where leases are tracked.
+fn check_slots(ctx: &Context<'_>, f: &mut Findings) -> Option<bool> {
+    let free = verdict::slot_free(ctx)?;
+    if !free {
+        let (active, max) = (ctx.active_generations.unwrap_or(0), ctx.constraints.max_concurrent_generations);
+        f.block(Reason::Concurrency, format!("Concurrent generation limit reached ({active}/{max})"));
+        f.recommendations.push(format!(
+            "{active} of {max} generation slots are in use: wait for one to finish or raise max_concurrent_generations"
+        ));
+    }
+    Some(free)
 }

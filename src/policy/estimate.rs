@@ -3,7 +3,9 @@
 
 use crate::config::{Optimization, Quantization, Workload};
 
-use super::{GIB, GpuView};
+use super::GpuView;
+use super::verdict::fits_under;
+use crate::units::GIB;
 
 /// Bytes a parameter takes in VRAM. bf16 and fp16 are both 2 bytes: bf16 trades mantissa for
 /// exponent range, not memory (the seed claimed otherwise).
@@ -142,7 +144,7 @@ pub fn search(
         let (fits, outcome) = match super::best_gpu(gpus) {
             Some(g) => {
                 let projected = g.projected(after);
-                let gpu_fits = projected < critical;
+                let gpu_fits = fits_under(projected, critical);
                 let verdict = match (gpu_fits, within_budget) {
                     (true, true) => "fits".to_owned(),
                     (true, false) => format!("over max_vram_usage_gb {:.1}", settings.max_vram_usage_gb),

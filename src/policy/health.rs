@@ -4,10 +4,11 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{Context, estimate, round1};
+use super::verdict::{self, VramLevel};
+use super::{Context, estimate};
 use crate::config::Constraints;
-use crate::snapshot::HostStats;
-use crate::snapshot::rfc3339;
+use crate::time::{rfc3339, rfc3339_unix};
+use crate::units::round1;
 
 /// Overall status, worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
@@ -85,7 +86,8 @@ pub fn health(ctx: &Context<'_>) -> Health {
         return Health {
             status: HealthStatus::Warning,
             message: "No resource sample yet; vramguard is starting".to_owned(),
-            timestamp: rfc3339(std::time::SystemTime::UNIX_EPOCH),
+            // The report is about no sample at all: date it when it was made.
+            timestamp: rfc3339_unix(ctx.now),
             system_info: SystemInfo {
                 cpu_percent: None,
                 ram_percent: None,
@@ -95,16 +97,15 @@ pub fn health(ctx: &Context<'_>) -> Health {
                 recommendations,
                 resource_constraints: *c,
                 active_generations: ctx.active_generations,
-                concurrency_available: ctx.active_generations.map(|a| a < c.max_concurrent_generations),
+                concurrency_available: verdict::slot_free(ctx),
             },
         };
     };
 
-    let host = snapshot.host.as_ref();
-    let cpu = host.map(|h| h.cpu_usage_ratio);
-    let ram = host.map(HostStats::memory_used_ratio);
-    if let Some(v) = cpu
-        && v >= c.cpu_warning_threshold
+    let cpu = verdict::cpu(ctx);
+    let ram = verdict::ram(ctx);
+    if let Some(v) = cpu.value
+        && cpu.over()
     {
         issues.push("High CPU usage".to_owned());
         recommendations.push(format!(
@@ -114,8 +115,8 @@ pub fn health(ctx: &Context<'_>) -> Health {
         ));
         status = status.max(HealthStatus::Warning);
     }
-    if let Some(v) = ram
-        && v >= c.ram_warning_threshold
+    if let Some(v) = ram.value
+        && ram.over()
     {
         issues.push("High RAM usage".to_owned());
         recommendations.push(format!(
@@ -129,14 +130,19 @@ pub fn health(ctx: &Context<'_>) -> Health {
     let gpus = ctx.gpus();
     let worst = gpus.iter().map(|g| g.usage()).fold(0.0_f64, f64::max);
     if !gpus.is_empty() {
-        if worst >= c.vram_critical_threshold {
-            issues.push("Critical VRAM usage - generation may fail".to_owned());
-            status = status.max(HealthStatus::Critical);
-        } else if worst >= c.vram_warning_threshold {
-            warnings.push("High VRAM usage - consider optimization".to_owned());
-            status = status.max(HealthStatus::Warning);
+        let level = verdict::vram_level(worst, c);
+        match level {
+            VramLevel::Critical => {
+                issues.push("Critical VRAM usage - generation may fail".to_owned());
+                status = status.max(HealthStatus::Critical);
+            }
+            VramLevel::Warning => {
+                warnings.push("High VRAM usage - consider optimization".to_owned());
+                status = status.max(HealthStatus::Warning);
+            }
+            VramLevel::Normal => {}
         }
-        if worst >= c.vram_warning_threshold {
+        if level >= VramLevel::Warning {
             let need = estimate::need_gb(ctx.workload, ctx.settings, false);
             let found = estimate::search(ctx.workload, ctx.settings, false, need, &gpus, c.vram_critical_threshold);
             recommendations.extend(found.into_iter().map(|r| r.text));
@@ -164,15 +170,15 @@ pub fn health(ctx: &Context<'_>) -> Health {
         message,
         timestamp: rfc3339(snapshot.taken_at),
         system_info: SystemInfo {
-            cpu_percent: cpu.map(|v| round1(v * 100.0)),
-            ram_percent: ram.map(|v| round1(v * 100.0)),
+            cpu_percent: cpu.value.map(|v| round1(v * 100.0)),
+            ram_percent: ram.value.map(|v| round1(v * 100.0)),
             vram_percent: round1(worst * 100.0),
             issues,
             warnings,
             recommendations,
             resource_constraints: *c,
             active_generations: ctx.active_generations,
-            concurrency_available: ctx.active_generations.map(|a| a < c.max_concurrent_generations),
+            concurrency_available: verdict::slot_free(ctx),
         },
     }
 }

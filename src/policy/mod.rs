@@ -4,22 +4,19 @@
 //! - [`estimate`]: VRAM need of one generation, savings, and the recommendation search.
 //! - [`admission`]: the resource-check decision (SPEC §4.2).
 //! - [`health`]: the health report (SPEC §4.1).
-//!
-//! Boundary rule everywhere: a usage at or above a threshold counts as over it.
+//! - [`verdict`]: the per-resource verdicts both of them use; the boundary rule (a usage at or
+//!   above a threshold counts as over it) is written there once.
 
 pub mod admission;
 pub mod estimate;
 pub mod health;
 #[cfg(test)]
 mod tests;
+pub mod verdict;
 
 use crate::config::{Constraints, Optimization, Workload};
 use crate::snapshot::Snapshot;
-
-/// Bytes in a GiB: every `_gb` field of the API is GiB, as in the seed.
-pub const GIB: f64 = 1_073_741_824.0;
-/// Bytes in a MiB.
-pub const MIB: f64 = 1_048_576.0;
+use crate::units::{GIB, gib};
 
 /// One GPU as the policy sees it, in GiB.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,8 +65,8 @@ pub fn gpu_views(snapshot: &Snapshot, reserved: impl Fn(u32) -> f64) -> Vec<GpuV
             (m.total_bytes > 0).then(|| GpuView {
                 index: g.index,
                 uuid: g.uuid.clone(),
-                total_gb: m.total_bytes as f64 / GIB,
-                used_gb: m.total_bytes.saturating_sub(m.free_bytes) as f64 / GIB,
+                total_gb: gib(m.total_bytes),
+                used_gb: gib(m.total_bytes.saturating_sub(m.free_bytes)),
                 reserved_gb: reserved(g.index),
             })
         })
@@ -102,6 +99,8 @@ pub struct Context<'a> {
     pub reservations: &'a [(u32, f64)],
     /// Leases held now; `None` where concurrency is not tracked.
     pub active_generations: Option<u32>,
+    /// When the decision is made, Unix seconds: dates a report made before the first sample.
+    pub now: f64,
 }
 
 impl Context<'_> {
@@ -112,16 +111,6 @@ impl Context<'_> {
             None => Vec::new(),
         }
     }
-}
-
-/// Rounds for display: percentages to 0.1, GiB to 0.01.
-pub fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-/// Rounds to two decimals.
-pub fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 /// The compute processes holding the most VRAM, as a sentence, when any are known.
@@ -141,7 +130,7 @@ pub fn top_holders(snapshot: &Snapshot, n: usize) -> Option<String> {
     let list: Vec<String> = procs
         .iter()
         .take(n)
-        .map(|(pid, name, bytes, gpu)| format!("pid {pid} ({name}) {:.1} GB on GPU {gpu}", *bytes as f64 / GIB))
+        .map(|(pid, name, bytes, gpu)| format!("pid {pid} ({name}) {:.1} GB on GPU {gpu}", gib(*bytes)))
         .collect();
     Some(format!("Nothing fits while other work holds the VRAM; the largest holders: {}", list.join(", ")))
 }

@@ -2,11 +2,12 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use super::Context;
 use super::admission::{CheckRequest, Reason, resource_check};
 use super::health::{HealthStatus, health};
-use super::{Context, GIB};
 use crate::config::{Config, Constraints, Optimization};
 use crate::snapshot::{CollectorStatus, GpuMemory, GpuProcess, GpuStats, HostStats, Snapshot};
+use crate::units::GIB;
 
 const G: u64 = 1 << 30;
 
@@ -61,6 +62,7 @@ impl Fixture {
             gpu_enabled: self.config.gpu.enabled,
             reservations: &[],
             active_generations: None,
+            now: 1_800_000_000.0,
         }
     }
 }
@@ -241,7 +243,7 @@ fn default_requirement_is_the_workload_estimate() {
     let s = snapshot(0.2, 0.3, vec![gpu(0, 24, 0)]);
     let r = resource_check(&f.ctx(&s), &CheckRequest::default());
     let expected = super::estimate::need_gb(&f.config.workload, &f.settings, false);
-    assert_eq!(r.vram_required_gb, super::round2(expected));
+    assert_eq!(r.vram_required_gb, crate::units::round2(expected));
     let loaded = resource_check(&f.ctx(&s), &CheckRequest { model_loaded: true, ..CheckRequest::default() });
     assert!(loaded.vram_required_gb < r.vram_required_gb - 9.0);
 }

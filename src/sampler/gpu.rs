@@ -16,14 +16,14 @@ use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 
-use super::GpuReading;
+use super::{Collector, GpuReading, Reading};
 use crate::snapshot::{GpuMemory, GpuProcess, GpuStats};
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// NVML handle plus the retry schedule.
-pub struct GpuCollector {
+pub(crate) struct GpuCollector {
     library: Option<PathBuf>,
     per_process: bool,
     nvml: Option<Nvml>,
@@ -34,7 +34,7 @@ pub struct GpuCollector {
 
 impl GpuCollector {
     /// A collector that loads NVML on its first pass (`library` overrides the search path).
-    pub fn new(library: Option<PathBuf>, per_process: bool) -> Self {
+    pub(crate) fn new(library: Option<PathBuf>, per_process: bool) -> Self {
         Self {
             library,
             per_process,
@@ -46,7 +46,7 @@ impl GpuCollector {
     }
 
     /// One pass over every GPU.
-    pub fn collect(&mut self) -> Result<GpuReading, String> {
+    fn read(&mut self) -> Result<GpuReading, String> {
         if self.nvml.is_none() {
             if Instant::now() < self.next_attempt {
                 return Err(self.last_init_error.clone().unwrap_or_else(|| "NVML not initialised".to_owned()));
@@ -219,6 +219,16 @@ pub(crate) fn milliwatts_to_watts(mw: u32) -> f64 {
     f64::from(mw) / 1000.0
 }
 
+impl Collector for GpuCollector {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn collect(&mut self) -> Result<Reading, String> {
+        self.read().map(Reading::Gpu)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,10 +253,10 @@ mod tests {
     #[test]
     fn missing_library_fails_cleanly_and_backs_off() {
         let mut c = GpuCollector::new(Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")), true);
-        let err = c.collect().unwrap_err();
+        let err = c.read().unwrap_err();
         assert!(err.contains("GPU-less"), "{err}");
         // Within the backoff window the same reason comes back without another load attempt.
-        assert_eq!(c.collect().unwrap_err(), err);
+        assert_eq!(c.read().unwrap_err(), err);
         assert!(c.backoff > BACKOFF_START);
     }
 }

@@ -2,31 +2,25 @@
 
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 
-use super::cgroup;
+use super::{Collector, Reading, cgroup};
 use crate::snapshot::HostStats;
 
 /// Holds the sysinfo handle between samples: CPU usage is a difference of two readings.
-pub struct HostCollector {
+pub(crate) struct HostCollector {
     system: Option<System>,
     /// Whether a CPU reading exists to diff against.
     primed: bool,
 }
 
-impl Default for HostCollector {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl HostCollector {
     /// A collector that has read nothing yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { system: None, primed: false }
     }
 
     /// Reads CPU and memory. The first call takes two CPU readings 200 ms apart so it reports
     /// the recent busy ratio rather than the average since boot.
-    pub fn collect(&mut self) -> Result<HostStats, String> {
+    fn read(&mut self) -> Result<HostStats, String> {
         if self.system.is_none() {
             let kind = RefreshKind::nothing()
                 .with_cpu(CpuRefreshKind::nothing().with_usage())
@@ -54,6 +48,16 @@ impl HostCollector {
     }
 }
 
+impl Collector for HostCollector {
+    fn name(&self) -> &'static str {
+        "host"
+    }
+
+    fn collect(&mut self) -> Result<Reading, String> {
+        self.read().map(Reading::Host)
+    }
+}
+
 /// sysinfo reports CPU as 0–100; the exposition wants 0–1. Clamped because rounding in the
 /// kernel's tick counts can push a fully busy machine a hair past 100.
 pub(crate) fn percent_to_ratio(percent: f32) -> f64 {
@@ -77,11 +81,11 @@ mod tests {
     #[test]
     fn collects_this_host() {
         let mut c = HostCollector::new();
-        let s = c.collect().expect("host collector works on Linux");
+        let s = c.read().expect("host collector works on Linux");
         assert!(s.memory_total_bytes > 0);
         assert!(s.memory_available_bytes <= s.memory_total_bytes);
         assert!((0.0..=1.0).contains(&s.cpu_usage_ratio));
-        let again = c.collect().expect("second sample");
+        let again = c.read().expect("second sample");
         assert_eq!(again.memory_total_bytes, s.memory_total_bytes);
     }
 }

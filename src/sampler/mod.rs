@@ -1,14 +1,17 @@
-//! The sampler: the only code that touches hardware. On every tick it runs each collector on
-//! the blocking pool, bounds it by a timeout, and publishes one immutable [`Snapshot`] through a
+//! The sampler: the only code that touches hardware. On every tick it runs each source on the
+//! blocking pool, bounds it by a timeout, and publishes one immutable [`Snapshot`] through a
 //! `watch` channel. Readers always see a whole snapshot and never wait on sysinfo or NVML.
 //!
-//! Each collector's state lives behind a `std::sync::Mutex` that the blocking task takes with
-//! `try_lock`: if a previous call is still stuck inside NVML, the next tick reports the
-//! collector as failed at once instead of piling up threads behind it.
+//! Every source implements [`Collector`]: a name and `collect() -> Reading`. The list of sources
+//! is built once from the config ([`Sampler::new`]); each reading then fills its part of the
+//! snapshot ([`Reading::apply`]). A source's state lives behind a `std::sync::Mutex` that the
+//! blocking task takes with `try_lock`: if a previous call is still stuck inside NVML, the next
+//! tick reports the collector as failed at once instead of piling up threads behind it.
 
 mod cgroup;
 mod gpu;
 mod host;
+mod scripted;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,57 +19,93 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::snapshot::{CollectorStatus, GpuStats, Snapshot};
+use crate::snapshot::{CollectorStatus, GpuStats, HostStats, Snapshot, SnapshotRx};
 
-pub use gpu::GpuCollector;
-pub use host::HostCollector;
+pub(crate) use gpu::GpuCollector;
+pub(crate) use host::HostCollector;
+pub(crate) use scripted::ScriptedHost;
 
-/// Latest snapshot; `None` until the first sample is complete.
-pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
+/// One source of readings. `collect` runs on a blocking thread and may block (NVML does).
+pub(crate) trait Collector: Send + 'static {
+    /// The `collector` label value and the name in health messages.
+    fn name(&self) -> &'static str;
+    /// Reads the hardware once. An `Err` marks the collector failed for this sample.
+    fn collect(&mut self) -> Result<Reading, String>;
+}
+
+/// What one collector read.
+#[derive(Debug)]
+pub(crate) enum Reading {
+    /// Host CPU and memory.
+    Host(HostStats),
+    /// Every GPU that answered.
+    Gpu(GpuReading),
+}
 
 /// What the GPU collector read in one pass.
 #[derive(Debug, Default)]
-pub struct GpuReading {
+pub(crate) struct GpuReading {
     /// Devices that answered.
-    pub gpus: Vec<GpuStats>,
+    pub(crate) gpus: Vec<GpuStats>,
     /// NVML's driver version.
-    pub driver_version: Option<String>,
+    pub(crate) driver_version: Option<String>,
     /// Set when some device could not be read (lost GPU): the rest is still served.
-    pub partial_error: Option<String>,
+    pub(crate) partial_error: Option<String>,
 }
 
-/// The sampler loop and its collectors.
-pub struct Sampler {
+impl Reading {
+    /// Puts this reading into `snapshot`; a partial GPU reading also marks its collector failed.
+    fn apply(self, snapshot: &mut Snapshot, status: &mut CollectorStatus) {
+        match self {
+            Reading::Host(h) => snapshot.host = Some(h),
+            Reading::Gpu(g) => {
+                if let Some(err) = g.partial_error {
+                    status.success = false;
+                    status.error = Some(err);
+                }
+                snapshot.gpus = g.gpus;
+                snapshot.driver_version = g.driver_version;
+            }
+        }
+    }
+}
+
+type Source = Arc<Mutex<Box<dyn Collector>>>;
+
+/// The sampler loop and its sources.
+pub(crate) struct Sampler {
     interval: Duration,
     timeout: Duration,
-    host: Arc<Mutex<HostCollector>>,
-    gpu: Option<Arc<Mutex<GpuCollector>>>,
+    sources: Vec<(&'static str, Source)>,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
 }
 
 impl Sampler {
-    /// Builds the collectors the config asks for. Nothing is read until [`Sampler::run`].
-    pub fn new(config: &Config) -> (Self, SnapshotRx) {
+    /// Builds the sources the config asks for. Nothing is read until [`Sampler::run`].
+    pub(crate) fn new(config: &Config) -> (Self, SnapshotRx) {
+        let mut sources: Vec<Box<dyn Collector>> = Vec::new();
+        sources.push(match &config.host.scripted_file {
+            Some(path) => Box::new(ScriptedHost::new(path.clone())),
+            None => Box::new(HostCollector::new()),
+        });
+        if config.gpu.enabled {
+            sources.push(Box::new(GpuCollector::new(config.gpu.nvml_library.clone(), config.gpu.per_process)));
+        }
         let (tx, rx) = watch::channel(None);
-        let gpu = config
-            .gpu
-            .enabled
-            .then(|| Arc::new(Mutex::new(GpuCollector::new(config.gpu.nvml_library.clone(), config.gpu.per_process))));
         let interval = config.sample_interval.0;
         let sampler = Self {
             interval,
             // A collection that cannot finish within one interval is late for its own snapshot;
             // the floor leaves room for the host collector's first 200 ms CPU window.
             timeout: interval.max(Duration::from_millis(500)),
-            host: Arc::new(Mutex::new(HostCollector::new())),
-            gpu,
+            sources: sources.into_iter().map(|c| (c.name(), Arc::new(Mutex::new(c)))).collect(),
             tx,
         };
         (sampler, rx)
     }
 
     /// Samples until `stop` resolves.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+    pub(crate) async fn run(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -80,70 +119,46 @@ impl Sampler {
         }
     }
 
-    /// Runs every collector once and assembles a snapshot.
-    pub async fn sample_once(&self) -> Snapshot {
+    /// Runs every source once, all at the same time, and assembles a snapshot.
+    async fn sample_once(&self) -> Snapshot {
         let taken_at = SystemTime::now();
-        let host_fut = run_blocking("host", &self.host, self.timeout, HostCollector::collect);
-        let gpu_fut = async {
-            match &self.gpu {
-                Some(gpu) => Some(run_blocking("gpu", gpu, self.timeout, GpuCollector::collect).await),
-                None => None,
-            }
-        };
-        let ((host, host_status), gpu) = tokio::join!(host_fut, gpu_fut);
-        let mut collectors = vec![host_status];
-        let mut snapshot = Snapshot { taken_at, host, gpus: Vec::new(), driver_version: None, collectors: Vec::new() };
-        if let Some((reading, mut status)) = gpu {
-            if let Some(reading) = reading {
-                if let Some(err) = reading.partial_error {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let started: Vec<_> = self.sources.iter().map(|(name, source)| (*name, spawn(source))).collect();
+        let mut snapshot =
+            Snapshot { taken_at, host: None, gpus: Vec::new(), driver_version: None, collectors: vec![] };
+        for (name, (start, task)) in started {
+            let result = match tokio::time::timeout_at(deadline, task).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(join)) => Err(format!("collector panicked: {join}")),
+                Err(_) => Err(format!("timed out after {} ms", self.timeout.as_millis())),
+            };
+            let mut status = CollectorStatus { name, success: true, duration: start.elapsed(), error: None };
+            match result {
+                Ok(reading) => reading.apply(&mut snapshot, &mut status),
+                Err(e) => {
+                    tracing::debug!(collector = name, error = %e, "collector failed");
                     status.success = false;
-                    status.error = Some(err);
+                    status.error = Some(e);
                 }
-                snapshot.gpus = reading.gpus;
-                snapshot.driver_version = reading.driver_version;
             }
-            collectors.push(status);
+            snapshot.collectors.push(status);
         }
-        for c in &collectors {
-            if let Some(err) = &c.error {
-                tracing::debug!(collector = c.name, error = %err, "collector failed");
-            }
-        }
-        snapshot.collectors = collectors;
         snapshot
     }
 }
 
-/// Runs `f` on the blocking pool under the collector's lock, bounded by `timeout`.
-async fn run_blocking<C, T>(
-    name: &'static str,
-    collector: &Arc<Mutex<C>>,
-    timeout: Duration,
-    f: fn(&mut C) -> Result<T, String>,
-) -> (Option<T>, CollectorStatus)
-where
-    C: Send + 'static,
-    T: Send + 'static,
-{
+/// Starts one collection on the blocking pool under the source's lock.
+fn spawn(source: &Source) -> (Instant, tokio::task::JoinHandle<Result<Reading, String>>) {
+    let source = Arc::clone(source);
     let start = Instant::now();
-    let collector = Arc::clone(collector);
-    let task = tokio::task::spawn_blocking(move || match collector.try_lock() {
-        Ok(mut c) => f(&mut c),
+    let task = tokio::task::spawn_blocking(move || match source.try_lock() {
+        Ok(mut c) => c.collect(),
         Err(std::sync::TryLockError::WouldBlock) => {
             Err("previous collection is still running (hung driver call)".to_owned())
         }
         // A panic inside a collector poisons its lock; its state may be half-updated, but
         // every field is overwritten on the next pass, so keep going with it.
-        Err(std::sync::TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().collect(),
     });
-    let result = match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(join)) => Err(format!("collector panicked: {join}")),
-        Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
-    };
-    let duration = start.elapsed();
-    match result {
-        Ok(v) => (Some(v), CollectorStatus { name, success: true, duration, error: None }),
-        Err(e) => (None, CollectorStatus { name, success: false, duration, error: Some(e) }),
-    }
+    (start, task)
 }

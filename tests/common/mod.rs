@@ -36,6 +36,22 @@ pub struct Vramguard {
     pub token: Option<String>,
 }
 
+/// Host figures of the scripted host source: CPU busy fraction, RAM total and available bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Host {
+    pub cpu: f64,
+    pub total: u64,
+    pub available: u64,
+}
+
+/// A calm host: 10 % CPU, 64 GiB of RAM with 48 GiB available (25 % used).
+pub const CALM: Host = Host { cpu: 0.10, total: 64 * GIB, available: 48 * GIB };
+
+/// The scripted host file for `h` (format: tests/fake-nvml/README.md, "Scripted host").
+pub fn host_text(h: Host) -> String {
+    format!("cpu_usage_ratio {}\nmemory_total_bytes {}\nmemory_available_bytes {}\n", h.cpu, h.total, h.available)
+}
+
 /// Writes a scenario file atomically (rename), so the fake never reads half a file.
 pub fn write_scenario(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
@@ -51,14 +67,25 @@ impl Vramguard {
     }
 
     /// Starts with `config` (listen and state_dir are added) and an optional scenario file.
+    /// Unless `config` has a `host:` section of its own, CPU and RAM come from a scripted host
+    /// file holding [`CALM`] figures (change them with [`Vramguard::set_host`]), so no decision
+    /// depends on how busy the machine running the tests is.
     pub fn start(config: &str, scenario: Option<&str>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let scenario_path = dir.path().join("scenario.txt");
         if let Some(s) = scenario {
             write_scenario(&scenario_path, s);
         }
+        let host = if config.lines().any(|l| l.starts_with("host:")) {
+            String::new()
+        } else {
+            let path = dir.path().join("host.txt");
+            write_scenario(&path, &host_text(CALM));
+            format!("host: {{ scripted_file: \"{}\" }}\n", path.display())
+        };
         let config_path = dir.path().join("config.yaml");
-        let full = format!("listen: \"127.0.0.1:0\"\nstate_dir: \"{}\"\n{config}", dir.path().join("state").display());
+        let full =
+            format!("listen: \"127.0.0.1:0\"\nstate_dir: \"{}\"\n{host}{config}", dir.path().join("state").display());
         std::fs::write(&config_path, full).expect("write config");
         let mut cmd = Command::new(BIN);
         cmd.arg("--config").arg(&config_path).args(args);
@@ -155,6 +182,11 @@ impl Vramguard {
 
     pub fn scenario_path(&self) -> PathBuf {
         self.dir.path().join("scenario.txt")
+    }
+
+    /// Replaces the scripted host figures (takes effect at the next sample).
+    pub fn set_host(&self, h: Host) {
+        write_scenario(&self.dir.path().join("host.txt"), &host_text(h));
     }
 
     /// Replaces the scenario the fake NVML reads.

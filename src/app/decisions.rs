@@ -1,0 +1,31 @@
+//! The policy's answers on the live view: health, resource-check and the exposition.
+
+use super::AppState;
+use crate::policy::admission::{CheckRequest, ResourceCheck, resource_check};
+use crate::policy::health::{Health, health};
+
+impl AppState {
+    /// The health report now.
+    pub fn health(&self) -> Health {
+        let view = self.view();
+        health(&view.context(&self.config))
+    }
+
+    /// May a generation start now, and on which GPU? Read-only: it records nothing but the
+    /// decision counter.
+    pub fn resource_check(&self, request: &CheckRequest) -> ResourceCheck {
+        let view = self.view();
+        let check = resource_check(&view.context(&self.config), request);
+        self.metrics.record_decision(check.can_start_generation, check.primary_reason());
+        check
+    }
+
+    /// The `/metrics` exposition of the latest snapshot and the live policy values.
+    pub fn render_metrics(&self) -> String {
+        let view = self.view();
+        // Health is a pure function of what is rendered anyway; computing it here keeps the
+        // state set consistent with the snapshot in the same scrape.
+        let status = view.snapshot.as_ref().map(|_| health(&view.context(&self.config)).status);
+        self.metrics.render(view.snapshot.as_deref(), &view.live.constraints, status, view.active)
+    }
+}

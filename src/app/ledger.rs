@@ -1,0 +1,222 @@
+//! Generation leases: admission that holds under concurrency (SPEC §3.2).
+//!
+//! Taking a lease runs the resource-check decision and, if it admits, records the lease in the
+//! same critical section: the store lock, taken on a blocking thread, covers reaping, reading the
+//! lease book, deciding, the durable insert and publishing the lease. N callers racing for the
+//! last slot therefore get exactly the free slots. The only I/O inside is the state-store write;
+//! the snapshot and settings are in-memory copies.
+
+use std::sync::PoisonError;
+
+use super::{AppState, ServiceError};
+use crate::leases::{Lease, LeaseBook, is_valid_id, new_id};
+use crate::limits;
+use crate::policy::admission::{CheckRequest, ResourceCheck, resource_check};
+use crate::store::Store;
+use crate::time::now_unix;
+
+/// What a client asks for when it takes a lease.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseAsk {
+    /// VRAM the job needs, GiB; `None` uses the workload estimate.
+    pub vram_required_gb: Option<f64>,
+    /// The worker already holds its model.
+    pub model_loaded: bool,
+    /// Only this GPU index may be used.
+    pub gpu: Option<u32>,
+    /// Lifetime, seconds; `None` uses `leases.default_ttl`.
+    pub ttl_seconds: Option<u64>,
+    /// Who holds the lease.
+    pub client: Option<String>,
+}
+
+impl LeaseAsk {
+    /// Checks every field against its limit; the error names the field.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        if let Some(v) = self.vram_required_gb {
+            limits::check_required_gb(v).map_err(|m| invalid("vram_required_gb", m))?;
+        }
+        check_ttl(self.ttl_seconds)?;
+        if let Some(c) = &self.client {
+            limits::check_client(c).map_err(|m| invalid("client", m))?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a lease request.
+#[derive(Debug, Clone)]
+pub enum Acquired {
+    /// Admitted: the lease and the decision that admitted it.
+    Granted(Lease, ResourceCheck),
+    /// Refused: the decision that refused it.
+    Refused(ResourceCheck),
+}
+
+fn invalid(field: &str, message: String) -> ServiceError {
+    ServiceError::Invalid(format!("{field}: {message}"))
+}
+
+fn check_ttl(ttl: Option<u64>) -> Result<(), ServiceError> {
+    match ttl {
+        Some(t) => limits::check_ttl_seconds(t).map_err(|m| invalid("ttl_seconds", m)),
+        None => Ok(()),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ServiceError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ServiceError::NotFound(format!("no lease with id {id:?}; lease ids are 32 lowercase hex digits")))
+    }
+}
+
+fn no_live_lease(id: &str) -> ServiceError {
+    ServiceError::NotFound(format!("no live lease with id {id}; it was released or expired"))
+}
+
+fn store_failed(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::failed("could not write the state store", e)
+}
+
+impl AppState {
+    fn book(&self) -> std::sync::RwLockReadGuard<'_, LeaseBook> {
+        self.leases.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn book_mut(&self) -> std::sync::RwLockWriteGuard<'_, LeaseBook> {
+        self.leases.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes lapsed leases from the store and the book; returns how many. Called with the store
+    /// lock held, so it logs nothing: the only I/O in the critical section is the store write.
+    fn reap(&self, store: &mut Store, now: f64) -> Result<usize, ServiceError> {
+        let expired = self.book().expired(now);
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        store.delete_leases(&expired).map_err(store_failed)?;
+        let mut book = self.book_mut();
+        for id in &expired {
+            book.remove(id);
+        }
+        Ok(expired.len())
+    }
+
+    /// Reaps lapsed leases; run by the server on a timer (decisions also reap first).
+    pub async fn reap_expired(&self) {
+        match self.write("reaping leases failed", |st, store| st.reap(store, now_unix())).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "expired generation leases reaped"),
+            Err(e) => tracing::warn!(error = %e, "reaping leases failed"),
+        }
+    }
+
+    /// Runs `f` in the lease critical section: under the store lock, after reaping lapsed leases,
+    /// with one `now` for everything it decides.
+    async fn critical<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&AppState, &mut Store, f64) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        self.write(what, move |st, store| {
+            let now = now_unix();
+            st.reap(store, now)?;
+            f(st, store, now)
+        })
+        .await
+    }
+
+    /// Takes a generation lease if resources allow. A refusal is an answer, not an error.
+    pub async fn acquire(&self, ask: LeaseAsk) -> Result<Acquired, ServiceError> {
+        ask.validate()?;
+        let outcome = self
+            .critical("lease decision failed", move |st, store, now| {
+                let view = st.view_at(now);
+                let request = CheckRequest {
+                    vram_required_gb: ask.vram_required_gb,
+                    model_loaded: ask.model_loaded,
+                    gpu: ask.gpu,
+                };
+                let check = resource_check(&view.context(&st.config), &request);
+                if !check.can_start_generation {
+                    return Ok(Acquired::Refused(check));
+                }
+                let ttl = ask.ttl_seconds.unwrap_or_else(|| st.config.leases.default_ttl.0.as_secs());
+                let lease = Lease {
+                    id: new_id(),
+                    gpu_index: check.gpu.as_ref().map(|g| g.index),
+                    gpu_uuid: check.gpu.as_ref().map(|g| g.uuid.clone()),
+                    vram_reserved_gb: check.required_gb,
+                    granted_at: now,
+                    expires_at: now + ttl as f64,
+                    ttl_seconds: ttl,
+                    client: ask.client,
+                };
+                store.put_lease(&lease).map_err(store_failed)?;
+                st.book_mut().insert(lease.clone());
+                Ok(Acquired::Granted(lease, check))
+            })
+            .await?;
+        match &outcome {
+            Acquired::Granted(lease, check) => {
+                self.metrics.record_decision(true, check.primary_reason());
+                tracing::info!(id = %lease.id, gpu = ?lease.gpu_index, gb = lease.vram_reserved_gb, client = ?lease.client, "generation lease granted");
+            }
+            Acquired::Refused(check) => self.metrics.record_decision(false, check.primary_reason()),
+        }
+        Ok(outcome)
+    }
+
+    /// Extends a live lease by its TTL (or `ttl`, which becomes its TTL) from now.
+    pub async fn heartbeat(&self, id: String, ttl: Option<u64>) -> Result<Lease, ServiceError> {
+        check_id(&id)?;
+        check_ttl(ttl)?;
+        self.critical("heartbeat failed", move |st, store, now| {
+            let mut lease = st.book().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
+            if let Some(t) = ttl {
+                lease.ttl_seconds = t;
+            }
+            lease.expires_at = now + lease.ttl_seconds as f64;
+            store.put_lease(&lease).map_err(store_failed)?;
+            st.book_mut().insert(lease.clone());
+            Ok(lease)
+        })
+        .await
+    }
+
+    /// Releases a live lease.
+    pub async fn release(&self, id: String) -> Result<(), ServiceError> {
+        check_id(&id)?;
+        let id_for_log = id.clone();
+        self.critical("release failed", move |st, store, now| {
+            if st.book().get_live(&id, now).is_none() {
+                return Err(no_live_lease(&id));
+            }
+            store.delete_leases(std::slice::from_ref(&id)).map_err(store_failed)?;
+            st.book_mut().remove(&id);
+            Ok(())
+        })
+        .await?;
+        tracing::info!(id = %id_for_log, "generation lease released");
+        Ok(())
+    }
+
+    /// Live leases, oldest first.
+    pub fn live_leases(&self) -> Vec<Lease> {
+        self.book().live(now_unix()).into_iter().cloned().collect()
+    }
+}
+
+/// Reaps expired leases every second until `stop` flips. Decisions also reap first; the timer
+/// keeps the count and the store honest when no one asks.
+pub(crate) async fn reaper(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => state.reap_expired().await,
+        }
+    }
+}

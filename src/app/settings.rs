@@ -1,0 +1,178 @@
+//! Settings changed through the API: partial updates merged into the live values, validated
+//! after the merge, written to the state store in one transaction, and only then published. A
+//! rejected update changes nothing.
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{AppState, Live, ServiceError};
+use crate::config::{Optimization, Quantization, validate_constraints, validate_optimization};
+use crate::limits::MAX_VRAM_GB;
+use crate::policy::admission::{CheckRequest, resource_check};
+use crate::policy::estimate;
+use crate::time::now_unix;
+use crate::units::gib;
+
+/// Store key of the optimization override.
+pub(crate) const OPTIMIZATION_KEY: &str = "optimization";
+/// Store key of the constraints override.
+pub(crate) const CONSTRAINTS_KEY: &str = "constraints";
+
+/// A partial update of the optimization settings; omitted fields keep their value.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizationPatch {
+    /// fp16, bf16 or int8.
+    pub quantization: Option<Quantization>,
+    /// Move offloadable components to the CPU.
+    pub enable_offload: Option<bool>,
+    /// VAE decode tile edge, pixels.
+    #[schema(minimum = 128, maximum = 512)]
+    pub vae_tile_size: Option<u32>,
+    /// Most VRAM one generation may use, GiB (at most the largest GPU's VRAM).
+    #[schema(exclusive_minimum = 0.0, maximum = 1024.0)]
+    pub max_vram_usage_gb: Option<f64>,
+}
+
+/// A partial update of the constraints; omitted fields keep their value.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConstraintsPatch {
+    /// Generation leases allowed at once.
+    #[schema(minimum = 1, maximum = 10)]
+    pub max_concurrent_generations: Option<u32>,
+    /// VRAM fraction at which health warns.
+    #[schema(minimum = 0.1, maximum = 1.0)]
+    pub vram_warning_threshold: Option<f64>,
+    /// VRAM fraction at which health is critical and admission refuses.
+    #[schema(minimum = 0.1, maximum = 1.0)]
+    pub vram_critical_threshold: Option<f64>,
+    /// CPU busy fraction at which health warns and admission refuses.
+    #[schema(minimum = 0.1, maximum = 1.0)]
+    pub cpu_warning_threshold: Option<f64>,
+    /// RAM used fraction at which health warns and admission refuses.
+    #[schema(minimum = 0.1, maximum = 1.0)]
+    pub ram_warning_threshold: Option<f64>,
+}
+
+/// What the optimization settings mean now, for the answer of an update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizationSummary {
+    /// The settings now in force.
+    pub settings: Optimization,
+    /// VRAM allocated over all GPUs now, GiB.
+    pub current_vram_usage_gb: f64,
+    /// VRAM one generation needs with these settings, GiB.
+    pub estimated_vram_need_gb: f64,
+    /// VRAM these settings save against fp16, no offload, tile 512, GiB.
+    pub estimated_vram_savings_gb: f64,
+    /// What the admission check would advise with these settings.
+    pub recommendations: Vec<String>,
+}
+
+/// What an update writes to the store.
+enum Persist {
+    Save(&'static str, serde_json::Value),
+    Delete(&'static str),
+}
+
+fn rejected((field, message): (&str, String)) -> ServiceError {
+    ServiceError::Invalid(format!("{field}: {message}"))
+}
+
+impl AppState {
+    /// Merges `patch` into the optimization settings.
+    pub async fn update_optimization(&self, patch: OptimizationPatch) -> Result<OptimizationSummary, ServiceError> {
+        let max_budget = self.largest_gpu_gb();
+        let live = self
+            .update(move |live| {
+                let s = &mut live.settings;
+                s.quantization = patch.quantization.unwrap_or(s.quantization);
+                s.enable_offload = patch.enable_offload.unwrap_or(s.enable_offload);
+                s.vae_tile_size = patch.vae_tile_size.unwrap_or(s.vae_tile_size);
+                s.max_vram_usage_gb = patch.max_vram_usage_gb.unwrap_or(s.max_vram_usage_gb);
+                validate_optimization(s, max_budget).map_err(rejected)?;
+                Ok(Persist::Save(OPTIMIZATION_KEY, serde_json::to_value(*s).expect("settings serialise")))
+            })
+            .await?;
+        Ok(self.optimization_summary(&live))
+    }
+
+    /// Puts the optimization settings back to config.yaml.
+    pub async fn reset_optimization(&self) -> Result<OptimizationSummary, ServiceError> {
+        let defaults = self.config.optimization;
+        let live = self
+            .update(move |live| {
+                live.settings = defaults;
+                Ok(Persist::Delete(OPTIMIZATION_KEY))
+            })
+            .await?;
+        Ok(self.optimization_summary(&live))
+    }
+
+    /// Merges `patch` into the constraints; VRAM warning must stay at or below critical.
+    pub async fn update_constraints(&self, patch: ConstraintsPatch) -> Result<Live, ServiceError> {
+        self.update(move |live| {
+            let c = &mut live.constraints;
+            c.max_concurrent_generations = patch.max_concurrent_generations.unwrap_or(c.max_concurrent_generations);
+            c.vram_warning_threshold = patch.vram_warning_threshold.unwrap_or(c.vram_warning_threshold);
+            c.vram_critical_threshold = patch.vram_critical_threshold.unwrap_or(c.vram_critical_threshold);
+            c.cpu_warning_threshold = patch.cpu_warning_threshold.unwrap_or(c.cpu_warning_threshold);
+            c.ram_warning_threshold = patch.ram_warning_threshold.unwrap_or(c.ram_warning_threshold);
+            validate_constraints(c).map_err(rejected)?;
+            Ok(Persist::Save(CONSTRAINTS_KEY, serde_json::to_value(*c).expect("constraints serialise")))
+        })
+        .await
+    }
+
+    /// Puts the constraints back to config.yaml.
+    pub async fn reset_constraints(&self) -> Result<Live, ServiceError> {
+        let defaults = self.config.constraints;
+        self.update(move |live| {
+            live.constraints = defaults;
+            Ok(Persist::Delete(CONSTRAINTS_KEY))
+        })
+        .await
+    }
+
+    /// Applies `change` to a copy of the live values, makes it durable, then publishes it. Under
+    /// the store lock, so updates are serialised and a failed validation or write leaves both the
+    /// store and the live values untouched.
+    async fn update(
+        &self,
+        change: impl FnOnce(&mut Live) -> Result<Persist, ServiceError> + Send + 'static,
+    ) -> Result<Live, ServiceError> {
+        self.write("settings update failed", move |state, store| {
+            let mut next = state.live();
+            let result = match change(&mut next)? {
+                Persist::Save(key, value) => store.save_override(key, &value, now_unix()),
+                Persist::Delete(key) => store.delete_override(key),
+            };
+            result.map_err(|e| ServiceError::failed("could not write the state store", e))?;
+            *state.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+            Ok(next)
+        })
+        .await
+    }
+
+    /// The largest GPU's VRAM in GiB (the ceiling of a budget), or the no-GPU ceiling.
+    fn largest_gpu_gb(&self) -> f64 {
+        self.snapshot()
+            .and_then(|s| s.gpus.iter().filter_map(|g| g.memory).map(|m| m.total_bytes).max())
+            .map_or(MAX_VRAM_GB, gib)
+    }
+
+    fn optimization_summary(&self, live: &Live) -> OptimizationSummary {
+        let view = super::View { live: *live, ..self.view() };
+        let used: u64 =
+            view.snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
+        let check = resource_check(&view.context(&self.config), &CheckRequest::default());
+        OptimizationSummary {
+            settings: live.settings,
+            current_vram_usage_gb: gib(used),
+            estimated_vram_need_gb: estimate::need_gb(&self.config.workload, &live.settings, false),
+            estimated_vram_savings_gb: estimate::savings_gb(&self.config.workload, &live.settings),
+            recommendations: check.recommendations,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Every accepted range in one place, with the sentence that names it. The config loader and the
+//! API both check values here, so a value the config accepts the API accepts too, and every
+//! rejection says what is allowed in the same words.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// Lease lifetimes, seconds (API `ttl_seconds`, config `leases.default_ttl`).
+pub const TTL_SECONDS: RangeInclusive<u64> = 10..=86_400;
+/// The largest VRAM figure accepted anywhere, GiB: above any GPU made. Also the ceiling of
+/// `max_vram_usage_gb` while no GPU is known.
+pub const MAX_VRAM_GB: f64 = 1024.0;
+/// Thresholds are fractions.
+pub const THRESHOLD: RangeInclusive<f64> = 0.1..=1.0;
+/// Generation leases allowed at once.
+pub const CONCURRENCY: RangeInclusive<u32> = 1..=10;
+/// VAE decode tile edge, pixels.
+pub const TILE_SIZE: RangeInclusive<u32> = 128..=512;
+/// Longest lease `client` name, characters.
+pub const CLIENT_MAX_CHARS: usize = 128;
+/// Largest accepted request body, bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Points one history answer may hold.
+pub const HISTORY_MAX_POINTS: RangeInclusive<u32> = 1..=10_000;
+/// History points returned when the query does not say.
+pub const HISTORY_DEFAULT_POINTS: u32 = 1000;
+/// Sampling period: sysinfo needs 200 ms between CPU refreshes to compute a busy ratio.
+pub const SAMPLE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(200)..=Duration::from_secs(3600);
+/// WebSocket subscribers at once.
+pub const SUBSCRIBERS: RangeInclusive<u32> = 1..=10_000;
+
+/// A threshold fraction; a percentage typed by mistake gets a hint.
+pub fn check_threshold(value: f64) -> Result<(), String> {
+    if value.is_finite() && THRESHOLD.contains(&value) {
+        return Ok(());
+    }
+    let hint = if value > 1.0 && value <= 100.0 {
+        format!("; thresholds are fractions; did you mean {}?", value / 100.0)
+    } else {
+        String::new()
+    };
+    Err(format!("{value} is out of range; allowed {} to {}{hint}", THRESHOLD.start(), THRESHOLD.end()))
+}
+
+/// A concurrency limit.
+pub fn check_concurrency(n: u32) -> Result<(), String> {
+    in_range(n, &CONCURRENCY)
+}
+
+/// A VAE tile edge.
+pub fn check_tile_size(n: u32) -> Result<(), String> {
+    in_range(n, &TILE_SIZE)
+}
+
+/// A lease lifetime in whole seconds.
+pub fn check_ttl_seconds(t: u64) -> Result<(), String> {
+    in_range(t, &TTL_SECONDS)
+}
+
+/// A job's VRAM requirement, GiB.
+pub fn check_required_gb(v: f64) -> Result<(), String> {
+    if v > 0.0 && v <= MAX_VRAM_GB {
+        Ok(())
+    } else {
+        Err(format!("{v} is out of range; allowed above 0 up to {MAX_VRAM_GB} (GiB)"))
+    }
+}
+
+/// A VRAM budget, GiB, up to `max_gb` (the largest GPU, or [`MAX_VRAM_GB`] without one).
+pub fn check_budget_gb(v: f64, max_gb: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 && v <= max_gb {
+        Ok(())
+    } else {
+        Err(format!("{v} is out of range; allowed above 0 up to {max_gb:.1}"))
+    }
+}
+
+/// A lease's `client` name.
+pub fn check_client(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if n <= CLIENT_MAX_CHARS {
+        Ok(())
+    } else {
+        Err(format!("{n} characters is too long; allowed at most {CLIENT_MAX_CHARS}"))
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(v: T, range: &RangeInclusive<T>) -> Result<(), String> {
+    if range.contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{v} is out of range; allowed integers {} to {}", range.start(), range.end()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_range() {
+        assert!(check_threshold(85.0).unwrap_err().contains("did you mean 0.85?"));
+        assert!(check_threshold(0.05).unwrap_err().contains("allowed 0.1 to 1"));
+        assert!(check_threshold(f64::NAN).is_err());
+        assert_eq!(check_threshold(0.1), Ok(()));
+        assert!(check_concurrency(0).unwrap_err().contains("integers 1 to 10"));
+        assert!(check_tile_size(64).unwrap_err().contains("128 to 512"));
+        assert!(check_ttl_seconds(9).unwrap_err().contains("10 to 86400"));
+        assert_eq!(check_ttl_seconds(86_400), Ok(()));
+        assert!(check_required_gb(0.0).is_err());
+        assert_eq!(check_required_gb(1024.0), Ok(()));
+        assert!(check_budget_gb(17.0, 16.0).unwrap_err().contains("up to 16.0"));
+        assert!(check_client(&"x".repeat(129)).unwrap_err().contains("at most 128"));
+    }
+}

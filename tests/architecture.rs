@@ -1,0 +1,147 @@
+//! The one-way architecture, checked: every `crate::` path in `src/` may only name a top-level
+//! module declared *before* its own module in `src/lib.rs`. So there is no cycle among the
+//! top-level modules, and nothing below `http` imports it. Adding `use crate::http::...` to
+//! `policy` (or any upward import) fails this test with the file and the line.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Top-level modules in the order `lib.rs` declares them: the allowed direction.
+fn layers() -> Vec<String> {
+    let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap();
+    lib.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_prefix("pub mod ").or_else(|| l.strip_prefix("pub(crate) mod "))?;
+            Some(rest.trim_end_matches(';').to_owned())
+        })
+        .collect()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`src/policy/admission.rs` → `policy`).
+fn owner(file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src()).unwrap();
+    let first = rel.components().next()?.as_os_str().to_str()?.to_owned();
+    let name = first.strip_suffix(".rs").unwrap_or(&first).to_owned();
+    (name != "lib" && name != "main").then_some(name)
+}
+
+/// The top-level modules named by `crate::` paths in `code`, with their line numbers. Line
+/// comments are skipped (doc links are not imports); `crate::{a, b::c}` groups are expanded.
+fn crate_paths(code: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for (n, line) in code.lines().enumerate() {
+        if line.trim_start().starts_with("//") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("crate::") {
+            let before = rest[..at].chars().last();
+            rest = &rest[at + "crate::".len()..];
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue; // e.g. `mycrate::`
+            }
+            if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                for item in group[..end].split(',') {
+                    let name: String = item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    if !name.is_empty() {
+                        found.push((n + 1, name));
+                    }
+                }
+            } else {
+                let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !name.is_empty() {
+                    found.push((n + 1, name));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Every import that goes sideways-up or up the layer order, as "file:line: a imports b".
+fn violations(layers: &[String], files: &[(PathBuf, String)]) -> Vec<String> {
+    let rank = |m: &str| layers.iter().position(|l| l == m);
+    let mut out = Vec::new();
+    for (file, code) in files {
+        let Some(me) = owner(file) else { continue };
+        let my_rank = rank(&me).unwrap_or_else(|| panic!("{} is not declared in lib.rs", file.display()));
+        for (line, target) in crate_paths(code) {
+            if target == me {
+                continue;
+            }
+            match rank(&target) {
+                Some(r) if r < my_rank => {}
+                Some(_) => out.push(format!("{}:{line}: {me} imports {target}, a later layer", file.display())),
+                None => out.push(format!("{}:{line}: {me} names crate::{target}, not a module", file.display())),
+            }
+        }
+    }
+    out
+}
+
+fn sources() -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    files.sort();
+    files.into_iter().map(|f| (f.clone(), std::fs::read_to_string(&f).unwrap())).collect()
+}
+
+#[test]
+fn imports_only_go_down_the_layers() {
+    let layers = layers();
+    for expected in ["units", "config", "snapshot", "policy", "store", "app", "http", "server"] {
+        assert!(layers.contains(&expected.to_owned()), "lib.rs does not declare {expected}: {layers:?}");
+    }
+    let bad = violations(&layers, &sources());
+    assert!(bad.is_empty(), "imports against the layer order of src/lib.rs:\n{}", bad.join("\n"));
+}
+
+/// Every file under src/ belongs to a declared module, so none escapes the check.
+#[test]
+fn every_file_is_in_a_declared_layer() {
+    let layers: BTreeSet<String> = layers().into_iter().collect();
+    for (file, _) in sources() {
+        if let Some(m) = owner(&file) {
+            assert!(layers.contains(&m), "{} belongs to undeclared module {m}", file.display());
+        }
+    }
+}
+
+/// The check itself catches what it must: an upward import, a grouped one, and a cycle.
+#[test]
+fn the_check_catches_upward_imports() {
+    let layers = layers();
+    let policy = src().join("policy/admission.rs");
+    let planted = |code: &str| violations(&layers, &[(policy.clone(), code.to_owned())]);
+    assert_eq!(planted("use crate::http::AppState;\n").len(), 1);
+    assert_eq!(planted("use crate::{config::Config, app::AppState, store::Store};\n").len(), 2);
+    assert!(planted("use crate::config::Config;\nuse crate::snapshot::Snapshot;\n").is_empty());
+    assert!(planted("/// See [`crate::http::app`].\n").is_empty(), "doc links are not imports");
+    // Two modules importing each other: at least one of the two arrows is upward.
+    let store = src().join("store.rs");
+    let cycle = violations(
+        &layers,
+        &[
+            (store, "use crate::leases::Lease;\n".to_owned()),
+            (src().join("leases.rs"), "use crate::store::Store;\n".to_owned()),
+        ],
+    );
+    assert_eq!(cycle.len(), 1, "{cycle:?}");
+}
