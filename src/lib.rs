@@ -35,9 +35,9 @@
 //! 11. [`http`]: the axum router ([`http::app`]), thin handlers and the one `ApiError` type.
 //! 12. [`server`]: wiring and graceful shutdown; [`server::run`] serves on a bound listener.
 
-pub mod units;
-pub mod time;
-pub mod limits;
+pub(crate) mod units;
+pub(crate) mod time;
+pub(crate) mod limits;
 pub mod error;
 pub mod config;
 pub mod snapshot;

@@ -6,31 +6,31 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 /// Lease lifetimes, seconds (API `ttl_seconds`, config `leases.default_ttl`).
-pub const TTL_SECONDS: RangeInclusive<u64> = 10..=86_400;
+pub(crate) const TTL_SECONDS: RangeInclusive<u64> = 10..=86_400;
 /// The largest VRAM figure accepted anywhere, GiB: above any GPU made. Also the ceiling of
 /// `max_vram_usage_gb` while no GPU is known.
-pub const MAX_VRAM_GB: f64 = 1024.0;
+pub(crate) const MAX_VRAM_GB: f64 = 1024.0;
 /// Thresholds are fractions.
-pub const THRESHOLD: RangeInclusive<f64> = 0.1..=1.0;
+pub(crate) const THRESHOLD: RangeInclusive<f64> = 0.1..=1.0;
 /// Generation leases allowed at once.
-pub const CONCURRENCY: RangeInclusive<u32> = 1..=10;
+pub(crate) const CONCURRENCY: RangeInclusive<u32> = 1..=10;
 /// VAE decode tile edge, pixels.
-pub const TILE_SIZE: RangeInclusive<u32> = 128..=512;
+pub(crate) const TILE_SIZE: RangeInclusive<u32> = 128..=512;
 /// Longest lease `client` name, characters.
-pub const CLIENT_MAX_CHARS: usize = 128;
+pub(crate) const CLIENT_MAX_CHARS: usize = 128;
 /// Largest accepted request body, bytes.
-pub const BODY_LIMIT: usize = 64 * 1024;
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 /// Points one history answer may hold.
-pub const HISTORY_MAX_POINTS: RangeInclusive<u32> = 1..=10_000;
+pub(crate) const HISTORY_MAX_POINTS: RangeInclusive<u32> = 1..=10_000;
 /// History points returned when the query does not say.
-pub const HISTORY_DEFAULT_POINTS: u32 = 1000;
+pub(crate) const HISTORY_DEFAULT_POINTS: u32 = 1000;
 /// Sampling period: sysinfo needs 200 ms between CPU refreshes to compute a busy ratio.
-pub const SAMPLE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(200)..=Duration::from_secs(3600);
+pub(crate) const SAMPLE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(200)..=Duration::from_secs(3600);
 /// WebSocket subscribers at once.
-pub const SUBSCRIBERS: RangeInclusive<u32> = 1..=10_000;
+pub(crate) const SUBSCRIBERS: RangeInclusive<u32> = 1..=10_000;
 
 /// A threshold fraction; a percentage typed by mistake gets a hint.
-pub fn check_threshold(value: f64) -> Result<(), String> {
+pub(crate) fn check_threshold(value: f64) -> Result<(), String> {
     if value.is_finite() && THRESHOLD.contains(&value) {
         return Ok(());
     }
@@ -43,22 +43,22 @@ pub fn check_threshold(value: f64) -> Result<(), String> {
 }
 
 /// A concurrency limit.
-pub fn check_concurrency(n: u32) -> Result<(), String> {
+pub(crate) fn check_concurrency(n: u32) -> Result<(), String> {
     in_range(n, &CONCURRENCY)
 }
 
 /// A VAE tile edge.
-pub fn check_tile_size(n: u32) -> Result<(), String> {
+pub(crate) fn check_tile_size(n: u32) -> Result<(), String> {
     in_range(n, &TILE_SIZE)
 }
 
 /// A lease lifetime in whole seconds.
-pub fn check_ttl_seconds(t: u64) -> Result<(), String> {
+pub(crate) fn check_ttl_seconds(t: u64) -> Result<(), String> {
     in_range(t, &TTL_SECONDS)
 }
 
 /// A job's VRAM requirement, GiB.
-pub fn check_required_gb(v: f64) -> Result<(), String> {
+pub(crate) fn check_required_gb(v: f64) -> Result<(), String> {
     if v > 0.0 && v <= MAX_VRAM_GB {
         Ok(())
     } else {
@@ -67,7 +67,7 @@ pub fn check_required_gb(v: f64) -> Result<(), String> {
 }
 
 /// A VRAM budget, GiB, up to `max_gb` (the largest GPU, or [`MAX_VRAM_GB`] without one).
-pub fn check_budget_gb(v: f64, max_gb: f64) -> Result<(), String> {
+pub(crate) fn check_budget_gb(v: f64, max_gb: f64) -> Result<(), String> {
     if v.is_finite() && v > 0.0 && v <= max_gb {
         Ok(())
     } else {
@@ -76,7 +76,7 @@ pub fn check_budget_gb(v: f64, max_gb: f64) -> Result<(), String> {
 }
 
 /// A lease's `client` name.
-pub fn check_client(name: &str) -> Result<(), String> {
+pub(crate) fn check_client(name: &str) -> Result<(), String> {
     let n = name.chars().count();
     if n <= CLIENT_MAX_CHARS {
         Ok(())

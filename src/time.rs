@@ -4,23 +4,23 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Now, in Unix seconds.
-pub fn now_unix() -> f64 {
+pub(crate) fn now_unix() -> f64 {
     unix(SystemTime::now())
 }
 
 /// A time in Unix seconds (0 for anything before the epoch).
-pub fn unix(t: SystemTime) -> f64 {
+pub(crate) fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Formats Unix seconds as RFC 3339 UTC (see [`rfc3339`]).
-pub fn rfc3339_unix(secs: f64) -> String {
+pub(crate) fn rfc3339_unix(secs: f64) -> String {
     let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
     rfc3339(UNIX_EPOCH + Duration::from_secs_f64(secs))
 }
 
 /// Formats a time as RFC 3339 UTC with a `Z`, to the millisecond (e.g. `2026-11-27T09:00:00.123Z`).
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);

@@ -2,21 +2,21 @@
 //! in the seed; percentages are rounded to 0.1 and GiB to 0.01 for display only.
 
 /// Bytes in a GiB.
-pub const GIB: f64 = 1_073_741_824.0;
+pub(crate) const GIB: f64 = 1_073_741_824.0;
 /// Bytes in a MiB.
-pub const MIB: f64 = 1_048_576.0;
+pub(crate) const MIB: f64 = 1_048_576.0;
 
 /// Bytes as GiB.
-pub fn gib(bytes: u64) -> f64 {
+pub(crate) fn gib(bytes: u64) -> f64 {
     bytes as f64 / GIB
 }
 
 /// Rounds to one decimal (percentages, MiB).
-pub fn round1(x: f64) -> f64 {
+pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
 /// Rounds to two decimals (GiB).
-pub fn round2(x: f64) -> f64 {
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
