@@ -64,7 +64,7 @@ fn benches(c: &mut Criterion) {
     let config = Config::default();
     let metrics = Metrics::new();
     c.bench_function("render /metrics (8 GPUs, 32 processes)", |b| {
-        b.iter(|| black_box(metrics.render(Some(&snapshot), &config.constraints, None, 2)))
+        b.iter(|| black_box(metrics.render(Some(&snapshot), &config.constraints, None, 2, &Default::default())))
     });
 
     let reservations = [(3u32, 10.0)];
@@ -73,8 +73,12 @@ fn benches(c: &mut Criterion) {
         constraints: &config.constraints,
         settings: &config.optimization,
         workload: &config.workload,
+        workload_name: "default",
+        observed: &[],
+        learning: &config.learning,
         gpu_enabled: true,
-        reservations: &reservations,
+        outstanding: &reservations,
+        overruns: &[],
         active_generations: Some(1),
         now: 1_800_000_000.0,
     };

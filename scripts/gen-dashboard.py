@@ -82,10 +82,16 @@ panel("VRAM used with live thresholds",
                                        "vramguard is using now (they move when changed through the API).",
       overrides=[threshold_style(".*threshold")])
 y += 8
-panel("VRAM used and total",
+panel("VRAM used, outstanding and total",
       [(f"vramguard_gpu_memory_used_bytes{{{GPU_SEL}}}" + NAMED, "used {{name}} #{{gpu}}"),
+       (f"vramguard_gpu_memory_outstanding_bytes{{{GPU_SEL}}}" + NAMED, "outstanding {{name}} #{{gpu}}"),
        (f"vramguard_gpu_memory_total_bytes{{{GPU_SEL}}}" + NAMED, "total {{name}} #{{gpu}}")],
-      "bytes", x=0, w=8, description="VRAM allocated (as nvidia-smi's memory.used) and capacity per GPU.")
+      "bytes", x=0, w=8, description="VRAM allocated (as nvidia-smi's memory.used) with what live generation "
+                                     "leases reserved and have not used yet stacked on top, against capacity, "
+                                     "per GPU. Admission counts both.",
+      overrides=[{"matcher": {"id": "byRegexp", "options": "(used|outstanding) .*"},
+                  "properties": [{"id": "custom.stacking", "value": {"mode": "normal", "group": "vram"}},
+                                 {"id": "custom.fillOpacity", "value": 40}]}])
 panel("GPU temperature", [(f"vramguard_gpu_temperature_celsius{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}")],
       "celsius", x=8, w=8, description="Core temperature per GPU; the GPUTemperatureHigh alert fires at 85 °C.")
 panel("GPU power", [(f"vramguard_gpu_power_watts{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}")],

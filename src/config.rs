@@ -2,6 +2,7 @@
 //! the values the rest of the program trusts. The built-in defaults equal the shipped
 //! `config.yaml`; a unit test holds the two together.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,8 +36,13 @@ pub struct Config {
     pub constraints: Constraints,
     /// Default optimization settings (the API can override them).
     pub optimization: Optimization,
-    /// The VRAM profile of one generation, for estimates and recommendations.
+    /// The VRAM profile of one generation, for estimates and recommendations: the profile named
+    /// `default`.
     pub workload: Workload,
+    /// More workload profiles by name, selected per request with `workload`.
+    pub workloads: BTreeMap<String, Workload>,
+    /// Estimates learned from observed peaks.
+    pub learning: LearningConfig,
     /// Generation leases.
     pub leases: LeasesConfig,
     /// The live stats WebSocket.
@@ -193,9 +199,31 @@ pub struct Workload {
 pub struct LeasesConfig {
     /// Lease lifetime when the client does not ask for one.
     pub default_ttl: Dur,
-    /// How long a new lease's VRAM counts against its GPU on top of NVML's reading.
-    pub reservation_grace: Dur,
+    /// Removed in wave 2: only read so that an old config gets a clear error naming it.
+    #[serde(skip_serializing)]
+    pub reservation_grace: Option<serde_norway::Value>,
 }
+
+/// Estimates learned from the peaks of finished generations.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearningConfig {
+    /// Observations of the current key needed before they replace the model.
+    pub min_samples: u32,
+    /// How many of the newest observations of a key count.
+    pub window: u32,
+    /// Safety margin on the highest observed peak (0.10 = +10 %).
+    pub margin: f64,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        Self { min_samples: 3, window: 20, margin: 0.10 }
+    }
+}
+
+/// Name of the profile given by the `workload` key.
+pub const DEFAULT_WORKLOAD: &str = "default";
 
 impl Default for Config {
     fn default() -> Self {
@@ -210,6 +238,8 @@ impl Default for Config {
             constraints: Constraints::default(),
             optimization: Optimization::default(),
             workload: Workload::default(),
+            workloads: BTreeMap::new(),
+            learning: LearningConfig::default(),
             leases: LeasesConfig::default(),
             stream: StreamConfig::default(),
         }
@@ -272,11 +302,21 @@ impl Default for Workload {
 
 impl Default for LeasesConfig {
     fn default() -> Self {
-        Self { default_ttl: Dur::secs(900), reservation_grace: Dur::secs(60) }
+        Self { default_ttl: Dur::secs(900), reservation_grace: None }
     }
 }
 
 impl Config {
+    /// The workload profile called `name` (`default` is the `workload` key).
+    pub fn profile(&self, name: &str) -> Option<&Workload> {
+        if name == DEFAULT_WORKLOAD { Some(&self.workload) } else { self.workloads.get(name) }
+    }
+
+    /// Every profile name, `default` first.
+    pub fn profile_names(&self) -> Vec<&str> {
+        std::iter::once(DEFAULT_WORKLOAD).chain(self.workloads.keys().map(String::as_str)).collect()
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_owned(), source: e })?;
@@ -349,7 +389,7 @@ impl Config {
             .map_err(|(key, message)| ConfigError::Invalid { key: format!("constraints.{key}"), message })?;
         validate_optimization(&self.optimization, limits::MAX_VRAM_GB)
             .map_err(|(key, message)| ConfigError::Invalid { key: format!("optimization.{key}"), message })?;
-        self.workload.validate()?;
+        self.workload.validate("workload")?;
         let ttl = self.leases.default_ttl.0;
         if ttl.subsec_nanos() != 0 || limits::check_ttl_seconds(ttl.as_secs()).is_err() {
             return bad(
@@ -357,23 +397,54 @@ impl Config {
                 format!("{} is out of range; allowed 10s to 24h", self.leases.default_ttl),
             );
         }
-        if self.leases.reservation_grace.0 > Duration::from_secs(3600) {
+        if self.leases.reservation_grace.is_some() {
             return bad(
                 "leases.reservation_grace",
-                format!("{} is out of range; allowed 0s to 1h", self.leases.reservation_grace),
+                "is no longer supported: a lease's reservation now lasts its whole life (what the job \
+                 has not used yet counts against its GPU until the lease is released or expires); \
+                 remove the key"
+                    .to_owned(),
             );
+        }
+        if self.workloads.contains_key(DEFAULT_WORKLOAD) {
+            return bad(
+                "workloads.default",
+                "the name default is taken by the `workload` key; give this profile another name".to_owned(),
+            );
+        }
+        for (name, w) in &self.workloads {
+            w.validate(&format!("workloads.{name}"))?;
+        }
+        let l = &self.learning;
+        if !(1..=1000).contains(&l.min_samples) {
+            return bad(
+                "learning.min_samples",
+                format!("{} is out of range; allowed integers 1 to 1000", l.min_samples),
+            );
+        }
+        if !(l.min_samples..=1000).contains(&l.window) {
+            return bad(
+                "learning.window",
+                format!(
+                    "{} is out of range; allowed integers learning.min_samples ({}) to 1000",
+                    l.window, l.min_samples
+                ),
+            );
+        }
+        if !(l.margin.is_finite() && (0.0..=1.0).contains(&l.margin)) {
+            return bad("learning.margin", format!("{} is out of range; allowed 0 to 1", l.margin));
         }
         Ok(())
     }
 }
 
 impl Workload {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
         let bad = |key: String, message: String| Err(ConfigError::Invalid { key, message });
         for (i, c) in self.components.iter().enumerate() {
             if !(c.params_billions.is_finite() && c.params_billions > 0.0 && c.params_billions <= 10_000.0) {
                 return bad(
-                    format!("workload.components[{i}].params_billions"),
+                    format!("{prefix}.components[{i}].params_billions"),
                     format!("{} is out of range; allowed above 0 up to 10000", c.params_billions),
                 );
             }
@@ -385,13 +456,13 @@ impl Workload {
         ] {
             if !(value.is_finite() && (0.0..=limits::MAX_VRAM_GB).contains(&value)) {
                 return bad(
-                    format!("workload.{key}"),
+                    format!("{prefix}.{key}"),
                     format!("{value} is out of range; allowed 0 to {}", limits::MAX_VRAM_GB),
                 );
             }
         }
         if let Err(message) = limits::check_tile_size(self.vae_reference_tile_size) {
-            return bad("workload.vae_reference_tile_size".to_owned(), message);
+            return bad(format!("{prefix}.vae_reference_tile_size"), message);
         }
         Ok(())
     }
@@ -535,6 +606,10 @@ mod tests {
             ("sample_interval: 5 minutes", "sample_interval", "unit"),
             ("history: { backend: prometheus }", "history.prometheus_url", "required"),
             ("leases: { default_ttl: 1s }", "leases.default_ttl", "10s"),
+            ("leases: { reservation_grace: 1m }", "leases.reservation_grace", "whole life"),
+            ("workloads: { default: {} }", "workloads.default", "taken"),
+            ("workloads: { i2v: { activations_gb: -1 } }", "workloads.i2v.activations_gb", "0 to 1024"),
+            ("learning: { margin: 2 }", "learning.margin", "0 to 1"),
             ("listen: nowhere", "listen", "socket address"),
         ];
         for (yaml, key, fragment) in cases {

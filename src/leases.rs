@@ -1,11 +1,20 @@
 //! Generation leases: the in-memory book of who holds a generation slot and which VRAM was
-//! promised to them. Pure data and arithmetic on explicit `now` values; persistence is the
-//! store's job and the critical section that changes the book is [`crate::app::ledger`].
+//! promised to them. Pure data and arithmetic on explicit `now` values and snapshots;
+//! persistence is the store's job and the critical section that changes the book is
+//! [`crate::app::ledger`].
+//!
+//! A lease's reservation counts against its GPU for its whole life, less what the job already
+//! uses ([`usage`]): with `pids`, what those processes hold on the lease's GPU; without, the
+//! growth of the GPU's used VRAM since the grant, shared among its unattributed leases, oldest
+//! first.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+use crate::policy::estimate::EstimateKey;
+use crate::snapshot::Snapshot;
+use crate::units::gib;
 
 /// One granted lease. Times are Unix seconds, so they keep counting across a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +35,30 @@ pub struct Lease {
     pub ttl_seconds: u64,
     /// Free-form name of the caller.
     pub client: Option<String>,
+    /// Processes doing the job; their VRAM on the lease's GPU is the job's use.
+    pub pids: Vec<u32>,
+    /// The GPU's used VRAM when the lease was granted, GiB (the baseline of the growth rule).
+    pub gpu_used_at_grant_gb: Option<f64>,
+    /// Highest VRAM its pids held while it was live, GiB.
+    pub vram_peak_gb: Option<f64>,
+    /// Its pids once held more than it reserved (counted once).
+    pub overrun: bool,
+    /// What the decision assumed: workload profile, settings and `model_loaded` at grant time,
+    /// the key of the observation its peak becomes.
+    pub grant: EstimateKey,
+}
+
+/// What a live lease uses and still owes, from one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseUsage {
+    /// Lease id.
+    pub id: String,
+    /// Its GPU.
+    pub gpu_index: Option<u32>,
+    /// VRAM its pids hold now, GiB; `None` without pids (or without a reading).
+    pub used_gb: Option<f64>,
+    /// Reserved VRAM not used yet: what still counts against the GPU.
+    pub outstanding_gb: f64,
 }
 
 impl Lease {
@@ -34,11 +67,77 @@ impl Lease {
         self.expires_at > now
     }
 
-    /// Whether its VRAM still counts against its GPU at `now`: for `grace` after the grant, the
-    /// pipeline is still loading and NVML does not show the memory yet.
-    pub fn reserves(&self, now: f64, grace: Duration) -> bool {
-        self.is_live(now) && now < self.granted_at + grace.as_secs_f64()
+    /// The name health and logs use: its client, else its id.
+    pub fn label(&self) -> &str {
+        self.client.as_deref().unwrap_or(&self.id)
     }
+}
+
+/// VRAM held by `pids` on GPU `gpu_index` in `snapshot`, GiB; `None` when the GPU or its process
+/// list is not in the snapshot.
+pub fn pids_used_gb(snapshot: &Snapshot, gpu_index: u32, pids: &[u32]) -> Option<f64> {
+    let gpu = snapshot.gpus.iter().find(|g| g.index == gpu_index)?;
+    let procs = gpu.processes.as_ref()?;
+    Some(gib(procs.iter().filter(|p| pids.contains(&p.pid)).map(|p| p.used_bytes).sum()))
+}
+
+/// The GPU's used VRAM (total − free, as the policy counts it), GiB.
+pub fn gpu_used_gb(snapshot: &Snapshot, gpu_index: u32) -> Option<f64> {
+    let m = snapshot.gpus.iter().find(|g| g.index == gpu_index)?.memory?;
+    Some(gib(m.total_bytes.saturating_sub(m.free_bytes)))
+}
+
+/// What each of `live` uses and still owes on `snapshot`, in the order of `live`. Without a snapshot reading for a
+/// lease's GPU, the whole reservation is outstanding (fail closed).
+pub fn usage(live: &[&Lease], snapshot: Option<&Snapshot>) -> Vec<LeaseUsage> {
+    let mut out: Vec<LeaseUsage> = Vec::with_capacity(live.len());
+    let gpus: BTreeSet<u32> = live.iter().filter_map(|l| l.gpu_index).collect();
+    for l in live.iter().filter(|l| l.gpu_index.is_none()) {
+        out.push(LeaseUsage { id: l.id.clone(), gpu_index: None, used_gb: None, outstanding_gb: 0.0 });
+    }
+    for gpu in gpus {
+        let on_gpu: Vec<&Lease> = live.iter().copied().filter(|l| l.gpu_index == Some(gpu)).collect();
+        let mut attributed_gb = 0.0;
+        for l in on_gpu.iter().filter(|l| !l.pids.is_empty()) {
+            let used = snapshot.and_then(|s| pids_used_gb(s, gpu, &l.pids));
+            attributed_gb += used.unwrap_or(0.0);
+            let outstanding = (l.vram_reserved_gb - used.unwrap_or(0.0)).max(0.0);
+            out.push(LeaseUsage { id: l.id.clone(), gpu_index: Some(gpu), used_gb: used, outstanding_gb: outstanding });
+        }
+        // Unattributed leases, oldest first, share the growth since the oldest one's grant, less
+        // what attributed leases' processes explain.
+        let mut unattributed: Vec<&Lease> = on_gpu.into_iter().filter(|l| l.pids.is_empty()).collect();
+        unattributed.sort_by(|a, b| a.granted_at.total_cmp(&b.granted_at).then(a.id.cmp(&b.id)));
+        let baseline = unattributed.iter().filter_map(|l| l.gpu_used_at_grant_gb).reduce(f64::min);
+        let now_used = snapshot.and_then(|s| gpu_used_gb(s, gpu));
+        let mut pool = match (now_used, baseline) {
+            (Some(n), Some(b)) => (n - b - attributed_gb).max(0.0),
+            _ => 0.0,
+        };
+        for l in unattributed {
+            let used = pool.min(l.vram_reserved_gb);
+            pool -= used;
+            out.push(LeaseUsage {
+                id: l.id.clone(),
+                gpu_index: Some(gpu),
+                used_gb: None,
+                outstanding_gb: l.vram_reserved_gb - used,
+            });
+        }
+    }
+    let mut by_id: BTreeMap<String, LeaseUsage> = out.into_iter().map(|u| (u.id.clone(), u)).collect();
+    live.iter().filter_map(|l| by_id.remove(&l.id)).collect()
+}
+
+/// GiB still owed per GPU index, summed over `usage`.
+pub fn outstanding_by_gpu(usage: &[LeaseUsage]) -> Vec<(u32, f64)> {
+    let mut by: BTreeMap<u32, f64> = BTreeMap::new();
+    for u in usage {
+        if let Some(g) = u.gpu_index {
+            *by.entry(g).or_default() += u.outstanding_gb;
+        }
+    }
+    by.into_iter().collect()
 }
 
 /// Every lease known, by id.
@@ -65,18 +164,30 @@ impl LeaseBook {
         self.leases.values().filter(|l| l.is_live(now)).count() as u32
     }
 
-    /// GiB reserved per GPU index at `now`.
-    pub fn reservations(&self, now: f64, grace: Duration) -> Vec<(u32, f64)> {
-        self.leases
-            .values()
-            .filter(|l| l.reserves(now, grace))
-            .filter_map(|l| l.gpu_index.map(|g| (g, l.vram_reserved_gb)))
-            .collect()
+    /// Follows the pids of live leases on `snapshot`: raises peaks, and marks leases whose pids
+    /// hold more than they reserved. Returns the leases that overran just now (each once).
+    pub fn observe(&mut self, snapshot: &Snapshot, now: f64) -> Vec<Lease> {
+        let mut overran = Vec::new();
+        for l in self.leases.values_mut().filter(|l| l.is_live(now) && !l.pids.is_empty()) {
+            let Some(used) = l.gpu_index.and_then(|g| pids_used_gb(snapshot, g, &l.pids)) else { continue };
+            l.vram_peak_gb = Some(l.vram_peak_gb.map_or(used, |p| p.max(used)));
+            // A hundredth of a GiB of slack: rounding in a client's figure is not an overrun.
+            if !l.overrun && used > l.vram_reserved_gb + 0.01 {
+                l.overrun = true;
+                overran.push(l.clone());
+            }
+        }
+        overran
     }
 
     /// Ids of leases that lapsed by `now`.
     pub fn expired(&self, now: f64) -> Vec<String> {
         self.leases.values().filter(|l| !l.is_live(now)).map(|l| l.id.clone()).collect()
+    }
+
+    /// A lease by id, live or not.
+    pub fn get(&self, id: &str) -> Option<&Lease> {
+        self.leases.get(id)
     }
 
     /// A live lease by id.
@@ -118,9 +229,15 @@ pub fn is_valid_id(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
-    fn lease(id: &str, gpu: u32, gb: f64, granted: f64, expires: f64) -> Lease {
+    use super::*;
+    use crate::config::Optimization;
+    use crate::snapshot::{GpuMemory, GpuProcess, GpuStats};
+
+    const G: u64 = 1 << 30;
+
+    pub(crate) fn lease(id: &str, gpu: u32, gb: f64, granted: f64, expires: f64) -> Lease {
         Lease {
             id: id.to_owned(),
             gpu_index: Some(gpu),
@@ -130,6 +247,37 @@ mod tests {
             expires_at: expires,
             ttl_seconds: 60,
             client: None,
+            pids: Vec::new(),
+            gpu_used_at_grant_gb: None,
+            vram_peak_gb: None,
+            overrun: false,
+            grant: EstimateKey {
+                workload: "default".to_owned(),
+                settings: Optimization::default(),
+                model_loaded: false,
+            },
+        }
+    }
+
+    fn snapshot(total: u64, used: u64, procs: &[(u32, u64)]) -> Snapshot {
+        Snapshot {
+            taken_at: UNIX_EPOCH + Duration::from_secs(1000),
+            host: None,
+            gpus: vec![GpuStats {
+                index: 0,
+                uuid: "GPU-0".to_owned(),
+                name: None,
+                pci_bus_id: None,
+                utilization_ratio: None,
+                memory: Some(GpuMemory { total_bytes: total, used_bytes: used, free_bytes: total - used }),
+                temperature_celsius: None,
+                power_watts: None,
+                processes: Some(
+                    procs.iter().map(|(pid, b)| GpuProcess { pid: *pid, name: None, used_bytes: *b }).collect(),
+                ),
+            }],
+            driver_version: None,
+            collectors: vec![],
         }
     }
 
@@ -143,14 +291,53 @@ mod tests {
         assert!(book.get_live("a", 60.0).is_some());
     }
 
+    /// With pids: what the processes hold is used, the rest of the reservation is owed for the
+    /// lease's whole life.
     #[test]
-    fn reservations_last_for_the_grace_period() {
-        let book = LeaseBook::from_leases([lease("a", 0, 10.0, 100.0, 1000.0), lease("b", 1, 2.0, 100.0, 1000.0)]);
-        let grace = Duration::from_secs(60);
-        let mut r = book.reservations(120.0, grace);
-        r.sort_by_key(|(g, _)| *g);
-        assert_eq!(r, vec![(0, 10.0), (1, 2.0)]);
-        assert!(book.reservations(160.0, grace).is_empty());
+    fn attributed_leases_owe_what_their_pids_do_not_hold() {
+        let a = Lease { pids: vec![42], ..lease("a", 0, 12.0, 0.0, 1e9) };
+        let s = snapshot(24 * G, 10 * G, &[(42, 8 * G), (7, 2 * G)]);
+        let u = usage(&[&a], Some(&s));
+        assert_eq!(u[0].used_gb, Some(8.0));
+        assert_eq!(u[0].outstanding_gb, 4.0);
+        assert_eq!(outstanding_by_gpu(&u), vec![(0, 4.0)]);
+        // Not yet loaded: all of it is owed; grown past the reservation: nothing is.
+        let s = snapshot(24 * G, 2 * G, &[(7, 2 * G)]);
+        assert_eq!(usage(&[&a], Some(&s))[0].outstanding_gb, 12.0);
+        let s = snapshot(24 * G, 15 * G, &[(42, 13 * G)]);
+        assert_eq!(usage(&[&a], Some(&s))[0].outstanding_gb, 0.0);
+    }
+
+    /// Without pids: the GPU's growth since the grant is the lease's use, oldest lease first.
+    #[test]
+    fn unattributed_leases_share_the_growth_oldest_first() {
+        let a = Lease { gpu_used_at_grant_gb: Some(2.0), ..lease("a", 0, 12.0, 1.0, 1e9) };
+        let b = Lease { gpu_used_at_grant_gb: Some(2.0), ..lease("b", 0, 3.0, 2.0, 1e9) };
+        let s = snapshot(24 * G, 10 * G, &[]);
+        let u = usage(&[&b, &a], Some(&s));
+        let owed: BTreeMap<&str, f64> = u.iter().map(|x| (x.id.as_str(), x.outstanding_gb)).collect();
+        assert_eq!(owed["a"], 4.0);
+        assert_eq!(owed["b"], 3.0);
+        // Growth beyond A's reservation spills to B.
+        let s = snapshot(24 * G, 15 * G, &[]);
+        let owed: Vec<f64> = usage(&[&a, &b], Some(&s)).iter().map(|x| x.outstanding_gb).collect();
+        assert_eq!(owed, vec![0.0, 2.0]);
+        // No snapshot: everything is owed.
+        assert_eq!(usage(&[&a], None)[0].outstanding_gb, 12.0);
+    }
+
+    #[test]
+    fn peaks_rise_and_overruns_are_reported_once() {
+        let mut book = LeaseBook::from_leases([Lease { pids: vec![42], ..lease("a", 0, 12.0, 0.0, 1e9) }]);
+        assert!(book.observe(&snapshot(24 * G, 9 * G, &[(42, 9 * G)]), 1.0).is_empty());
+        assert!(book.observe(&snapshot(24 * G, 5 * G, &[(42, 5 * G)]), 2.0).is_empty());
+        assert_eq!(book.get_live("a", 3.0).unwrap().vram_peak_gb, Some(9.0));
+        let over = book.observe(&snapshot(24 * G, 13 * G, &[(42, 13 * G)]), 3.0);
+        assert_eq!(over.len(), 1);
+        assert!(book.observe(&snapshot(24 * G, 14 * G, &[(42, 14 * G)]), 4.0).is_empty());
+        let a = book.get_live("a", 5.0).unwrap();
+        assert!(a.overrun);
+        assert_eq!(a.vram_peak_gb, Some(14.0));
     }
 
     #[test]

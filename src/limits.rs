@@ -75,6 +75,20 @@ pub(crate) fn check_budget_gb(v: f64, max_gb: f64) -> Result<(), String> {
     }
 }
 
+/// Most processes one lease may name.
+pub(crate) const MAX_PIDS: usize = 64;
+
+/// A lease's processes: 1 to 64 positive integers.
+pub(crate) fn check_pids(pids: &[u32]) -> Result<(), String> {
+    if pids.is_empty() || pids.len() > MAX_PIDS {
+        return Err(format!("{} processes; allowed a list of 1 to {MAX_PIDS} positive integers", pids.len()));
+    }
+    if pids.contains(&0) {
+        return Err(format!("0 is not a process id; allowed a list of 1 to {MAX_PIDS} positive integers"));
+    }
+    Ok(())
+}
+
 /// A lease's `client` name.
 pub(crate) fn check_client(name: &str) -> Result<(), String> {
     let n = name.chars().count();

@@ -6,11 +6,12 @@
 //! lingering in a registry with its last value.
 
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::config::Constraints;
 use crate::policy::health::HealthStatus;
 use crate::snapshot::Snapshot;
+use crate::units::GIB;
 
 /// Version and revision for `vramguard_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -21,6 +22,16 @@ pub const REVISION: &str = env!("VRAMGUARD_REVISION");
 pub struct Metrics {
     registry: Registry,
     decisions: IntCounterVec,
+    overruns: IntCounter,
+}
+
+/// What live leases and the estimates add to an exposition.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseFigures {
+    /// GiB still owed to live leases per GPU index (GPUs absent here owe nothing).
+    pub outstanding: Vec<(u32, f64)>,
+    /// The current estimate per workload profile: name, source (`model`|`observed`), GiB.
+    pub estimates: Vec<(String, &'static str, f64)>,
 }
 
 impl Default for Metrics {
@@ -53,7 +64,18 @@ impl Metrics {
         for reason in ["vram", "cpu", "ram", "concurrency", "no_gpu"] {
             decisions.with_label_values(&["refused", reason]);
         }
-        Self { registry, decisions }
+        let overruns = IntCounter::new(
+            "vramguard_lease_overruns_total",
+            "Generation leases whose processes used more VRAM than they reserved (each lease once).",
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(overruns.clone())).expect("fresh registry accepts the overrun counter");
+        Self { registry, decisions, overruns }
+    }
+
+    /// Counts one lease that overran its reservation.
+    pub fn record_overrun(&self) {
+        self.overruns.inc();
     }
 
     /// Counts one admission decision.
@@ -69,8 +91,36 @@ impl Metrics {
         constraints: &Constraints,
         health: Option<HealthStatus>,
         active_generations: u32,
+        leases: &LeaseFigures,
     ) -> String {
         let mut families = self.registry.gather();
+        families.push(family(
+            "vramguard_estimate_bytes",
+            "VRAM one generation of the workload profile is estimated to need under the live settings.",
+            leases
+                .estimates
+                .iter()
+                .map(|(name, source, gb)| sample(&[("workload", name), ("source", source)], gb * GIB))
+                .collect(),
+        ));
+        if let Some(s) = snapshot {
+            let owed = s
+                .gpus
+                .iter()
+                .filter(|g| g.memory.is_some())
+                .map(|g| {
+                    let gb =
+                        leases.outstanding.iter().filter(|(i, _)| *i == g.index).fold(0.0, |acc, (_, gb)| acc + gb);
+                    let index = g.index.to_string();
+                    sample(&[("gpu", &index), ("uuid", &g.uuid)], (gb * GIB).round())
+                })
+                .collect();
+            families.push(family(
+                "vramguard_gpu_memory_outstanding_bytes",
+                "VRAM live generation leases reserved and have not used yet, in bytes: it counts against the GPU.",
+                owed,
+            ));
+        }
         families.extend(policy_families(constraints));
         families.push(family(
             "vramguard_active_generations",
@@ -294,7 +344,13 @@ mod tests {
     /// An unavailable reading has no series at all (never a 0), and label values are escaped.
     #[test]
     fn unavailable_readings_are_omitted() {
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0)])), &Constraints::default(), None, 0);
+        let text = Metrics::new().render(
+            Some(&snapshot(vec![gpu(0)])),
+            &Constraints::default(),
+            None,
+            0,
+            &LeaseFigures::default(),
+        );
         assert!(!text.contains("vramguard_gpu_temperature_celsius"), "{text}");
         assert!(text.contains("vramguard_gpu_power_watts{gpu=\"0\",uuid=\"GPU-0\"} 120.5"), "{text}");
         assert!(text.contains("name=\"Test \\\"GPU\\\"\""), "{text}");
@@ -306,7 +362,7 @@ mod tests {
     #[test]
     fn thresholds_follow_constraints() {
         let c = Constraints { vram_critical_threshold: 0.9, max_concurrent_generations: 3, ..Constraints::default() };
-        let text = Metrics::new().render(None, &c, None, 0);
+        let text = Metrics::new().render(None, &c, None, 0, &LeaseFigures::default());
         assert!(text.contains("vramguard_threshold_ratio{resource=\"vram\",level=\"critical\"} 0.9"), "{text}");
         assert!(text.contains("vramguard_max_concurrent_generations 3"), "{text}");
         assert!(!text.contains("vramguard_gpus"), "no snapshot yet: {text}");
@@ -315,9 +371,21 @@ mod tests {
     /// A lost GPU takes its series with it and the GPU count drops.
     #[test]
     fn gpu_count_follows_snapshot() {
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(0), gpu(1)])), &Constraints::default(), None, 0);
+        let text = Metrics::new().render(
+            Some(&snapshot(vec![gpu(0), gpu(1)])),
+            &Constraints::default(),
+            None,
+            0,
+            &LeaseFigures::default(),
+        );
         assert!(text.contains("vramguard_gpus 2"));
-        let text = Metrics::new().render(Some(&snapshot(vec![gpu(1)])), &Constraints::default(), None, 0);
+        let text = Metrics::new().render(
+            Some(&snapshot(vec![gpu(1)])),
+            &Constraints::default(),
+            None,
+            0,
+            &LeaseFigures::default(),
+        );
         assert!(text.contains("vramguard_gpus 1"));
         assert!(!text.contains("gpu=\"0\""));
     }

@@ -12,8 +12,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::config::{Optimization, Quantization};
 use crate::history::{HistoryPoint, HistorySeries};
 use crate::leases::Lease;
+use crate::policy::estimate::EstimateKey;
 use crate::time::rfc3339_unix;
 
 /// File name of the database inside `state_dir`.
@@ -91,6 +93,17 @@ CREATE TABLE IF NOT EXISTS leases (
     ttl_seconds      INTEGER NOT NULL,
     client           TEXT
 );
+CREATE TABLE IF NOT EXISTS observations (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    workload      TEXT NOT NULL,
+    quantization  TEXT NOT NULL,
+    enable_offload INTEGER NOT NULL,
+    vae_tile_size INTEGER NOT NULL,
+    model_loaded  INTEGER NOT NULL,
+    peak_vram_gb  REAL NOT NULL,
+    source        TEXT NOT NULL,
+    recorded_at   REAL NOT NULL
+);
 ";
 
 /// SQLite's default page cache is 2 MiB per connection; a scan of a day of history would fill
@@ -98,6 +111,31 @@ CREATE TABLE IF NOT EXISTS leases (
 /// serves history scans nearly as fast (see BENCHMARKS.md).
 fn limit_cache(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "cache_size", -512)
+}
+
+/// Brings a store written by an earlier version up to date. Leases gained a `details` column
+/// (JSON: pids, baseline, peak, overrun, grant key) in wave 2.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_details: bool =
+        conn.prepare("SELECT 1 FROM pragma_table_info('leases') WHERE name = 'details'")?.exists([])?;
+    if !has_details {
+        conn.execute_batch("ALTER TABLE leases ADD COLUMN details TEXT")?;
+    }
+    Ok(())
+}
+
+/// The lease fields kept as JSON in `leases.details`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseDetails {
+    #[serde(default)]
+    pids: Vec<u32>,
+    #[serde(default)]
+    gpu_used_at_grant_gb: Option<f64>,
+    #[serde(default)]
+    vram_peak_gb: Option<f64>,
+    #[serde(default)]
+    overrun: bool,
+    grant: Option<EstimateKey>,
 }
 
 impl Store {
@@ -117,6 +155,7 @@ impl Store {
             return Err(StoreError::Invalid { path, key: "database".to_owned(), message: check });
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        migrate(&conn).map_err(sql)?;
         Ok(Self { conn, path })
     }
 
@@ -176,52 +215,177 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client
+                "SELECT id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details
                  FROM leases",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok(Lease {
-                    id: r.get(0)?,
-                    gpu_index: r.get(1)?,
-                    gpu_uuid: r.get(2)?,
-                    vram_reserved_gb: r.get(3)?,
-                    granted_at: r.get(4)?,
-                    expires_at: r.get(5)?,
-                    ttl_seconds: r.get(6)?,
-                    client: r.get(7)?,
-                })
+                let details: Option<String> = r.get(8)?;
+                Ok((
+                    Lease {
+                        id: r.get(0)?,
+                        gpu_index: r.get(1)?,
+                        gpu_uuid: r.get(2)?,
+                        vram_reserved_gb: r.get(3)?,
+                        granted_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        ttl_seconds: r.get(6)?,
+                        client: r.get(7)?,
+                        pids: Vec::new(),
+                        gpu_used_at_grant_gb: None,
+                        vram_peak_gb: None,
+                        overrun: false,
+                        grant: EstimateKey {
+                            workload: "default".to_owned(),
+                            settings: Optimization::default(),
+                            model_loaded: false,
+                        },
+                    },
+                    details,
+                ))
             })
             .map_err(|e| self.sql(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut lease, details) = row.map_err(|e| self.sql(e))?;
+            if let Some(text) = details {
+                let d: LeaseDetails = serde_json::from_str(&text).map_err(|e| StoreError::Invalid {
+                    path: self.path.clone(),
+                    key: format!("lease {}", lease.id),
+                    message: e.to_string(),
+                })?;
+                lease.pids = d.pids;
+                lease.gpu_used_at_grant_gb = d.gpu_used_at_grant_gb;
+                lease.vram_peak_gb = d.vram_peak_gb;
+                lease.overrun = d.overrun;
+                if let Some(g) = d.grant {
+                    lease.grant = g;
+                }
+            }
+            out.push(lease);
+        }
+        Ok(out)
     }
 
     /// Inserts or updates a lease durably.
     pub fn put_lease(&mut self, l: &Lease) -> Result<(), StoreError> {
+        let details = serde_json::to_string(&LeaseDetails {
+            pids: l.pids.clone(),
+            gpu_used_at_grant_gb: l.gpu_used_at_grant_gb,
+            vram_peak_gb: l.vram_peak_gb,
+            overrun: l.overrun,
+            grant: Some(l.grant.clone()),
+        })
+        .expect("lease details serialise");
         self.conn
             .execute(
-                "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds",
-                params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client],
+                "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds,
+                                               details = excluded.details",
+                params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client, details],
             )
             .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
-    /// Deletes leases by id in one transaction.
-    pub fn delete_leases(&mut self, ids: &[String]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
+    /// Ends leases in one transaction: deletes them and records the observations their ends
+    /// produced, so a release and what was learned from it are durable together.
+    pub fn end_leases(&mut self, ids: &[String], observations: &[Observation]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(sql)?;
         for id in ids {
             tx.execute("DELETE FROM leases WHERE id = ?1", params![id]).map_err(sql)?;
         }
+        for o in observations {
+            tx.execute(
+                "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
+                                           peak_vram_gb, source, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    o.key.workload,
+                    quantization_name(o.key.settings.quantization),
+                    o.key.settings.enable_offload,
+                    o.key.settings.vae_tile_size,
+                    o.key.model_loaded,
+                    o.peak_vram_gb,
+                    o.source,
+                    o.recorded_at
+                ],
+            )
+            .map_err(sql)?;
+        }
         tx.commit().map_err(sql)
+    }
+
+    /// Every observation, newest first.
+    pub fn load_observations(&self) -> Result<Vec<Observation>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT workload, quantization, enable_offload, vae_tile_size, model_loaded, peak_vram_gb, source,
+                        recorded_at
+                 FROM observations ORDER BY recorded_at DESC, id DESC",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let q: String = r.get(1)?;
+                Ok(Observation {
+                    key: EstimateKey {
+                        workload: r.get(0)?,
+                        settings: Optimization {
+                            quantization: quantization_from(&q),
+                            enable_offload: r.get(2)?,
+                            vae_tile_size: r.get(3)?,
+                            ..Optimization::default()
+                        },
+                        model_loaded: r.get(4)?,
+                    },
+                    peak_vram_gb: r.get(5)?,
+                    source: r.get(6)?,
+                    recorded_at: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Removes every observation durably.
+    pub fn clear_observations(&mut self) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM observations", []).map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+}
+
+/// One observed peak of a finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Workload, settings and `model_loaded` it ran with (`max_vram_usage_gb` is not part of it).
+    pub key: EstimateKey,
+    /// Its peak VRAM, GiB.
+    pub peak_vram_gb: f64,
+    /// `nvml` (vramguard's reading of its pids) or `client` (the client's own figure).
+    pub source: String,
+    /// When it was recorded, Unix seconds.
+    pub recorded_at: f64,
+}
+
+fn quantization_name(q: Quantization) -> &'static str {
+    match q {
+        Quantization::Fp16 => "fp16",
+        Quantization::Bf16 => "bf16",
+        Quantization::Int8 => "int8",
+    }
+}
+
+fn quantization_from(s: &str) -> Quantization {
+    match s {
+        "fp16" => Quantization::Fp16,
+        "int8" => Quantization::Int8,
+        _ => Quantization::Bf16,
     }
 }
 
@@ -360,6 +524,15 @@ mod tests {
             expires_at: 1000.0,
             ttl_seconds: 900,
             client: Some("worker-1".to_owned()),
+            pids: vec![4242, 4243],
+            gpu_used_at_grant_gb: Some(2.5),
+            vram_peak_gb: Some(8.25),
+            overrun: false,
+            grant: EstimateKey {
+                workload: "i2v".to_owned(),
+                settings: Optimization { quantization: Quantization::Int8, ..Optimization::default() },
+                model_loaded: true,
+            },
         };
         {
             let mut s = Store::open(dir.path()).unwrap();
@@ -368,7 +541,7 @@ mod tests {
         }
         let mut s = Store::open(dir.path()).unwrap();
         assert_eq!(s.load_leases().unwrap(), vec![Lease { expires_at: 2000.0, ..lease.clone() }]);
-        s.delete_leases(std::slice::from_ref(&lease.id)).unwrap();
+        s.end_leases(std::slice::from_ref(&lease.id), &[]).unwrap();
         assert!(s.load_leases().unwrap().is_empty());
     }
 

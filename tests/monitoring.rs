@@ -73,6 +73,10 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
         &vramguard::config::Constraints::default(),
         Some(vramguard::policy::health::HealthStatus::Healthy),
         0,
+        &vramguard::metrics::LeaseFigures {
+            outstanding: vec![(0, 1.0)],
+            estimates: vec![("default".to_owned(), "model", 11.8)],
+        },
     );
     let exported: BTreeSet<String> = text
         .lines()

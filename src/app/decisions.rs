@@ -1,6 +1,7 @@
 //! The policy's answers on the live view: health, resource-check and the exposition.
 
 use super::AppState;
+use crate::metrics::LeaseFigures;
 use crate::policy::admission::{CheckRequest, ResourceCheck, resource_check};
 use crate::policy::health::{Health, health};
 
@@ -11,11 +12,11 @@ impl AppState {
         health(&view.context(&self.config))
     }
 
-    /// May a generation start now, and on which GPU? Read-only: it records nothing but the
-    /// decision counter.
-    pub fn resource_check(&self, request: &CheckRequest) -> ResourceCheck {
+    /// May a generation of `workload` (a checked profile name) start now, and on which GPU?
+    /// Read-only: it records nothing but the decision counter.
+    pub fn resource_check(&self, request: &CheckRequest, workload: &str) -> ResourceCheck {
         let view = self.view();
-        let check = resource_check(&view.context(&self.config), request);
+        let check = resource_check(&view.context_for(&self.config, workload), request);
         self.metrics.record_decision(check.can_start_generation, check.primary_reason());
         check
     }
@@ -26,6 +27,16 @@ impl AppState {
         // Health is a pure function of what is rendered anyway; computing it here keeps the
         // state set consistent with the snapshot in the same scrape.
         let status = view.snapshot.as_ref().map(|_| health(&view.context(&self.config)).status);
-        self.metrics.render(view.snapshot.as_deref(), &view.live.constraints, status, view.active)
+        let estimates = self
+            .config
+            .profile_names()
+            .into_iter()
+            .map(|name| {
+                let e = view.context_for(&self.config, name).estimate(false);
+                (name.to_owned(), e.source.as_str(), e.gb)
+            })
+            .collect();
+        let figures = LeaseFigures { outstanding: view.outstanding.clone(), estimates };
+        self.metrics.render(view.snapshot.as_deref(), &view.live.constraints, status, view.active, &figures)
     }
 }

@@ -7,6 +7,12 @@ use crate::time::now_unix;
 
 /// Runs until `stop` flips to true.
 pub(crate) async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    // The first point is recorded as soon as the first snapshot exists, not one interval later.
+    let mut first = state.snapshots.clone();
+    tokio::select! {
+        _ = stop.changed() => return,
+        r = first.wait_for(Option::is_some) => if r.is_err() { return },
+    }
     let mut tick = tokio::time::interval(state.config.history.interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_recorded = 0.0_f64;

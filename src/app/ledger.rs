@@ -9,10 +9,12 @@
 use std::sync::PoisonError;
 
 use super::{AppState, ServiceError};
-use crate::leases::{Lease, LeaseBook, is_valid_id, new_id};
+use crate::config::DEFAULT_WORKLOAD;
+use crate::leases::{Lease, LeaseBook, LeaseUsage, gpu_used_gb, is_valid_id, new_id};
 use crate::limits;
 use crate::policy::admission::{CheckRequest, ResourceCheck, resource_check};
-use crate::store::Store;
+use crate::policy::estimate::EstimateKey;
+use crate::store::{Observation, Store};
 use crate::time::now_unix;
 
 /// What a client asks for when it takes a lease.
@@ -28,6 +30,10 @@ pub struct LeaseAsk {
     pub ttl_seconds: Option<u64>,
     /// Who holds the lease.
     pub client: Option<String>,
+    /// Processes doing the job (1-64 positive integers), or none.
+    pub pids: Option<Vec<u32>>,
+    /// Workload profile name; `None` is `default`.
+    pub workload: Option<String>,
 }
 
 impl LeaseAsk {
@@ -40,6 +46,9 @@ impl LeaseAsk {
         if let Some(c) = &self.client {
             limits::check_client(c).map_err(|m| invalid("client", m))?;
         }
+        if let Some(p) = &self.pids {
+            limits::check_pids(p).map_err(|m| invalid("pids", m))?;
+        }
         Ok(())
     }
 }
@@ -48,7 +57,7 @@ impl LeaseAsk {
 #[derive(Debug, Clone)]
 pub enum Acquired {
     /// Admitted: the lease and the decision that admitted it.
-    Granted(Lease, ResourceCheck),
+    Granted(Box<Lease>, ResourceCheck),
     /// Refused: the decision that refused it.
     Refused(ResourceCheck),
 }
@@ -62,6 +71,26 @@ fn check_ttl(ttl: Option<u64>) -> Result<(), ServiceError> {
         Some(t) => limits::check_ttl_seconds(t).map_err(|m| invalid("ttl_seconds", m)),
         None => Ok(()),
     }
+}
+
+/// Why a lease ended, for the observation it leaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum End {
+    /// Released, with the client's own peak if it sent one.
+    Released(Option<f64>),
+    /// Expired without a release.
+    Expired,
+}
+
+/// The observation a lease's end records: the client's peak when given, else vramguard's NVML
+/// peak of its pids; nothing for a lease without either.
+fn observation(lease: &Lease, end: End, now: f64) -> Option<Observation> {
+    let (peak, source) = match (end, lease.vram_peak_gb) {
+        (End::Released(Some(p)), _) => (p, "client"),
+        (_, Some(p)) if !lease.pids.is_empty() => (p, "nvml"),
+        _ => return None,
+    };
+    Some(Observation { key: lease.grant.clone(), peak_vram_gb: peak, source: source.to_owned(), recorded_at: now })
 }
 
 fn check_id(id: &str) -> Result<(), ServiceError> {
@@ -96,12 +125,59 @@ impl AppState {
         if expired.is_empty() {
             return Ok(0);
         }
-        store.delete_leases(&expired).map_err(store_failed)?;
+        let observations: Vec<Observation> = {
+            let book = self.book();
+            expired.iter().filter_map(|id| book.get(id)).filter_map(|l| observation(l, End::Expired, now)).collect()
+        };
+        store.end_leases(&expired, &observations).map_err(store_failed)?;
         let mut book = self.book_mut();
         for id in &expired {
             book.remove(id);
         }
+        drop(book);
+        self.remember(&observations);
         Ok(expired.len())
+    }
+
+    /// Adds observations (just made durable) to the in-memory list, newest first.
+    fn remember(&self, observations: &[Observation]) {
+        if observations.is_empty() {
+            return;
+        }
+        let mut guard = self.observed.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next: Vec<(EstimateKey, f64)> =
+            observations.iter().rev().map(|o| (o.key.clone(), o.peak_vram_gb)).collect();
+        next.extend(guard.iter().cloned());
+        next.truncate(super::OBSERVED_IN_MEMORY);
+        *guard = std::sync::Arc::new(next);
+    }
+
+    /// Every observation, newest first.
+    pub async fn observations(&self) -> Result<Vec<Observation>, ServiceError> {
+        self.read_history(|store| store.load_observations()).await
+    }
+
+    /// Forgets every observation: estimates are the model's again.
+    pub async fn clear_observations(&self) -> Result<(), ServiceError> {
+        self.write("clearing observations failed", |st, store| {
+            store.clear_observations().map_err(store_failed)?;
+            *st.observed.write().unwrap_or_else(PoisonError::into_inner) = std::sync::Arc::new(Vec::new());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Checks a workload profile name: `None` is `default`; an unknown name lists the known ones.
+    pub fn check_workload(&self, name: Option<&str>) -> Result<String, ServiceError> {
+        let name = name.unwrap_or(DEFAULT_WORKLOAD);
+        if self.config.profile(name).is_some() {
+            Ok(name.to_owned())
+        } else {
+            Err(invalid(
+                "workload",
+                format!("unknown profile {name:?}; known profiles: {}", self.config.profile_names().join(", ")),
+            ))
+        }
     }
 
     /// Reaps lapsed leases; run by the server on a timer (decisions also reap first).
@@ -131,6 +207,7 @@ impl AppState {
     /// Takes a generation lease if resources allow. A refusal is an answer, not an error.
     pub async fn acquire(&self, ask: LeaseAsk) -> Result<Acquired, ServiceError> {
         ask.validate()?;
+        let workload = self.check_workload(ask.workload.as_deref())?;
         let outcome = self
             .critical("lease decision failed", move |st, store, now| {
                 let view = st.view_at(now);
@@ -139,7 +216,7 @@ impl AppState {
                     model_loaded: ask.model_loaded,
                     gpu: ask.gpu,
                 };
-                let check = resource_check(&view.context(&st.config), &request);
+                let check = resource_check(&view.context_for(&st.config, &workload), &request);
                 if !check.can_start_generation {
                     return Ok(Acquired::Refused(check));
                 }
@@ -153,10 +230,18 @@ impl AppState {
                     expires_at: now + ttl as f64,
                     ttl_seconds: ttl,
                     client: ask.client,
+                    pids: ask.pids.unwrap_or_default(),
+                    gpu_used_at_grant_gb: check
+                        .gpu
+                        .as_ref()
+                        .and_then(|g| view.snapshot.as_deref().and_then(|s| gpu_used_gb(s, g.index))),
+                    vram_peak_gb: None,
+                    overrun: false,
+                    grant: EstimateKey { workload, settings: view.live.settings, model_loaded: ask.model_loaded },
                 };
                 store.put_lease(&lease).map_err(store_failed)?;
                 st.book_mut().insert(lease.clone());
-                Ok(Acquired::Granted(lease, check))
+                Ok(Acquired::Granted(Box::new(lease), check))
             })
             .await?;
         match &outcome {
@@ -169,14 +254,26 @@ impl AppState {
         Ok(outcome)
     }
 
-    /// Extends a live lease by its TTL (or `ttl`, which becomes its TTL) from now.
-    pub async fn heartbeat(&self, id: String, ttl: Option<u64>) -> Result<Lease, ServiceError> {
+    /// Extends a live lease by its TTL (or `ttl`, which becomes its TTL) from now, and adds
+    /// `pids` (a worker's children) to its processes.
+    pub async fn heartbeat(&self, id: String, ttl: Option<u64>, pids: Option<Vec<u32>>) -> Result<Lease, ServiceError> {
         check_id(&id)?;
         check_ttl(ttl)?;
+        if let Some(p) = &pids {
+            limits::check_pids(p).map_err(|m| invalid("pids", m))?;
+        }
         self.critical("heartbeat failed", move |st, store, now| {
             let mut lease = st.book().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
             if let Some(t) = ttl {
                 lease.ttl_seconds = t;
+            }
+            if let Some(more) = pids {
+                for pid in more {
+                    if !lease.pids.contains(&pid) {
+                        lease.pids.push(pid);
+                    }
+                }
+                limits::check_pids(&lease.pids).map_err(|m| invalid("pids", format!("with the lease's own: {m}")))?;
             }
             lease.expires_at = now + lease.ttl_seconds as f64;
             store.put_lease(&lease).map_err(store_failed)?;
@@ -186,16 +283,20 @@ impl AppState {
         .await
     }
 
-    /// Releases a live lease.
-    pub async fn release(&self, id: String) -> Result<(), ServiceError> {
+    /// Releases a live lease; `peak_vram_gb` is the client's own measured peak, if it sent one.
+    pub async fn release(&self, id: String, peak_vram_gb: Option<f64>) -> Result<(), ServiceError> {
         check_id(&id)?;
+        if let Some(p) = peak_vram_gb {
+            limits::check_required_gb(p).map_err(|m| invalid("peak_vram_gb", m))?;
+        }
         let id_for_log = id.clone();
         self.critical("release failed", move |st, store, now| {
-            if st.book().get_live(&id, now).is_none() {
-                return Err(no_live_lease(&id));
-            }
-            store.delete_leases(std::slice::from_ref(&id)).map_err(store_failed)?;
+            let lease = st.book().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
+            let observations: Vec<Observation> =
+                observation(&lease, End::Released(peak_vram_gb), now).into_iter().collect();
+            store.end_leases(std::slice::from_ref(&id), &observations).map_err(store_failed)?;
             st.book_mut().remove(&id);
+            st.remember(&observations);
             Ok(())
         })
         .await?;
@@ -203,9 +304,14 @@ impl AppState {
         Ok(())
     }
 
-    /// Live leases, oldest first.
-    pub fn live_leases(&self) -> Vec<Lease> {
-        self.book().live(now_unix()).into_iter().cloned().collect()
+    /// Live leases, oldest first, with what each uses and still owes.
+    pub fn live_leases(&self) -> Vec<(Lease, LeaseUsage)> {
+        self.view().leases
+    }
+
+    /// One live lease with its usage, now.
+    pub fn lease_now(&self, id: &str) -> Option<(Lease, LeaseUsage)> {
+        self.view().leases.into_iter().find(|(l, _)| l.id == id)
     }
 }
 
@@ -217,6 +323,25 @@ pub(crate) async fn reaper(state: AppState, mut stop: tokio::sync::watch::Receiv
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => state.reap_expired().await,
+        }
+    }
+}
+
+/// Follows every new snapshot: raises the peaks of leases with pids and counts overruns (each
+/// lease once). In memory only; heartbeats and the lease's end persist what it learned.
+pub(crate) async fn tracker(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut snapshots = state.snapshots.clone();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+        let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+        let overran = state.book_mut().observe(&snapshot, now_unix());
+        for l in overran {
+            state.metrics.record_overrun();
+            tracing::warn!(id = %l.id, client = ?l.client, reserved_gb = l.vram_reserved_gb, peak_gb = ?l.vram_peak_gb,
+                "generation lease overran its reservation");
         }
     }
 }

@@ -22,10 +22,11 @@ use tokio::sync::watch;
 
 use crate::config::{Config, Constraints, HistoryBackend, Optimization, validate_constraints, validate_optimization};
 use crate::history::prometheus::PrometheusSource;
-use crate::leases::LeaseBook;
+use crate::leases::{Lease, LeaseBook, LeaseUsage, outstanding_by_gpu, usage};
 use crate::limits::MAX_VRAM_GB;
 use crate::metrics::Metrics;
-use crate::policy::Context;
+use crate::policy::estimate::EstimateKey;
+use crate::policy::{Context, Overrun};
 use crate::snapshot::{Snapshot, SnapshotRx};
 use crate::store::{Store, StoreError};
 use crate::time::now_unix;
@@ -68,7 +69,16 @@ pub struct AppState {
     /// A second connection to the store for history reads, so a long query never holds the
     /// writers' lock.
     history_reader: Arc<Mutex<Store>>,
+    /// Observed peaks (key, GiB), newest first; replaced whole on every change so a view holds
+    /// a cheap `Arc` of it.
+    observed: Arc<RwLock<Observed>>,
 }
+
+/// Observed peaks (key, GiB), newest first.
+pub type Observed = Arc<Vec<(EstimateKey, f64)>>;
+
+/// Observed peaks kept in memory: far more than any `learning.window` needs.
+const OBSERVED_IN_MEMORY: usize = 10_000;
 
 /// A consistent copy of everything a decision reads.
 #[derive(Debug, Clone)]
@@ -77,8 +87,14 @@ pub struct View {
     pub snapshot: Option<Arc<Snapshot>>,
     /// Live settings and constraints.
     pub live: Live,
-    /// GiB reserved per GPU by leases within their grace period.
-    pub reservations: Vec<(u32, f64)>,
+    /// Live leases, oldest first, with what each uses and still owes.
+    pub leases: Vec<(Lease, LeaseUsage)>,
+    /// GiB still owed per GPU to live leases.
+    pub outstanding: Vec<(u32, f64)>,
+    /// Live leases whose jobs use more than they reserved.
+    pub overruns: Vec<Overrun>,
+    /// Observed peaks, newest first.
+    pub observed: Observed,
     /// Live leases.
     pub active: u32,
     /// When the view was taken, Unix seconds.
@@ -86,15 +102,29 @@ pub struct View {
 }
 
 impl View {
-    /// The policy's input built from this view.
+    /// The policy's input built from this view, for the default workload profile.
     pub fn context<'a>(&'a self, config: &'a Config) -> Context<'a> {
+        self.context_for(config, crate::config::DEFAULT_WORKLOAD)
+    }
+
+    /// The policy's input for the workload profile `workload` (the default one if unknown:
+    /// callers check names first, see [`AppState::check_workload`]).
+    pub fn context_for<'a>(&'a self, config: &'a Config, workload: &'a str) -> Context<'a> {
+        let (workload_name, profile) = match config.profile(workload) {
+            Some(p) => (workload, p),
+            None => (crate::config::DEFAULT_WORKLOAD, &config.workload),
+        };
         Context {
             snapshot: self.snapshot.as_deref(),
             constraints: &self.live.constraints,
             settings: &self.live.settings,
-            workload: &config.workload,
+            workload: profile,
+            workload_name,
+            observed: &self.observed,
+            learning: &config.learning,
             gpu_enabled: config.gpu.enabled,
-            reservations: &self.reservations,
+            outstanding: &self.outstanding,
+            overruns: &self.overruns,
             active_generations: Some(self.active),
             now: self.now,
         }
@@ -113,6 +143,9 @@ impl AppState {
         let store = Store::open(&config.state_dir)?;
         let live = load_live(&store, &config)?;
         let leases = LeaseBook::from_leases(store.load_leases()?);
+        let mut observed: Vec<(EstimateKey, f64)> =
+            store.load_observations()?.into_iter().map(|o| (o.key, o.peak_vram_gb)).collect();
+        observed.truncate(OBSERVED_IN_MEMORY);
         let history_reader = Arc::new(Mutex::new(store.reader()?));
         let prometheus = match (&config.history.backend, &config.history.prometheus_url) {
             (HistoryBackend::Prometheus, Some(url)) => Some(
@@ -137,6 +170,7 @@ impl AppState {
             live: Arc::new(RwLock::new(live)),
             store: Arc::new(Mutex::new(store)),
             token: token.map(Arc::from),
+            observed: Arc::new(RwLock::new(Arc::new(observed))),
         })
     }
 
@@ -152,12 +186,32 @@ impl AppState {
 
     /// A consistent copy of what a decision reads, at `now`.
     pub fn view_at(&self, now: f64) -> View {
+        let snapshot = self.snapshot();
         let book = self.leases.read().unwrap_or_else(PoisonError::into_inner);
+        let live = book.live(now);
+        let used = usage(&live, snapshot.as_deref());
+        let overruns = live
+            .iter()
+            .zip(&used)
+            .filter_map(|(l, u)| {
+                let used_gb = u.used_gb?;
+                (l.overrun || used_gb > l.vram_reserved_gb + 0.01).then(|| Overrun {
+                    label: l.label().to_owned(),
+                    used_gb,
+                    reserved_gb: l.vram_reserved_gb,
+                })
+            })
+            .collect();
+        let outstanding = outstanding_by_gpu(&used);
+        let leases: Vec<(Lease, LeaseUsage)> = live.into_iter().cloned().zip(used).collect();
         View {
-            snapshot: self.snapshot(),
+            active: leases.len() as u32,
+            snapshot,
             live: self.live(),
-            reservations: book.reservations(now, self.config.leases.reservation_grace.0),
-            active: book.active(now),
+            leases,
+            outstanding,
+            overruns,
+            observed: Arc::clone(&self.observed.read().unwrap_or_else(PoisonError::into_inner)),
             now,
         }
     }

@@ -66,6 +66,10 @@ pub struct OptimizationSummary {
     pub estimated_vram_need_gb: f64,
     /// VRAM these settings save against fp16, no offload, tile 512, GiB.
     pub estimated_vram_savings_gb: f64,
+    /// `model` or `observed`.
+    pub estimate_source: &'static str,
+    /// Observations behind the estimate.
+    pub estimate_samples: usize,
     /// What the admission check would advise with these settings.
     pub recommendations: Vec<String>,
 }
@@ -166,12 +170,16 @@ impl AppState {
         let view = super::View { live: *live, ..self.view() };
         let used: u64 =
             view.snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
-        let check = resource_check(&view.context(&self.config), &CheckRequest::default());
+        let ctx = view.context(&self.config);
+        let check = resource_check(&ctx, &CheckRequest::default());
+        let est = ctx.estimate(false);
         OptimizationSummary {
             settings: live.settings,
             current_vram_usage_gb: gib(used),
-            estimated_vram_need_gb: estimate::need_gb(&self.config.workload, &live.settings, false),
-            estimated_vram_savings_gb: estimate::savings_gb(&self.config.workload, &live.settings),
+            estimated_vram_need_gb: est.gb,
+            estimated_vram_savings_gb: est.scale * estimate::savings_gb(&self.config.workload, &live.settings),
+            estimate_source: est.source.as_str(),
+            estimate_samples: est.samples,
             recommendations: check.recommendations,
         }
     }

@@ -33,11 +33,16 @@ pub struct ResourceCheckQuery {
     #[serde(default, deserialize_with = "de::opt_bool")]
     #[param(value_type = Option<bool>)]
     pub model_loaded: Option<bool>,
+    /// Workload profile name (config `workloads`; default `default`).
+    pub workload: Option<String>,
 }
 
 impl Allowed for ResourceCheckQuery {
-    const FIELDS: &'static [(&'static str, &'static str)] =
-        &[("vram_required_gb", "a number above 0 up to 1024 (GiB)"), ("model_loaded", "true or false")];
+    const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("vram_required_gb", "a number above 0 up to 1024 (GiB)"),
+        ("model_loaded", "true or false"),
+        ("workload", "the name of a workload profile"),
+    ];
 }
 
 /// May a generation start now, and on which GPU? Read-only: it records nothing but the
@@ -54,5 +59,6 @@ pub async fn resource_check(
     }
     let req =
         CheckRequest { vram_required_gb: q.vram_required_gb, model_loaded: q.model_loaded.unwrap_or(false), gpu: None };
-    Ok(Json(state.resource_check(&req)))
+    let workload = state.check_workload(q.workload.as_deref())?;
+    Ok(Json(state.resource_check(&req, &workload)))
 }

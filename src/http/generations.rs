@@ -10,12 +10,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::body::{Allowed, JsonBody};
+use super::body::{Allowed, JsonBody, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
 use crate::app::ledger::{Acquired, LeaseAsk};
-use crate::leases::Lease;
+use crate::leases::{Lease, LeaseUsage};
 use crate::policy::admission::ResourceCheck;
 use crate::time::rfc3339_unix;
+use crate::units::round2;
 
 /// Body of `POST /generations`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -35,6 +36,12 @@ pub struct LeaseRequest {
     /// Who holds the lease (at most 128 characters), for the listing.
     #[schema(max_length = 128)]
     pub client: Option<String>,
+    /// Processes doing the job (1-64 positive integers): their VRAM on the lease's GPU is
+    /// attributed to the lease.
+    #[schema(min_items = 1, max_items = 64)]
+    pub pids: Option<Vec<u32>>,
+    /// Workload profile name (config `workloads`; default `default`).
+    pub workload: Option<String>,
 }
 
 impl Allowed for LeaseRequest {
@@ -44,6 +51,8 @@ impl Allowed for LeaseRequest {
         ("gpu", "a GPU index (integer)"),
         ("ttl_seconds", "integers 10 to 86400"),
         ("client", "a string of at most 128 characters"),
+        ("pids", "a list of 1 to 64 positive integers (process ids)"),
+        ("workload", "the name of a workload profile"),
     ];
 }
 
@@ -54,10 +63,30 @@ pub struct HeartbeatRequest {
     /// New lifetime from now, seconds (10–86400); default: the lease's own.
     #[schema(minimum = 10, maximum = 86400)]
     pub ttl_seconds: Option<u64>,
+    /// More processes of the job (a worker's children), added to the lease's.
+    #[schema(min_items = 1, max_items = 64)]
+    pub pids: Option<Vec<u32>>,
 }
 
 impl Allowed for HeartbeatRequest {
-    const FIELDS: &'static [(&'static str, &'static str)] = &[("ttl_seconds", "integers 10 to 86400")];
+    const FIELDS: &'static [(&'static str, &'static str)] =
+        &[("ttl_seconds", "integers 10 to 86400"), ("pids", "a list of 1 to 64 positive integers (process ids)")];
+}
+
+/// Query of a release.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReleaseQuery {
+    /// The job's own measured peak VRAM, GiB (e.g. `torch.cuda.max_memory_reserved()`),
+    /// recorded as an observation with `source: "client"`.
+    #[serde(default, deserialize_with = "de::opt_f64")]
+    #[param(value_type = Option<f64>, exclusive_minimum = 0.0, maximum = 1024.0)]
+    pub peak_vram_gb: Option<f64>,
+}
+
+impl Allowed for ReleaseQuery {
+    const FIELDS: &'static [(&'static str, &'static str)] = &[("peak_vram_gb", "a number above 0 up to 1024 (GiB)")];
 }
 
 /// The GPU a lease is placed on.
@@ -86,10 +115,21 @@ pub struct LeaseBody {
     pub ttl_seconds: u64,
     /// Who holds it.
     pub client: Option<String>,
+    /// Processes attributed to it.
+    pub pids: Vec<u32>,
+    /// VRAM its pids hold now, GiB; null without pids.
+    pub vram_used_gb: Option<f64>,
+    /// Highest VRAM its pids held while it was live, GiB; null without pids.
+    pub vram_peak_gb: Option<f64>,
+    /// Reserved VRAM the job has not used yet, GiB: it counts against the GPU.
+    pub vram_outstanding_gb: f64,
+    /// Its pids used more than it reserved.
+    pub overrun: bool,
 }
 
-impl From<&Lease> for LeaseBody {
-    fn from(l: &Lease) -> Self {
+impl From<&(Lease, LeaseUsage)> for LeaseBody {
+    fn from((l, u): &(Lease, LeaseUsage)) -> Self {
+        let with_pids = !l.pids.is_empty();
         Self {
             id: l.id.clone(),
             gpu: l.gpu_index.map(|index| LeaseGpu { index, uuid: l.gpu_uuid.clone().unwrap_or_default() }),
@@ -98,6 +138,11 @@ impl From<&Lease> for LeaseBody {
             expires_at: rfc3339_unix(l.expires_at),
             ttl_seconds: l.ttl_seconds,
             client: l.client.clone(),
+            pids: l.pids.clone(),
+            vram_used_gb: if with_pids { u.used_gb.map(round2) } else { None },
+            vram_peak_gb: if with_pids { l.vram_peak_gb.map(round2) } else { None },
+            vram_outstanding_gb: round2(u.outstanding_gb),
+            overrun: l.overrun || u.used_gb.is_some_and(|used| used > l.vram_reserved_gb + 0.01),
         }
     }
 }
@@ -105,14 +150,9 @@ impl From<&Lease> for LeaseBody {
 /// 201: the lease and the resource-check it passed.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LeaseGranted {
-    /// Lease id.
-    pub id: String,
-    /// Where the job goes.
-    pub gpu: Option<LeaseGpu>,
-    /// VRAM promised, GiB.
-    pub vram_reserved_gb: f64,
-    /// When it lapses without a heartbeat (RFC 3339 UTC).
-    pub expires_at: String,
+    /// The lease, as the listing shows it.
+    #[serde(flatten)]
+    pub lease: LeaseBody,
     /// The decision that admitted it.
     pub resource_check: ResourceCheck,
 }
@@ -155,17 +195,21 @@ pub async fn acquire(
         gpu: req.gpu,
         ttl_seconds: req.ttl_seconds,
         client: req.client,
+        pids: req.pids,
+        workload: req.workload,
     };
     Ok(match state.acquire(ask).await? {
         Acquired::Granted(lease, check) => {
-            let body = LeaseBody::from(&lease);
-            let granted = LeaseGranted {
-                id: body.id,
-                gpu: body.gpu,
-                vram_reserved_gb: body.vram_reserved_gb,
-                expires_at: body.expires_at,
-                resource_check: check,
-            };
+            let with_usage = state.lease_now(&lease.id).unwrap_or_else(|| {
+                let owed = LeaseUsage {
+                    id: lease.id.clone(),
+                    gpu_index: lease.gpu_index,
+                    used_gb: None,
+                    outstanding_gb: lease.vram_reserved_gb,
+                };
+                (*lease, owed)
+            });
+            let granted = LeaseGranted { lease: LeaseBody::from(&with_usage), resource_check: check };
             (StatusCode::CREATED, Json(granted)).into_response()
         }
         Acquired::Refused(check) => {
@@ -201,16 +245,22 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     body: Option<JsonBody<HeartbeatRequest>>,
 ) -> Result<Json<LeaseBody>, ApiError> {
-    let ttl = body.and_then(|JsonBody(b)| b.ttl_seconds);
-    let lease = state.heartbeat(id, ttl).await?;
-    Ok(Json(LeaseBody::from(&lease)))
+    let (ttl, pids) = body.map(|JsonBody(b)| (b.ttl_seconds, b.pids)).unwrap_or_default();
+    let lease = state.heartbeat(id, ttl, pids).await?;
+    let with_usage = state.lease_now(&lease.id).ok_or_else(|| ApiError::not_found("the lease expired just now"))?;
+    Ok(Json(LeaseBody::from(&with_usage)))
 }
 
 /// Releases a lease: 204, or 404 when unknown or already expired.
 #[utoipa::path(delete, path = "/api/v1/system/generations/{id}", tag = "leases",
-    params(("id" = String, Path, description = "Lease id")),
-    responses((status = 204, description = "Released"), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn release(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    state.release(id).await?;
+    params(("id" = String, Path, description = "Lease id"), ReleaseQuery),
+    responses((status = 204, description = "Released"), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn release(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<ReleaseQuery>,
+) -> Result<StatusCode, ApiError> {
+    state.release(id, q.peak_vram_gb).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,7 +18,8 @@
 //! | GET | `/api/v1/system/resource-check` | [`decisions::resource_check`] | admission query |
 //! | POST, GET | `/api/v1/system/generations` | [`generations`] | take a lease (atomic admission); list |
 //! | POST | `/api/v1/system/generations/{id}/heartbeat` | [`generations::heartbeat`] | extend a lease |
-//! | DELETE | `/api/v1/system/generations/{id}` | [`generations::release`] | release a lease |
+//! | DELETE | `/api/v1/system/generations/{id}` | [`generations::release`] | release a lease (`?peak_vram_gb=`) |
+//! | GET, DELETE | `/api/v1/system/observations` | [`observations`] | observed peaks behind learned estimates |
 //! | GET | `/api/v1/openapi.json` | [`openapi`] | OpenAPI 3.1 document of the JSON API |
 //!
 //! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. With
@@ -31,6 +32,7 @@ pub mod decisions;
 pub mod error;
 pub mod generations;
 pub mod history;
+pub mod observations;
 pub mod openapi;
 pub mod settings;
 pub mod stats;

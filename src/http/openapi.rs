@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, decisions, generations, history, settings, stats};
+use super::{AppState, decisions, generations, history, observations, settings, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,6 +38,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(generations::acquire, generations::list))
         .routes(routes!(generations::heartbeat))
         .routes(routes!(generations::release))
+        .routes(routes!(observations::list, observations::clear))
 }
 
 /// `GET /api/v1/openapi.json`.

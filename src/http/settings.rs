@@ -49,6 +49,10 @@ pub struct OptimizationUpdated {
     pub estimated_vram_need_gb: f64,
     /// VRAM these settings save against fp16, no offload, tile 512, GiB.
     pub estimated_vram_savings_gb: f64,
+    /// Where the estimate comes from: `model` or `observed`.
+    pub estimate_source: String,
+    /// Observations behind the estimate (0 for the model).
+    pub estimate_samples: usize,
     /// What the admission check would advise with these settings.
     pub recommendations: Vec<String>,
 }
@@ -160,6 +164,8 @@ fn optimization_answer(s: OptimizationSummary, message: &str) -> OptimizationUpd
         current_vram_usage_gb: round2(s.current_vram_usage_gb),
         estimated_vram_need_gb: round2(s.estimated_vram_need_gb),
         estimated_vram_savings_gb: round2(s.estimated_vram_savings_gb),
+        estimate_source: s.estimate_source.to_owned(),
+        estimate_samples: s.estimate_samples,
         recommendations: s.recommendations,
     }
 }

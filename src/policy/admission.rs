@@ -114,6 +114,11 @@ pub struct ResourceCheck {
     pub gpu: Option<ChosenGpu>,
     /// The VRAM the decision assumed, GiB (rounded for display).
     pub vram_required_gb: f64,
+    /// Where vramguard's estimate for this workload and these settings comes from: `model` or
+    /// `observed` (peaks of finished generations).
+    pub estimate_source: &'static str,
+    /// Observations behind the estimate (0 for the model).
+    pub estimate_samples: usize,
     /// The same, unrounded: what a lease reserves (not serialised).
     #[serde(skip)]
     pub required_gb: f64,
@@ -146,10 +151,10 @@ impl Findings {
 
 /// Decides whether a generation can start now.
 pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
-    let required =
-        req.vram_required_gb.unwrap_or_else(|| estimate::need_gb(ctx.workload, ctx.settings, req.model_loaded));
+    let est = ctx.estimate(req.model_loaded);
+    let required = req.vram_required_gb.unwrap_or(est.gb);
     let mut f = Findings::default();
-    let (vram_available, chosen) = check_vram(ctx, req, required, &mut f);
+    let (vram_available, chosen) = check_vram(ctx, req, required, est.scale, &mut f);
     let cpu = verdict::cpu(ctx);
     let ram = verdict::ram(ctx);
     let cpu_available = check_cpu(ctx, &cpu, &mut f);
@@ -157,13 +162,11 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
     let concurrency_available = check_slots(ctx, &mut f);
 
     let can_start = vram_available && cpu_available && ram_available && concurrency_available.unwrap_or(true);
+    // The seed's texts, exactly; which GPU is in `gpu`.
     let message = if can_start {
-        match &chosen {
-            Some(g) => format!("Resources available: generation can start on GPU {}", g.index),
-            None => "Resources available: generation can start".to_owned(),
-        }
+        "Resources available for generation".to_owned()
     } else {
-        format!("Cannot start generation: {}", f.blocking.join("; "))
+        format!("Cannot start generation: {}", f.blocking.join(", "))
     };
     ResourceCheck {
         can_start_generation: can_start,
@@ -184,6 +187,8 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
             projected_percent: round1(g.projected(required) * 100.0),
         }),
         vram_required_gb: round2(required),
+        estimate_source: est.source.as_str(),
+        estimate_samples: est.samples,
         required_gb: required,
         reasons: f.reasons,
     }
@@ -191,7 +196,13 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
 
 /// VRAM: some candidate GPU stays under critical with the job, and the job is within budget.
 /// Returns the verdict and the chosen GPU (or the best candidate when none fits).
-fn check_vram(ctx: &Context<'_>, req: &CheckRequest, required: f64, f: &mut Findings) -> (bool, Option<GpuView>) {
+fn check_vram(
+    ctx: &Context<'_>,
+    req: &CheckRequest,
+    required: f64,
+    scale: f64,
+    f: &mut Findings,
+) -> (bool, Option<GpuView>) {
     let c = ctx.constraints;
     let all = ctx.gpus();
     let candidates: Vec<GpuView> = match req.gpu {
@@ -223,6 +234,13 @@ fn check_vram(ctx: &Context<'_>, req: &CheckRequest, required: f64, f: &mut Find
         let g = chosen.as_ref().expect("candidates is not empty");
         f.blocking.push(if verdict::vram_level(g.usage(), c) == VramLevel::Critical {
             format!("VRAM usage too high ({:.1}%)", g.usage() * 100.0)
+        } else if g.reserved_gb > 0.005 {
+            format!(
+                "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB free, {:.1} GB of it promised to running generations)",
+                g.index,
+                g.total_gb - g.used_gb,
+                g.reserved_gb
+            )
         } else {
             format!(
                 "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB below the {:.0}% limit)",
@@ -251,7 +269,7 @@ fn check_vram(ctx: &Context<'_>, req: &CheckRequest, required: f64, f: &mut Find
     }
     let warns = chosen.as_ref().is_some_and(|g| at_or_above(g.projected(required), c.vram_warning_threshold));
     if !ok || warns {
-        recommend_changes(ctx, req, required, &candidates, ok, f);
+        recommend_changes(ctx, req, required, scale, &candidates, ok, f);
     }
     (ok, chosen)
 }
@@ -262,12 +280,14 @@ fn recommend_changes(
     ctx: &Context<'_>,
     req: &CheckRequest,
     required: f64,
+    scale: f64,
     candidates: &[GpuView],
     ok: bool,
     f: &mut Findings,
 ) {
     let critical = ctx.constraints.vram_critical_threshold;
-    let found = estimate::search(ctx.workload, ctx.settings, req.model_loaded, required, candidates, critical);
+    let found =
+        estimate::search_scaled(ctx.workload, ctx.settings, req.model_loaded, required, candidates, critical, scale);
     let any_fits = found.iter().any(|r| r.fits);
     f.recommendations.extend(found.into_iter().map(|r| r.text));
     // Naming the processes that hold VRAM only helps if the job fits an emptier GPU.

@@ -1,7 +1,15 @@
 //! The VRAM estimate of one generation (SPEC §4.3) and the search for setting changes that make
-//! a job fit. Pure functions of the workload profile, the settings and a view of the GPUs.
+//! a job fit. Pure functions of the workload profile, the settings, the observed peaks of
+//! finished generations and a view of the GPUs.
+//!
+//! The model (weights + activations + VAE decode + overhead) is the fallback. With at least
+//! `learning.min_samples` observations of the same key (profile, quantization, offload, tile,
+//! `model_loaded`) among the newest `learning.window`, the estimate is the highest observed peak
+//! plus `learning.margin`; recommendations then scale the model's savings by observed / model.
 
-use crate::config::{Optimization, Quantization, Workload};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LearningConfig, Optimization, Quantization, Workload};
 
 use super::GpuView;
 use super::verdict::fits_under;
@@ -37,6 +45,78 @@ pub fn vae_gb(workload: &Workload, settings: &Optimization) -> f64 {
 pub fn need_gb(workload: &Workload, settings: &Optimization, model_loaded: bool) -> f64 {
     let weights = if model_loaded { 0.0 } else { weights_gb(workload, settings) };
     weights + workload.activations_gb + vae_gb(workload, settings) + workload.overhead_gb
+}
+
+/// What a generation is estimated under: the key of an observation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimateKey {
+    /// Workload profile name (`default` unless the request named one).
+    pub workload: String,
+    /// The optimization settings in force (`max_vram_usage_gb` is not part of the key).
+    pub settings: Optimization,
+    /// The worker already held its model.
+    pub model_loaded: bool,
+}
+
+impl EstimateKey {
+    /// Same profile, quantization, offload, tile and `model_loaded`.
+    pub fn same(&self, other: &EstimateKey) -> bool {
+        self.workload == other.workload
+            && self.model_loaded == other.model_loaded
+            && self.settings.quantization == other.settings.quantization
+            && self.settings.enable_offload == other.settings.enable_offload
+            && self.settings.vae_tile_size == other.settings.vae_tile_size
+    }
+}
+
+/// Where an estimate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EstimateSource {
+    /// The workload model.
+    Model,
+    /// Observed peaks of finished generations.
+    Observed,
+}
+
+impl EstimateSource {
+    /// The API's and the metric label's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EstimateSource::Model => "model",
+            EstimateSource::Observed => "observed",
+        }
+    }
+}
+
+/// The estimate of one generation's VRAM.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// GiB.
+    pub gb: f64,
+    /// Model or observed.
+    pub source: EstimateSource,
+    /// Observations of the key among the newest `learning.window` (0 for the model).
+    pub samples: usize,
+    /// Observed / model (1 for the model): scales the model's savings in recommendations.
+    pub scale: f64,
+}
+
+/// The estimate for `key` from `observed` (key and peak, newest first), else the model.
+pub fn estimate(
+    workload: &Workload,
+    key: &EstimateKey,
+    observed: &[(EstimateKey, f64)],
+    learning: &LearningConfig,
+) -> Estimate {
+    let model = need_gb(workload, &key.settings, key.model_loaded);
+    let peaks: Vec<f64> =
+        observed.iter().filter(|(k, _)| k.same(key)).take(learning.window as usize).map(|(_, p)| *p).collect();
+    if peaks.len() < learning.min_samples as usize || peaks.is_empty() {
+        return Estimate { gb: model, source: EstimateSource::Model, samples: peaks.len(), scale: 1.0 };
+    }
+    let gb = peaks.iter().copied().fold(0.0_f64, f64::max) * (1.0 + learning.margin);
+    let scale = if model > 0.0 { gb / model } else { 1.0 };
+    Estimate { gb, source: EstimateSource::Observed, samples: peaks.len(), scale }
 }
 
 /// The settings that savings are measured against: fp16, no offload, tile 512.
@@ -119,6 +199,19 @@ pub fn search(
     gpus: &[GpuView],
     critical: f64,
 ) -> Vec<Recommendation> {
+    search_scaled(workload, settings, model_loaded, required_gb, gpus, critical, 1.0)
+}
+
+/// [`search`] with the model's savings multiplied by `scale` (observed / model).
+pub fn search_scaled(
+    workload: &Workload,
+    settings: &Optimization,
+    model_loaded: bool,
+    required_gb: f64,
+    gpus: &[GpuView],
+    critical: f64,
+    scale: f64,
+) -> Vec<Recommendation> {
     let current = need_gb(workload, settings, model_loaded);
     let singles = available_changes(settings);
     let mut combos: Vec<Vec<Change>> = singles.iter().map(|c| vec![*c]).collect();
@@ -133,7 +226,7 @@ pub fn search(
         for c in &combo {
             c.apply(&mut s);
         }
-        let saves = current - need_gb(workload, &s, model_loaded);
+        let saves = scale * (current - need_gb(workload, &s, model_loaded));
         if saves < 0.05 {
             continue;
         }
@@ -239,6 +332,33 @@ mod tests {
 
     fn gpu(total_gb: f64, used_gb: f64) -> GpuView {
         GpuView { index: 0, uuid: "GPU-0".to_owned(), total_gb, used_gb, reserved_gb: 0.0 }
+    }
+
+    #[test]
+    fn observed_peaks_replace_the_model_from_min_samples() {
+        let w = workload();
+        let key =
+            EstimateKey { workload: "default".to_owned(), settings: Optimization::default(), model_loaded: false };
+        let learning = LearningConfig::default();
+        let other = EstimateKey { model_loaded: true, ..key.clone() };
+        let mut seen = vec![(key.clone(), 13.0), (other.clone(), 30.0), (key.clone(), 10.0)];
+        let e = estimate(&w, &key, &seen, &learning);
+        assert_eq!((e.source, e.samples), (EstimateSource::Model, 2));
+        assert_eq!(e.gb, need_gb(&w, &key.settings, false));
+        seen.push((key.clone(), 9.5));
+        let e = estimate(&w, &key, &seen, &learning);
+        assert_eq!((e.source, e.samples), (EstimateSource::Observed, 3));
+        assert!((e.gb - 14.3).abs() < 1e-9, "{}", e.gb);
+        // Only the newest `window` count.
+        let narrow = LearningConfig { window: 3, min_samples: 2, ..learning };
+        let e = estimate(
+            &w,
+            &key,
+            &[(key.clone(), 5.0), (key.clone(), 6.0), (key.clone(), 7.0), (key.clone(), 20.0)],
+            &narrow,
+        );
+        assert_eq!(e.samples, 3);
+        assert!((e.gb - 7.7).abs() < 1e-9);
     }
 
     #[test]

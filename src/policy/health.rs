@@ -85,7 +85,7 @@ pub fn health(ctx: &Context<'_>) -> Health {
     let Some(snapshot) = ctx.snapshot else {
         return Health {
             status: HealthStatus::Warning,
-            message: "No resource sample yet; vramguard is starting".to_owned(),
+            message: "Issues detected: No resource sample yet".to_owned(),
             // The report is about no sample at all: date it when it was made.
             timestamp: rfc3339_unix(ctx.now),
             system_info: SystemInfo {
@@ -143,12 +143,32 @@ pub fn health(ctx: &Context<'_>) -> Health {
             VramLevel::Normal => {}
         }
         if level >= VramLevel::Warning {
-            let need = estimate::need_gb(ctx.workload, ctx.settings, false);
-            let found = estimate::search(ctx.workload, ctx.settings, false, need, &gpus, c.vram_critical_threshold);
+            let est = ctx.estimate(false);
+            let found = estimate::search_scaled(
+                ctx.workload,
+                ctx.settings,
+                false,
+                est.gb,
+                &gpus,
+                c.vram_critical_threshold,
+                est.scale,
+            );
             recommendations.extend(found.into_iter().map(|r| r.text));
         }
     } else if ctx.gpu_enabled {
         issues.push("No GPU visible: VRAM cannot be checked and admission refuses generations".to_owned());
+        status = status.max(HealthStatus::Warning);
+    }
+    for o in ctx.overruns {
+        warnings.push(format!(
+            "Generation lease {} uses {:.1} GB, more than the {:.1} GB it reserved",
+            o.label, o.used_gb, o.reserved_gb
+        ));
+        recommendations.push(format!(
+            "Lease {} overran its reservation: ask for at least {:.1} GB for this job, or lower its settings",
+            o.label,
+            (o.used_gb * 10.0).ceil() / 10.0
+        ));
         status = status.max(HealthStatus::Warning);
     }
     for col in snapshot.collectors.iter().filter(|c| !c.success) {
@@ -157,13 +177,13 @@ pub fn health(ctx: &Context<'_>) -> Health {
         status = status.max(HealthStatus::Warning);
     }
 
-    let message = match status {
-        HealthStatus::Healthy => "System is healthy".to_owned(),
-        HealthStatus::Warning => format!(
-            "System needs attention: {}",
-            issues.iter().chain(&warnings).cloned().collect::<Vec<_>>().join("; ")
-        ),
-        HealthStatus::Critical => format!("System is critical: {}", issues.join("; ")),
+    // The seed's texts, exactly.
+    let message = if !issues.is_empty() {
+        format!("Issues detected: {}", issues.join(", "))
+    } else if !warnings.is_empty() {
+        format!("Warnings: {}", warnings.join(", "))
+    } else {
+        "System is running normally".to_owned()
     };
     Health {
         status,

@@ -14,9 +14,10 @@ pub mod health;
 mod tests;
 pub mod verdict;
 
-use crate::config::{Constraints, Optimization, Workload};
+use crate::config::{Constraints, LearningConfig, Optimization, Workload};
 use crate::snapshot::Snapshot;
 use crate::units::{GIB, gib};
+use estimate::{Estimate, EstimateKey};
 
 /// One GPU as the policy sees it, in GiB.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +30,7 @@ pub struct GpuView {
     pub total_gb: f64,
     /// Not available to new work: capacity minus NVML's free (includes the driver's reserve).
     pub used_gb: f64,
-    /// Promised to recently granted leases and not yet visible in NVML's reading.
+    /// Still owed to live leases: reserved and not yet used by their jobs.
     pub reserved_gb: f64,
 }
 
@@ -91,25 +92,50 @@ pub struct Context<'a> {
     pub constraints: &'a Constraints,
     /// Live optimization settings.
     pub settings: &'a Optimization,
-    /// Workload profile from config.
+    /// The workload profile the request named (or `default`).
     pub workload: &'a Workload,
+    /// Its name.
+    pub workload_name: &'a str,
+    /// Observed peaks of finished generations, newest first.
+    pub observed: &'a [(EstimateKey, f64)],
+    /// How observations become estimates.
+    pub learning: &'a LearningConfig,
     /// `gpu.enabled` from config: false means no GPU on purpose (VRAM does not fail closed).
     pub gpu_enabled: bool,
-    /// GiB reserved per GPU index by recent leases.
-    pub reservations: &'a [(u32, f64)],
+    /// GiB still owed per GPU index to live leases (reserved, not yet used).
+    pub outstanding: &'a [(u32, f64)],
+    /// Live leases whose jobs use more than they reserved.
+    pub overruns: &'a [Overrun],
     /// Leases held now; `None` where concurrency is not tracked.
     pub active_generations: Option<u32>,
     /// When the decision is made, Unix seconds: dates a report made before the first sample.
     pub now: f64,
 }
 
+/// A live lease whose job uses more VRAM than it reserved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overrun {
+    /// Its client, else its id.
+    pub label: String,
+    /// What its pids hold now, GiB.
+    pub used_gb: f64,
+    /// What it reserved, GiB.
+    pub reserved_gb: f64,
+}
+
 impl Context<'_> {
-    /// The GPUs with this context's reservations applied.
+    /// The GPUs with what live leases still owe applied.
     pub fn gpus(&self) -> Vec<GpuView> {
         match self.snapshot {
-            Some(s) => gpu_views(s, |i| self.reservations.iter().filter(|(g, _)| *g == i).map(|(_, gb)| gb).sum()),
+            Some(s) => gpu_views(s, |i| self.outstanding.iter().filter(|(g, _)| *g == i).map(|(_, gb)| gb).sum()),
             None => Vec::new(),
         }
+    }
+
+    /// The estimate of one generation of this context's workload under the live settings.
+    pub fn estimate(&self, model_loaded: bool) -> Estimate {
+        let key = EstimateKey { workload: self.workload_name.to_owned(), settings: *self.settings, model_loaded };
+        estimate::estimate(self.workload, &key, self.observed, self.learning)
     }
 }
 

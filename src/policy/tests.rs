@@ -59,8 +59,12 @@ impl Fixture {
             constraints: &self.constraints,
             settings: &self.settings,
             workload: &self.config.workload,
+            workload_name: "default",
+            observed: &[],
+            learning: &self.config.learning,
             gpu_enabled: self.config.gpu.enabled,
-            reservations: &[],
+            outstanding: &[],
+            overruns: &[],
             active_generations: None,
             now: 1_800_000_000.0,
         }
@@ -210,7 +214,7 @@ fn reservations_count_against_their_gpu() {
     let f = Fixture::new();
     let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 4 * G)]); // 12 GiB free
     let reservations = [(0, 10.0)];
-    let ctx = Context { reservations: &reservations, ..f.ctx(&s) };
+    let ctx = Context { outstanding: &reservations, ..f.ctx(&s) };
     let r = resource_check(&ctx, &need(10.0));
     assert!(!r.can_start_generation);
     assert_eq!(r.reasons, vec![Reason::Vram]);

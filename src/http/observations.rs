@@ -1,0 +1,72 @@
+//! `/api/v1/system/observations`: the observed peaks of finished generations that learned
+//! estimates rest on; `DELETE` forgets them (estimates are the model's again).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use crate::config::Quantization;
+use crate::time::rfc3339_unix;
+use crate::units::round2;
+
+/// One observed peak.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ObservationBody {
+    /// Workload profile name.
+    pub workload: String,
+    /// Quantization in force at grant time.
+    pub quantization: Quantization,
+    /// Offload in force at grant time.
+    pub enable_offload: bool,
+    /// VAE tile size in force at grant time.
+    pub vae_tile_size: u32,
+    /// The worker already held its model.
+    pub model_loaded: bool,
+    /// Peak VRAM, GiB.
+    pub peak_vram_gb: f64,
+    /// `nvml` (vramguard's reading of the lease's pids) or `client` (the client's own figure).
+    pub source: String,
+    /// When it was recorded (RFC 3339 UTC).
+    pub recorded_at: String,
+}
+
+/// Answer of `GET /observations`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ObservationList {
+    /// Newest first.
+    pub observations: Vec<ObservationBody>,
+}
+
+/// Observed peaks, newest first.
+#[utoipa::path(get, path = "/api/v1/system/observations", tag = "leases",
+    responses((status = 200, body = ObservationList)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>, ApiError> {
+    let observations = state
+        .observations()
+        .await?
+        .into_iter()
+        .map(|o| ObservationBody {
+            workload: o.key.workload,
+            quantization: o.key.settings.quantization,
+            enable_offload: o.key.settings.enable_offload,
+            vae_tile_size: o.key.settings.vae_tile_size,
+            model_loaded: o.key.model_loaded,
+            peak_vram_gb: round2(o.peak_vram_gb),
+            source: o.source,
+            recorded_at: rfc3339_unix(o.recorded_at),
+        })
+        .collect();
+    Ok(Json(ObservationList { observations }))
+}
+
+/// Forgets every observation.
+#[utoipa::path(delete, path = "/api/v1/system/observations", tag = "leases",
+    responses((status = 204, description = "Cleared"), (status = 401, body = ErrorBody)))]
+pub async fn clear(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
+    state.clear_observations().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
