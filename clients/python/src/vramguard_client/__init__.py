@@ -1,0 +1,19 @@
+"""Client for vramguard's admission API.
+
+A generation takes a *lease* before it starts and releases it when it ends::
+
+    from vramguard_client import Vramguard
+
+    vg = Vramguard("http://127.0.0.1:9842")
+    with vg.generation(vram_gb=12, client="worker-1") as lease:
+        run_pipeline(cuda_device=lease.gpu_index)
+
+While the block runs, a daemon thread heartbeats at a third of the TTL, and vramguard attributes
+the VRAM of this process (``pids=[os.getpid()]``) to the lease. On exit the lease is released,
+also when the block raises; if torch is already imported and CUDA initialised, the measured peak
+(``torch.cuda.max_memory_reserved``) is reported so vramguard can learn the workload's real need.
+"""
+
+from ._client import Lease, Refused, Unauthorized, Vramguard, VramguardError
+
+__all__ = ["Lease", "Refused", "Unauthorized", "Vramguard", "VramguardError"]

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Type
+
+import requests
+
+Json = Dict[str, Any]
+
+_LEASES = "/api/v1/system/generations"
+
+
+class VramguardError(Exception):
+    """vramguard answered with an error (or could not be reached)."""
+
+    def __init__(self, message: str, status: Optional[int] = None, body: Optional[Json] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: Json = body or {}
+
+
+class Refused(VramguardError):
+    """The generation may not start now; ``decision`` is vramguard's ``resource_check``."""
+
+    def __init__(self, detail: str, decision: Json, body: Json) -> None:
+        super().__init__(detail, 409, body)
+        self.detail = detail
+        self.decision = decision
+
+
+class Unauthorized(VramguardError):
+    """The bearer token is missing or wrong (401)."""
+
+
+class Lease:
+    """A granted generation lease. ``gpu_index``/``gpu_uuid`` are None on a host without GPUs."""
+
+    def __init__(self, body: Json) -> None:
+        self.body = body
+        self.id: str = body["id"]
+        gpu = body.get("gpu")
+        self.gpu_index: Optional[int] = gpu["index"] if gpu else None
+        self.gpu_uuid: Optional[str] = gpu["uuid"] if gpu else None
+        self.vram_reserved_gb: float = body["vram_reserved_gb"]
+        #: True once a heartbeat found the lease gone (expired or released elsewhere).
+        self.lost = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Lease(id={self.id!r}, gpu_index={self.gpu_index!r}, vram_reserved_gb={self.vram_reserved_gb!r})"
+        )
+
+
+def _torch_peak_gb(gpu_index: Optional[int]) -> Optional[float]:
+    """torch's peak reserved VRAM on the lease's GPU, GiB, only if the caller already uses CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or gpu_index is None:
+        return None
+    try:
+        if not torch.cuda.is_initialized():
+            return None
+        peak = float(torch.cuda.max_memory_reserved(gpu_index)) / 2**30
+    except Exception:  # a client-side measurement must never break the release
+        return None
+    return peak if peak > 0 else None
+
+
+class _Generation:
+    def __init__(self, vg: Vramguard, body: Json, ttl_seconds: int) -> None:
+        self._vg = vg
+        self._body = body
+        self._ttl = ttl_seconds
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.lease: Optional[Lease] = None
+
+    def __enter__(self) -> Lease:
+        self.lease = self._vg._acquire(self._body)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"vramguard-heartbeat-{self.lease.id[:8]}", daemon=True
+        )
+        self._thread.start()
+        return self.lease
+
+    def _beat(self) -> None:
+        assert self.lease is not None
+        interval = max(self._ttl / 3.0, 1.0)
+        while not self._stop.wait(interval):
+            try:
+                if not self._vg._heartbeat(self.lease.id):
+                    self.lease.lost = True
+                    return
+            except requests.RequestException:
+                continue  # vramguard restarting: try again at the next beat, well inside the TTL
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.lease is not None:
+            self._vg._release(self.lease.id, _torch_peak_gb(self.lease.gpu_index))
+
+
+class Vramguard:
+    """A vramguard endpoint, e.g. ``Vramguard("http://127.0.0.1:9842", token=...)``."""
+
+    def __init__(self, base_url: str, token: Optional[str] = None, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        if token is not None:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+
+    def generation(
+        self,
+        vram_gb: Optional[float] = None,
+        client: Optional[str] = None,
+        ttl_seconds: int = 60,
+        workload: Optional[str] = None,
+        model_loaded: bool = False,
+        gpu: Optional[int] = None,
+    ) -> _Generation:
+        """A context manager that holds a lease for the block; raises :class:`Refused` if not admitted."""
+        body: Json = {"ttl_seconds": ttl_seconds, "model_loaded": model_loaded, "pids": [os.getpid()]}
+        if vram_gb is not None:
+            body["vram_required_gb"] = vram_gb
+        if client is not None:
+            body["client"] = client
+        if workload is not None:
+            body["workload"] = workload
+        if gpu is not None:
+            body["gpu"] = gpu
+        return _Generation(self, body, ttl_seconds)
+
+    def resource_check(
+        self, vram_gb: Optional[float] = None, model_loaded: bool = False, workload: Optional[str] = None
+    ) -> Json:
+        """May a generation start now? The ``resource_check`` dict (read-only, reserves nothing)."""
+        params: Dict[str, str] = {"model_loaded": "true" if model_loaded else "false"}
+        if vram_gb is not None:
+            params["vram_required_gb"] = repr(float(vram_gb))
+        if workload is not None:
+            params["workload"] = workload
+        return self._json("GET", "/api/v1/system/resource-check", params=params)
+
+    def stats(self) -> Json:
+        """Current readings."""
+        return self._json("GET", "/api/v1/system/stats")
+
+    def leases(self) -> List[Json]:
+        """Live leases, oldest first."""
+        leases: List[Json] = self._json("GET", _LEASES)["leases"]
+        return leases
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        r = self._session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+        if r.status_code == 401:
+            raise Unauthorized(_detail(r), 401, _body(r))
+        return r
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Json:
+        r = self._request(method, path, **kwargs)
+        if r.status_code >= 400:
+            raise VramguardError(f"{method} {path}: {r.status_code} {_detail(r)}", r.status_code, _body(r))
+        body: Json = r.json()
+        return body
+
+    def _acquire(self, body: Json) -> Lease:
+        r = self._request("POST", _LEASES, json=body)
+        if r.status_code == 409:
+            answer = _body(r)
+            raise Refused(
+                str(answer.get("detail", "generation refused")), answer.get("resource_check", {}), answer
+            )
+        if r.status_code != 201:
+            raise VramguardError(f"lease request: {r.status_code} {_detail(r)}", r.status_code, _body(r))
+        return Lease(r.json())
+
+    def _heartbeat(self, lease_id: str) -> bool:
+        """Extends the lease; False when vramguard no longer knows it."""
+        r = self._request("POST", f"{_LEASES}/{lease_id}/heartbeat")
+        if r.status_code == 404:
+            return False
+        if r.status_code != 200:
+            raise VramguardError(f"heartbeat: {r.status_code} {_detail(r)}", r.status_code, _body(r))
+        return True
+
+    def _release(self, lease_id: str, peak_gb: Optional[float]) -> None:
+        params = {"peak_vram_gb": repr(peak_gb)} if peak_gb is not None else None
+        r = self._request("DELETE", f"{_LEASES}/{lease_id}", params=params)
+        if r.status_code not in (204, 404):  # 404: already expired; nothing is held
+            raise VramguardError(f"release: {r.status_code} {_detail(r)}", r.status_code, _body(r))
+
+
+def _body(r: requests.Response) -> Json:
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _detail(r: requests.Response) -> str:
+    return str(_body(r).get("detail", r.reason))
