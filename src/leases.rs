@@ -232,7 +232,6 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::config::Optimization;
     use crate::snapshot::{GpuMemory, GpuProcess, GpuStats};
 
     const G: u64 = 1 << 30;
@@ -251,11 +250,7 @@ mod tests {
             gpu_used_at_grant_gb: None,
             vram_peak_gb: None,
             overrun: false,
-            grant: EstimateKey {
-                workload: "default".to_owned(),
-                settings: Optimization::default(),
-                model_loaded: false,
-            },
+            grant: EstimateKey::default(),
         }
     }
 

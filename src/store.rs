@@ -236,11 +236,7 @@ impl Store {
                         gpu_used_at_grant_gb: None,
                         vram_peak_gb: None,
                         overrun: false,
-                        grant: EstimateKey {
-                            workload: "default".to_owned(),
-                            settings: Optimization::default(),
-                            model_loaded: false,
-                        },
+                        grant: EstimateKey::default(),
                     },
                     details,
                 ))

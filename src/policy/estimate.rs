@@ -58,6 +58,18 @@ pub struct EstimateKey {
     pub model_loaded: bool,
 }
 
+impl Default for EstimateKey {
+    /// The default profile under the default settings, without `model_loaded`: what a lease
+    /// stored before wave 2 is taken to have been granted under.
+    fn default() -> Self {
+        Self {
+            workload: crate::config::DEFAULT_WORKLOAD.to_owned(),
+            settings: Optimization::default(),
+            model_loaded: false,
+        }
+    }
+}
+
 impl EstimateKey {
     /// Same profile, quantization, offload, tile and `model_loaded`.
     pub fn same(&self, other: &EstimateKey) -> bool {
