@@ -77,14 +77,16 @@ pub(crate) fn check_budget_gb(v: f64, max_gb: f64) -> Result<(), String> {
 
 /// Most processes one lease may name.
 pub(crate) const MAX_PIDS: usize = 64;
+/// The largest process id Linux can hand out (`PID_MAX_LIMIT`, 2^22).
+pub(crate) const MAX_PID: u32 = 4_194_304;
 
 /// A lease's processes: 1 to 64 positive integers.
 pub(crate) fn check_pids(pids: &[u32]) -> Result<(), String> {
     if pids.is_empty() || pids.len() > MAX_PIDS {
         return Err(format!("{} processes; allowed a list of 1 to {MAX_PIDS} positive integers", pids.len()));
     }
-    if pids.contains(&0) {
-        return Err(format!("0 is not a process id; allowed a list of 1 to {MAX_PIDS} positive integers"));
+    if let Some(bad) = pids.iter().find(|p| **p == 0 || **p > MAX_PID) {
+        return Err(format!("{bad} is not a process id; allowed a list of 1 to {MAX_PIDS} integers 1 to {MAX_PID}"));
     }
     Ok(())
 }

@@ -18,6 +18,11 @@ use crate::policy::admission::ResourceCheck;
 use crate::time::rfc3339_unix;
 use crate::units::round2;
 
+/// A process id, as the OpenAPI document describes it (Linux hands out at most 2^22).
+#[derive(ToSchema)]
+#[schema(value_type = u32, minimum = 1, maximum = 4194304)]
+pub struct Pid(pub u32);
+
 /// Body of `POST /generations`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +43,7 @@ pub struct LeaseRequest {
     pub client: Option<String>,
     /// Processes doing the job (1-64 positive integers): their VRAM on the lease's GPU is
     /// attributed to the lease.
-    #[schema(min_items = 1, max_items = 64)]
+    #[schema(value_type = Option<Vec<Pid>>, min_items = 1, max_items = 64)]
     pub pids: Option<Vec<u32>>,
     /// Workload profile name (config `workloads`; default `default`).
     pub workload: Option<String>,
@@ -51,7 +56,7 @@ impl Allowed for LeaseRequest {
         ("gpu", "a GPU index (integer)"),
         ("ttl_seconds", "integers 10 to 86400"),
         ("client", "a string of at most 128 characters"),
-        ("pids", "a list of 1 to 64 positive integers (process ids)"),
+        ("pids", "a list of 1 to 64 process ids (integers 1 to 4194304)"),
         ("workload", "the name of a workload profile"),
     ];
 }
@@ -64,13 +69,13 @@ pub struct HeartbeatRequest {
     #[schema(minimum = 10, maximum = 86400)]
     pub ttl_seconds: Option<u64>,
     /// More processes of the job (a worker's children), added to the lease's.
-    #[schema(min_items = 1, max_items = 64)]
+    #[schema(value_type = Option<Vec<Pid>>, min_items = 1, max_items = 64)]
     pub pids: Option<Vec<u32>>,
 }
 
 impl Allowed for HeartbeatRequest {
     const FIELDS: &'static [(&'static str, &'static str)] =
-        &[("ttl_seconds", "integers 10 to 86400"), ("pids", "a list of 1 to 64 positive integers (process ids)")];
+        &[("ttl_seconds", "integers 10 to 86400"), ("pids", "a list of 1 to 64 process ids (integers 1 to 4194304)")];
 }
 
 /// Query of a release.
