@@ -68,10 +68,10 @@ python3 - "$work/state/vramguard.db" <<'PY'
 import sqlite3, sys, time, math
 db = sqlite3.connect(sys.argv[1])
 now = time.time()
-rows = [(now - 86400 + i * 5, 0, 30 + 10 * math.sin(i / 50), 20.0, 62.7, 32.0, 50.0, 600000.0, 655360.0, 91.5)
+rows = [(now - 86400 + i * 5, 30 + 10 * math.sin(i / 50), 20.0, 62.7, 32.0, 50.0, 600000.0, 655360.0, 91.5)
         for i in range(17280)]
-db.executemany("INSERT INTO history (ts, saved, cpu_percent, ram_used_gb, ram_total_gb, ram_percent, gpu_percent,"
-               " vram_used_mb, vram_total_mb, vram_percent) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+db.executemany("INSERT INTO history (ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent, gpu_percent,"
+               " vram_used_mb, vram_total_mb, vram_percent) VALUES (?,?,?,?,?,?,?,?,?)", rows)
 db.commit()
 PY
 start_vg 1s
