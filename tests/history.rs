@@ -79,6 +79,17 @@ fn bad_history_queries() {
     assert_eq!(vg.get_json("/api/v1/system/stats/history?hours=1&max_points=10000").0, 200);
 }
 
+/// The first history point is recorded as soon as the first snapshot exists, not one
+/// `history.interval` later (an hour here).
+#[test]
+fn first_point_is_recorded_with_the_first_snapshot() {
+    let vg = Vramguard::start(&gpu_config("history: { interval: \"1h\", retention: \"1h\" }\n"), Some(SCENARIO), &[]);
+    vg.wait_ready();
+    vg.wait_until("the first history point", Duration::from_secs(5), || {
+        history(&vg, "?hours=1")["total_count"].as_u64() == Some(1)
+    });
+}
+
 /// `save` answers the snapshot it recorded, and the record survives `kill -9` right after the 200.
 #[test]
 fn save_survives_kill_9() {
