@@ -93,8 +93,11 @@ class _Generation:
                 if not self._vg._heartbeat(self.lease.id):
                     self.lease.lost = True
                     return
-            except requests.RequestException:
-                continue  # vramguard restarting: try again at the next beat, well inside the TTL
+            except (requests.RequestException, VramguardError):
+                # vramguard restarting or briefly failing: try again at the next beat, well
+                # inside the TTL; Unauthorized is a VramguardError too and will not heal, but
+                # the release at exit still reports it.
+                continue
 
     def __exit__(
         self,
