@@ -363,7 +363,8 @@ fn corrupt_store_fails_start_naming_the_file() {
 fn token_protects_writes() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config = format!(
         "sample_interval: \"250ms\"\ngpu: {{ enabled: false }}\nauth: {{ token_file: \"{}\" }}\n",
         token_file.display()
@@ -380,8 +381,17 @@ fn token_protects_writes() {
     assert_eq!(status, 200);
     assert_eq!(c["constraints"]["max_concurrent_generations"], json!(2));
     assert_eq!(vg.get_json("/api/v1/system/health").0, 200);
-    vg.token = Some("s3cret-token".to_owned());
+    vg.token = Some("s3cret-token-0123456789".to_owned());
     assert_eq!(vg.post_json("/api/v1/system/constraints", &json!({"max_concurrent_generations": 7})).0, 200);
+    // The scheme is case-insensitive.
+    let r = vg
+        .client()
+        .post(vg.url("/api/v1/system/constraints"))
+        .header("Authorization", "bearer s3cret-token-0123456789")
+        .json(&json!({"max_concurrent_generations": 6}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     assert!(!vg.logs().contains("s3cret-token"));
 }
 

@@ -271,3 +271,13 @@ async fn token_is_required_for_writes_only() {
     assert_eq!(h.get("/api/v1/system/health").await.0, StatusCode::OK);
     assert_eq!(h.get("/api/v1/system/stats").await.0, StatusCode::OK);
 }
+
+/// `stats` rejects query parameters like every other endpoint (it takes none).
+#[tokio::test]
+async fn stats_rejects_unknown_query_parameters() {
+    let h = Harness::new(None);
+    let (status, body) = h.get("/api/v1/system/stats?verbose=1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["detail"], json!("unknown query parameter \"verbose\"; allowed parameters: none"));
+    assert_eq!(h.get("/api/v1/system/stats").await.0, StatusCode::OK);
+}

@@ -92,10 +92,9 @@ pub fn from_value<T: DeserializeOwned + Allowed>(value: serde_json::Value) -> Re
         let inner = e.into_inner().to_string();
         if inner.starts_with("unknown field") {
             let name = inner.split('`').nth(1).unwrap_or("?");
-            return ApiError::bad_request(format!(
-                "unknown field {name:?}; allowed fields: {}",
-                T::FIELDS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
-            ));
+            let allowed = T::FIELDS.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ");
+            let allowed = if allowed.is_empty() { "none".to_owned() } else { allowed };
+            return ApiError::bad_request(format!("unknown field {name:?}; allowed fields: {allowed}"));
         }
         let allowed = T::FIELDS.iter().find(|(f, _)| *f == field).map(|(_, a)| *a);
         match allowed {

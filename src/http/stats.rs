@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::body::{Allowed, QueryParams};
 use super::error::{ApiError, ErrorBody};
 use crate::app::ServiceError;
 use crate::history::HistoryPoint;
@@ -72,6 +73,15 @@ impl From<&Snapshot> for StatsBody {
     }
 }
 
+/// `stats` takes no query parameters; any is rejected, as on every other endpoint.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+impl Allowed for NoQuery {
+    const FIELDS: &'static [(&'static str, &'static str)] = &[];
+}
+
 /// The latest snapshot as JSON.
 #[utoipa::path(
     get,
@@ -79,10 +89,14 @@ impl From<&Snapshot> for StatsBody {
     tag = "stats",
     responses(
         (status = 200, description = "The latest snapshot", body = StatsBody),
+        (status = 400, description = "A query parameter was given", body = ErrorBody),
         (status = 503, description = "No sample has been taken yet", body = ErrorBody),
     )
 )]
-pub async fn get_stats(State(state): State<AppState>) -> Result<Json<StatsBody>, ApiError> {
+pub async fn get_stats(
+    State(state): State<AppState>,
+    QueryParams(NoQuery {}): QueryParams<NoQuery>,
+) -> Result<Json<StatsBody>, ApiError> {
     let snapshot = state.snapshot().ok_or(ServiceError::NotReady)?;
     Ok(Json(StatsBody::from(snapshot.as_ref())))
 }
