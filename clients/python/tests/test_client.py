@@ -1,28 +1,48 @@
+"""The client against the real vramguard binary and the fake NVML (see vramguard_server.py)."""
+
 from __future__ import annotations
 
 import os
 import re
+import socket
+import sys
 import time
+import types
+from typing import Any, Dict, List
 
 import pytest
 import requests
-from conftest import GIB, Server, scenario
+from vramguard_server import GIB, MISSING, TOKEN, Server, scenario
 
-from vramguard_client import Refused, Unauthorized, Vramguard
+from vramguard_client import Generation, Refused, Unauthorized, Vramguard, VramguardError
+
+# Skips every test here (exit status 0, reason shown with -rs) when the harness did not set the
+# variables; the fixtures never start a server then.
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"{' and '.join(MISSING)} not set: these tests start the real vramguard binary with the "
+    "fake NVML (cargo test --test python_client sets both)",
+)
+
+Json = Dict[str, Any]
 
 
-def listed(server: Server) -> list[dict]:  # type: ignore[type-arg]
-    leases: list[dict] = requests.get(server.url + "/api/v1/system/generations", timeout=5).json()["leases"]  # type: ignore[type-arg]
+def listed(server: Server) -> List[Json]:
+    """GET /generations without the client, so the client is not testing itself."""
+    leases: List[Json] = requests.get(server.url + "/api/v1/system/generations", timeout=5).json()["leases"]
     return leases
 
 
 def test_admitted_lease_is_listed_then_released(server: Server) -> None:
     vg = Vramguard(server.url)
-    with vg.generation(vram_gb=4, client="t") as lease:
+    gen = vg.generation(vram_gb=4, client="t")
+    assert isinstance(gen, Generation)
+    with gen as lease:
         assert re.fullmatch(r"[0-9a-f]{32}", lease.id)
         assert lease.gpu_index == 0
         assert lease.gpu_uuid is not None and lease.gpu_uuid.startswith("GPU-")
         assert lease.vram_reserved_gb == 4.0
+        assert lease.body["id"] == lease.id
         assert [x["id"] for x in listed(server)] == [lease.id]
         assert vg.leases()[0]["client"] == "t"
     assert listed(server) == []
@@ -33,18 +53,37 @@ def test_refused_carries_the_decision(server: Server) -> None:
     with pytest.raises(Refused) as refused:
         with vg.generation(vram_gb=100):
             pytest.fail("a 100 GiB job was admitted on a 24 GiB GPU")
+    assert isinstance(refused.value, VramguardError)
+    assert refused.value.status == 409
     assert refused.value.decision["can_start_generation"] is False
     assert refused.value.decision["blocking_issues"]
     assert "generation refused" in refused.value.detail
     assert listed(server) == []
 
 
+@pytest.mark.slow
 def test_heartbeat_keeps_a_short_lease_alive(server: Server) -> None:
     vg = Vramguard(server.url)
     with vg.generation(vram_gb=1, ttl_seconds=10) as lease:
         time.sleep(30)
         assert [x["id"] for x in listed(server)] == [lease.id]
         assert not lease.lost
+    assert listed(server) == []
+
+
+def test_lost_lease_is_remembered_not_raised(server: Server) -> None:
+    vg = Vramguard(server.url)
+    with vg.generation(vram_gb=1, ttl_seconds=10) as lease:
+        # Released behind the client's back: the next heartbeat (after 10/3 s) gets a 404.
+        assert (
+            requests.delete(f"{server.url}/api/v1/system/generations/{lease.id}", timeout=5).status_code
+            == 204
+        )
+        deadline = time.monotonic() + 8
+        while not lease.lost and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lease.lost
+    # The release at exit found nothing to release and did not raise.
     assert listed(server) == []
 
 
@@ -57,15 +96,23 @@ def test_release_on_exception(server: Server) -> None:
     assert listed(server) == []
 
 
+def test_exception_propagates_when_the_release_fails(server: Server) -> None:
+    vg = Vramguard(server.url, timeout=2)
+    with pytest.raises(ZeroDivisionError), pytest.warns(UserWarning, match="could not release"):
+        with vg.generation(vram_gb=1):
+            server.stop()
+            _ = 1 / 0
+
+
 def test_pid_attribution(server: Server) -> None:
     me = os.getpid()
     server.set_scenario(scenario([(me, 6 * GIB)]))
     vg = Vramguard(server.url)
     with vg.generation(vram_gb=10, client="attributed") as lease:
-        deadline = time.time() + 5
+        deadline = time.monotonic() + 3
         while True:
             body = next(x for x in listed(server) if x["id"] == lease.id)
-            if body["vram_used_gb"] == 6.0 or time.time() > deadline:
+            if body["vram_used_gb"] == 6.0 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         assert body["pids"] == [me]
@@ -74,24 +121,99 @@ def test_pid_attribution(server: Server) -> None:
         assert body["overrun"] is False
 
 
+def _fake_torch(initialized: bool, peak_bytes: int) -> types.ModuleType:
+    torch = types.ModuleType("torch")
+    cuda = types.SimpleNamespace(
+        is_initialized=lambda: initialized,
+        max_memory_reserved=lambda device: peak_bytes if device == 0 else 0,
+    )
+    torch.cuda = cuda  # type: ignore[attr-defined]
+    return torch
+
+
+def _client_peaks(server: Server) -> List[float]:
+    obs = requests.get(server.url + "/api/v1/system/observations", timeout=5).json()["observations"]
+    return [o["peak_vram_gb"] for o in obs if o["source"] == "client"]
+
+
+def test_peak_is_reported_only_when_torch_already_uses_cuda(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vg = Vramguard(server.url)
+    if "torch" not in sys.modules:
+        with vg.generation(vram_gb=8):
+            pass
+        assert "torch" not in sys.modules, "the client must never import torch"
+        assert _client_peaks(server) == []
+
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(initialized=False, peak_bytes=7 * GIB))
+    with vg.generation(vram_gb=8):
+        pass
+    assert _client_peaks(server) == []
+
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(initialized=True, peak_bytes=7 * GIB))
+    with vg.generation(vram_gb=8):
+        pass
+    assert _client_peaks(server) == [7.0]
+
+    # A peak vramguard rejects (over 1024 GiB) still releases the lease.
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(initialized=True, peak_bytes=2048 * GIB))
+    with vg.generation(vram_gb=8):
+        pass
+    assert listed(server) == []
+
+
 def test_unauthorized_without_the_token(server_with_token: Server) -> None:
-    with pytest.raises(Unauthorized):
+    with pytest.raises(Unauthorized) as unauthorized:
         with Vramguard(server_with_token.url).generation(vram_gb=1):
             pytest.fail("admitted without a token")
-    with Vramguard(server_with_token.url, token="correct-horse-battery-staple").generation(
-        vram_gb=1
-    ) as lease:
+    assert isinstance(unauthorized.value, VramguardError)
+    assert unauthorized.value.status == 401
+    with pytest.raises(Unauthorized):
+        with Vramguard(server_with_token.url, token="wrong-token").generation(vram_gb=1):
+            pytest.fail("admitted with a wrong token")
+    with Vramguard(server_with_token.url, token=TOKEN).generation(vram_gb=1) as lease:
         assert lease.gpu_index == 0
 
 
 def test_resource_check_and_stats(server: Server) -> None:
     vg = Vramguard(server.url)
     check = vg.resource_check(vram_gb=2)
+    for key in ("can_start_generation", "blocking_issues", "message", "recommendations", "gpu"):
+        assert key in check
     assert check["can_start_generation"] is True
     assert check["vram_required_gb"] == 2.0
     assert check["estimate_source"] == "model"
     loaded = vg.resource_check(model_loaded=True)
     assert loaded["vram_required_gb"] < vg.resource_check()["vram_required_gb"]
+    assert vg.resource_check(vram_gb=100)["can_start_generation"] is False
     stats = vg.stats()
     assert stats["gpu_count"] == 1
     assert stats["vram_total_mb"] == 24576.0
+    assert vg.leases() == []
+
+
+def test_workload_names_a_profile(server: Server) -> None:
+    vg = Vramguard(server.url)
+    assert vg.resource_check(vram_gb=2, workload="default")["can_start_generation"] is True
+    with vg.generation(vram_gb=2, workload="default") as lease:
+        assert lease.gpu_index == 0
+    for call in (
+        lambda: vg.resource_check(workload="no-such-profile"),
+        lambda: vg.generation(workload="no-such-profile").__enter__(),
+    ):
+        with pytest.raises(VramguardError) as err:
+            call()
+        assert not isinstance(err.value, Refused)
+        assert err.value.status == 400
+        assert "no-such-profile" in str(err.value)
+    assert listed(server) == []
+
+
+def test_unreachable_is_a_vramguard_error() -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(VramguardError) as err:
+        Vramguard(f"http://127.0.0.1:{port}", timeout=2).stats()
+    assert err.value.status is None

@@ -14,6 +14,6 @@ also when the block raises; if torch is already imported and CUDA initialised, t
 (``torch.cuda.max_memory_reserved``) is reported so vramguard can learn the workload's real need.
 """
 
-from ._client import Lease, Refused, Unauthorized, Vramguard, VramguardError
+from ._client import Generation, Lease, Refused, Unauthorized, Vramguard, VramguardError
 
-__all__ = ["Lease", "Refused", "Unauthorized", "Vramguard", "VramguardError"]
+__all__ = ["Generation", "Lease", "Refused", "Unauthorized", "Vramguard", "VramguardError"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Type
 
@@ -14,7 +15,7 @@ _LEASES = "/api/v1/system/generations"
 
 
 class VramguardError(Exception):
-    """vramguard answered with an error (or could not be reached)."""
+    """vramguard answered with an error, or could not be reached (then ``status`` is None)."""
 
     def __init__(self, message: str, status: Optional[int] = None, body: Optional[Json] = None) -> None:
         super().__init__(message)
@@ -39,13 +40,15 @@ class Lease:
     """A granted generation lease. ``gpu_index``/``gpu_uuid`` are None on a host without GPUs."""
 
     def __init__(self, body: Json) -> None:
+        #: The raw 201 answer.
         self.body = body
         self.id: str = body["id"]
         gpu = body.get("gpu")
         self.gpu_index: Optional[int] = gpu["index"] if gpu else None
         self.gpu_uuid: Optional[str] = gpu["uuid"] if gpu else None
         self.vram_reserved_gb: float = body["vram_reserved_gb"]
-        #: True once a heartbeat found the lease gone (expired or released elsewhere).
+        #: True once a heartbeat found the lease gone (expired or released elsewhere); the
+        #: heartbeat thread then stops.
         self.lost = False
 
     def __repr__(self) -> str:
@@ -55,7 +58,10 @@ class Lease:
 
 
 def _torch_peak_gb(gpu_index: Optional[int]) -> Optional[float]:
-    """torch's peak reserved VRAM on the lease's GPU, GiB, only if the caller already uses CUDA."""
+    """torch's peak reserved VRAM on the lease's GPU, GiB, only if the caller already uses CUDA.
+
+    Never imports torch: it is looked up in ``sys.modules`` only.
+    """
     torch = sys.modules.get("torch")
     if torch is None or gpu_index is None:
         return None
@@ -68,7 +74,14 @@ def _torch_peak_gb(gpu_index: Optional[int]) -> Optional[float]:
     return peak if peak > 0 else None
 
 
-class _Generation:
+class Generation:
+    """What :meth:`Vramguard.generation` returns: a context manager that yields a :class:`Lease`.
+
+    Entering asks for the lease (raising :class:`Refused`, :class:`Unauthorized` or
+    :class:`VramguardError`), then heartbeats from a daemon thread every ``ttl_seconds / 3``.
+    Leaving stops the thread and releases the lease, also when the block raises.
+    """
+
     def __init__(self, vg: Vramguard, body: Json, ttl_seconds: int) -> None:
         self._vg = vg
         self._body = body
@@ -78,6 +91,7 @@ class _Generation:
         self.lease: Optional[Lease] = None
 
     def __enter__(self) -> Lease:
+        # A later `wait_seconds` belongs here: retry `_acquire` on Refused until a deadline.
         self.lease = self._vg._acquire(self._body)
         self._thread = threading.Thread(
             target=self._beat, name=f"vramguard-heartbeat-{self.lease.id[:8]}", daemon=True
@@ -93,10 +107,9 @@ class _Generation:
                 if not self._vg._heartbeat(self.lease.id):
                     self.lease.lost = True
                     return
-            except (requests.RequestException, VramguardError):
+            except VramguardError:
                 # vramguard restarting or briefly failing: try again at the next beat, well
-                # inside the TTL; Unauthorized is a VramguardError too and will not heal, but
-                # the release at exit still reports it.
+                # inside the TTL; an Unauthorized will not heal, but the release reports it.
                 continue
 
     def __exit__(
@@ -107,13 +120,23 @@ class _Generation:
     ) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self.lease is not None:
+            self._thread.join(timeout=self._vg.timeout + 1)
+        if self.lease is None:
+            return
+        try:
             self._vg._release(self.lease.id, _torch_peak_gb(self.lease.gpu_index))
+        except VramguardError as e:
+            if exc_type is None:
+                raise
+            # The block's own exception matters more; the lease lapses at its TTL anyway.
+            warnings.warn(f"vramguard: could not release lease {self.lease.id}: {e}", stacklevel=2)
 
 
 class Vramguard:
-    """A vramguard endpoint, e.g. ``Vramguard("http://127.0.0.1:9842", token=...)``."""
+    """A vramguard endpoint, e.g. ``Vramguard("http://127.0.0.1:9842", token=...)``.
+
+    ``timeout`` (seconds) applies to each HTTP request.
+    """
 
     def __init__(self, base_url: str, token: Optional[str] = None, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -130,8 +153,12 @@ class Vramguard:
         workload: Optional[str] = None,
         model_loaded: bool = False,
         gpu: Optional[int] = None,
-    ) -> _Generation:
-        """A context manager that holds a lease for the block; raises :class:`Refused` if not admitted."""
+    ) -> Generation:
+        """A context manager that holds a lease for the block; raises :class:`Refused` if not admitted.
+
+        ``vram_gb`` defaults to vramguard's estimate for ``workload``; ``gpu`` pins a GPU index.
+        The lease names this process (``pids=[os.getpid()]``) so vramguard can see its VRAM.
+        """
         body: Json = {"ttl_seconds": ttl_seconds, "model_loaded": model_loaded, "pids": [os.getpid()]}
         if vram_gb is not None:
             body["vram_required_gb"] = vram_gb
@@ -141,7 +168,7 @@ class Vramguard:
             body["workload"] = workload
         if gpu is not None:
             body["gpu"] = gpu
-        return _Generation(self, body, ttl_seconds)
+        return Generation(self, body, ttl_seconds)
 
     def resource_check(
         self, vram_gb: Optional[float] = None, model_loaded: bool = False, workload: Optional[str] = None
@@ -159,14 +186,17 @@ class Vramguard:
         return self._json("GET", "/api/v1/system/stats")
 
     def leases(self) -> List[Json]:
-        """Live leases, oldest first."""
+        """Live leases, oldest first (the ``leases`` list of ``GET /generations``)."""
         leases: List[Json] = self._json("GET", _LEASES)["leases"]
         return leases
 
     # -- internals --------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        r = self._session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+        try:
+            r = self._session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as e:
+            raise VramguardError(f"{method} {path}: {e}") from e
         if r.status_code == 401:
             raise Unauthorized(_detail(r), 401, _body(r))
         return r
@@ -175,8 +205,7 @@ class Vramguard:
         r = self._request(method, path, **kwargs)
         if r.status_code >= 400:
             raise VramguardError(f"{method} {path}: {r.status_code} {_detail(r)}", r.status_code, _body(r))
-        body: Json = r.json()
-        return body
+        return _ok_body(r, f"{method} {path}")
 
     def _acquire(self, body: Json) -> Lease:
         r = self._request("POST", _LEASES, json=body)
@@ -187,10 +216,10 @@ class Vramguard:
             )
         if r.status_code != 201:
             raise VramguardError(f"lease request: {r.status_code} {_detail(r)}", r.status_code, _body(r))
-        return Lease(r.json())
+        return Lease(_ok_body(r, "lease request"))
 
     def _heartbeat(self, lease_id: str) -> bool:
-        """Extends the lease; False when vramguard no longer knows it."""
+        """Extends the lease; False when vramguard no longer knows it. Sends no body."""
         r = self._request("POST", f"{_LEASES}/{lease_id}/heartbeat")
         if r.status_code == 404:
             return False
@@ -201,8 +230,21 @@ class Vramguard:
     def _release(self, lease_id: str, peak_gb: Optional[float]) -> None:
         params = {"peak_vram_gb": repr(peak_gb)} if peak_gb is not None else None
         r = self._request("DELETE", f"{_LEASES}/{lease_id}", params=params)
+        if r.status_code == 400 and params is not None:
+            # A peak vramguard will not take (out of its range) must not keep the lease held.
+            r = self._request("DELETE", f"{_LEASES}/{lease_id}")
         if r.status_code not in (204, 404):  # 404: already expired; nothing is held
             raise VramguardError(f"release: {r.status_code} {_detail(r)}", r.status_code, _body(r))
+
+
+def _ok_body(r: requests.Response, what: str) -> Json:
+    try:
+        body = r.json()
+    except ValueError as e:
+        raise VramguardError(f"{what}: {r.status_code} answer is not JSON", r.status_code) from e
+    if not isinstance(body, dict):
+        raise VramguardError(f"{what}: {r.status_code} answer is not a JSON object", r.status_code)
+    return body
 
 
 def _body(r: requests.Response) -> Json:
