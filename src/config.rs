@@ -200,8 +200,14 @@ pub struct LeasesConfig {
     /// Lease lifetime when the client does not ask for one.
     pub default_ttl: Dur,
     /// Removed in wave 2: only read so that an old config gets a clear error naming it.
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing, deserialize_with = "present")]
     pub reservation_grace: Option<serde_norway::Value>,
+}
+
+/// `Some` for any value the key holds, null included: an emptied key is still present, and still
+/// a removed one. An absent key keeps the `default` (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_norway::Value>, D::Error> {
+    serde_norway::Value::deserialize(d).map(Some)
 }
 
 /// Estimates learned from the peaks of finished generations.
@@ -607,6 +613,7 @@ mod tests {
             ("history: { backend: prometheus }", "history.prometheus_url", "required"),
             ("leases: { default_ttl: 1s }", "leases.default_ttl", "10s"),
             ("leases: { reservation_grace: 1m }", "leases.reservation_grace", "whole life"),
+            ("leases: { reservation_grace: }", "leases.reservation_grace", "whole life"),
             ("workloads: { default: {} }", "workloads.default", "taken"),
             ("workloads: { i2v: { activations_gb: -1 } }", "workloads.i2v.activations_gb", "0 to 1024"),
             ("learning: { margin: 2 }", "learning.margin", "0 to 1"),

@@ -231,10 +231,16 @@ impl AppState {
                     ttl_seconds: ttl,
                     client: ask.client,
                     pids: ask.pids.unwrap_or_default(),
-                    gpu_used_at_grant_gb: check
-                        .gpu
-                        .as_ref()
-                        .and_then(|g| view.snapshot.as_deref().and_then(|s| gpu_used_gb(s, g.index))),
+                    unattributed_used_at_grant_gb: check.gpu.as_ref().and_then(|g| {
+                        let used = gpu_used_gb(view.snapshot.as_deref()?, g.index)?;
+                        let attributed: f64 = view
+                            .leases
+                            .iter()
+                            .filter(|(l, _)| l.gpu_index == Some(g.index))
+                            .filter_map(|(_, u)| u.used_gb)
+                            .sum();
+                        Some((used - attributed).max(0.0))
+                    }),
                     vram_peak_gb: None,
                     overrun: false,
                     grant: EstimateKey { workload, settings: view.live.settings, model_loaded: ask.model_loaded },
@@ -263,6 +269,8 @@ impl AppState {
             limits::check_pids(p).map_err(|m| invalid("pids", m))?;
         }
         self.critical("heartbeat failed", move |st, store, now| {
+            // The tracker may raise the peak while the store writes; only the fields a heartbeat
+            // owns are merged back into the book, so its update is never overwritten.
             let mut lease = st.book().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
             if let Some(t) = ttl {
                 lease.ttl_seconds = t;
@@ -277,8 +285,9 @@ impl AppState {
             }
             lease.expires_at = now + lease.ttl_seconds as f64;
             store.put_lease(&lease).map_err(store_failed)?;
-            st.book_mut().insert(lease.clone());
-            Ok(lease)
+            let mut book = st.book_mut();
+            let merged = book.renew(&id, lease.expires_at, lease.ttl_seconds, &lease.pids).unwrap_or(lease);
+            Ok(merged)
         })
         .await
     }
@@ -291,11 +300,20 @@ impl AppState {
         }
         let id_for_log = id.clone();
         self.critical("release failed", move |st, store, now| {
-            let lease = st.book().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
+            // Out of the book first, so the tracker cannot raise a peak the observation misses;
+            // no decision runs meanwhile (this is the critical section), and a failed write puts
+            // the lease back.
+            let lease = {
+                let mut book = st.book_mut();
+                book.get_live(&id, now).ok_or_else(|| no_live_lease(&id))?;
+                book.remove(&id).ok_or_else(|| no_live_lease(&id))?
+            };
             let observations: Vec<Observation> =
                 observation(&lease, End::Released(peak_vram_gb), now).into_iter().collect();
-            store.end_leases(std::slice::from_ref(&id), &observations).map_err(store_failed)?;
-            st.book_mut().remove(&id);
+            if let Err(e) = store.end_leases(std::slice::from_ref(&id), &observations) {
+                st.book_mut().insert(lease);
+                return Err(store_failed(e));
+            }
             st.remember(&observations);
             Ok(())
         })

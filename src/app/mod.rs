@@ -195,7 +195,9 @@ impl AppState {
             .zip(&used)
             .filter_map(|(l, u)| {
                 let used_gb = u.used_gb?;
-                (l.overrun || used_gb > l.vram_reserved_gb + 0.01).then(|| Overrun {
+                // Health warns while the job holds more than it reserved; the lease's `overrun`
+                // flag keeps the history, so a past overrun does not keep the warning up.
+                (used_gb > l.vram_reserved_gb + 0.01).then(|| Overrun {
                     label: l.label().to_owned(),
                     used_gb,
                     reserved_gb: l.vram_reserved_gb,
