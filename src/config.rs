@@ -47,6 +47,50 @@ pub struct Config {
     pub leases: LeasesConfig,
     /// The live stats WebSocket.
     pub stream: StreamConfig,
+    /// Generation requests that wait for room (`wait_seconds`).
+    pub queue: QueueConfig,
+}
+
+/// Who goes first among waiting generation requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueuePolicy {
+    /// First come, first served: nothing overtakes the head of the queue.
+    #[default]
+    Fifo,
+    /// A later request that fits may go while the head cannot, until the head has waited
+    /// `max_bypass`.
+    Backfill,
+}
+
+impl QueuePolicy {
+    /// The name config and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueuePolicy::Fifo => "fifo",
+            QueuePolicy::Backfill => "backfill",
+        }
+    }
+}
+
+/// The admission queue.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `fifo` or `backfill`.
+    pub policy: QueuePolicy,
+    /// With `backfill`: how long the head may be overtaken.
+    pub max_bypass: Dur,
+    /// Most requests waiting at once; more get 503.
+    pub max_waiting: u32,
+    /// The longest one request waits (at most 5m); a larger `wait_seconds` waits this long.
+    pub max_wait: Dur,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { policy: QueuePolicy::Fifo, max_bypass: Dur::secs(120), max_waiting: 256, max_wait: Dur::secs(300) }
+    }
 }
 
 /// NVML settings.
@@ -248,6 +292,7 @@ impl Default for Config {
             learning: LearningConfig::default(),
             leases: LeasesConfig::default(),
             stream: StreamConfig::default(),
+            queue: QueueConfig::default(),
         }
     }
 }
@@ -440,6 +485,18 @@ impl Config {
         if !(l.margin.is_finite() && (0.0..=1.0).contains(&l.margin)) {
             return bad("learning.margin", format!("{} is out of range; allowed 0 to 1", l.margin));
         }
+        if self.queue.max_bypass.0 > Duration::from_secs(86_400) {
+            return bad("queue.max_bypass", format!("{} is out of range; allowed 0s to 24h", self.queue.max_bypass));
+        }
+        if limits::check_wait_seconds(self.queue.max_wait.0.as_secs_f64()).is_err() {
+            return bad("queue.max_wait", format!("{} is out of range; allowed 0s to 5m", self.queue.max_wait));
+        }
+        if !limits::WAITING.contains(&self.queue.max_waiting) {
+            return bad(
+                "queue.max_waiting",
+                format!("{} is out of range; allowed integers 1 to 100000", self.queue.max_waiting),
+            );
+        }
         Ok(())
     }
 }
@@ -617,6 +674,10 @@ mod tests {
             ("workloads: { default: {} }", "workloads.default", "taken"),
             ("workloads: { i2v: { activations_gb: -1 } }", "workloads.i2v.activations_gb", "0 to 1024"),
             ("learning: { margin: 2 }", "learning.margin", "0 to 1"),
+            ("queue: { max_waiting: 0 }", "queue.max_waiting", "1 to 100000"),
+            ("queue: { max_bypass: 2d }", "queue.max_bypass", "0s to 24h"),
+            ("queue: { policy: lifo }", "queue.policy", "fifo"),
+            ("queue: { max_wait: 6m }", "queue.max_wait", "0s to 5m"),
             ("listen: nowhere", "listen", "socket address"),
         ];
         for (yaml, key, fragment) in cases {
