@@ -28,6 +28,10 @@ pub(crate) const HISTORY_DEFAULT_POINTS: u32 = 1000;
 pub(crate) const SAMPLE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(200)..=Duration::from_secs(3600);
 /// WebSocket subscribers at once.
 pub(crate) const SUBSCRIBERS: RangeInclusive<u32> = 1..=10_000;
+/// HTTP connections open at once (config `http.max_connections`).
+pub(crate) const CONNECTIONS: RangeInclusive<u32> = 1..=100_000;
+/// Header-read and keep-alive idle timeouts.
+pub(crate) const CONNECTION_TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
 /// Generation requests waiting at once (config `queue.max_waiting`).
 pub(crate) const WAITING: RangeInclusive<u32> = 1..=100_000;
 /// How long one request may wait for room, seconds (API `wait_seconds`): long waits are made of

@@ -24,7 +24,9 @@
 //! | GET | `/api/v1/openapi.json` | [`openapi`] | OpenAPI 3.1 document of the JSON API |
 //!
 //! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. With
-//! `auth.token_file` set, POST and DELETE under `/api/` need the bearer token ([`auth`]).
+//! `auth.token_file` set, POST and DELETE under `/api/` need the bearer token ([`auth`]). Before
+//! anything else, [`guard`] refuses foreign `Host`s, cross-origin writes and WebSockets, and
+//! bodies declared over the limit.
 
 pub mod admin;
 pub mod auth;
@@ -32,6 +34,7 @@ pub mod body;
 pub mod decisions;
 pub mod error;
 pub mod generations;
+pub mod guard;
 pub mod history;
 pub mod observations;
 pub mod openapi;
@@ -61,5 +64,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost: a request from the wrong Host or Origin meets nothing else.
+        .layer(axum::middleware::from_fn_with_state(guard::AllowedHosts::from_config(&state.config), guard::guard))
         .with_state(state)
 }
