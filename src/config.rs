@@ -47,6 +47,8 @@ pub struct Config {
     pub leases: LeasesConfig,
     /// The live stats WebSocket.
     pub stream: StreamConfig,
+    /// Which GPU faults take a GPU out of placement.
+    pub gpu_health: GpuHealthConfig,
 }
 
 /// NVML settings.
@@ -110,6 +112,22 @@ pub struct StreamConfig {
 impl Default for StreamConfig {
     fn default() -> Self {
         Self { max_subscribers: 64 }
+    }
+}
+
+/// GPU fault health: which XIDs make a GPU unhealthy, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuHealthConfig {
+    /// XID codes that make a GPU unhealthy while one was seen within `xid_window`.
+    pub fatal_xids: Vec<u64>,
+    /// How long a fatal XID keeps its GPU out of placement.
+    pub xid_window: Dur,
+}
+
+impl Default for GpuHealthConfig {
+    fn default() -> Self {
+        Self { fatal_xids: limits::DEFAULT_FATAL_XIDS.to_vec(), xid_window: Dur::secs(3600) }
     }
 }
 
@@ -242,6 +260,7 @@ impl Default for Config {
             learning: LearningConfig::default(),
             leases: LeasesConfig::default(),
             stream: StreamConfig::default(),
+            gpu_health: GpuHealthConfig::default(),
         }
     }
 }
@@ -434,6 +453,22 @@ impl Config {
         if !(l.margin.is_finite() && (0.0..=1.0).contains(&l.margin)) {
             return bad("learning.margin", format!("{} is out of range; allowed 0 to 1", l.margin));
         }
+        self.gpu_health.validate()
+    }
+}
+
+impl GpuHealthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if let Err((i, message)) = limits::check_fatal_xids(&self.fatal_xids) {
+            return bad(format!("gpu_health.fatal_xids[{i}]"), message);
+        }
+        if !limits::XID_WINDOW.contains(&self.xid_window.0) {
+            return bad(
+                "gpu_health.xid_window".to_owned(),
+                format!("{} is out of range; allowed 1s to 30d", self.xid_window),
+            );
+        }
         Ok(())
     }
 }
@@ -610,6 +645,16 @@ mod tests {
             ("workloads: { default: {} }", "workloads.default", "taken"),
             ("workloads: { i2v: { activations_gb: -1 } }", "workloads.i2v.activations_gb", "0 to 1024"),
             ("learning: { margin: 2 }", "learning.margin", "0 to 1"),
+            (
+                "gpu_health: { fatal_xids: [79, 0] }",
+                "gpu_health.fatal_xids[1]",
+                "0 is not an XID; allowed integers 1 to 999",
+            ),
+            ("gpu_health: { fatal_xids: [79, 79] }", "gpu_health.fatal_xids[1]", "79 is listed twice"),
+            ("gpu_health: { fatal_xids: [79, \"x\"] }", "gpu_health.fatal_xids", "invalid type"),
+            ("gpu_health: { xid_window: 500ms }", "gpu_health.xid_window", "1s to 30d"),
+            ("gpu_health: { xid_window: 31d }", "gpu_health.xid_window", "1s to 30d"),
+            ("gpu_health: { fatal_xid: [79] }", "gpu_health", "fatal_xid"),
             ("listen: nowhere", "listen", "socket address"),
         ];
         for (yaml, key, fragment) in cases {

@@ -64,6 +64,8 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
             temperature_celsius: Some(50.0),
             power_watts: Some(100.0),
             processes: Some(vec![GpuProcess { pid: 1, name: Some("p".to_owned()), used_bytes: GIB }]),
+            faults: Default::default(),
+            health: Default::default(),
         }],
         driver_version: Some("550".to_owned()),
         collectors: vec![CollectorStatus { name: "gpu", success: true, duration: Duration::ZERO, error: None }],
