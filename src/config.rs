@@ -51,6 +51,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The HTTP listener's defences: allowed Host names, connection cap and timeouts.
     pub http: HttpConfig,
+    /// Which GPU faults take a GPU out of placement.
+    pub gpu_health: GpuHealthConfig,
 }
 
 /// The HTTP listener's defences.
@@ -183,6 +185,22 @@ pub struct StreamConfig {
 impl Default for StreamConfig {
     fn default() -> Self {
         Self { max_subscribers: 64 }
+    }
+}
+
+/// GPU fault health: which XIDs make a GPU unhealthy, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuHealthConfig {
+    /// XID codes that make a GPU unhealthy while one was seen within `xid_window`.
+    pub fatal_xids: Vec<u64>,
+    /// How long a fatal XID keeps its GPU out of placement.
+    pub xid_window: Dur,
+}
+
+impl Default for GpuHealthConfig {
+    fn default() -> Self {
+        Self { fatal_xids: limits::DEFAULT_FATAL_XIDS.to_vec(), xid_window: Dur::secs(3600) }
     }
 }
 
@@ -323,6 +341,7 @@ impl Default for Config {
             stream: StreamConfig::default(),
             queue: QueueConfig::default(),
             http: HttpConfig::default(),
+            gpu_health: GpuHealthConfig::default(),
         }
     }
 }
@@ -548,6 +567,22 @@ impl Config {
                 format!("{} is out of range; allowed integers 1 to 100000", self.queue.max_waiting),
             );
         }
+        self.gpu_health.validate()
+    }
+}
+
+impl GpuHealthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if let Err((i, message)) = limits::check_fatal_xids(&self.fatal_xids) {
+            return bad(format!("gpu_health.fatal_xids[{i}]"), message);
+        }
+        if !limits::XID_WINDOW.contains(&self.xid_window.0) {
+            return bad(
+                "gpu_health.xid_window".to_owned(),
+                format!("{} is out of range; allowed 1s to 30d", self.xid_window),
+            );
+        }
         Ok(())
     }
 }
@@ -732,6 +767,16 @@ mod tests {
             ("http: { max_connections: 0 }", "http.max_connections", "1 to 100000"),
             ("http: { idle_timeout: 0s }", "http.idle_timeout", "1s to 1h"),
             ("http: { allowed_hosts: [\"evil.example/x\"] }", "http.allowed_hosts[0]", "not a host name"),
+            (
+                "gpu_health: { fatal_xids: [79, 0] }",
+                "gpu_health.fatal_xids[1]",
+                "0 is not an XID; allowed integers 1 to 999",
+            ),
+            ("gpu_health: { fatal_xids: [79, 79] }", "gpu_health.fatal_xids[1]", "79 is listed twice"),
+            ("gpu_health: { fatal_xids: [79, \"x\"] }", "gpu_health.fatal_xids", "invalid type"),
+            ("gpu_health: { xid_window: 500ms }", "gpu_health.xid_window", "1s to 30d"),
+            ("gpu_health: { xid_window: 31d }", "gpu_health.xid_window", "1s to 30d"),
+            ("gpu_health: { fatal_xid: [79] }", "gpu_health", "fatal_xid"),
             ("listen: nowhere", "listen", "socket address"),
         ];
         for (yaml, key, fragment) in cases {
