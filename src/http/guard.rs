@@ -128,9 +128,14 @@ mod tests {
     use super::*;
 
     fn allowed(extra: &[&str]) -> AllowedHosts {
-        let mut c = Config::default();
-        c.listen = "10.1.2.3:9842".parse().unwrap();
-        c.http.allowed_hosts = extra.iter().map(|s| s.to_string()).collect();
+        let c = Config {
+            listen: "10.1.2.3:9842".parse().unwrap(),
+            http: crate::config::HttpConfig {
+                allowed_hosts: extra.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         AllowedHosts::from_config(&c)
     }
 
