@@ -89,6 +89,13 @@ fn the_page_in_chromium() {
     }
     let drawn = b.eval("return document.querySelectorAll('.chart canvas').length", vec![]);
     assert_eq!(drawn, json!(3), "three chart canvases");
+    // Another range is fetched from the history again.
+    b.click("#ranges button[data-hours='1']");
+    b.wait("the 1h range", Duration::from_secs(5), |b| {
+        let pressed = b.attr("#ranges button[data-hours='1']", "aria-pressed").as_deref() == Some("true");
+        let loaded = b.attr("#chart-vram", "data-history-hours").as_deref() == Some("1");
+        (pressed && loaded && points(b, "chart-vram", "data-history-points") >= 2).then_some(())
+    });
     let before = points(&b, "chart-util", "data-points");
 
     // A change of the hardware shows without a reload within 3 s.

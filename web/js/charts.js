@@ -20,6 +20,7 @@ const state = {
   vram: [], // VRAM of all GPUs
   gpus: [], // [{uuid, label, util: [], vram: []}] in index order
   historyPoints: 0,
+  historyHours: undefined, // the range of the last history answer
   thresholds: null,
   charts: {},
 };
@@ -156,6 +157,7 @@ function mark() {
   for (const box of Object.values(containers())) {
     box.dataset.points = String(state.x.length);
     box.dataset.historyPoints = String(state.historyPoints);
+    if (state.historyHours !== undefined) box.dataset.historyHours = String(state.historyHours);
   }
 }
 
@@ -231,6 +233,7 @@ export async function backfill() {
     g.vram = points.map(() => null);
   }
   state.historyPoints = points.length;
+  state.historyHours = answer.time_range?.hours;
   const res = answer.resolution_seconds;
   note.textContent = `${points.length} points from ${answer.total_count} samples`
     + `${typeof res === 'number' ? `, ${res < 10 ? res.toFixed(1) : Math.round(res)} s each` : ''}`
