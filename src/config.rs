@@ -53,6 +53,18 @@ pub struct Config {
     pub http: HttpConfig,
     /// Which GPU faults take a GPU out of placement.
     pub gpu_health: GpuHealthConfig,
+    /// Serve HTTPS with this certificate; `null` serves plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The listener's certificate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// The HTTP listener's defences.
@@ -210,6 +222,9 @@ impl Default for GpuHealthConfig {
 pub struct AuthConfig {
     /// File holding the bearer token; `null` leaves writes open (bind to loopback then).
     pub token_file: Option<PathBuf>,
+    /// Start on a non-loopback address without any token (anyone who reaches the port may then
+    /// change settings and leases): only for a network that is trusted on purpose.
+    pub allow_unauthenticated_remote: bool,
 }
 
 /// Resource constraints: thresholds are fractions 0.1–1.0.
@@ -342,6 +357,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             http: HttpConfig::default(),
             gpu_health: GpuHealthConfig::default(),
+            tls: None,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Wiring: start the sampler and the service's background tasks, serve the router on the
-//! listener the caller bound, and stop everything within a bounded time once `shutdown`
-//! resolves.
+//! listener the caller bound ([`listener`]: connection cap and timeouts, optional [`tls`]), and
+//! stop everything within a bounded time once `shutdown` resolves.
+
+mod listener;
+mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -31,6 +34,16 @@ pub enum Error {
     /// The token file could not be used.
     #[error("config key auth.token_file: {0}")]
     Token(String),
+    /// The TLS certificate or key could not be used.
+    #[error("config key {0}")]
+    Tls(String),
+    /// A non-loopback listener without any token.
+    #[error(
+        "config key listen: {0} is reachable from other machines and no token is set, so anyone who \
+         reaches it could change settings and leases; set auth.token_file, bind 127.0.0.1, or set \
+         auth.allow_unauthenticated_remote: true for a network you trust"
+    )]
+    Unprotected(std::net::SocketAddr),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -39,9 +52,6 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The HTTP server failed while running.
-    #[error("http server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Binds `config.listen` (the caller may bind its own listener and call [`run`] instead).
@@ -61,6 +71,16 @@ pub async fn run(
         None => None,
     };
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+    if !addr.ip().is_loopback() && token.is_none() && !config.auth.allow_unauthenticated_remote {
+        return Err(Error::Unprotected(addr));
+    }
+    let tls = config.tls.as_ref().map(tls::Acceptor::new).transpose().map_err(Error::Tls)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let limits = listener::Limits {
+        max_connections: config.http.max_connections as usize,
+        header_read_timeout: config.http.header_read_timeout.0,
+        idle_timeout: config.http.idle_timeout.0,
+    };
     let (sampler, snapshots) = Sampler::new(&config);
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::open(config, snapshots, token, stop_rx.clone())?;
@@ -73,18 +93,18 @@ pub async fn run(
     let reaper = tokio::spawn(crate::app::ledger::reaper(state.clone(), stop_rx.clone()));
     let tracker = tokio::spawn(crate::app::ledger::tracker(state.clone(), stop_rx.clone()));
     let dispatcher = tokio::spawn(crate::app::queue::dispatcher(state.clone(), stop_rx.clone()));
-    tracing::info!(%addr, version = crate::metrics::VERSION, "listening on http://{addr}");
+    tracing::info!(%addr, version = crate::metrics::VERSION, "listening on {scheme}://{addr}");
 
     let stop_for_server = stop_tx.clone();
-    let graceful = async move {
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutdown signal received; draining requests");
         let _ = stop_for_server.send(true);
-    };
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(graceful);
+    });
+    let server = listener::serve(listener, app(state.clone()), limits, tls, stop_rx.clone());
     let mut drain_deadline = stop_rx;
-    let result = tokio::select! {
-        r = server => r.map_err(Error::Serve),
+    let result: Result<(), Error> = tokio::select! {
+        () = server => Ok(()),
         _ = async {
             let _ = drain_deadline.wait_for(|s| *s).await;
             tokio::time::sleep(DRAIN_LIMIT).await;
