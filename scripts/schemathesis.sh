@@ -43,6 +43,8 @@ listen: "127.0.0.1:0"
 sample_interval: "500ms"
 state_dir: "$work/state"
 gpu: { nvml_library: "$fake" }
+# Generated requests may ask to wait up to 300 s each for a slot; hold none of them for long.
+queue: { max_wait: 1s }
 CONF
 FAKE_NVML_SCENARIO="$work/scenario.txt" "$bin" --config "$work/config.yaml" 2>"$work/log" &
 pid=$!

@@ -47,6 +47,50 @@ pub struct Config {
     pub leases: LeasesConfig,
     /// The live stats WebSocket.
     pub stream: StreamConfig,
+    /// Generation requests that wait for room (`wait_seconds`).
+    pub queue: QueueConfig,
+}
+
+/// Who goes first among waiting generation requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueuePolicy {
+    /// First come, first served: nothing overtakes the head of the queue.
+    #[default]
+    Fifo,
+    /// A later request that fits may go while the head cannot, until the head has waited
+    /// `max_bypass`.
+    Backfill,
+}
+
+impl QueuePolicy {
+    /// The name config and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueuePolicy::Fifo => "fifo",
+            QueuePolicy::Backfill => "backfill",
+        }
+    }
+}
+
+/// The admission queue.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `fifo` or `backfill`.
+    pub policy: QueuePolicy,
+    /// With `backfill`: how long the head may be overtaken.
+    pub max_bypass: Dur,
+    /// Most requests waiting at once; more get 503.
+    pub max_waiting: u32,
+    /// The longest one request waits (at most 5m); a larger `wait_seconds` waits this long.
+    pub max_wait: Dur,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { policy: QueuePolicy::Fifo, max_bypass: Dur::secs(120), max_waiting: 256, max_wait: Dur::secs(300) }
+    }
 }
 
 /// NVML settings.
@@ -200,8 +244,14 @@ pub struct LeasesConfig {
     /// Lease lifetime when the client does not ask for one.
     pub default_ttl: Dur,
     /// Removed in wave 2: only read so that an old config gets a clear error naming it.
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing, deserialize_with = "present")]
     pub reservation_grace: Option<serde_norway::Value>,
+}
+
+/// `Some` for any value the key holds, null included: an emptied key is still present, and still
+/// a removed one. An absent key keeps the `default` (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_norway::Value>, D::Error> {
+    serde_norway::Value::deserialize(d).map(Some)
 }
 
 /// Estimates learned from the peaks of finished generations.
@@ -242,6 +292,7 @@ impl Default for Config {
             learning: LearningConfig::default(),
             leases: LeasesConfig::default(),
             stream: StreamConfig::default(),
+            queue: QueueConfig::default(),
         }
     }
 }
@@ -434,6 +485,18 @@ impl Config {
         if !(l.margin.is_finite() && (0.0..=1.0).contains(&l.margin)) {
             return bad("learning.margin", format!("{} is out of range; allowed 0 to 1", l.margin));
         }
+        if self.queue.max_bypass.0 > Duration::from_secs(86_400) {
+            return bad("queue.max_bypass", format!("{} is out of range; allowed 0s to 24h", self.queue.max_bypass));
+        }
+        if limits::check_wait_seconds(self.queue.max_wait.0.as_secs_f64()).is_err() {
+            return bad("queue.max_wait", format!("{} is out of range; allowed 0s to 5m", self.queue.max_wait));
+        }
+        if !limits::WAITING.contains(&self.queue.max_waiting) {
+            return bad(
+                "queue.max_waiting",
+                format!("{} is out of range; allowed integers 1 to 100000", self.queue.max_waiting),
+            );
+        }
         Ok(())
     }
 }
@@ -607,9 +670,14 @@ mod tests {
             ("history: { backend: prometheus }", "history.prometheus_url", "required"),
             ("leases: { default_ttl: 1s }", "leases.default_ttl", "10s"),
             ("leases: { reservation_grace: 1m }", "leases.reservation_grace", "whole life"),
+            ("leases: { reservation_grace: }", "leases.reservation_grace", "whole life"),
             ("workloads: { default: {} }", "workloads.default", "taken"),
             ("workloads: { i2v: { activations_gb: -1 } }", "workloads.i2v.activations_gb", "0 to 1024"),
             ("learning: { margin: 2 }", "learning.margin", "0 to 1"),
+            ("queue: { max_waiting: 0 }", "queue.max_waiting", "1 to 100000"),
+            ("queue: { max_bypass: 2d }", "queue.max_bypass", "0s to 24h"),
+            ("queue: { policy: lifo }", "queue.policy", "fifo"),
+            ("queue: { max_wait: 6m }", "queue.max_wait", "0s to 5m"),
             ("listen: nowhere", "listen", "socket address"),
         ];
         for (yaml, key, fragment) in cases {

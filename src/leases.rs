@@ -37,8 +37,9 @@ pub struct Lease {
     pub client: Option<String>,
     /// Processes doing the job; their VRAM on the lease's GPU is the job's use.
     pub pids: Vec<u32>,
-    /// The GPU's used VRAM when the lease was granted, GiB (the baseline of the growth rule).
-    pub gpu_used_at_grant_gb: Option<f64>,
+    /// The GPU's used VRAM when the lease was granted, less what leases' pids held on it then,
+    /// GiB: the baseline of the growth rule, which leaves attributed processes out on both ends.
+    pub unattributed_used_at_grant_gb: Option<f64>,
     /// Highest VRAM its pids held while it was live, GiB.
     pub vram_peak_gb: Option<f64>,
     /// Its pids once held more than it reserved (counted once).
@@ -104,11 +105,11 @@ pub fn usage(live: &[&Lease], snapshot: Option<&Snapshot>) -> Vec<LeaseUsage> {
             let outstanding = (l.vram_reserved_gb - used.unwrap_or(0.0)).max(0.0);
             out.push(LeaseUsage { id: l.id.clone(), gpu_index: Some(gpu), used_gb: used, outstanding_gb: outstanding });
         }
-        // Unattributed leases, oldest first, share the growth since the oldest one's grant, less
-        // what attributed leases' processes explain.
+        // Unattributed leases, oldest first, share the growth of the GPU's unattributed use (used
+        // less what leases' pids hold) since the oldest one's grant.
         let mut unattributed: Vec<&Lease> = on_gpu.into_iter().filter(|l| l.pids.is_empty()).collect();
         unattributed.sort_by(|a, b| a.granted_at.total_cmp(&b.granted_at).then(a.id.cmp(&b.id)));
-        let baseline = unattributed.iter().filter_map(|l| l.gpu_used_at_grant_gb).reduce(f64::min);
+        let baseline = unattributed.iter().filter_map(|l| l.unattributed_used_at_grant_gb).reduce(f64::min);
         let now_used = snapshot.and_then(|s| gpu_used_gb(s, gpu));
         let mut pool = match (now_used, baseline) {
             (Some(n), Some(b)) => (n - b - attributed_gb).max(0.0),
@@ -200,6 +201,16 @@ impl LeaseBook {
         self.leases.insert(lease.id.clone(), lease);
     }
 
+    /// Applies a heartbeat to the book's own copy of a lease (keeping the peak and overrun the
+    /// tracker wrote) and returns the result; `None` if the lease is gone.
+    pub fn renew(&mut self, id: &str, expires_at: f64, ttl_seconds: u64, pids: &[u32]) -> Option<Lease> {
+        let l = self.leases.get_mut(id)?;
+        l.expires_at = expires_at;
+        l.ttl_seconds = ttl_seconds;
+        l.pids = pids.to_vec();
+        Some(l.clone())
+    }
+
     /// Removes a lease.
     pub fn remove(&mut self, id: &str) -> Option<Lease> {
         self.leases.remove(id)
@@ -247,7 +258,7 @@ mod tests {
             ttl_seconds: 60,
             client: None,
             pids: Vec::new(),
-            gpu_used_at_grant_gb: None,
+            unattributed_used_at_grant_gb: None,
             vram_peak_gb: None,
             overrun: false,
             grant: EstimateKey::default(),
@@ -306,8 +317,8 @@ mod tests {
     /// Without pids: the GPU's growth since the grant is the lease's use, oldest lease first.
     #[test]
     fn unattributed_leases_share_the_growth_oldest_first() {
-        let a = Lease { gpu_used_at_grant_gb: Some(2.0), ..lease("a", 0, 12.0, 1.0, 1e9) };
-        let b = Lease { gpu_used_at_grant_gb: Some(2.0), ..lease("b", 0, 3.0, 2.0, 1e9) };
+        let a = Lease { unattributed_used_at_grant_gb: Some(2.0), ..lease("a", 0, 12.0, 1.0, 1e9) };
+        let b = Lease { unattributed_used_at_grant_gb: Some(2.0), ..lease("b", 0, 3.0, 2.0, 1e9) };
         let s = snapshot(24 * G, 10 * G, &[]);
         let u = usage(&[&b, &a], Some(&s));
         let owed: BTreeMap<&str, f64> = u.iter().map(|x| (x.id.as_str(), x.outstanding_gb)).collect();
@@ -319,6 +330,22 @@ mod tests {
         assert_eq!(owed, vec![0.0, 2.0]);
         // No snapshot: everything is owed.
         assert_eq!(usage(&[&a], None)[0].outstanding_gb, 12.0);
+    }
+
+    /// An attributed job already loaded when an unattributed lease was granted is in its
+    /// baseline; only what attributed processes gained since may be subtracted, not all of it.
+    #[test]
+    fn attributed_use_already_in_the_baseline_is_not_subtracted_twice() {
+        let a = Lease { pids: vec![42], ..lease("a", 0, 8.0, 0.0, 1e9) };
+        // At B's grant: 10 GiB used, 8 of them A's pids: B's baseline is 2 GiB.
+        let b = Lease { unattributed_used_at_grant_gb: Some(2.0), ..lease("b", 0, 6.0, 1.0, 1e9) };
+        // B's job has loaded 5 GiB; A still holds 8.
+        let s = snapshot(24 * G, 15 * G, &[(42, 8 * G)]);
+        let u = usage(&[&a, &b], Some(&s));
+        assert_eq!(u[1].outstanding_gb, 1.0);
+        // A's job grows by 2 GiB: that is A's, not B's.
+        let s = snapshot(24 * G, 17 * G, &[(42, 10 * G)]);
+        assert_eq!(usage(&[&a, &b], Some(&s))[1].outstanding_gb, 1.0);
     }
 
     #[test]

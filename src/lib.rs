@@ -31,7 +31,8 @@
 //! 8. [`store`]: the SQLite state store: API overrides, history, leases.
 //! 9. [`metrics`]: renders a snapshot and the live constraints as Prometheus text.
 //! 10. [`app`]: the service layer: shared state, the one write path, the lease ledger and its
-//!     critical section, settings updates, the reaper and the history recorder.
+//!     critical section, the admission queue and its dispatcher, settings updates, the reaper
+//!     and the history recorder.
 //! 11. [`http`]: the axum router ([`http::app`]), thin handlers and the one `ApiError` type.
 //! 12. [`server`]: wiring and graceful shutdown; [`server::run`] serves on a bound listener.
 

@@ -28,6 +28,20 @@ pub(crate) const HISTORY_DEFAULT_POINTS: u32 = 1000;
 pub(crate) const SAMPLE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(200)..=Duration::from_secs(3600);
 /// WebSocket subscribers at once.
 pub(crate) const SUBSCRIBERS: RangeInclusive<u32> = 1..=10_000;
+/// Generation requests waiting at once (config `queue.max_waiting`).
+pub(crate) const WAITING: RangeInclusive<u32> = 1..=100_000;
+/// How long one request may wait for room, seconds (API `wait_seconds`): long waits are made of
+/// repeated requests, so no connection is held open for longer than this.
+pub(crate) const WAIT_SECONDS: RangeInclusive<f64> = 0.0..=300.0;
+
+/// `wait_seconds`: 0 to 300, decimals allowed.
+pub(crate) fn check_wait_seconds(value: f64) -> Result<(), String> {
+    if value.is_finite() && WAIT_SECONDS.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{value} is out of range; allowed 0 to 300 (seconds, decimals allowed)"))
+    }
+}
 
 /// A threshold fraction; a percentage typed by mistake gets a hint.
 pub(crate) fn check_threshold(value: f64) -> Result<(), String> {

@@ -6,7 +6,7 @@
 //! lingering in a registry with its last value.
 
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::config::Constraints;
 use crate::policy::health::HealthStatus;
@@ -23,6 +23,7 @@ pub struct Metrics {
     registry: Registry,
     decisions: IntCounterVec,
     overruns: IntCounter,
+    waits: HistogramVec,
 }
 
 /// What live leases and the estimates add to an exposition.
@@ -32,6 +33,11 @@ pub struct LeaseFigures {
     pub outstanding: Vec<(u32, f64)>,
     /// The current estimate per workload profile: name, source (`model`|`observed`), GiB.
     pub estimates: Vec<(String, &'static str, f64)>,
+    /// Generation requests waiting for room.
+    pub waiting: usize,
+    /// Per workload profile: how many more generations of its estimate would be admitted now
+    /// (empty before the first sample).
+    pub that_fit: Vec<(String, u32)>,
 }
 
 impl Default for Metrics {
@@ -61,7 +67,7 @@ impl Metrics {
         registry.register(Box::new(decisions.clone())).expect("fresh registry accepts the decision counter");
         // Start the common series at 0 so rate() works from the first decision.
         decisions.with_label_values(&["admitted", "none"]);
-        for reason in ["vram", "cpu", "ram", "concurrency", "no_gpu"] {
+        for reason in ["vram", "cpu", "ram", "concurrency", "no_gpu", "queue"] {
             decisions.with_label_values(&["refused", reason]);
         }
         let overruns = IntCounter::new(
@@ -70,7 +76,22 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(overruns.clone())).expect("fresh registry accepts the overrun counter");
-        Self { registry, decisions, overruns }
+        let waits = HistogramVec::new(
+            HistogramOpts::new(
+                "vramguard_admission_wait_seconds",
+                "Time from a generation request to its answer, by result: admitted, refused, timed_out (waited to its deadline), queue_full.",
+            )
+            .buckets(vec![0.005, 0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+            &["result"],
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(waits.clone())).expect("fresh registry accepts the wait histogram");
+        Self { registry, decisions, overruns, waits }
+    }
+
+    /// Records how long a generation request took to be answered, and how it ended.
+    pub fn record_wait(&self, result: &str, seconds: f64) {
+        self.waits.with_label_values(&[result]).observe(seconds);
     }
 
     /// Counts one lease that overran its reservation.
@@ -121,6 +142,16 @@ impl Metrics {
                 owed,
             ));
         }
+        families.push(family(
+            "vramguard_admission_waiting",
+            "Generation requests waiting in the admission queue for room.",
+            vec![sample(&[], leases.waiting as f64)],
+        ));
+        families.push(family(
+            "vramguard_generations_that_fit",
+            "How many more generations of the workload's current estimate would be admitted now, placed greedily on the GPUs.",
+            leases.that_fit.iter().map(|(name, n)| sample(&[("workload", name)], f64::from(*n))).collect(),
+        ));
         families.extend(policy_families(constraints));
         families.push(family(
             "vramguard_active_generations",

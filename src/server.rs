@@ -72,6 +72,7 @@ pub async fn run(
     let recorder = tokio::spawn(crate::app::history::run(state.clone(), stop_rx.clone()));
     let reaper = tokio::spawn(crate::app::ledger::reaper(state.clone(), stop_rx.clone()));
     let tracker = tokio::spawn(crate::app::ledger::tracker(state.clone(), stop_rx.clone()));
+    let dispatcher = tokio::spawn(crate::app::queue::dispatcher(state.clone(), stop_rx.clone()));
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on http://{addr}");
 
     let stop_for_server = stop_tx.clone();
@@ -102,6 +103,7 @@ pub async fn run(
     let _ = sampler_task.await;
     let _ = reaper.await;
     let _ = tracker.await;
+    let _ = dispatcher.await;
     let _ = recorder.await;
     tracing::info!("stopped");
     result

@@ -129,8 +129,10 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 struct LeaseDetails {
     #[serde(default)]
     pids: Vec<u32>,
-    #[serde(default)]
-    gpu_used_at_grant_gb: Option<f64>,
+    // Stores written before the baseline left out attributed processes used the old name; the
+    // old figure is larger, which only makes the reservation count longer (fail closed).
+    #[serde(default, alias = "gpu_used_at_grant_gb")]
+    unattributed_used_at_grant_gb: Option<f64>,
     #[serde(default)]
     vram_peak_gb: Option<f64>,
     #[serde(default)]
@@ -233,7 +235,7 @@ impl Store {
                         ttl_seconds: r.get(6)?,
                         client: r.get(7)?,
                         pids: Vec::new(),
-                        gpu_used_at_grant_gb: None,
+                        unattributed_used_at_grant_gb: None,
                         vram_peak_gb: None,
                         overrun: false,
                         grant: EstimateKey::default(),
@@ -252,7 +254,7 @@ impl Store {
                     message: e.to_string(),
                 })?;
                 lease.pids = d.pids;
-                lease.gpu_used_at_grant_gb = d.gpu_used_at_grant_gb;
+                lease.unattributed_used_at_grant_gb = d.unattributed_used_at_grant_gb;
                 lease.vram_peak_gb = d.vram_peak_gb;
                 lease.overrun = d.overrun;
                 if let Some(g) = d.grant {
@@ -268,7 +270,7 @@ impl Store {
     pub fn put_lease(&mut self, l: &Lease) -> Result<(), StoreError> {
         let details = serde_json::to_string(&LeaseDetails {
             pids: l.pids.clone(),
-            gpu_used_at_grant_gb: l.gpu_used_at_grant_gb,
+            unattributed_used_at_grant_gb: l.unattributed_used_at_grant_gb,
             vram_peak_gb: l.vram_peak_gb,
             overrun: l.overrun,
             grant: Some(l.grant.clone()),
@@ -521,7 +523,7 @@ mod tests {
             ttl_seconds: 900,
             client: Some("worker-1".to_owned()),
             pids: vec![4242, 4243],
-            gpu_used_at_grant_gb: Some(2.5),
+            unattributed_used_at_grant_gb: Some(2.5),
             vram_peak_gb: Some(8.25),
             overrun: false,
             grant: EstimateKey {

@@ -41,36 +41,76 @@ fn owner(file: &Path) -> Option<String> {
     (name != "lib" && name != "main").then_some(name)
 }
 
-/// The top-level modules named by `crate::` paths in `code`, with their line numbers. Line
-/// comments are skipped (doc links are not imports); `crate::{a, b::c}` groups are expanded.
-fn crate_paths(code: &str) -> Vec<(usize, String)> {
+/// The module path of a file below `src/` (`policy/admission.rs` → `[policy, admission]`,
+/// `policy/mod.rs` → `[policy]`), the base `super::` climbs from.
+fn module_path(file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src()).unwrap_or(file);
+    let mut parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    if let Some(last) = parts.pop() {
+        let stem = last.strip_suffix(".rs").unwrap_or(&last).to_owned();
+        if stem != "mod" && stem != "lib" && stem != "main" {
+            parts.push(stem);
+        }
+    }
+    parts
+}
+
+fn ident(text: &str) -> String {
+    text.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+}
+
+/// The first segments of the items of a `{...}` group that starts `text` (after the `{`), at any
+/// depth of nesting and across lines: `{a, b::{c, d}}` → `a`, `b`.
+fn group_items(text: &str) -> Vec<String> {
+    let mut items = vec![ident(text)];
+    let mut depth = 0usize;
+    for (i, ch) in text.char_indices() {
+        match ch {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => items.push(ident(&text[i + 1..])),
+            _ => {}
+        }
+    }
+    items.retain(|s| !s.is_empty());
+    items
+}
+
+/// The top-level modules named by `crate::` paths in `code` of the module at `path`, and by
+/// `super::` paths that climb to the crate root, with line numbers. Line comments are skipped
+/// (doc links are not imports); `{...}` groups are expanded, across lines too.
+fn crate_paths(path: &[String], code: &str) -> Vec<(usize, String)> {
+    let text: String =
+        code.lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n");
+    let line_of = |at: usize| text[..at].matches('\n').count() + 1;
     let mut found = Vec::new();
-    for (n, line) in code.lines().enumerate() {
-        if line.trim_start().starts_with("//") {
+    let mut at = 0;
+    while at < text.len() {
+        let rest = &text[at..];
+        let before = text[..at].chars().last();
+        let starts_path = !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
+        let (climbed, to_root) = if starts_path && rest.starts_with("crate::") {
+            ("crate::".len(), true)
+        } else if starts_path && rest.starts_with("super::") {
+            let mut n = 0;
+            while rest[n * "super::".len()..].starts_with("super::") {
+                n += 1;
+            }
+            (n * "super::".len(), n >= path.len())
+        } else {
+            at += rest.chars().next().map_or(1, char::len_utf8);
             continue;
+        };
+        let after = &rest[climbed..];
+        if to_root {
+            let names = match after.strip_prefix('{') {
+                Some(group) => group_items(group),
+                None => vec![ident(after)],
+            };
+            found.extend(names.into_iter().filter(|n| !n.is_empty()).map(|n| (line_of(at), n)));
         }
-        let mut rest = line;
-        while let Some(at) = rest.find("crate::") {
-            let before = rest[..at].chars().last();
-            rest = &rest[at + "crate::".len()..];
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-                continue; // e.g. `mycrate::`
-            }
-            if let Some(group) = rest.strip_prefix('{') {
-                let end = group.find('}').unwrap_or(group.len());
-                for item in group[..end].split(',') {
-                    let name: String = item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                    if !name.is_empty() {
-                        found.push((n + 1, name));
-                    }
-                }
-            } else {
-                let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                if !name.is_empty() {
-                    found.push((n + 1, name));
-                }
-            }
-        }
+        at += climbed;
     }
     found
 }
@@ -82,7 +122,7 @@ fn violations(layers: &[String], files: &[(PathBuf, String)]) -> Vec<String> {
     for (file, code) in files {
         let Some(me) = owner(file) else { continue };
         let my_rank = rank(&me).unwrap_or_else(|| panic!("{} is not declared in lib.rs", file.display()));
-        for (line, target) in crate_paths(code) {
+        for (line, target) in crate_paths(&module_path(file), code) {
             if target == me {
                 continue;
             }
@@ -134,6 +174,13 @@ fn the_check_catches_upward_imports() {
     assert_eq!(planted("use crate::{config::Config, app::AppState, store::Store};\n").len(), 2);
     assert!(planted("use crate::config::Config;\nuse crate::snapshot::Snapshot;\n").is_empty());
     assert!(planted("/// See [`crate::http::app`].\n").is_empty(), "doc links are not imports");
+    // A group over several lines, nested groups, and `super::` climbing to the crate root.
+    assert_eq!(planted("use crate::{\n    config::Config,\n    http::{app, AppState},\n};\n").len(), 1);
+    assert_eq!(planted("use crate::{config::{Config, Dur}, app::AppState};\n").len(), 1);
+    assert_eq!(planted("use super::super::http::app;\n").len(), 1);
+    assert!(planted("use super::verdict::Verdict;\n").is_empty(), "a sibling is not a layer");
+    let policy_mod = src().join("policy/mod.rs");
+    assert_eq!(violations(&layers, &[(policy_mod, "use super::http::app;\n".to_owned())]).len(), 1);
     // Two modules importing each other: at least one of the two arrows is upward.
     let store = src().join("store.rs");
     let cycle = violations(

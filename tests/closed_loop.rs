@@ -124,6 +124,14 @@ fn overrun_is_flagged_counted_and_warned() {
     // Still one overrun after more samples.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(vg.metrics().value("vramguard_lease_overruns_total", &[]), Some(1.0));
+    // Back under its reservation: the warning goes, the flag and the peak stay.
+    set(&vg, &[(4242, 11.0)]);
+    vg.wait_until("the warning to clear", Duration::from_secs(10), || {
+        vg.get_json("/api/v1/system/health").1["status"] == json!("healthy")
+    });
+    assert_eq!(lease(&vg, id)["overrun"], json!(true));
+    assert_eq!(lease(&vg, id)["vram_peak_gb"], json!(13.0));
+    assert_eq!(vg.metrics().value("vramguard_lease_overruns_total", &[]), Some(1.0));
 }
 
 /// Three finished leases peaking at 9.5, 10 and 13 GiB: the next estimate is 13 × 1.1 = 14.3

@@ -76,6 +76,8 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
         &vramguard::metrics::LeaseFigures {
             outstanding: vec![(0, 1.0)],
             estimates: vec![("default".to_owned(), "model", 11.8)],
+            waiting: 1,
+            that_fit: vec![("default".to_owned(), 2)],
         },
     );
     let exported: BTreeSet<String> = text

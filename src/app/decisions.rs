@@ -2,7 +2,7 @@
 
 use super::AppState;
 use crate::metrics::LeaseFigures;
-use crate::policy::admission::{CheckRequest, ResourceCheck, resource_check};
+use crate::policy::admission::{CheckRequest, ResourceCheck, generations_that_fit, resource_check};
 use crate::policy::health::{Health, health};
 
 impl AppState {
@@ -15,10 +15,16 @@ impl AppState {
     /// May a generation of `workload` (a checked profile name) start now, and on which GPU?
     /// Read-only: it records nothing but the decision counter.
     pub fn resource_check(&self, request: &CheckRequest, workload: &str) -> ResourceCheck {
-        let view = self.view();
-        let check = resource_check(&view.context_for(&self.config, workload), request);
+        let check = self.decide(request, workload);
         self.metrics.record_decision(check.can_start_generation, check.primary_reason());
         check
+    }
+
+    /// The resource-check decision now, without counting it (the caller counts the answer it
+    /// gives, once).
+    pub(crate) fn decide(&self, request: &CheckRequest, workload: &str) -> ResourceCheck {
+        let view = self.view();
+        resource_check(&view.context_for(&self.config, workload), request)
     }
 
     /// The `/metrics` exposition of the latest snapshot and the live policy values.
@@ -36,7 +42,17 @@ impl AppState {
                 (name.to_owned(), e.source.as_str(), e.gb)
             })
             .collect();
-        let figures = LeaseFigures { outstanding: view.outstanding.clone(), estimates };
+        let that_fit = match view.snapshot {
+            Some(_) => self
+                .config
+                .profile_names()
+                .into_iter()
+                .map(|name| (name.to_owned(), generations_that_fit(&view.context_for(&self.config, name))))
+                .collect(),
+            None => Vec::new(),
+        };
+        let figures =
+            LeaseFigures { outstanding: view.outstanding.clone(), estimates, waiting: self.waiting(), that_fit };
         self.metrics.render(view.snapshot.as_deref(), &view.live.constraints, status, view.active, &figures)
     }
 }

@@ -184,21 +184,26 @@ impl AppState {
     pub async fn reap_expired(&self) {
         match self.write("reaping leases failed", |st, store| st.reap(store, now_unix())).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "expired generation leases reaped"),
+            Ok(n) => {
+                tracing::info!(count = n, "expired generation leases reaped");
+                self.wake_queue();
+            }
             Err(e) => tracing::warn!(error = %e, "reaping leases failed"),
         }
     }
 
     /// Runs `f` in the lease critical section: under the store lock, after reaping lapsed leases,
     /// with one `now` for everything it decides.
-    async fn critical<T: Send + 'static>(
+    pub(super) async fn critical<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store, f64) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         self.write(what, move |st, store| {
             let now = now_unix();
-            st.reap(store, now)?;
+            if st.reap(store, now)? > 0 {
+                st.wake_queue();
+            }
             f(st, store, now)
         })
         .await
@@ -209,40 +214,7 @@ impl AppState {
         ask.validate()?;
         let workload = self.check_workload(ask.workload.as_deref())?;
         let outcome = self
-            .critical("lease decision failed", move |st, store, now| {
-                let view = st.view_at(now);
-                let request = CheckRequest {
-                    vram_required_gb: ask.vram_required_gb,
-                    model_loaded: ask.model_loaded,
-                    gpu: ask.gpu,
-                };
-                let check = resource_check(&view.context_for(&st.config, &workload), &request);
-                if !check.can_start_generation {
-                    return Ok(Acquired::Refused(check));
-                }
-                let ttl = ask.ttl_seconds.unwrap_or_else(|| st.config.leases.default_ttl.0.as_secs());
-                let lease = Lease {
-                    id: new_id(),
-                    gpu_index: check.gpu.as_ref().map(|g| g.index),
-                    gpu_uuid: check.gpu.as_ref().map(|g| g.uuid.clone()),
-                    vram_reserved_gb: check.required_gb,
-                    granted_at: now,
-                    expires_at: now + ttl as f64,
-                    ttl_seconds: ttl,
-                    client: ask.client,
-                    pids: ask.pids.unwrap_or_default(),
-                    gpu_used_at_grant_gb: check
-                        .gpu
-                        .as_ref()
-                        .and_then(|g| view.snapshot.as_deref().and_then(|s| gpu_used_gb(s, g.index))),
-                    vram_peak_gb: None,
-                    overrun: false,
-                    grant: EstimateKey { workload, settings: view.live.settings, model_loaded: ask.model_loaded },
-                };
-                store.put_lease(&lease).map_err(store_failed)?;
-                st.book_mut().insert(lease.clone());
-                Ok(Acquired::Granted(Box::new(lease), check))
-            })
+            .critical("lease decision failed", move |st, store, now| st.grant_or_refuse(store, now, &ask, &workload))
             .await?;
         match &outcome {
             Acquired::Granted(lease, check) => {
@@ -254,6 +226,63 @@ impl AppState {
         Ok(outcome)
     }
 
+    /// Decides `ask` (a checked `workload`) on the view at `now` and, if it fits, records the
+    /// lease durably and in the book. Runs inside the critical section; counts nothing.
+    pub(super) fn grant_or_refuse(
+        &self,
+        store: &mut Store,
+        now: f64,
+        ask: &LeaseAsk,
+        workload: &str,
+    ) -> Result<Acquired, ServiceError> {
+        let view = self.view_at(now);
+        let request =
+            CheckRequest { vram_required_gb: ask.vram_required_gb, model_loaded: ask.model_loaded, gpu: ask.gpu };
+        let check = resource_check(&view.context_for(&self.config, workload), &request);
+        if !check.can_start_generation {
+            return Ok(Acquired::Refused(check));
+        }
+        let ttl = ask.ttl_seconds.unwrap_or_else(|| self.config.leases.default_ttl.0.as_secs());
+        let lease = Lease {
+            id: new_id(),
+            gpu_index: check.gpu.as_ref().map(|g| g.index),
+            gpu_uuid: check.gpu.as_ref().map(|g| g.uuid.clone()),
+            vram_reserved_gb: check.required_gb,
+            granted_at: now,
+            expires_at: now + ttl as f64,
+            ttl_seconds: ttl,
+            client: ask.client.clone(),
+            pids: ask.pids.clone().unwrap_or_default(),
+            unattributed_used_at_grant_gb: check.gpu.as_ref().and_then(|g| {
+                let used = gpu_used_gb(view.snapshot.as_deref()?, g.index)?;
+                let attributed: f64 = view
+                    .leases
+                    .iter()
+                    .filter(|(l, _)| l.gpu_index == Some(g.index))
+                    .filter_map(|(_, u)| u.used_gb)
+                    .sum();
+                Some((used - attributed).max(0.0))
+            }),
+            vram_peak_gb: None,
+            overrun: false,
+            grant: EstimateKey {
+                workload: workload.to_owned(),
+                settings: view.live.settings,
+                model_loaded: ask.model_loaded,
+            },
+        };
+        store.put_lease(&lease).map_err(store_failed)?;
+        self.book_mut().insert(lease.clone());
+        Ok(Acquired::Granted(Box::new(lease), check))
+    }
+
+    /// Ends a lease nobody was told about (its waiter left as it was granted): no observation.
+    pub(super) fn end_unclaimed(&self, store: &mut Store, id: &str) -> Result<(), ServiceError> {
+        store.end_leases(&[id.to_owned()], &[]).map_err(store_failed)?;
+        self.book_mut().remove(id);
+        Ok(())
+    }
+
     /// Extends a live lease by its TTL (or `ttl`, which becomes its TTL) from now, and adds
     /// `pids` (a worker's children) to its processes.
     pub async fn heartbeat(&self, id: String, ttl: Option<u64>, pids: Option<Vec<u32>>) -> Result<Lease, ServiceError> {
@@ -263,6 +292,8 @@ impl AppState {
             limits::check_pids(p).map_err(|m| invalid("pids", m))?;
         }
         self.critical("heartbeat failed", move |st, store, now| {
+            // The tracker may raise the peak while the store writes; only the fields a heartbeat
+            // owns are merged back into the book, so its update is never overwritten.
             let mut lease = st.book().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
             if let Some(t) = ttl {
                 lease.ttl_seconds = t;
@@ -277,8 +308,9 @@ impl AppState {
             }
             lease.expires_at = now + lease.ttl_seconds as f64;
             store.put_lease(&lease).map_err(store_failed)?;
-            st.book_mut().insert(lease.clone());
-            Ok(lease)
+            let mut book = st.book_mut();
+            let merged = book.renew(&id, lease.expires_at, lease.ttl_seconds, &lease.pids).unwrap_or(lease);
+            Ok(merged)
         })
         .await
     }
@@ -291,15 +323,25 @@ impl AppState {
         }
         let id_for_log = id.clone();
         self.critical("release failed", move |st, store, now| {
-            let lease = st.book().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
+            // Out of the book first, so the tracker cannot raise a peak the observation misses;
+            // no decision runs meanwhile (this is the critical section), and a failed write puts
+            // the lease back.
+            let lease = {
+                let mut book = st.book_mut();
+                book.get_live(&id, now).ok_or_else(|| no_live_lease(&id))?;
+                book.remove(&id).ok_or_else(|| no_live_lease(&id))?
+            };
             let observations: Vec<Observation> =
                 observation(&lease, End::Released(peak_vram_gb), now).into_iter().collect();
-            store.end_leases(std::slice::from_ref(&id), &observations).map_err(store_failed)?;
-            st.book_mut().remove(&id);
+            if let Err(e) = store.end_leases(std::slice::from_ref(&id), &observations) {
+                st.book_mut().insert(lease);
+                return Err(store_failed(e));
+            }
             st.remember(&observations);
             Ok(())
         })
         .await?;
+        self.wake_queue();
         tracing::info!(id = %id_for_log, "generation lease released");
         Ok(())
     }

@@ -4,6 +4,7 @@
 //!
 //! - [`AppState`]: the shared state and the one write path ([`AppState::write`]).
 //! - [`ledger`]: generation leases: the critical section that decides and records, reaping.
+//! - [`queue`]: waiting admission: requests held until they fit, decided again on every change.
 //! - [`settings`]: partial updates and resets of the optimization settings and constraints.
 //! - [`decisions`]: health, resource-check and the metrics exposition on the live view.
 //! - [`history`]: the embedded history recorder, `stats/save` and history queries.
@@ -13,6 +14,7 @@ pub mod decisions;
 pub mod error;
 pub mod ledger;
 pub mod history;
+pub mod queue;
 pub mod settings;
 
 use std::sync::atomic::AtomicU32;
@@ -72,6 +74,10 @@ pub struct AppState {
     /// Observed peaks (key, GiB), newest first; replaced whole on every change so a view holds
     /// a cheap `Arc` of it.
     observed: Arc<RwLock<Observed>>,
+    /// Generation requests waiting for room, oldest first.
+    queue: Arc<Mutex<queue::WaitQueue>>,
+    /// Wakes the queue's dispatcher: a release, an expiry, a settings change, a waiter.
+    queue_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Observed peaks (key, GiB), newest first.
@@ -171,6 +177,8 @@ impl AppState {
             store: Arc::new(Mutex::new(store)),
             token: token.map(Arc::from),
             observed: Arc::new(RwLock::new(Arc::new(observed))),
+            queue: Arc::default(),
+            queue_wake: Arc::default(),
         })
     }
 
@@ -195,7 +203,9 @@ impl AppState {
             .zip(&used)
             .filter_map(|(l, u)| {
                 let used_gb = u.used_gb?;
-                (l.overrun || used_gb > l.vram_reserved_gb + 0.01).then(|| Overrun {
+                // Health warns while the job holds more than it reserved; the lease's `overrun`
+                // flag keeps the history, so a past overrun does not keep the warning up.
+                (used_gb > l.vram_reserved_gb + 0.01).then(|| Overrun {
                     label: l.label().to_owned(),
                     used_gb,
                     reserved_gb: l.vram_reserved_gb,

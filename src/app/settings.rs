@@ -154,6 +154,7 @@ impl AppState {
             };
             result.map_err(|e| ServiceError::failed("could not write the state store", e))?;
             *state.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+            state.wake_queue();
             Ok(next)
         })
         .await

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::body::{Allowed, JsonBody, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
-use crate::app::ledger::{Acquired, LeaseAsk};
+use crate::app::ledger::LeaseAsk;
+use crate::app::queue::{Admission, retry_after_seconds};
 use crate::leases::{Lease, LeaseUsage};
 use crate::policy::admission::ResourceCheck;
 use crate::time::rfc3339_unix;
@@ -47,6 +48,10 @@ pub struct LeaseRequest {
     pub pids: Option<Vec<u32>>,
     /// Workload profile name (config `workloads`; default `default`).
     pub workload: Option<String>,
+    /// Seconds to wait for room when the refusal can clear (0–300, decimals allowed; default 0:
+    /// answer at once).
+    #[schema(minimum = 0.0, maximum = 300.0)]
+    pub wait_seconds: Option<f64>,
 }
 
 impl Allowed for LeaseRequest {
@@ -58,6 +63,7 @@ impl Allowed for LeaseRequest {
         ("client", "a string of at most 128 characters"),
         ("pids", "a list of 1 to 64 process ids (integers 1 to 4194304)"),
         ("workload", "the name of a workload profile"),
+        ("wait_seconds", "a number 0 to 300 (seconds, decimals allowed)"),
     ];
 }
 
@@ -167,8 +173,38 @@ pub struct LeaseGranted {
 pub struct LeaseRefused {
     /// The blocking issues in one sentence.
     pub detail: String,
-    /// The decision that refused it.
+    /// The decision that refused it (for a request that waited: the last one).
     pub resource_check: ResourceCheck,
+    /// For a request that waited to its deadline: its 1-based place in the queue then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<usize>,
+}
+
+/// One waiting request.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WaitingBody {
+    /// 1-based place in the queue.
+    pub position: usize,
+    /// Who asked.
+    pub client: Option<String>,
+    /// What it needs, GiB (its own figure, else what its last decision assumed; null before
+    /// its first decision).
+    pub vram_required_gb: Option<f64>,
+    /// Workload profile.
+    pub workload: String,
+    /// How long it has waited, seconds.
+    pub waited_seconds: f64,
+    /// When it stops waiting (RFC 3339 UTC).
+    pub deadline: String,
+}
+
+/// Answer of `GET /generations/queue`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QueueList {
+    /// `fifo` or `backfill` (config `queue.policy`).
+    pub policy: &'static str,
+    /// Waiting requests, first in line first.
+    pub waiting: Vec<WaitingBody>,
 }
 
 /// Answer of `GET /generations`.
@@ -183,12 +219,15 @@ pub struct LeaseList {
 }
 
 /// Takes a generation lease if resources allow: 201 with the lease, or 409 with the reasons.
+/// With `wait_seconds`, a refusal that can clear waits in the admission queue first; a 409 after
+/// waiting carries `queue_position` and `Retry-After`.
 #[utoipa::path(post, path = "/api/v1/system/generations", tag = "leases",
     request_body = LeaseRequest,
     responses(
         (status = 201, body = LeaseGranted), (status = 409, body = LeaseRefused),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "The admission queue is full"),
     ))]
 pub async fn acquire(
     State(state): State<AppState>,
@@ -203,8 +242,8 @@ pub async fn acquire(
         pids: req.pids,
         workload: req.workload,
     };
-    Ok(match state.acquire(ask).await? {
-        Acquired::Granted(lease, check) => {
+    Ok(match state.acquire_waiting(ask, req.wait_seconds.unwrap_or(0.0)).await? {
+        Admission::Granted(lease, check) => {
             let with_usage = state.lease_now(&lease.id).unwrap_or_else(|| {
                 let owed = LeaseUsage {
                     id: lease.id.clone(),
@@ -217,11 +256,44 @@ pub async fn acquire(
             let granted = LeaseGranted { lease: LeaseBody::from(&with_usage), resource_check: check };
             (StatusCode::CREATED, Json(granted)).into_response()
         }
-        Acquired::Refused(check) => {
+        Admission::Refused { check, queue_position } => {
             let detail = format!("generation refused: {}", check.blocking_issues.join("; "));
-            (StatusCode::CONFLICT, Json(LeaseRefused { detail, resource_check: check })).into_response()
+            let body = Json(LeaseRefused { detail, resource_check: check, queue_position });
+            match queue_position {
+                Some(_) => {
+                    let retry = retry_after_seconds(queue_position).to_string();
+                    (StatusCode::CONFLICT, [(header::RETRY_AFTER, retry)], body).into_response()
+                }
+                None => (StatusCode::CONFLICT, body).into_response(),
+            }
+        }
+        Admission::QueueFull { waiting } => {
+            let detail = format!(
+                "the admission queue is full ({waiting} generations waiting, queue.max_waiting); try again later"
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], Json(ErrorBody { detail })).into_response()
         }
     })
+}
+
+/// The generation requests waiting for room, first in line first. Waiting requests are kept in
+/// memory only: a restart drops them.
+#[utoipa::path(get, path = "/api/v1/system/generations/queue", tag = "leases",
+    responses((status = 200, body = QueueList)))]
+pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
+    let waiting = state
+        .waiting_list()
+        .into_iter()
+        .map(|w| WaitingBody {
+            position: w.position,
+            client: w.client,
+            vram_required_gb: w.vram_required_gb.map(round2),
+            workload: w.workload,
+            waited_seconds: round2(w.waited_seconds),
+            deadline: rfc3339_unix(w.deadline),
+        })
+        .collect();
+    Json(QueueList { policy: state.config.queue.policy.as_str(), waiting })
 }
 
 /// Live leases.

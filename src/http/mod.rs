@@ -17,6 +17,7 @@
 //! | GET | `/api/v1/system/health` | [`decisions::get_health`] | health report |
 //! | GET | `/api/v1/system/resource-check` | [`decisions::resource_check`] | admission query |
 //! | POST, GET | `/api/v1/system/generations` | [`generations`] | take a lease (atomic admission); list |
+//! | GET | `/api/v1/system/generations/queue` | [`generations::queue`] | requests waiting for room |
 //! | POST | `/api/v1/system/generations/{id}/heartbeat` | [`generations::heartbeat`] | extend a lease |
 //! | DELETE | `/api/v1/system/generations/{id}` | [`generations::release`] | release a lease (`?peak_vram_gb=`) |
 //! | GET, DELETE | `/api/v1/system/observations` | [`observations`] | observed peaks behind learned estimates |

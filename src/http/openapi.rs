@@ -36,6 +36,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(decisions::get_health))
         .routes(routes!(decisions::resource_check))
         .routes(routes!(generations::acquire, generations::list))
+        .routes(routes!(generations::queue))
         .routes(routes!(generations::heartbeat))
         .routes(routes!(generations::release))
         .routes(routes!(observations::list, observations::clear))

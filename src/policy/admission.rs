@@ -39,6 +39,8 @@ pub enum Reason {
     Concurrency,
     /// No GPU visible while `gpu.enabled` is true.
     NoGpu,
+    /// Other requests wait ahead and may not be overtaken.
+    Queue,
 }
 
 impl Reason {
@@ -50,6 +52,7 @@ impl Reason {
             Reason::Ram => "ram",
             Reason::Concurrency => "concurrency",
             Reason::NoGpu => "no_gpu",
+            Reason::Queue => "queue",
         }
     }
 }
@@ -125,12 +128,29 @@ pub struct ResourceCheck {
     /// Why it refused, first reason first (not serialised; feeds the decision counter).
     #[serde(skip)]
     pub reasons: Vec<Reason>,
+    /// The refusal cannot clear by waiting (no GPU, an unknown pinned GPU, a job larger than
+    /// every GPU or than `max_vram_usage_gb`): a waiting request is refused at once.
+    #[serde(skip)]
+    pub lasting: bool,
 }
 
 impl ResourceCheck {
     /// The reason label for the decision counter: `none` when admitted.
     pub fn primary_reason(&self) -> &'static str {
         self.reasons.first().map_or("none", |r| r.as_str())
+    }
+
+    /// Refused, but only for reasons that can clear (VRAM, a slot, CPU, RAM): worth waiting.
+    pub fn may_clear(&self) -> bool {
+        !self.can_start_generation && !self.lasting
+    }
+
+    /// Refuses a decision that would have admitted, for `text`, keeping what it saw.
+    pub fn refuse(&mut self, reason: Reason, text: String) {
+        self.can_start_generation = false;
+        self.blocking_issues.insert(0, text);
+        self.reasons.insert(0, reason);
+        self.message = format!("Cannot start generation: {}", self.blocking_issues.join(", "));
     }
 }
 
@@ -140,6 +160,7 @@ struct Findings {
     blocking: Vec<String>,
     recommendations: Vec<String>,
     reasons: Vec<Reason>,
+    lasting: bool,
 }
 
 impl Findings {
@@ -191,6 +212,7 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
         estimate_samples: est.samples,
         required_gb: required,
         reasons: f.reasons,
+        lasting: f.lasting,
     }
 }
 
@@ -227,9 +249,14 @@ fn check_vram(
             _ => "No GPU visible: NVML reports no usable GPU, so VRAM cannot be checked".to_owned(),
         };
         f.block(Reason::NoGpu, text);
+        f.lasting = true;
         return (false, chosen);
     }
     let within_budget = required <= ctx.settings.max_vram_usage_gb;
+    // Not even an empty candidate GPU would take it: no release can make room.
+    let larger_than_every_gpu =
+        !candidates.iter().any(|g| fits_under(required / g.total_gb, c.vram_critical_threshold));
+    f.lasting = !within_budget || larger_than_every_gpu;
     if fitting.is_empty() {
         let g = chosen.as_ref().expect("candidates is not empty");
         f.blocking.push(if verdict::vram_level(g.usage(), c) == VramLevel::Critical {
@@ -356,4 +383,32 @@ fn check_slots(ctx: &Context<'_>, f: &mut Findings) -> Option<bool> {
         ));
     }
     Some(free)
+}
+
+/// Most generations [`generations_that_fit`] counts: above any `max_concurrent_generations`, so
+/// it only bounds a GPU-less host with no VRAM to run out of.
+pub const FIT_COUNT_CAP: u32 = 1024;
+
+/// How many more generations of the context's workload (its current estimate, model not loaded)
+/// would be admitted right now: each one placed where admission would put it, its VRAM then
+/// owed on that GPU and its slot taken, until a decision refuses. 0 when CPU or RAM refuse or the
+/// estimate exceeds `max_vram_usage_gb`.
+pub fn generations_that_fit(ctx: &Context<'_>) -> u32 {
+    let mut outstanding: Vec<(u32, f64)> = ctx.outstanding.to_vec();
+    let mut active = ctx.active_generations;
+    let request = CheckRequest::default();
+    let mut n = 0;
+    while n < FIT_COUNT_CAP {
+        let next = Context { outstanding: &outstanding, active_generations: active, ..*ctx };
+        let check = resource_check(&next, &request);
+        if !check.can_start_generation {
+            break;
+        }
+        if let Some(g) = &check.gpu {
+            outstanding.push((g.index, check.required_gb));
+        }
+        active = active.map(|a| a + 1);
+        n += 1;
+    }
+    n
 }

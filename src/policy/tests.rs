@@ -266,3 +266,59 @@ fn failing_collector_is_a_health_issue() {
     assert_eq!(h.status, HealthStatus::Warning);
     assert_eq!(h.system_info.issues, vec!["Collector gpu failing: GPU 1: GPU is lost"]);
 }
+
+/// A workload of exactly 5 GiB: no weights, 5 GiB of activations.
+fn five_gib_job() -> crate::config::Workload {
+    crate::config::Workload {
+        components: Vec::new(),
+        activations_gb: 5.0,
+        vae_decode_gb: 0.0,
+        overhead_gb: 0.0,
+        ..crate::config::Workload::default()
+    }
+}
+
+/// GPU 0: 24 GiB, 2 used → 2 + 5k < 22.8 holds for k ≤ 4. GPU 1: 16 GiB, empty → 5k < 15.2
+/// for k ≤ 3. Seven in all, fewer when slots, an outstanding reservation, CPU or the budget say so.
+#[test]
+fn generations_that_fit_places_greedily_within_every_rule() {
+    use super::admission::generations_that_fit;
+    let mut f = Fixture::new();
+    f.config.workload = five_gib_job();
+    f.constraints.max_concurrent_generations = 10;
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 24, 2 * G), gpu(1, 16, 0)]);
+    assert_eq!(resource_check(&f.ctx(&s), &CheckRequest::default()).vram_required_gb, 5.0);
+    assert_eq!(generations_that_fit(&f.ctx(&s)), 7);
+    // Two slots left of ten.
+    assert_eq!(generations_that_fit(&Context { active_generations: Some(8), ..f.ctx(&s) }), 2);
+    // 6 GiB still owed on GPU 1: 6 + 5k < 15.2 for k ≤ 1.
+    assert_eq!(generations_that_fit(&Context { outstanding: &[(1, 6.0)], ..f.ctx(&s) }), 5);
+    // CPU over its threshold: none.
+    let busy = snapshot(0.95, 0.3, vec![gpu(0, 24, 2 * G), gpu(1, 16, 0)]);
+    assert_eq!(generations_that_fit(&f.ctx(&busy)), 0);
+    // Over the budget: none.
+    f.settings.max_vram_usage_gb = 4.0;
+    assert_eq!(generations_that_fit(&f.ctx(&s)), 0);
+}
+
+/// Waiting helps only where a release or a calmer host can make room.
+#[test]
+fn refusals_that_cannot_clear_are_lasting() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 14 * G)]);
+    // Full now, but the GPU could take it once emptied: worth waiting.
+    let r = resource_check(&f.ctx(&s), &need(8.0));
+    assert!(r.may_clear(), "{r:?}");
+    // Larger than the GPU below its critical threshold (15.2 GiB), or than the budget (12 GiB).
+    assert!(resource_check(&f.ctx(&s), &need(15.5)).lasting);
+    let mut roomy = Fixture::new();
+    roomy.settings.max_vram_usage_gb = 12.0;
+    let s24 = snapshot(0.2, 0.3, vec![gpu(0, 24, 0)]);
+    assert!(resource_check(&roomy.ctx(&s24), &need(13.0)).lasting);
+    // An unknown pinned GPU, or no GPU at all.
+    assert!(resource_check(&f.ctx(&s), &CheckRequest { gpu: Some(3), ..need(1.0) }).lasting);
+    assert!(resource_check(&f.ctx(&snapshot(0.2, 0.3, vec![])), &need(1.0)).lasting);
+    // A busy CPU clears.
+    let busy = snapshot(0.95, 0.3, vec![gpu(0, 16, 0)]);
+    assert!(resource_check(&f.ctx(&busy), &need(1.0)).may_clear());
+}

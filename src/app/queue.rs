@@ -1,0 +1,365 @@
+//! Waiting admission: generation requests that asked to wait (`wait_seconds`) hold their HTTP
+//! request here until a lease is granted, a refusal turns out lasting, or their deadline passes.
+//!
+//! One dispatcher task decides the whole queue again on every wake-up: a new snapshot, a
+//! release, an expiry, a settings change, a new or departed waiter. Each pass runs in the lease
+//! critical section ([`AppState::critical`]), so a waiting request is admitted by exactly the
+//! rule, and under exactly the lock, that a direct one is. Order is `queue.policy`: `fifo` decides
+//! the head and stops at the first request that does not fit; `backfill` goes on past a head
+//! that does not fit until the head has waited `queue.max_bypass`.
+//!
+//! A waiter that goes away (its client disconnected, so axum dropped the handler) leaves the
+//! queue through a drop guard; the dispatcher also skips any entry whose answer channel is
+//! closed, and a lease granted to a waiter that vanished in that instant is ended again inside
+//! the same critical section, so no lease is left without a holder. The queue lives in memory
+//! only: a restart drops every waiting request, as it drops their connections.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::ledger::{Acquired, LeaseAsk};
+use super::{AppState, ServiceError};
+use crate::config::QueuePolicy;
+use crate::leases::Lease;
+use crate::policy::admission::{CheckRequest, Reason, ResourceCheck};
+use crate::time::now_unix;
+
+/// The answer to a lease request that may wait.
+#[derive(Debug)]
+pub enum Admission {
+    /// Admitted: the lease and the decision that admitted it.
+    Granted(Box<Lease>, ResourceCheck),
+    /// Refused: the last decision; with the place it held when it stopped waiting, if it waited.
+    Refused {
+        /// The decision.
+        check: ResourceCheck,
+        /// 1-based place in the queue when the deadline passed.
+        queue_position: Option<usize>,
+    },
+    /// `queue.max_waiting` requests already wait.
+    QueueFull {
+        /// How many wait.
+        waiting: usize,
+    },
+}
+
+/// One waiting request as `GET /generations/queue` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitingView {
+    /// 1-based.
+    pub position: usize,
+    /// Who asked.
+    pub client: Option<String>,
+    /// What it needs, GiB: its own figure, else what the last decision assumed.
+    pub vram_required_gb: Option<f64>,
+    /// Workload profile.
+    pub workload: String,
+    /// Since it joined, seconds.
+    pub waited_seconds: f64,
+    /// When it stops waiting, Unix seconds.
+    pub deadline: f64,
+}
+
+/// What the dispatcher sends a waiter.
+type Outcome = Admission;
+
+struct Waiter {
+    seq: u64,
+    ask: LeaseAsk,
+    workload: String,
+    since: Instant,
+    deadline: Instant,
+    deadline_unix: f64,
+    last: Option<ResourceCheck>,
+    answer: oneshot::Sender<Outcome>,
+}
+
+/// The waiting requests, oldest first. Shared between handlers and the dispatcher.
+#[derive(Default)]
+pub(crate) struct WaitQueue {
+    waiters: VecDeque<Waiter>,
+    next_seq: u64,
+}
+
+impl WaitQueue {
+    fn position(&self, seq: u64) -> Option<usize> {
+        self.waiters.iter().position(|w| w.seq == seq)
+    }
+
+    fn take(&mut self, seq: u64) -> Option<(usize, Waiter)> {
+        let i = self.position(seq)?;
+        self.waiters.remove(i).map(|w| (i + 1, w))
+    }
+}
+
+/// Removes its waiter from the queue when the waiting handler ends for any reason, a dropped
+/// connection included.
+struct Leave {
+    state: AppState,
+    seq: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let left = self.state.queue().take(self.seq).is_some();
+        if left {
+            // The head leaving may let the next one in.
+            self.state.wake_queue();
+        }
+    }
+}
+
+/// Whole seconds a refused waiter is told to wait before asking again: its place in the queue,
+/// at least 1 and at most 60, so retries of a long queue spread out.
+pub fn retry_after_seconds(queue_position: Option<usize>) -> u64 {
+    queue_position.map_or(1, |p| p.clamp(1, 60) as u64)
+}
+
+impl AppState {
+    pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, WaitQueue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the dispatcher for a pass over the waiting requests.
+    pub fn wake_queue(&self) {
+        self.queue_wake.notify_one();
+    }
+
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.queue().waiters.len()
+    }
+
+    /// The waiting requests in order.
+    pub fn waiting_list(&self) -> Vec<WaitingView> {
+        let now = Instant::now();
+        self.queue()
+            .waiters
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WaitingView {
+                position: i + 1,
+                client: w.ask.client.clone(),
+                vram_required_gb: w.ask.vram_required_gb.or_else(|| w.last.as_ref().map(|c| c.vram_required_gb)),
+                workload: w.workload.clone(),
+                waited_seconds: now.duration_since(w.since).as_secs_f64(),
+                deadline: w.deadline_unix,
+            })
+            .collect()
+    }
+
+    /// Takes a lease, waiting up to `wait_seconds` for room when the refusal can clear.
+    pub async fn acquire_waiting(&self, ask: LeaseAsk, wait_seconds: f64) -> Result<Admission, ServiceError> {
+        ask.validate()?;
+        crate::limits::check_wait_seconds(wait_seconds)
+            .map_err(|m| ServiceError::Invalid(format!("wait_seconds: {m}")))?;
+        let workload = self.check_workload(ask.workload.as_deref())?;
+        // An operator may hold connections for less than the API's maximum.
+        let wait_seconds = wait_seconds.min(self.config.queue.max_wait.0.as_secs_f64());
+        let started = Instant::now();
+        let ahead = self.waiting();
+        let outcome = if ahead == 0 {
+            match self.acquire(ask.clone()).await? {
+                Acquired::Granted(lease, check) => Admission::Granted(lease, check),
+                Acquired::Refused(check) if wait_seconds > 0.0 && check.may_clear() => {
+                    self.wait_in_line(ask, workload, started, wait_seconds).await?
+                }
+                Acquired::Refused(check) => Admission::Refused { check, queue_position: None },
+            }
+        } else if wait_seconds == 0.0 && self.config.queue.policy == QueuePolicy::Fifo {
+            let mut check = self.decide(&request_of(&ask), &workload);
+            check.refuse(Reason::Queue, waiting_ahead(ahead));
+            self.metrics.record_decision(false, check.primary_reason());
+            Admission::Refused { check, queue_position: None }
+        } else {
+            // Behind the others; with backfill a request that fits may still go at once.
+            self.wait_in_line(ask, workload, started, wait_seconds).await?
+        };
+        let result = match &outcome {
+            Admission::Granted(..) => "admitted",
+            Admission::Refused { queue_position: Some(_), .. } => "timed_out",
+            Admission::Refused { .. } => "refused",
+            Admission::QueueFull { .. } => "queue_full",
+        };
+        self.metrics.record_wait(result, started.elapsed().as_secs_f64());
+        Ok(outcome)
+    }
+
+    async fn wait_in_line(
+        &self,
+        ask: LeaseAsk,
+        workload: String,
+        started: Instant,
+        wait_seconds: f64,
+    ) -> Result<Admission, ServiceError> {
+        let wait = Duration::from_secs_f64(wait_seconds);
+        let (tx, mut rx) = oneshot::channel();
+        let seq = {
+            let mut q = self.queue();
+            if q.waiters.len() >= self.config.queue.max_waiting as usize {
+                return Ok(Admission::QueueFull { waiting: q.waiters.len() });
+            }
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            q.waiters.push_back(Waiter {
+                seq,
+                ask,
+                workload,
+                since: started,
+                deadline: started + wait,
+                deadline_unix: now_unix() + wait_seconds,
+                last: None,
+                answer: tx,
+            });
+            seq
+        };
+        let _leave = Leave { state: self.clone(), seq };
+        self.wake_queue();
+        // A zero wait (backfill) is answered by the pass it triggered; the grace only matters if
+        // that pass fails.
+        let grace = if wait.is_zero() { Duration::from_secs(2) } else { Duration::ZERO };
+        let deadline = tokio::time::Instant::from_std(started + wait + grace);
+        tokio::select! {
+            answer = &mut rx => return answer.map_err(|e| ServiceError::failed("waiting admission failed", e)),
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let left = self.queue().take(seq);
+        match left {
+            Some((position, w)) => {
+                self.wake_queue();
+                let check = match w.last {
+                    Some(c) => c,
+                    None => self.decide(&request_of(&w.ask), &w.workload),
+                };
+                self.metrics.record_decision(false, check.primary_reason());
+                Ok(Admission::Refused { check, queue_position: Some(position) })
+            }
+            // The dispatcher took it just now: its answer is on the way.
+            None => rx.await.map_err(|e| ServiceError::failed("waiting admission failed", e)),
+        }
+    }
+
+    /// One pass over the queue in the lease critical section.
+    pub(crate) async fn dispatch(&self) -> Result<(), ServiceError> {
+        if self.waiting() == 0 {
+            return Ok(());
+        }
+        let granted = self
+            .critical("waiting admission failed", |st, store, now| {
+                let order: Vec<u64> = st.queue().waiters.iter().map(|w| w.seq).collect();
+                let policy = st.config.queue.policy;
+                let max_bypass = st.config.queue.max_bypass.0;
+                let mut head_since: Option<Instant> = None;
+                let mut granted = Vec::new();
+                for seq in order {
+                    let Some((ask, workload, since, deadline, closed)) = st
+                        .queue()
+                        .waiters
+                        .iter()
+                        .find(|w| w.seq == seq)
+                        .map(|w| (w.ask.clone(), w.workload.clone(), w.since, w.deadline, w.answer.is_closed()))
+                    else {
+                        continue;
+                    };
+                    if closed {
+                        st.queue().take(seq);
+                        continue;
+                    }
+                    let may_try = match head_since {
+                        None => true,
+                        Some(h) => policy == QueuePolicy::Backfill && h.elapsed() < max_bypass,
+                    };
+                    let expired = deadline <= Instant::now();
+                    if !may_try {
+                        if expired {
+                            // A zero-wait request behind a head nothing may overtake.
+                            let ahead = st.queue().position(seq).unwrap_or(0);
+                            let mut check = st.decide(&request_of(&ask), &workload);
+                            check.refuse(Reason::Queue, waiting_ahead(ahead));
+                            send(st, seq, |_| Admission::Refused { check, queue_position: None });
+                        }
+                        continue;
+                    }
+                    match st.grant_or_refuse(store, now, &ask, &workload)? {
+                        Acquired::Granted(lease, check) => {
+                            let id = lease.id.clone();
+                            let gone = !send(st, seq, |_| Admission::Granted(lease, check));
+                            if gone {
+                                // Its client left between the check and the answer.
+                                st.end_unclaimed(store, &id)?;
+                            } else {
+                                granted.push(id);
+                            }
+                        }
+                        Acquired::Refused(check) if !check.may_clear() => {
+                            send(st, seq, |_| Admission::Refused { check, queue_position: None });
+                        }
+                        Acquired::Refused(check) if expired => {
+                            send(st, seq, |position| Admission::Refused { check, queue_position: Some(position) });
+                        }
+                        Acquired::Refused(check) => {
+                            if let Some(w) = st.queue().waiters.iter_mut().find(|w| w.seq == seq) {
+                                w.last = Some(check);
+                            }
+                            head_since.get_or_insert(since);
+                        }
+                    }
+                }
+                Ok(granted)
+            })
+            .await?;
+        for id in &granted {
+            tracing::info!(id = %id, "waiting generation lease granted");
+        }
+        Ok(())
+    }
+}
+
+/// Takes waiter `seq` out of the queue and sends it what `make` builds from its 1-based position.
+/// False when the waiter is gone (its client left).
+fn send(st: &AppState, seq: u64, make: impl FnOnce(usize) -> Outcome) -> bool {
+    let taken = st.queue().take(seq);
+    match taken {
+        Some((position, w)) => {
+            let outcome = make(position);
+            let admitted = matches!(outcome, Admission::Granted(..));
+            if let Admission::Granted(_, c) | Admission::Refused { check: c, .. } = &outcome {
+                st.metrics.record_decision(admitted, c.primary_reason());
+            }
+            w.answer.send(outcome).is_ok()
+        }
+        None => false,
+    }
+}
+
+fn request_of(ask: &LeaseAsk) -> CheckRequest {
+    CheckRequest { vram_required_gb: ask.vram_required_gb, model_loaded: ask.model_loaded, gpu: ask.gpu }
+}
+
+/// The blocking issue of a request that may not overtake the queue.
+fn waiting_ahead(n: usize) -> String {
+    match n {
+        1 => "1 generation is waiting ahead".to_owned(),
+        n => format!("{n} generations are waiting ahead"),
+    }
+}
+
+/// Passes over the queue on every wake-up and every new snapshot until `stop` flips. Waiters
+/// time themselves out, so the dispatcher only runs when something changed.
+pub(crate) async fn dispatcher(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut snapshots = state.snapshots.clone();
+    let wake = Arc::clone(&state.queue_wake);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = wake.notified() => {}
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+        if let Err(e) = state.dispatch().await {
+            tracing::warn!(error = %e, "waiting admission pass failed");
+        }
+    }
+}
