@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
@@ -182,6 +185,55 @@ def test_a_wait_longer_than_the_server_maximum_is_asked_again(
         assert lease.vram_reserved_gb == 2.0
     assert sent.statuses == [409, 201], sent.statuses
     assert sent.waits == [1.0, 1.0]
+
+
+def test_a_shorter_server_max_wait_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An operator may hold requests for less than the API's 300 s: the client asks again.
+    server = Server(limit=1, extra_config='queue: { max_wait: "1s" }\n')
+    try:
+        take(server)
+        vg = Vramguard(server.url)
+        sent = Sent(vg, monkeypatch)
+        start = time.monotonic()
+        with pytest.raises(Refused) as refused:
+            with vg.generation(vram_gb=2, wait_seconds=2.5):
+                pytest.fail("admitted while the only slot was held")
+        assert time.monotonic() - start >= 2.5
+        waits = sent.waits
+        assert len(waits) == 3 and waits[0] == 2.5, waits
+        assert all(w is not None and 0 < w < 2.5 for w in waits[1:]), waits
+        assert sent.statuses == [409, 409, 409]
+        assert refused.value.queue_position == 1
+    finally:
+        server.cleanup()
+
+
+def test_an_interrupted_wait_leaves_the_queue_and_gets_no_lease(one_slot: Server) -> None:
+    held = take(one_slot)
+    waiter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from vramguard_client import Vramguard; "
+            "Vramguard(sys.argv[1]).generation(vram_gb=1, client='interrupted', wait_seconds=30).__enter__()",
+            one_slot.url,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_queue(one_slot)
+        waiter.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the wait
+        assert waiter.wait(timeout=10) != 0
+    finally:
+        waiter.kill()
+    deadline = time.monotonic() + 5
+    while requests.get(one_slot.url + LEASES + "/queue", timeout=5).json()["waiting"]:
+        assert time.monotonic() < deadline, "the interrupted request stayed in the queue"
+        time.sleep(0.05)
+    # The slot frees up; nobody is left to be granted it.
+    requests.delete(f"{one_slot.url}{LEASES}/{held}", timeout=5)
+    time.sleep(1.0)
+    assert listed(one_slot) == []
 
 
 def test_no_wait_sends_no_field(one_slot: Server, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,8 @@ _LEASES = "/api/v1/system/generations"
 
 #: The longest ``wait_seconds`` vramguard takes in one request; longer waits are sent in pieces.
 MAX_WAIT_SECONDS = 300.0
+#: Less wait than this left after a piece ends is not asked for again.
+_NOT_WORTH_ASKING = 0.05
 
 
 class VramguardError(Exception):
@@ -55,8 +57,8 @@ class Refused(VramguardError):
 class QueueFull(VramguardError):
     """A 503 to a lease request: vramguard's admission queue is full (``queue.max_waiting``
     requests already wait), or it has no sample yet just after starting. Nothing was reserved;
-    ask again after ``retry_after`` seconds. Raised only once the caller's ``wait_seconds`` is
-    spent: within it the client sleeps ``retry_after`` and asks again by itself.
+    ask again after ``retry_after`` seconds. While the caller's ``wait_seconds`` outlasts that
+    pause, the client sleeps it off and asks again by itself instead of raising this.
     """
 
     def __init__(self, message: str, body: Json, retry_after: float) -> None:
@@ -195,9 +197,9 @@ class Vramguard:
 
         ``wait_seconds`` > 0 waits in vramguard's admission queue until the generation is
         admitted or that time has passed (``math.inf``: until admitted). vramguard holds one
-        request at most :data:`MAX_WAIT_SECONDS`; a longer wait is asked again, at the back of
-        the queue, for what is left. A 503 (queue full) within the wait is retried after its
-        ``Retry-After``.
+        request at most :data:`MAX_WAIT_SECONDS` (or its ``queue.max_wait``, if shorter); a
+        longer wait is asked again, at the back of the queue, for what is left. A 503 (queue
+        full) is slept off for its ``Retry-After`` and asked again while the wait outlasts it.
         """
         if not wait_seconds >= 0:  # also refuses NaN
             raise ValueError(f"wait_seconds must be 0 or more, got {wait_seconds!r}")
@@ -273,15 +275,17 @@ class Vramguard:
                     position if isinstance(position, int) else None,
                     _retry_after(r),
                 )
-                # A queue position means it waited the whole piece; ask again only when the
-                # piece was cut at vramguard's maximum and the caller's deadline is further.
-                if refused.queue_position is not None and wait >= MAX_WAIT_SECONDS and left > 0:
+                # A queue position means it waited as long as vramguard would hold it: the piece
+                # asked for, or less where the operator set a shorter queue.max_wait. Time left
+                # (more than a moment) is asked for again.
+                if refused.queue_position is not None and left > _NOT_WORTH_ASKING:
                     continue
                 raise refused
             if r.status_code == 503:
                 retry_after = _retry_after(r) or 1.0
-                if left > 0:
-                    time.sleep(min(retry_after, left))
+                # Asking again is worth it only with time left to wait after the pause.
+                if left > retry_after + _NOT_WORTH_ASKING:
+                    time.sleep(retry_after)
                     continue
                 raise QueueFull(f"lease request: 503 {_detail(r)}", _body(r), retry_after)
             raise VramguardError(f"lease request: {r.status_code} {_detail(r)}", r.status_code, _body(r))
