@@ -47,13 +47,23 @@ class LeasingWorker(SimpleWorker):  # runs jobs in this process: the lease's pid
             if not waiting and timeout is None:
                 return None  # --burst, and nothing is left
             for queue in waiting:
-                gb = self.class_gb[queue.name]
+                gb, client = self.class_gb[queue.name], f"{MACHINE}/{self.name}"
                 try:
-                    client = f"{MACHINE}/{self.name}"
-                    generation = self.vg.generation(
-                        vram_gb=gb, client=client, ttl_seconds=TTL, wait_seconds=WAIT
-                    )
-                    lease = self.held.enter_context(generation)
+                    with ExitStack() as lease_scope:  # leaving it without pop_all() releases the lease
+                        lease = lease_scope.enter_context(
+                            self.vg.generation(vram_gb=gb, client=client, ttl_seconds=TTL, wait_seconds=WAIT)
+                        )
+                        taken = Queue.dequeue_any([queue], None, connection=self.connection)
+                        if taken is None:
+                            continue  # another worker took the last one while we waited
+                        taken[0].meta["vramguard"] = {
+                            "gpu": lease.gpu_index,
+                            "lease": lease.id,
+                            "machine": MACHINE,
+                        }
+                        taken[0].save_meta()  # type: ignore[no-untyped-call]
+                        self.held = lease_scope.pop_all()  # held until the job has run
+                        return taken
                 except Refused as refused:
                     if refused.queue_position is None:
                         continue  # no GPU here can ever hold this class: try a smaller one
@@ -65,21 +75,6 @@ class LeasingWorker(SimpleWorker):  # runs jobs in this process: the lease's pid
                     self.log.warning("vramguard: %s", e)
                     time.sleep(1)
                     break
-                try:
-                    taken = Queue.dequeue_any([queue], None, connection=self.connection)
-                    if taken is None:  # another worker took the last one while we waited
-                        self.held.close()
-                        continue
-                    taken[0].meta["vramguard"] = {
-                        "gpu": lease.gpu_index,
-                        "lease": lease.id,
-                        "machine": MACHINE,
-                    }
-                    taken[0].save_meta()  # type: ignore[no-untyped-call]
-                    return taken
-                except BaseException:
-                    self.held.close()
-                    raise
             else:
                 time.sleep(0.5)
 
