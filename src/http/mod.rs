@@ -4,7 +4,8 @@
 //!
 //! | method | path | handler | purpose |
 //! |---|---|---|---|
-//! | GET | `/` | [`admin::landing`] | landing page with links |
+//! | GET | `/` | [`page`] | the live page: GPUs, charts, leases, what-if, editors |
+//! | GET | `/assets/...` | [`page`] | the page's scripts, styles and vendored uPlot (embedded) |
 //! | GET | `/metrics` | [`admin::metrics`] | Prometheus exposition of the snapshot |
 //! | GET | `/-/healthy` | [`admin::healthy`] | liveness: 200 while the process answers |
 //! | GET | `/-/ready` | [`admin::ready`] | 503 until the first snapshot, then 200 |
@@ -38,6 +39,7 @@ pub mod guard;
 pub mod history;
 pub mod observations;
 pub mod openapi;
+pub mod page;
 pub mod settings;
 pub mod stats;
 pub mod stream;
@@ -53,13 +55,13 @@ use crate::limits::BODY_LIMIT;
 pub fn app(state: AppState) -> Router {
     let (api, _doc) = openapi::api_router().split_for_parts();
     Router::new()
-        .route("/", get(admin::landing))
         .route("/metrics", get(admin::metrics))
         .route("/-/healthy", get(admin::healthy))
         .route("/-/ready", get(admin::ready))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/system/stats/ws", get(stream::ws))
         .merge(api)
+        .merge(page::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
