@@ -40,6 +40,8 @@ fn big_box() -> Snapshot {
                     })
                     .collect(),
             ),
+            faults: Default::default(),
+            health: Default::default(),
         })
         .collect();
     Snapshot {

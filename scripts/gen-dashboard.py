@@ -98,6 +98,47 @@ panel("GPU power", [(f"vramguard_gpu_power_watts{{{GPU_SEL}}}" + NAMED, "{{name}
       "watt", x=16, w=8, description="Board power draw per GPU.")
 y += 8
 
+row("GPU health")
+panel("GPU healthy", [(f"vramguard_gpu_healthy{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}")],
+      "bool_yes_no", kind="state-timeline", x=0, w=8,
+      description="0 while vramguard keeps the GPU out of placement: a pending or failed row remap, uncorrected "
+                  "ECC errors, or a fatal XID within gpu_health.xid_window. GET /api/v1/system/health says why.",
+      extra={"options": {"mergeValues": True, "showValue": "never", "rowHeight": 0.9},
+             "fieldConfig": {"defaults": {"unit": "bool_yes_no", "mappings": [
+                 {"type": "value", "options": {"0": {"text": "unhealthy", "color": "red"},
+                                               "1": {"text": "healthy", "color": "green"}}}]},
+                             "overrides": []}})
+panel("XID errors", [(f"vramguard_gpu_xid_errors_total{{{GPU_SEL}}}" + NAMED, "XID {{xid}} {{name}} #{{gpu}}")],
+      "short", x=8, w=8,
+      description="XID events per GPU and code since vramguard started (a step is a new event). The first event of "
+                  "a code starts its line at 1.",
+      extra={"fieldConfig": {"defaults": {"unit": "short", "custom": {"lineInterpolation": "stepAfter",
+                                                                      "lineWidth": 1, "fillOpacity": 0,
+                                                                      "showPoints": "never"}},
+                             "overrides": []}})
+panel("ECC errors", [(f"vramguard_gpu_ecc_errors_total{{{GPU_SEL}}}" + NAMED, "{{type}} {{name}} #{{gpu}}")],
+      "short", x=16, w=8,
+      description="Volatile ECC error counts since the driver loaded. Any uncorrected error makes the GPU unhealthy "
+                  "until it is reset. Absent on boards without ECC.")
+y += 8
+panel("Row remapping",
+      [(f"vramguard_gpu_remapped_rows{{{GPU_SEL}}}" + NAMED, "{{type}} rows {{name}} #{{gpu}}"),
+       (f"vramguard_gpu_remap_pending{{{GPU_SEL}}}" + NAMED, "pending {{name}} #{{gpu}}"),
+       (f"vramguard_gpu_remap_failed{{{GPU_SEL}}}" + NAMED, "failed {{name}} #{{gpu}}")],
+      "short", x=0, w=8,
+      description="Memory rows remapped per GPU; pending is 1 while a remap waits for a GPU reset, failed is 1 when "
+                  "no spare row was left (RMA). Absent before Ampere.")
+panel("Clock event reasons",
+      [(f"vramguard_gpu_throttle_reason{{{GPU_SEL}}}" + NAMED, "{{reason}} {{name}} #{{gpu}}")],
+      "bool_on_off", kind="state-timeline", x=8, w=8,
+      description="Why the clocks are below their maximum, per reason. hw_slowdown, hw_thermal_slowdown and "
+                  "sw_thermal_slowdown are health warnings (GPUThermalThrottling); gpu_idle and sw_power_cap are "
+                  "normal.",
+      extra={"options": {"mergeValues": True, "showValue": "never", "rowHeight": 0.9}})
+panel("Clocks", [(f"vramguard_gpu_clock_hertz{{{GPU_SEL}}}" + NAMED, "{{clock}} {{name}} #{{gpu}}")],
+      "hertz", x=16, w=8, description="Current SM and memory clocks per GPU.")
+y += 8
+
 row("Processes")
 panel("Top VRAM holders",
       [(f"topk(10, vramguard_gpu_process_memory_used_bytes{{{GPU_SEL}}})", "{{process}} (pid {{pid}}) on GPU {{gpu}}")],

@@ -49,6 +49,37 @@ pub struct Config {
     pub stream: StreamConfig,
     /// Generation requests that wait for room (`wait_seconds`).
     pub queue: QueueConfig,
+    /// The HTTP listener's defences: allowed Host names, connection cap and timeouts.
+    pub http: HttpConfig,
+    /// Which GPU faults take a GPU out of placement.
+    pub gpu_health: GpuHealthConfig,
+}
+
+/// The HTTP listener's defences.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Host names accepted besides loopback names, the listen address and the machine's
+    /// hostname (DNS-rebinding defence): e.g. `gpu-box.lan`.
+    pub allowed_hosts: Vec<String>,
+    /// Most connections open at once; past it the longest-idle connection is closed.
+    pub max_connections: u32,
+    /// How long a client may take to send a request's headers (from connecting, or from its
+    /// first byte on a kept-alive connection).
+    pub header_read_timeout: Dur,
+    /// How long a kept-alive connection may sit idle between requests.
+    pub idle_timeout: Dur,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            max_connections: 512,
+            header_read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+        }
+    }
 }
 
 /// Who goes first among waiting generation requests.
@@ -154,6 +185,22 @@ pub struct StreamConfig {
 impl Default for StreamConfig {
     fn default() -> Self {
         Self { max_subscribers: 64 }
+    }
+}
+
+/// GPU fault health: which XIDs make a GPU unhealthy, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuHealthConfig {
+    /// XID codes that make a GPU unhealthy while one was seen within `xid_window`.
+    pub fatal_xids: Vec<u64>,
+    /// How long a fatal XID keeps its GPU out of placement.
+    pub xid_window: Dur,
+}
+
+impl Default for GpuHealthConfig {
+    fn default() -> Self {
+        Self { fatal_xids: limits::DEFAULT_FATAL_XIDS.to_vec(), xid_window: Dur::secs(3600) }
     }
 }
 
@@ -293,6 +340,8 @@ impl Default for Config {
             leases: LeasesConfig::default(),
             stream: StreamConfig::default(),
             queue: QueueConfig::default(),
+            http: HttpConfig::default(),
+            gpu_health: GpuHealthConfig::default(),
         }
     }
 }
@@ -488,6 +537,27 @@ impl Config {
         if self.queue.max_bypass.0 > Duration::from_secs(86_400) {
             return bad("queue.max_bypass", format!("{} is out of range; allowed 0s to 24h", self.queue.max_bypass));
         }
+        if !limits::CONNECTIONS.contains(&self.http.max_connections) {
+            return bad(
+                "http.max_connections",
+                format!("{} is out of range; allowed integers 1 to 100000", self.http.max_connections),
+            );
+        }
+        for (key, d) in
+            [("http.header_read_timeout", self.http.header_read_timeout), ("http.idle_timeout", self.http.idle_timeout)]
+        {
+            if !limits::CONNECTION_TIMEOUT.contains(&d.0) {
+                return bad(key, format!("{d} is out of range; allowed 1s to 1h"));
+            }
+        }
+        for (i, h) in self.http.allowed_hosts.iter().enumerate() {
+            if h.is_empty() || h.len() > 253 || !h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)) {
+                return bad(
+                    &format!("http.allowed_hosts[{i}]"),
+                    format!("{h:?} is not a host name; allowed letters, digits, '-', '.', and an IP address"),
+                );
+            }
+        }
         if limits::check_wait_seconds(self.queue.max_wait.0.as_secs_f64()).is_err() {
             return bad("queue.max_wait", format!("{} is out of range; allowed 0s to 5m", self.queue.max_wait));
         }
@@ -495,6 +565,22 @@ impl Config {
             return bad(
                 "queue.max_waiting",
                 format!("{} is out of range; allowed integers 1 to 100000", self.queue.max_waiting),
+            );
+        }
+        self.gpu_health.validate()
+    }
+}
+
+impl GpuHealthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if let Err((i, message)) = limits::check_fatal_xids(&self.fatal_xids) {
+            return bad(format!("gpu_health.fatal_xids[{i}]"), message);
+        }
+        if !limits::XID_WINDOW.contains(&self.xid_window.0) {
+            return bad(
+                "gpu_health.xid_window".to_owned(),
+                format!("{} is out of range; allowed 1s to 30d", self.xid_window),
             );
         }
         Ok(())
@@ -678,6 +764,19 @@ mod tests {
             ("queue: { max_bypass: 2d }", "queue.max_bypass", "0s to 24h"),
             ("queue: { policy: lifo }", "queue.policy", "fifo"),
             ("queue: { max_wait: 6m }", "queue.max_wait", "0s to 5m"),
+            ("http: { max_connections: 0 }", "http.max_connections", "1 to 100000"),
+            ("http: { idle_timeout: 0s }", "http.idle_timeout", "1s to 1h"),
+            ("http: { allowed_hosts: [\"evil.example/x\"] }", "http.allowed_hosts[0]", "not a host name"),
+            (
+                "gpu_health: { fatal_xids: [79, 0] }",
+                "gpu_health.fatal_xids[1]",
+                "0 is not an XID; allowed integers 1 to 999",
+            ),
+            ("gpu_health: { fatal_xids: [79, 79] }", "gpu_health.fatal_xids[1]", "79 is listed twice"),
+            ("gpu_health: { fatal_xids: [79, \"x\"] }", "gpu_health.fatal_xids", "invalid type"),
+            ("gpu_health: { xid_window: 500ms }", "gpu_health.xid_window", "1s to 30d"),
+            ("gpu_health: { xid_window: 31d }", "gpu_health.xid_window", "1s to 30d"),
+            ("gpu_health: { fatal_xid: [79] }", "gpu_health", "fatal_xid"),
             ("listen: nowhere", "listen", "socket address"),
         ];
         for (yaml, key, fragment) in cases {

@@ -281,6 +281,8 @@ mod tests {
                 processes: Some(
                     procs.iter().map(|(pid, b)| GpuProcess { pid: *pid, name: None, used_bytes: *b }).collect(),
                 ),
+                faults: Default::default(),
+                health: Default::default(),
             }],
             driver_version: None,
             collectors: vec![],

@@ -21,11 +21,12 @@
 //!    validation.
 //! 3. [`snapshot`]: the immutable picture of the machine: plain data, `None` for readings that
 //!    could not be taken.
-//! 4. `sampler`: the only code that touches hardware; one collector per file behind one
+//! 4. [`policy`]: pure decisions: workload estimate, shared per-resource verdicts, health,
+//!    resource-check, GPU fault health.
+//! 5. `sampler`: the only code that touches hardware; one collector per file behind one
 //!    `Collector` trait (`host`, `gpu`, a scripted host for tests), each run on the blocking pool
-//!    under a timeout.
-//! 5. [`policy`]: pure decisions: workload estimate, shared per-resource verdicts, health,
-//!    resource-check.
+//!    under a timeout. It sits above `policy` so that it can stamp each GPU's fault health on the
+//!    snapshot with the same pure rule ([`policy::gpu_health::judge`]) everyone else reads.
 //! 6. [`leases`]: the in-memory book of generation leases (pure data).
 //! 7. [`history`]: history points and the Prometheus-backed history source.
 //! 8. [`store`]: the SQLite state store: API overrides, history, leases.
@@ -42,8 +43,8 @@ pub(crate) mod limits;
 pub mod error;
 pub mod config;
 pub mod snapshot;
-pub(crate) mod sampler;
 pub mod policy;
+pub(crate) mod sampler;
 pub mod leases;
 pub mod history;
 pub mod store;

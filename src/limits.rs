@@ -28,6 +28,10 @@ pub(crate) const HISTORY_DEFAULT_POINTS: u32 = 1000;
 pub(crate) const SAMPLE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(200)..=Duration::from_secs(3600);
 /// WebSocket subscribers at once.
 pub(crate) const SUBSCRIBERS: RangeInclusive<u32> = 1..=10_000;
+/// HTTP connections open at once (config `http.max_connections`).
+pub(crate) const CONNECTIONS: RangeInclusive<u32> = 1..=100_000;
+/// Header-read and keep-alive idle timeouts.
+pub(crate) const CONNECTION_TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
 /// Generation requests waiting at once (config `queue.max_waiting`).
 pub(crate) const WAITING: RangeInclusive<u32> = 1..=100_000;
 /// How long one request may wait for room, seconds (API `wait_seconds`): long waits are made of
@@ -41,6 +45,36 @@ pub(crate) fn check_wait_seconds(value: f64) -> Result<(), String> {
     } else {
         Err(format!("{value} is out of range; allowed 0 to 300 (seconds, decimals allowed)"))
     }
+}
+
+/// XID codes: NVIDIA's catalogue runs well below 999, which NVML itself uses for "unknown".
+pub(crate) const XID: RangeInclusive<u64> = 1..=999;
+/// How long a fatal XID may keep a GPU unhealthy.
+pub(crate) const XID_WINDOW: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(30 * 86_400);
+/// XIDs that mean the GPU needs a reset or worse (NVIDIA's XID catalogue and GPU memory error
+/// management guide): 48 double-bit ECC, 61/62 internal micro-controller halt, 63/64 ECC page
+/// retirement or row remapping event/failure, 74 NVLink, 79 fallen off the bus, 92 high
+/// single-bit ECC rate, 94/95 contained/uncontained ECC error, 119/120 GSP timeout/error.
+pub(crate) const DEFAULT_FATAL_XIDS: [u64; 12] = [48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120];
+
+/// A list of fatal XIDs: each a known code, none twice. An error names the position.
+pub(crate) fn check_fatal_xids(xids: &[u64]) -> Result<(), (usize, String)> {
+    for (i, x) in xids.iter().enumerate() {
+        if !XID.contains(x) {
+            return Err((
+                i,
+                format!(
+                    "{x} is not an XID; allowed integers {} to {} (an empty list makes no XID fatal)",
+                    XID.start(),
+                    XID.end()
+                ),
+            ));
+        }
+        if xids[..i].contains(x) {
+            return Err((i, format!("{x} is listed twice; list each XID once")));
+        }
+    }
+    Ok(())
 }
 
 /// A threshold fraction; a percentage typed by mistake gets a hint.
@@ -141,5 +175,9 @@ mod tests {
         assert_eq!(check_required_gb(1024.0), Ok(()));
         assert!(check_budget_gb(17.0, 16.0).unwrap_err().contains("up to 16.0"));
         assert!(check_client(&"x".repeat(129)).unwrap_err().contains("at most 128"));
+        assert_eq!(check_fatal_xids(&DEFAULT_FATAL_XIDS), Ok(()));
+        assert_eq!(check_fatal_xids(&[]), Ok(()));
+        assert!(check_fatal_xids(&[1000]).unwrap_err().1.contains("1 to 999"));
+        assert_eq!(check_fatal_xids(&[79, 31, 79]).unwrap_err().0, 2);
     }
 }

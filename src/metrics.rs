@@ -5,6 +5,8 @@
 //! GPU that disappears, or a reading that becomes unavailable, simply has no series, rather than
 //! lingering in a registry with its last value.
 
+mod faults;
+
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
@@ -288,6 +290,7 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     out.push(family("vramguard_gpu_temperature_celsius", "GPU core temperature in degrees Celsius.", temp));
     out.push(family("vramguard_gpu_power_watts", "GPU board power draw in watts.", power));
     out.push(family("vramguard_gpu_process_memory_used_bytes", "VRAM held by a compute process in bytes.", procs));
+    out.extend(faults::families(s));
 
     let mut success = Vec::new();
     let mut duration = Vec::new();
@@ -351,6 +354,8 @@ mod tests {
             temperature_celsius: None,
             power_watts: Some(120.5),
             processes: None,
+            faults: Default::default(),
+            health: Default::default(),
         }
     }
 

@@ -65,6 +65,94 @@ pub struct GpuStats {
     pub power_watts: Option<f64>,
     /// Compute processes and their VRAM; `None` when not collected or not available.
     pub processes: Option<Vec<GpuProcess>>,
+    /// Fault readings: ECC, row remapping, clock slowdowns, XID events.
+    pub faults: GpuFaults,
+    /// Fault health judged from `faults` when the snapshot was taken.
+    pub health: GpuHealth,
+}
+
+/// What NVML says about a GPU's faults. Every reading the board does not support is `None`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuFaults {
+    /// Corrected ECC errors since the driver loaded (volatile counter); `None` without ECC.
+    pub ecc_corrected: Option<u64>,
+    /// Uncorrected ECC errors since the driver loaded (volatile counter); `None` without ECC.
+    pub ecc_uncorrected: Option<u64>,
+    /// Row remapping state (Ampere and newer data-center boards).
+    pub remapped_rows: Option<RemappedRows>,
+    /// NVML's clock event (throttle) reasons bitmask; names in [`THROTTLE_REASONS`].
+    pub throttle_reasons: Option<u64>,
+    /// SM clock, Hz.
+    pub sm_clock_hz: Option<u64>,
+    /// Memory clock, Hz.
+    pub memory_clock_hz: Option<u64>,
+    /// XIDs seen since vramguard started watching, by code; empty when none (or not watched).
+    pub xids: Vec<XidSeen>,
+}
+
+/// Row remapping counters and flags (`nvmlDeviceGetRemappedRows`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemappedRows {
+    /// Rows remapped because of correctable errors.
+    pub correctable: u32,
+    /// Rows remapped because of uncorrectable errors.
+    pub uncorrectable: u32,
+    /// A remap waits for the next GPU reset.
+    pub pending: bool,
+    /// A remap failed: no spare row was left.
+    pub failed: bool,
+}
+
+/// One XID code seen on a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XidSeen {
+    /// The XID code (999 is NVML's "unknown").
+    pub xid: u64,
+    /// Events with this code since vramguard started.
+    pub count: u64,
+    /// When the latest one arrived.
+    pub last_seen: SystemTime,
+}
+
+/// The clock event reasons vramguard reports, by label and NVML bit.
+pub const THROTTLE_REASONS: [(&str, u64); 7] = [
+    ("gpu_idle", 0x1),
+    ("sw_power_cap", 0x4),
+    ("hw_slowdown", 0x8),
+    ("sync_boost", 0x10),
+    ("sw_thermal_slowdown", 0x20),
+    ("hw_thermal_slowdown", 0x40),
+    ("hw_power_brake_slowdown", 0x80),
+];
+
+/// A GPU's fault health. A GPU without fault readings is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuHealth {
+    /// Whether new work may be placed on it.
+    pub healthy: bool,
+    /// Why not, each "what, what to do" (e.g. "row remap pending, reset the GPU").
+    pub reasons: Vec<String>,
+    /// What slows it down without making it unhealthy (hardware or thermal slowdown).
+    pub warnings: Vec<String>,
+    /// The strongest remedy its reasons call for.
+    pub remedy: Option<Remedy>,
+}
+
+impl Default for GpuHealth {
+    fn default() -> Self {
+        Self { healthy: true, reasons: Vec::new(), warnings: Vec::new(), remedy: None }
+    }
+}
+
+/// What an operator should do with an unhealthy GPU, mildest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Remedy {
+    /// Stop new work and find the cause before trusting it again.
+    Drain,
+    /// Drain, then reset the GPU (or reboot).
+    Reset,
+    /// Take it out of service and return it to the vendor.
+    Rma,
 }
 
 /// VRAM of one GPU, bytes, as NVML's v2 memory query reports it.

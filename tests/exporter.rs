@@ -21,6 +21,11 @@ fn two_gpus(lost_second: bool, test_pid: u32) -> String {
          power_mw 215500\n\
          process {test_pid} {}\n\
          process 999999999 {}\n\
+         ecc_mode unsupported\n\
+         remapped_rows unsupported\n\
+         clock_event_reasons sw_power_cap\n\
+         clock_sm 2505\n\
+         clock_memory 11201\n\
          [gpu]\n\
          uuid GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee\n\
          name NVIDIA RTX A6000\n\
@@ -30,6 +35,11 @@ fn two_gpus(lost_second: bool, test_pid: u32) -> String {
          utilization_gpu 90\n\
          temperature 74\n\
          power_mw 280000\n\
+         ecc_corrected 3\n\
+         remapped_rows_correctable 1\n\
+         clock_event_reasons gpu_idle\n\
+         clock_sm 210\n\
+         clock_memory 405\n\
          lost {}\n",
         16 * GIB,
         2 * GIB,
@@ -71,6 +81,19 @@ fn two_gpus_exact_values() {
     assert_eq!(info[0].value, 1.0);
     // Identity stays on the info series only.
     assert!(m.find("vramguard_gpu_memory_used_bytes", &[("name", "NVIDIA RTX A6000")]).is_empty());
+    // Fault readings: GPU 0, a GeForce, has neither ECC nor row remapping; GPU 1 has both.
+    assert!(m.find("vramguard_gpu_ecc_errors_total", &g0).is_empty(), "{}", m.text);
+    assert!(m.find("vramguard_gpu_remap_pending", &g0).is_empty(), "{}", m.text);
+    assert_eq!(m.value("vramguard_gpu_ecc_errors_total", &[g1[0], g1[1], ("type", "corrected")]), Some(3.0));
+    assert_eq!(m.value("vramguard_gpu_ecc_errors_total", &[g1[0], g1[1], ("type", "uncorrected")]), Some(0.0));
+    assert_eq!(m.value("vramguard_gpu_remapped_rows", &[g1[0], g1[1], ("type", "correctable")]), Some(1.0));
+    assert_eq!(m.value("vramguard_gpu_remap_pending", &g1), Some(0.0));
+    assert_eq!(m.value("vramguard_gpu_clock_hertz", &[g0[0], g0[1], ("clock", "sm")]), Some(2.505e9));
+    assert_eq!(m.value("vramguard_gpu_clock_hertz", &[g1[0], g1[1], ("clock", "memory")]), Some(4.05e8));
+    assert_eq!(m.value("vramguard_gpu_throttle_reason", &[g0[0], g0[1], ("reason", "sw_power_cap")]), Some(1.0));
+    assert_eq!(m.value("vramguard_gpu_throttle_reason", &[g1[0], g1[1], ("reason", "gpu_idle")]), Some(1.0));
+    assert_eq!(m.value("vramguard_gpu_healthy", &g0), Some(1.0));
+    assert_eq!(m.value("vramguard_gpu_healthy", &g1), Some(1.0));
 }
 
 /// Per-process VRAM: a visible pid gets its /proc name, an invisible one an empty name.
@@ -226,11 +249,13 @@ fn ready_only_after_first_snapshot() {
     assert_eq!(vg.get("/-/ready").0, 200);
 }
 
-/// SIGTERM stops vramguard with exit status 0 within 2 s.
+/// SIGTERM stops vramguard with exit status 0 within 2 s, also while the XID event thread is
+/// waiting inside NVML.
 #[test]
 fn sigterm_exits_zero_quickly() {
     let mut vg = Vramguard::with_fake(&two_gpus(false, 1), "250ms");
     vg.wait_ready();
+    vg.wait_until("the XID thread to wait", Duration::from_secs(10), || vg.logs().contains("watching XID events"));
     let (status, took) = vg.terminate(Duration::from_secs(5));
     let status = status.expect("vramguard exited");
     assert!(status.success(), "{status:?}; logs:\n{}", vg.logs());

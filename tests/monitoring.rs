@@ -64,6 +64,16 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
             temperature_celsius: Some(50.0),
             power_watts: Some(100.0),
             processes: Some(vec![GpuProcess { pid: 1, name: Some("p".to_owned()), used_bytes: GIB }]),
+            faults: GpuFaults {
+                ecc_corrected: Some(1),
+                ecc_uncorrected: Some(0),
+                remapped_rows: Some(RemappedRows::default()),
+                throttle_reasons: Some(0x40),
+                sm_clock_hz: Some(1_980_000_000),
+                memory_clock_hz: Some(2_619_000_000),
+                xids: vec![XidSeen { xid: 79, count: 1, last_seen: SystemTime::now() }],
+            },
+            health: Default::default(),
         }],
         driver_version: Some("550".to_owned()),
         collectors: vec![CollectorStatus { name: "gpu", success: true, duration: Duration::ZERO, error: None }],
@@ -132,7 +142,7 @@ fn dashboard_structure() {
     assert!(vars[3]["query"]["query"].as_str().unwrap().contains("instance=\"$instance\""));
     let panels = d["panels"].as_array().unwrap();
     let rows: Vec<&str> = panels.iter().filter(|p| p["type"] == "row").map(|p| p["title"].as_str().unwrap()).collect();
-    assert_eq!(rows, ["Host", "GPUs", "Processes", "Policy", "Exporter"]);
+    assert_eq!(rows, ["Host", "GPUs", "GPU health", "Processes", "Policy", "Exporter"]);
     for p in panels.iter().filter(|p| p["type"] != "row") {
         assert!(p["fieldConfig"]["defaults"]["unit"].is_string(), "{} has no unit", p["title"]);
         assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
@@ -155,7 +165,8 @@ fn instant_query(client: &reqwest::blocking::Client, base: &str, expr: &str) -> 
     v["data"]["result"].as_array().cloned()
 }
 
-/// vramguard on the fake NVML at 96% VRAM, a real Prometheus scraping it every second with the
+/// vramguard on the fake NVML at 96% VRAM, with ECC, row remapping, clocks, a clock event reason
+/// and an (application) XID scripted, and a real Prometheus scraping it every second with the
 /// shipped rules: the VRAM critical alert goes pending or firing, and every panel query of the
 /// dashboard (template variables substituted) returns data. Required when CI is set.
 #[test]
@@ -165,7 +176,8 @@ fn end_to_end_with_a_real_prometheus() {
     }
     let me = std::process::id();
     let scenario = format!(
-        "[gpu]\nname NVIDIA GeForce RTX 4080\nmemory_total {}\nmemory_used {}\nutilization_gpu 97\ntemperature 70\npower_mw 250000\nprocess {me} {}\n",
+        "[gpu]\nname NVIDIA GeForce RTX 4080\nmemory_total {}\nmemory_used {}\nutilization_gpu 97\ntemperature 70\npower_mw 250000\nprocess {me} {}\n\
+         ecc_corrected 4\nremapped_rows_correctable 1\nclock_event_reasons sw_power_cap\nclock_sm 2505\nclock_memory 11201\nxid 31 1\n",
         25 * GIB,
         24 * GIB,
         24 * GIB

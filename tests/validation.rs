@@ -35,6 +35,8 @@ fn snapshot() -> Snapshot {
             temperature_celsius: Some(50.0),
             power_watts: Some(100.0),
             processes: None,
+            faults: Default::default(),
+            health: Default::default(),
         }],
         driver_version: None,
         collectors: vec![CollectorStatus { name: "host", success: true, duration: Duration::ZERO, error: None }],

@@ -4,7 +4,8 @@
 //!
 //! | method | path | handler | purpose |
 //! |---|---|---|---|
-//! | GET | `/` | [`admin::landing`] | landing page with links |
+//! | GET | `/` | [`page`] | the live page: GPUs, charts, leases, what-if, editors |
+//! | GET | `/assets/...` | [`page`] | the page's scripts, styles and vendored uPlot (embedded) |
 //! | GET | `/metrics` | [`admin::metrics`] | Prometheus exposition of the snapshot |
 //! | GET | `/-/healthy` | [`admin::healthy`] | liveness: 200 while the process answers |
 //! | GET | `/-/ready` | [`admin::ready`] | 503 until the first snapshot, then 200 |
@@ -24,7 +25,9 @@
 //! | GET | `/api/v1/openapi.json` | [`openapi`] | OpenAPI 3.1 document of the JSON API |
 //!
 //! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. With
-//! `auth.token_file` set, POST and DELETE under `/api/` need the bearer token ([`auth`]).
+//! `auth.token_file` set, POST and DELETE under `/api/` need the bearer token ([`auth`]). Before
+//! anything else, [`guard`] refuses foreign `Host`s, cross-origin writes and WebSockets, and
+//! bodies declared over the limit.
 
 pub mod admin;
 pub mod auth;
@@ -32,9 +35,11 @@ pub mod body;
 pub mod decisions;
 pub mod error;
 pub mod generations;
+pub mod guard;
 pub mod history;
 pub mod observations;
 pub mod openapi;
+pub mod page;
 pub mod settings;
 pub mod stats;
 pub mod stream;
@@ -50,16 +55,18 @@ use crate::limits::BODY_LIMIT;
 pub fn app(state: AppState) -> Router {
     let (api, _doc) = openapi::api_router().split_for_parts();
     Router::new()
-        .route("/", get(admin::landing))
         .route("/metrics", get(admin::metrics))
         .route("/-/healthy", get(admin::healthy))
         .route("/-/ready", get(admin::ready))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/system/stats/ws", get(stream::ws))
         .merge(api)
+        .merge(page::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost: a request from the wrong Host or Origin meets nothing else.
+        .layer(axum::middleware::from_fn_with_state(guard::AllowedHosts::from_config(&state.config), guard::guard))
         .with_state(state)
 }

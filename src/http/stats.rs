@@ -35,6 +35,12 @@ pub struct GpuStatsBody {
     pub temperature_c: Option<f64>,
     /// Board power draw, W.
     pub power_w: Option<f64>,
+    /// Whether the GPU may take new work: false while a fault (pending or failed row remap,
+    /// uncorrected ECC errors, a recent fatal XID) takes it out of placement.
+    pub healthy: bool,
+    /// Why it is unhealthy, each with what to do (e.g. "row remap pending, reset the GPU");
+    /// empty when healthy.
+    pub health_reasons: Vec<String>,
 }
 
 /// The stats answer: the seed's nine fields, then `gpu_count` and `gpus`.
@@ -67,6 +73,8 @@ impl From<&Snapshot> for StatsBody {
                     .map(|m| round1(m.used_bytes as f64 / m.total_bytes as f64 * 100.0)),
                 temperature_c: g.temperature_celsius,
                 power_w: g.power_watts,
+                healthy: g.health.healthy,
+                health_reasons: g.health.reasons.clone(),
             })
             .collect();
         Self { summary: HistoryPoint::from_snapshot(s).rounded(), gpu_count: s.gpus.len(), gpus }

@@ -6,13 +6,15 @@
 //! Among fitting GPUs the one with the most free VRAM is chosen. CPU and RAM must be under their
 //! warning thresholds, and (where leases are tracked) a slot must be free. With no GPU visible
 //! VRAM is unavailable — fail closed — unless `gpu.enabled: false` says the host has none on
-//! purpose.
+//! purpose. A GPU with a fault ([`super::gpu_health`]) takes no new work: it is never a
+//! candidate, and when no healthy GPU is left (or the pinned one is unhealthy) the refusal says
+//! which GPU and why.
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::verdict::{self, HostVerdict, VramLevel, at_or_above, fits_under};
-use super::{Context, GpuView, best_gpu, estimate, top_holders};
+use super::{Context, GpuView, best_gpu, estimate, gpu_health, top_holders};
 use crate::units::{gib, round1, round2};
 
 /// What the client asked for.
@@ -37,7 +39,7 @@ pub enum Reason {
     Ram,
     /// Every generation slot is taken.
     Concurrency,
-    /// No GPU visible while `gpu.enabled` is true.
+    /// No GPU visible while `gpu.enabled` is true, or none of them healthy.
     NoGpu,
     /// Other requests wait ahead and may not be overtaken.
     Queue,
@@ -227,10 +229,16 @@ fn check_vram(
 ) -> (bool, Option<GpuView>) {
     let c = ctx.constraints;
     let all = ctx.gpus();
-    let candidates: Vec<GpuView> = match req.gpu {
-        Some(pin) => all.iter().filter(|g| g.index == pin).cloned().collect(),
-        None => all.clone(),
-    };
+    // The one place unhealthy GPUs leave placement: nothing below sees them as candidates.
+    let unhealthy: Vec<(u32, String)> = gpu_health::out_of_placement(ctx.snapshot)
+        .into_iter()
+        .filter(|(i, _)| req.gpu.is_none_or(|pin| pin == *i))
+        .collect();
+    let candidates: Vec<GpuView> = all
+        .iter()
+        .filter(|g| req.gpu.is_none_or(|pin| pin == g.index) && !unhealthy.iter().any(|(i, _)| *i == g.index))
+        .cloned()
+        .collect();
     let fitting: Vec<GpuView> =
         candidates.iter().filter(|g| fits_under(g.projected(required), c.vram_critical_threshold)).cloned().collect();
     let chosen = best_gpu(&fitting).or_else(|| best_gpu(&candidates)).cloned();
@@ -242,6 +250,11 @@ fn check_vram(
         if !(ctx.gpu_enabled || req.gpu.is_some()) {
             // gpu.enabled: false — this host runs generations without a GPU on purpose.
             return (true, chosen);
+        }
+        if !unhealthy.is_empty() {
+            f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
+            f.reasons.push(Reason::NoGpu);
+            return (false, chosen);
         }
         let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
         let text = match req.gpu {
@@ -276,6 +289,8 @@ fn check_vram(
                 c.vram_critical_threshold * 100.0
             )
         });
+        // Say why the other GPUs were not tried.
+        f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
     }
     if !within_budget {
         f.blocking.push(format!(

@@ -1,11 +1,12 @@
 //! The health report (SPEC §4.1): CPU and RAM at or above their warning thresholds, any GPU's
-//! VRAM at or above warning or critical, and failing collectors.
+//! VRAM at or above warning or critical, GPU faults (an unhealthy GPU is an issue, critical once
+//! no healthy GPU is left; a hardware slowdown is a warning), and failing collectors.
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::verdict::{self, VramLevel};
-use super::{Context, estimate};
+use super::{Context, estimate, gpu_health};
 use crate::config::Constraints;
 use crate::time::{rfc3339, rfc3339_unix};
 use crate::units::round1;
@@ -16,9 +17,10 @@ use crate::units::round1;
 pub enum HealthStatus {
     /// Nothing at or above a threshold.
     Healthy,
-    /// Something at or above a warning threshold, or a collector failing.
+    /// Something at or above a warning threshold, a collector failing, an unhealthy GPU while
+    /// a healthy one is left, or a GPU slowing itself down.
     Warning,
-    /// A GPU at or above the critical VRAM threshold.
+    /// A GPU at or above the critical VRAM threshold, or no healthy GPU left.
     Critical,
 }
 
@@ -45,9 +47,9 @@ pub struct SystemInfo {
     pub ram_percent: Option<f64>,
     /// The highest per-GPU VRAM use, percent (0 without a GPU).
     pub vram_percent: f64,
-    /// Problems: high CPU or RAM, critical VRAM, failing collectors.
+    /// Problems: high CPU or RAM, critical VRAM, unhealthy GPUs, failing collectors.
     pub issues: Vec<String>,
-    /// VRAM above the warning level.
+    /// VRAM above the warning level, lease overruns, GPUs slowing themselves down.
     pub warnings: Vec<String>,
     /// What would help, with numbers.
     pub recommendations: Vec<String>,
@@ -159,6 +161,7 @@ pub fn health(ctx: &Context<'_>) -> Health {
         issues.push("No GPU visible: VRAM cannot be checked and admission refuses generations".to_owned());
         status = status.max(HealthStatus::Warning);
     }
+    gpu_faults(snapshot, &mut issues, &mut warnings, &mut recommendations, &mut status);
     for o in ctx.overruns {
         warnings.push(format!(
             "Generation lease {} uses {:.1} GB, more than the {:.1} GB it reserved",
@@ -200,5 +203,35 @@ pub fn health(ctx: &Context<'_>) -> Health {
             active_generations: ctx.active_generations,
             concurrency_available: verdict::slot_free(ctx),
         },
+    }
+}
+
+/// Each unhealthy GPU is an issue with what to do about it: critical when no healthy GPU is
+/// left to place work on, a warning otherwise. A hardware slowdown is a warning.
+fn gpu_faults(
+    snapshot: &crate::snapshot::Snapshot,
+    issues: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+    recommendations: &mut Vec<String>,
+    status: &mut HealthStatus,
+) {
+    let sick: Vec<_> = snapshot.gpus.iter().filter(|g| !g.health.healthy).collect();
+    for g in &sick {
+        issues.push(gpu_health::describe(g.index, &g.health));
+        recommendations.extend(gpu_health::recommendation(g.index, &g.health));
+    }
+    if !sick.is_empty() {
+        let none_left = sick.len() == snapshot.gpus.len();
+        *status = (*status).max(if none_left { HealthStatus::Critical } else { HealthStatus::Warning });
+    }
+    for g in snapshot.gpus.iter().filter(|g| !g.health.warnings.is_empty()) {
+        for w in &g.health.warnings {
+            warnings.push(format!("GPU {} {w}", g.index));
+        }
+        recommendations.push(format!(
+            "GPU {} runs below its clocks to protect itself: check its cooling, airflow and power delivery",
+            g.index
+        ));
+        *status = (*status).max(HealthStatus::Warning);
     }
 }

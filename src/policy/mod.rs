@@ -4,11 +4,13 @@
 //! - [`estimate`]: VRAM need of one generation, savings, and the recommendation search.
 //! - [`admission`]: the resource-check decision (SPEC §4.2).
 //! - [`health`]: the health report (SPEC §4.1).
+//! - [`gpu_health`]: GPU fault health (ECC, row remapping, XIDs): which GPUs take no new work.
 //! - [`verdict`]: the per-resource verdicts both of them use; the boundary rule (a usage at or
 //!   above a threshold counts as over it) is written there once.
 
 pub mod admission;
 pub mod estimate;
+pub mod gpu_health;
 pub mod health;
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,8 @@ fn gpu(index: u32, total_gib: u64, used_bytes: u64) -> GpuStats {
         temperature_celsius: None,
         power_watts: None,
         processes: Some(vec![GpuProcess { pid: 4242, name: Some("python3".to_owned()), used_bytes }]),
+        faults: Default::default(),
+        health: Default::default(),
     }
 }
 

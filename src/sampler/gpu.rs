@@ -1,5 +1,6 @@
-//! GPU collector: per-GPU identity, utilization, VRAM, temperature, power and per-process VRAM
-//! through nvml-wrapper.
+//! GPU collector: per-GPU identity, utilization, VRAM, temperature, power, per-process VRAM and
+//! fault readings (`faults.rs`) through nvml-wrapper, plus the XID counts of the event thread
+//! (`xid.rs`).
 //!
 //! "No NVML here" is a state, not an error: the collector reports failure (so
 //! `vramguard_collector_success{collector="gpu"}` is 0) and logs once at info. NVML is
@@ -16,8 +17,9 @@ use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 
-use super::{Collector, GpuReading, Reading};
-use crate::snapshot::{GpuMemory, GpuProcess, GpuStats};
+use super::xid::XidWatcher;
+use super::{Collector, GpuReading, Reading, faults};
+use crate::snapshot::{GpuHealth, GpuMemory, GpuProcess, GpuStats};
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -30,18 +32,20 @@ pub(crate) struct GpuCollector {
     next_attempt: Instant,
     backoff: Duration,
     last_init_error: Option<String>,
+    xids: XidWatcher,
 }
 
 impl GpuCollector {
     /// A collector that loads NVML on its first pass (`library` overrides the search path).
     pub(crate) fn new(library: Option<PathBuf>, per_process: bool) -> Self {
         Self {
-            library,
             per_process,
             nvml: None,
             next_attempt: Instant::now(),
             backoff: BACKOFF_START,
             last_init_error: None,
+            xids: XidWatcher::new(library.clone()),
+            library,
         }
     }
 
@@ -85,6 +89,11 @@ impl GpuCollector {
                     reading = read_all(nvml, count, self.per_process);
                 }
             }
+        }
+        let uuids: Vec<String> = reading.gpus.iter().map(|g| g.uuid.clone()).collect();
+        self.xids.follow(&uuids);
+        for g in &mut reading.gpus {
+            g.faults.xids = self.xids.seen(&g.uuid);
         }
         Ok(reading)
     }
@@ -180,11 +189,14 @@ fn read_device(nvml: &Nvml, index: u32, per_process: bool) -> Result<GpuStats, N
         temperature_celsius: optional(device.temperature(TemperatureSensor::Gpu))?.map(f64::from),
         power_watts: optional(device.power_usage())?.map(milliwatts_to_watts),
         processes,
+        faults: faults::read(nvml, &device)?,
+        // Judged by the sampler once the snapshot is complete.
+        health: GpuHealth::default(),
     })
 }
 
 /// Turns "this reading is not available" into `None` and keeps real failures as errors.
-fn optional<T>(r: Result<T, NvmlError>) -> Result<Option<T>, NvmlError> {
+pub(super) fn optional<T>(r: Result<T, NvmlError>) -> Result<Option<T>, NvmlError> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(

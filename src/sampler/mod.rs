@@ -7,18 +7,25 @@
 //! snapshot ([`Reading::apply`]). A source's state lives behind a `std::sync::Mutex` that the
 //! blocking task takes with `try_lock`: if a previous call is still stuck inside NVML, the next
 //! tick reports the collector as failed at once instead of piling up threads behind it.
+//!
+//! Once a snapshot is assembled, every GPU gets its fault health from the one pure rule,
+//! [`crate::policy::gpu_health::judge`], at the snapshot's time, so a fatal XID's window
+//! expires on the first sample after it ends.
 
 mod cgroup;
+mod faults;
 mod gpu;
 mod host;
 mod scripted;
+mod xid;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, GpuHealthConfig};
+use crate::policy::gpu_health;
 use crate::snapshot::{CollectorStatus, GpuStats, HostStats, Snapshot, SnapshotRx};
 
 pub(crate) use gpu::GpuCollector;
@@ -77,6 +84,7 @@ pub(crate) struct Sampler {
     interval: Duration,
     timeout: Duration,
     sources: Vec<(&'static str, Source)>,
+    gpu_health: GpuHealthConfig,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
 }
 
@@ -99,6 +107,7 @@ impl Sampler {
             // the floor leaves room for the host collector's first 200 ms CPU window.
             timeout: interval.max(Duration::from_millis(500)),
             sources: sources.into_iter().map(|c| (c.name(), Arc::new(Mutex::new(c)))).collect(),
+            gpu_health: config.gpu_health.clone(),
             tx,
         };
         (sampler, rx)
@@ -142,6 +151,9 @@ impl Sampler {
                 }
             }
             snapshot.collectors.push(status);
+        }
+        for g in &mut snapshot.gpus {
+            g.health = gpu_health::judge(&g.faults, &self.gpu_health, taken_at);
         }
         snapshot
     }

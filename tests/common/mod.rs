@@ -353,8 +353,15 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// Whether a tool is on PATH. With `CI` set, a missing tool is a failure, not a skip.
+/// Whether a tool of the Prometheus packages is on PATH. With `CI` set, a missing tool is a
+/// failure, not a skip.
 pub fn require_tool(tool: &str) -> bool {
+    require_tool_from(tool, "prometheus")
+}
+
+/// Whether `tool` is on PATH; the message names the Debian `package` that provides it. With `CI`
+/// set, a missing tool is a failure, not a skip.
+pub fn require_tool_from(tool: &str, package: &str) -> bool {
     let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
@@ -364,9 +371,9 @@ pub fn require_tool(tool: &str) -> bool {
         .unwrap_or(false);
     if !found {
         if std::env::var_os("CI").is_some() {
-            panic!("{tool} is required when CI is set (install it: apt-get install -y prometheus)");
+            panic!("{tool} is required when CI is set (install it: apt-get install -y {package})");
         }
-        eprintln!("SKIPPED: {tool} not found on PATH; install it to run this check");
+        eprintln!("SKIPPED: {tool} not found on PATH; install it (apt-get install -y {package}) to run this check");
     }
     found
 }

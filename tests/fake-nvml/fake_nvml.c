@@ -54,9 +54,23 @@ typedef struct {
     unsigned int gpuInstanceId, computeInstanceId;
 } nvmlProcessInfo_t;
 
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlEventData_t;
+
 #define MAX_GPUS 16
 #define MAX_PROCS 64
+#define MAX_XIDS 32
 #define NOT_SUPPORTED (-1LL)
+#define EVENT_XID 0x8ULL /* nvmlEventTypeXidCriticalError */
+
+/* An event set: the event types registered per device. */
+typedef struct fake_set {
+    unsigned long long mask[MAX_GPUS];
+} *nvmlEventSet_t;
 
 typedef struct {
     char uuid[96], name[96], pci_bus_id[32];
@@ -67,12 +81,22 @@ typedef struct {
     int nprocs;
     unsigned int proc_pid[MAX_PROCS];
     long long proc_mem[MAX_PROCS];
+    /* faults: NOT_SUPPORTED makes the call fail with NVML_ERROR_NOT_SUPPORTED */
+    long long ecc_mode, ecc_corrected, ecc_uncorrected;
+    long long remapped_correctable, remapped_uncorrectable, remap_pending, remap_failed;
+    int remapped_rows_unsupported;
+    long long clock_event_reasons, clock_sm, clock_memory;
+    int xid_events_unsupported;
+    int nxids;
+    unsigned long long xid_code[MAX_XIDS];
+    long long xid_seq[MAX_XIDS];
 } fake_gpu;
 
 typedef struct {
     char driver_version[80];
     int init_error;
     long long init_hang_ms;
+    long long event_wait_hang_ms;
     int ngpus;
     fake_gpu gpus[MAX_GPUS];
 } scenario;
@@ -82,6 +106,9 @@ static scenario cur;
 static int init_count;
 static struct stat last_stat;
 static int loaded;
+/* The highest XID sequence delivered per GPU index, for the whole process: each scripted event
+   is delivered once, to whichever event set waits first, however often the file is re-read. */
+static long long xid_delivered[MAX_GPUS];
 
 static int parse_error(const char *name) {
     if (!strcmp(name, "DRIVER_NOT_LOADED")) return NVML_ERROR_DRIVER_NOT_LOADED;
@@ -97,12 +124,38 @@ static long long parse_value(const char *v) {
     return strtoll(v, NULL, 10);
 }
 
+/* Clock event reasons: a number (0x48 or 72), "none", "unsupported", or names joined by commas. */
+static long long parse_reasons(const char *v) {
+    static const struct { const char *name; long long bit; } names[] = {
+        {"gpu_idle", 0x1}, {"applications_clocks_setting", 0x2}, {"sw_power_cap", 0x4},
+        {"hw_slowdown", 0x8}, {"sync_boost", 0x10}, {"sw_thermal_slowdown", 0x20},
+        {"hw_thermal_slowdown", 0x40}, {"hw_power_brake_slowdown", 0x80},
+        {"display_clock_setting", 0x100},
+    };
+    if (!strcmp(v, "unsupported")) return NOT_SUPPORTED;
+    if (!strcmp(v, "none")) return 0;
+    if (*v >= '0' && *v <= '9') return (long long)strtoull(v, NULL, 0);
+    long long bits = 0;
+    char copy[400];
+    snprintf(copy, sizeof copy, "%s", v);
+    for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ","))
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (!strcmp(tok, names[i].name)) bits |= names[i].bit;
+    return bits;
+}
+
+static long long parse_ecc_mode(const char *v) {
+    if (!strcmp(v, "unsupported")) return NOT_SUPPORTED;
+    return !strcmp(v, "on") || !strcmp(v, "1");
+}
+
 static void default_gpu(fake_gpu *g, int index) {
     memset(g, 0, sizeof(*g));
     snprintf(g->uuid, sizeof g->uuid, "GPU-00000000-0000-0000-0000-%012d", index);
     snprintf(g->name, sizeof g->name, "Fake GPU");
     snprintf(g->pci_bus_id, sizeof g->pci_bus_id, "00000000:%02X:00.0", index + 1);
     g->memory_total = 16LL << 30;
+    g->ecc_mode = 1;
 }
 
 /* Re-reads the scenario when the file changed. Called with the lock held. */
@@ -146,6 +199,7 @@ static void refresh(void) {
             if (!strcmp(key, "driver_version")) snprintf(next.driver_version, sizeof next.driver_version, "%s", val);
             else if (!strcmp(key, "init_error")) next.init_error = parse_error(val);
             else if (!strcmp(key, "init_hang_ms")) next.init_hang_ms = parse_value(val);
+            else if (!strcmp(key, "event_wait_hang_ms")) next.event_wait_hang_ms = parse_value(val);
             continue;
         }
         if (!strcmp(key, "uuid")) snprintf(g->uuid, sizeof g->uuid, "%s", val);
@@ -168,6 +222,24 @@ static void refresh(void) {
         else if (!strcmp(key, "power_mw")) g->power_mw = parse_value(val);
         else if (!strcmp(key, "lost")) g->lost = atoi(val);
         else if (!strcmp(key, "hang_ms")) g->hang_ms = parse_value(val);
+        else if (!strcmp(key, "ecc_mode")) g->ecc_mode = parse_ecc_mode(val);
+        else if (!strcmp(key, "ecc_corrected")) g->ecc_corrected = parse_value(val);
+        else if (!strcmp(key, "ecc_uncorrected")) g->ecc_uncorrected = parse_value(val);
+        else if (!strcmp(key, "remapped_rows")) g->remapped_rows_unsupported = !strcmp(val, "unsupported");
+        else if (!strcmp(key, "remapped_rows_correctable")) g->remapped_correctable = parse_value(val);
+        else if (!strcmp(key, "remapped_rows_uncorrectable")) g->remapped_uncorrectable = parse_value(val);
+        else if (!strcmp(key, "remap_pending")) g->remap_pending = parse_value(val);
+        else if (!strcmp(key, "remap_failed")) g->remap_failed = parse_value(val);
+        else if (!strcmp(key, "clock_event_reasons")) g->clock_event_reasons = parse_reasons(val);
+        else if (!strcmp(key, "clock_sm")) g->clock_sm = parse_value(val);
+        else if (!strcmp(key, "clock_memory")) g->clock_memory = parse_value(val);
+        else if (!strcmp(key, "xid_events")) g->xid_events_unsupported = !strcmp(val, "unsupported");
+        else if (!strcmp(key, "xid") && g->nxids < MAX_XIDS) {
+            g->xid_code[g->nxids] = strtoull(val, NULL, 10);
+            /* without a sequence number, the line's place among this GPU's xid lines */
+            g->xid_seq[g->nxids] = n == 3 ? strtoll(extra, NULL, 10) : g->nxids + 1;
+            g->nxids++;
+        }
         else if (!strcmp(key, "process") && n == 3 && g->nprocs < MAX_PROCS) {
             g->proc_pid[g->nprocs] = (unsigned int)strtoul(val, NULL, 10);
             g->proc_mem[g->nprocs] = parse_value(extra);
@@ -244,6 +316,7 @@ const char *nvmlErrorString(nvmlReturn_t result) {
     case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
     case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_TIMEOUT: return "Timeout";
     case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
     default: return "Unknown Error";
     }
@@ -373,4 +446,148 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned in
     }
     *count = want;
     return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t d, int *current, int *pending) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!current || !pending) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.ecc_mode == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *current = *pending = g.ecc_mode ? 1 : 0;
+    return NVML_SUCCESS;
+}
+
+/* errorType 0 corrected, 1 uncorrected; the aggregate counter (1) reports the volatile one. */
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, int errorType, int counterType,
+                                         unsigned long long *count) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!count || errorType < 0 || errorType > 1 || counterType < 0 || counterType > 1)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    long long v = errorType == 0 ? g.ecc_corrected : g.ecc_uncorrected;
+    if (g.ecc_mode == NOT_SUPPORTED || v == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *count = (unsigned long long)v;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t d, unsigned int *corrRows, unsigned int *uncRows,
+                                       unsigned int *isPending, unsigned int *failureOccurred) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!corrRows || !uncRows || !isPending || !failureOccurred) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.remapped_rows_unsupported || g.remapped_correctable == NOT_SUPPORTED ||
+        g.remapped_uncorrectable == NOT_SUPPORTED || g.remap_pending == NOT_SUPPORTED ||
+        g.remap_failed == NOT_SUPPORTED)
+        return NVML_ERROR_NOT_SUPPORTED;
+    *corrRows = (unsigned int)g.remapped_correctable;
+    *uncRows = (unsigned int)g.remapped_uncorrectable;
+    *isPending = g.remap_pending ? 1 : 0;
+    *failureOccurred = g.remap_failed ? 1 : 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t d, unsigned long long *reasons) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!reasons) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.clock_event_reasons == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *reasons = (unsigned long long)g.clock_event_reasons;
+    return NVML_SUCCESS;
+}
+
+/* type 0 graphics (reports the SM clock), 1 SM, 2 memory; video is not supported. */
+nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int *clock) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!clock) return NVML_ERROR_INVALID_ARGUMENT;
+    long long v = type == 0 || type == 1 ? g.clock_sm : type == 2 ? g.clock_memory : NOT_SUPPORTED;
+    if (v == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *clock = (unsigned int)v;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    if (!set) return NVML_ERROR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    int initialised = init_count > 0;
+    pthread_mutex_unlock(&lock);
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    *set = calloc(1, sizeof(struct fake_set));
+    return *set ? NVML_SUCCESS : NVML_ERROR_UNKNOWN;
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    free(set);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t d, unsigned long long *types) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!types) return NVML_ERROR_INVALID_ARGUMENT;
+    *types = g.xid_events_unsupported ? 0 : EVENT_XID;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types, nvmlEventSet_t set) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!set) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.xid_events_unsupported || (types & ~EVENT_XID)) return NVML_ERROR_NOT_SUPPORTED;
+    pthread_mutex_lock(&lock);
+    set->mask[(uintptr_t)d - 1] |= types;
+    pthread_mutex_unlock(&lock);
+    return NVML_SUCCESS;
+}
+
+/* Delivers the lowest-sequence scripted XID not yet delivered on a registered GPU, waiting up to
+   timeoutms for one to appear in the scenario. */
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    if (!set || !data) return NVML_ERROR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&lock);
+    refresh();
+    long long hang = cur.event_wait_hang_ms;
+    pthread_mutex_unlock(&lock);
+    if (hang > 0) {
+        sleep_ms(hang);
+        return NVML_ERROR_TIMEOUT;
+    }
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        pthread_mutex_lock(&lock);
+        refresh();
+        if (init_count == 0) {
+            pthread_mutex_unlock(&lock);
+            return NVML_ERROR_UNINITIALIZED;
+        }
+        for (int i = 0; i < cur.ngpus; i++) {
+            fake_gpu *g = &cur.gpus[i];
+            if (!(set->mask[i] & EVENT_XID) || g->lost) continue;
+            int best = -1;
+            for (int k = 0; k < g->nxids; k++)
+                if (g->xid_seq[k] > xid_delivered[i] && (best < 0 || g->xid_seq[k] < g->xid_seq[best])) best = k;
+            if (best < 0) continue;
+            xid_delivered[i] = g->xid_seq[best];
+            memset(data, 0, sizeof *data);
+            data->device = (nvmlDevice_t)(uintptr_t)(i + 1);
+            data->eventType = EVENT_XID;
+            data->eventData = g->xid_code[best];
+            data->gpuInstanceId = data->computeInstanceId = 0xFFFFFFFF;
+            pthread_mutex_unlock(&lock);
+            return NVML_SUCCESS;
+        }
+        pthread_mutex_unlock(&lock);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long waited = (now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000LL;
+        if (waited >= (long long)timeoutms) return NVML_ERROR_TIMEOUT;
+        sleep_ms(10);
+    }
 }

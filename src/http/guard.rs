@@ -1,0 +1,170 @@
+//! Defences against the browser: requests reach vramguard only under its own names, and a page
+//! from another origin cannot change state or open a WebSocket.
+//!
+//! A web page the operator visits can rebind its DNS name to 127.0.0.1 (its requests then carry
+//! the page's `Host`) or post a form cross-site (its requests carry the page's `Origin`). So every
+//! request must name an allowed host, and a state-changing request or a WebSocket upgrade that
+//! carries an `Origin` must come from an allowed host too. Clients that send no `Origin` (curl,
+//! Prometheus, the Python client) are unaffected. A body declared larger than the limit is
+//! refused before a byte of it is read.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use crate::config::Config;
+use crate::limits::BODY_LIMIT;
+
+/// The host names vramguard answers to, lowercase, without ports.
+#[derive(Debug, Clone)]
+pub struct AllowedHosts(Arc<BTreeSet<String>>);
+
+impl AllowedHosts {
+    /// Loopback names, the listen address, the machine's hostname and `http.allowed_hosts`.
+    pub fn from_config(config: &Config) -> Self {
+        let mut names: BTreeSet<String> = ["localhost", "127.0.0.1", "::1"].into_iter().map(str::to_owned).collect();
+        let ip = config.listen.ip();
+        if !ip.is_unspecified() {
+            names.insert(ip.to_string());
+        }
+        if let Some(h) = machine_hostname() {
+            names.insert(h);
+        }
+        names.extend(config.http.allowed_hosts.iter().map(|h| strip_brackets(&h.to_ascii_lowercase()).to_owned()));
+        Self(Arc::new(names))
+    }
+
+    /// Whether `authority` (`name`, `name:port`, `[v6]:port`) names an allowed host.
+    pub fn allows(&self, authority: &str) -> bool {
+        let host = host_of(authority).to_ascii_lowercase();
+        self.0.contains(&host) || host.ends_with(".localhost")
+    }
+}
+
+/// The host part of an authority: without the port, IPv6 brackets removed.
+fn host_of(authority: &str) -> &str {
+    let a = authority.trim();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match a.rsplit_once(':') {
+        // One colon: name:port. More: a bare IPv6 address.
+        Some((h, port)) if !h.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => a,
+    }
+}
+
+fn strip_brackets(h: &str) -> &str {
+    h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h)
+}
+
+/// The kernel's hostname, which a browser on the LAN may use to reach this machine.
+fn machine_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The host of an `Origin` header (`scheme://host[:port]`); `None` for `null` and anything else
+/// that is not an origin.
+fn origin_host(origin: &str) -> Option<&str> {
+    let (_, rest) = origin.split_once("://")?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
+fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn forbidden(detail: String) -> Response {
+    ApiError { status: StatusCode::FORBIDDEN, detail }.into_response()
+}
+
+/// Middleware: Host and Origin checks, and the declared body length.
+pub async fn guard(State(allowed): State<AllowedHosts>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    // HTTP/1.1 requires Host; a request without one comes from no browser.
+    if let Some(host) = headers.get(header::HOST) {
+        let host = host.to_str().unwrap_or("");
+        if !allowed.allows(host) {
+            return forbidden(format!(
+                "Host {host:?} is not a name of this vramguard; add it to http.allowed_hosts if it should be"
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let guarded = changes_state(req.method()) || is_websocket_upgrade(headers);
+        let origin = origin.to_str().unwrap_or("");
+        if guarded && !origin_host(origin).is_some_and(|h| allowed.allows(h)) {
+            return forbidden(format!(
+                "cross-origin request from {origin:?} refused: writes and WebSockets are accepted only from \
+                 vramguard's own origin (http.allowed_hosts)"
+            ));
+        }
+    }
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > BODY_LIMIT as u64) {
+        return ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            detail: format!("the request body declares {n} bytes; the limit is {BODY_LIMIT} bytes"),
+        }
+        .into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(extra: &[&str]) -> AllowedHosts {
+        let c = Config {
+            listen: "10.1.2.3:9842".parse().unwrap(),
+            http: crate::config::HttpConfig {
+                allowed_hosts: extra.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        AllowedHosts::from_config(&c)
+    }
+
+    #[test]
+    fn hosts_are_matched_without_ports_and_case() {
+        let a = allowed(&["GPU-box.lan"]);
+        for ok in [
+            "localhost",
+            "LOCALHOST:9842",
+            "127.0.0.1:9842",
+            "[::1]:9842",
+            "::1",
+            "10.1.2.3",
+            "gpu-box.lan:80",
+            "app.localhost",
+        ] {
+            assert!(a.allows(ok), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:9842", "127.0.0.1.evil.example", "", "10.1.2.4"] {
+            assert!(!a.allows(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origins_name_their_host() {
+        assert_eq!(origin_host("http://127.0.0.1:9842"), Some("127.0.0.1:9842"));
+        assert_eq!(origin_host("https://[::1]:9842"), Some("[::1]:9842"));
+        assert_eq!(origin_host("null"), None);
+        let a = allowed(&[]);
+        assert!(!origin_host("http://evil.example").is_some_and(|h| a.allows(h)));
+    }
+}
