@@ -41,8 +41,9 @@ def scenario(procs: Optional[List[Tuple[int, int]]] = None, total: int = 24 * GI
     return "[gpu]\nname Fake GPU\nmemory_total {}\nmemory_used {}\n{}\n".format(total, used, "\n".join(lines))
 
 
-def config_text(d: Path, token_file: Optional[Path] = None) -> str:
-    """The one place the server's config.yaml is written; extend it here."""
+def config_text(d: Path, token_file: Optional[Path] = None, limit: int = 2, extra: str = "") -> str:
+    """The one place the server's config.yaml is written; extend it here. ``limit`` is
+    ``max_concurrent_generations``; ``extra`` is appended (whole top-level sections)."""
     auth = f'auth: {{ token_file: "{token_file}" }}\n' if token_file else ""
     return (
         'listen: "127.0.0.1:0"\n'
@@ -51,7 +52,7 @@ def config_text(d: Path, token_file: Optional[Path] = None) -> str:
         f'gpu: {{ enabled: true, nvml_library: "{FAKE_NVML}", per_process: true }}\n'
         f'host: {{ scripted_file: "{d / "host.txt"}" }}\n'
         "constraints: { cpu_warning_threshold: 1.0, ram_warning_threshold: 1.0,"
-        " max_concurrent_generations: 2 }\n" + auth
+        f" max_concurrent_generations: {limit} }}\n" + auth + extra
     )
 
 
@@ -66,7 +67,7 @@ def listen_addr(line: str) -> str:
 class Server:
     """One vramguard process on a free loopback port; ``url`` is its base URL."""
 
-    def __init__(self, token: Optional[str] = None) -> None:
+    def __init__(self, token: Optional[str] = None, limit: int = 2, extra_config: str = "") -> None:
         assert BIN is not None and FAKE_NVML is not None, f"{MISSING} not set"
         self.dir = Path(tempfile.mkdtemp(prefix="vramguard-py-"))
         self.scenario = self.dir / "scenario.txt"
@@ -80,7 +81,7 @@ class Server:
             token_file = self.dir / "token"
             token_file.write_text(token + "\n")
             token_file.chmod(0o600)
-        (self.dir / "config.yaml").write_text(config_text(self.dir, token_file))
+        (self.dir / "config.yaml").write_text(config_text(self.dir, token_file, limit, extra_config))
         env = dict(os.environ, FAKE_NVML_SCENARIO=str(self.scenario), RUST_LOG="info")
         self.proc = subprocess.Popen(
             [BIN, "--config", str(self.dir / "config.yaml")],

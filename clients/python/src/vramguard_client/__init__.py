@@ -14,6 +14,24 @@ also when the block raises; if torch is already imported and CUDA initialised, t
 (``torch.cuda.max_memory_reserved``) is reported so vramguard can learn the workload's real need.
 """
 
-from ._client import Generation, Lease, Refused, Unauthorized, Vramguard, VramguardError
+from ._client import (
+    MAX_WAIT_SECONDS,
+    Generation,
+    Lease,
+    QueueFull,
+    Refused,
+    Unauthorized,
+    Vramguard,
+    VramguardError,
+)
 
-__all__ = ["Generation", "Lease", "Refused", "Unauthorized", "Vramguard", "VramguardError"]
+__all__ = [
+    "MAX_WAIT_SECONDS",
+    "Generation",
+    "Lease",
+    "QueueFull",
+    "Refused",
+    "Unauthorized",
+    "Vramguard",
+    "VramguardError",
+]

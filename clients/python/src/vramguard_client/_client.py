@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
+import time
 import warnings
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Type
@@ -12,6 +14,11 @@ import requests
 Json = Dict[str, Any]
 
 _LEASES = "/api/v1/system/generations"
+
+#: The longest ``wait_seconds`` vramguard takes in one request; longer waits are sent in pieces.
+MAX_WAIT_SECONDS = 300.0
+#: Less wait than this left after a piece ends is not asked for again.
+_NOT_WORTH_ASKING = 0.05
 
 
 class VramguardError(Exception):
@@ -24,12 +31,39 @@ class VramguardError(Exception):
 
 
 class Refused(VramguardError):
-    """The generation may not start now; ``decision`` is vramguard's ``resource_check``."""
+    """The generation may not start now; ``decision`` is vramguard's ``resource_check``.
 
-    def __init__(self, detail: str, decision: Json, body: Json) -> None:
+    After a wait that ran out, ``queue_position`` is where the request stood in vramguard's
+    admission queue (1 = next) and ``retry_after`` the seconds vramguard suggests before asking
+    again (its ``Retry-After``); both are None for a refusal that waiting cannot clear (a job
+    larger than every GPU, no GPU at all, an unknown pinned GPU), which comes at once.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        decision: Json,
+        body: Json,
+        queue_position: Optional[int] = None,
+        retry_after: Optional[float] = None,
+    ) -> None:
         super().__init__(detail, 409, body)
         self.detail = detail
         self.decision = decision
+        self.queue_position = queue_position
+        self.retry_after = retry_after
+
+
+class QueueFull(VramguardError):
+    """A 503 to a lease request: vramguard's admission queue is full (``queue.max_waiting``
+    requests already wait), or it has no sample yet just after starting. Nothing was reserved;
+    ask again after ``retry_after`` seconds. While the caller's ``wait_seconds`` outlasts that
+    pause, the client sleeps it off and asks again by itself instead of raising this.
+    """
+
+    def __init__(self, message: str, body: Json, retry_after: float) -> None:
+        super().__init__(message, 503, body)
+        self.retry_after = retry_after
 
 
 class Unauthorized(VramguardError):
@@ -77,22 +111,23 @@ def _torch_peak_gb(gpu_index: Optional[int]) -> Optional[float]:
 class Generation:
     """What :meth:`Vramguard.generation` returns: a context manager that yields a :class:`Lease`.
 
-    Entering asks for the lease (raising :class:`Refused`, :class:`Unauthorized` or
+    Entering asks for the lease, waiting in vramguard's admission queue up to ``wait_seconds``
+    (raising :class:`Refused`, :class:`QueueFull`, :class:`Unauthorized` or
     :class:`VramguardError`), then heartbeats from a daemon thread every ``ttl_seconds / 3``.
     Leaving stops the thread and releases the lease, also when the block raises.
     """
 
-    def __init__(self, vg: Vramguard, body: Json, ttl_seconds: int) -> None:
+    def __init__(self, vg: Vramguard, body: Json, ttl_seconds: int, wait_seconds: float = 0.0) -> None:
         self._vg = vg
         self._body = body
         self._ttl = ttl_seconds
+        self._wait = wait_seconds
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.lease: Optional[Lease] = None
 
     def __enter__(self) -> Lease:
-        # A later `wait_seconds` belongs here: retry `_acquire` on Refused until a deadline.
-        self.lease = self._vg._acquire(self._body)
+        self.lease = self._vg._acquire(self._body, self._wait)
         self._thread = threading.Thread(
             target=self._beat, name=f"vramguard-heartbeat-{self.lease.id[:8]}", daemon=True
         )
@@ -153,12 +188,21 @@ class Vramguard:
         workload: Optional[str] = None,
         model_loaded: bool = False,
         gpu: Optional[int] = None,
+        wait_seconds: float = 0.0,
     ) -> Generation:
         """A context manager that holds a lease for the block; raises :class:`Refused` if not admitted.
 
         ``vram_gb`` defaults to vramguard's estimate for ``workload``; ``gpu`` pins a GPU index.
         The lease names this process (``pids=[os.getpid()]``) so vramguard can see its VRAM.
+
+        ``wait_seconds`` > 0 waits in vramguard's admission queue until the generation is
+        admitted or that time has passed (``math.inf``: until admitted). vramguard holds one
+        request at most :data:`MAX_WAIT_SECONDS` (or its ``queue.max_wait``, if shorter); a
+        longer wait is asked again, at the back of the queue, for what is left. A 503 (queue
+        full) is slept off for its ``Retry-After`` and asked again while the wait outlasts it.
         """
+        if not wait_seconds >= 0:  # also refuses NaN
+            raise ValueError(f"wait_seconds must be 0 or more, got {wait_seconds!r}")
         body: Json = {"ttl_seconds": ttl_seconds, "model_loaded": model_loaded, "pids": [os.getpid()]}
         if vram_gb is not None:
             body["vram_required_gb"] = vram_gb
@@ -168,7 +212,7 @@ class Vramguard:
             body["workload"] = workload
         if gpu is not None:
             body["gpu"] = gpu
-        return Generation(self, body, ttl_seconds)
+        return Generation(self, body, ttl_seconds, wait_seconds)
 
     def resource_check(
         self, vram_gb: Optional[float] = None, model_loaded: bool = False, workload: Optional[str] = None
@@ -192,9 +236,12 @@ class Vramguard:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, wait: float = 0.0, **kwargs: Any) -> requests.Response:
+        """``wait``: seconds vramguard may hold the request before it answers, on top of ``timeout``."""
         try:
-            r = self._session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+            r = self._session.request(
+                method, self.base_url + path, timeout=(self.timeout, self.timeout + wait), **kwargs
+            )
         except requests.RequestException as e:
             raise VramguardError(f"{method} {path}: {e}") from e
         if r.status_code == 401:
@@ -207,16 +254,41 @@ class Vramguard:
             raise VramguardError(f"{method} {path}: {r.status_code} {_detail(r)}", r.status_code, _body(r))
         return _ok_body(r, f"{method} {path}")
 
-    def _acquire(self, body: Json) -> Lease:
-        r = self._request("POST", _LEASES, json=body)
-        if r.status_code == 409:
-            answer = _body(r)
-            raise Refused(
-                str(answer.get("detail", "generation refused")), answer.get("resource_check", {}), answer
-            )
-        if r.status_code != 201:
+    def _acquire(self, body: Json, wait_seconds: float = 0.0) -> Lease:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            wait = min(max(deadline - time.monotonic(), 0.0), MAX_WAIT_SECONDS)
+            # Without a wait the field stays out, so a vramguard older than waiting admission
+            # (which refuses unknown fields) still serves callers that do not wait.
+            request = dict(body, wait_seconds=round(wait, 3)) if wait_seconds > 0 else body
+            r = self._request("POST", _LEASES, wait=wait, json=request)
+            if r.status_code == 201:
+                return Lease(_ok_body(r, "lease request"))
+            left = deadline - time.monotonic()
+            if r.status_code == 409:
+                answer = _body(r)
+                position = answer.get("queue_position")
+                refused = Refused(
+                    str(answer.get("detail", "generation refused")),
+                    answer.get("resource_check", {}),
+                    answer,
+                    position if isinstance(position, int) else None,
+                    _retry_after(r),
+                )
+                # A queue position means it waited as long as vramguard would hold it: the piece
+                # asked for, or less where the operator set a shorter queue.max_wait. Time left
+                # (more than a moment) is asked for again.
+                if refused.queue_position is not None and left > _NOT_WORTH_ASKING:
+                    continue
+                raise refused
+            if r.status_code == 503:
+                retry_after = _retry_after(r) or 1.0
+                # Asking again is worth it only with time left to wait after the pause.
+                if left > retry_after + _NOT_WORTH_ASKING:
+                    time.sleep(retry_after)
+                    continue
+                raise QueueFull(f"lease request: 503 {_detail(r)}", _body(r), retry_after)
             raise VramguardError(f"lease request: {r.status_code} {_detail(r)}", r.status_code, _body(r))
-        return Lease(_ok_body(r, "lease request"))
 
     def _heartbeat(self, lease_id: str) -> bool:
         """Extends the lease; False when vramguard no longer knows it. Sends no body."""
@@ -253,6 +325,15 @@ def _body(r: requests.Response) -> Json:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _retry_after(r: requests.Response) -> Optional[float]:
+    """``Retry-After`` in seconds; None when absent or an HTTP date (vramguard sends seconds)."""
+    try:
+        value = float(r.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _detail(r: requests.Response) -> str:
