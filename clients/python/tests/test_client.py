@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 import types
+import uuid
 from typing import Any, Dict, List
 
 import pytest
@@ -121,11 +122,16 @@ def test_pid_attribution(server: Server) -> None:
         assert body["overrun"] is False
 
 
-def _fake_torch(initialized: bool, peak_bytes: int) -> types.ModuleType:
+def _fake_torch(initialized: bool, peak_bytes: int, gpu_uuid: str) -> types.ModuleType:
+    """A torch that sees two GPUs with the lease's GPU second, as under
+    ``CUDA_VISIBLE_DEVICES=3,0``: torch's device 1 is NVML's GPU 0."""
     torch = types.ModuleType("torch")
+    uuids = [uuid.UUID("12345678-1234-1234-1234-123456789abc"), uuid.UUID(gpu_uuid.removeprefix("GPU-"))]
     cuda = types.SimpleNamespace(
         is_initialized=lambda: initialized,
-        max_memory_reserved=lambda device: peak_bytes if device == 0 else 0,
+        device_count=lambda: len(uuids),
+        get_device_properties=lambda device: types.SimpleNamespace(uuid=uuids[device]),
+        max_memory_reserved=lambda device: peak_bytes if device == 1 else 3 * GIB,
     )
     torch.cuda = cuda  # type: ignore[attr-defined]
     return torch
@@ -140,24 +146,29 @@ def test_peak_is_reported_only_when_torch_already_uses_cuda(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vg = Vramguard(server.url)
+    gpu = requests.get(server.url + "/api/v1/system/stats", timeout=5).json()["gpus"][0]["uuid"]
     if "torch" not in sys.modules:
         with vg.generation(vram_gb=8):
             pass
         assert "torch" not in sys.modules, "the client must never import torch"
         assert _client_peaks(server) == []
 
-    monkeypatch.setitem(sys.modules, "torch", _fake_torch(initialized=False, peak_bytes=7 * GIB))
+    monkeypatch.setitem(
+        sys.modules, "torch", _fake_torch(initialized=False, peak_bytes=7 * GIB, gpu_uuid=gpu)
+    )
     with vg.generation(vram_gb=8):
         pass
     assert _client_peaks(server) == []
 
-    monkeypatch.setitem(sys.modules, "torch", _fake_torch(initialized=True, peak_bytes=7 * GIB))
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(initialized=True, peak_bytes=7 * GIB, gpu_uuid=gpu))
     with vg.generation(vram_gb=8):
         pass
     assert _client_peaks(server) == [7.0]
 
     # A peak vramguard rejects (over 1024 GiB) still releases the lease.
-    monkeypatch.setitem(sys.modules, "torch", _fake_torch(initialized=True, peak_bytes=2048 * GIB))
+    monkeypatch.setitem(
+        sys.modules, "torch", _fake_torch(initialized=True, peak_bytes=2048 * GIB, gpu_uuid=gpu)
+    )
     with vg.generation(vram_gb=8):
         pass
     assert listed(server) == []

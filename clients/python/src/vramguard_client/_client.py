@@ -91,18 +91,32 @@ class Lease:
         )
 
 
-def _torch_peak_gb(gpu_index: Optional[int]) -> Optional[float]:
+def _torch_peak_gb(gpu_uuid: Optional[str]) -> Optional[float]:
     """torch's peak reserved VRAM on the lease's GPU, GiB, only if the caller already uses CUDA.
 
-    Never imports torch: it is looked up in ``sys.modules`` only.
+    Never imports torch: it is looked up in ``sys.modules`` only. The GPU is found by UUID, not
+    by index: vramguard's index is NVML's, while torch numbers only the devices that
+    ``CUDA_VISIBLE_DEVICES`` leaves visible, in its order. A GPU torch does not see reports
+    nothing rather than another GPU's figure.
     """
     torch = sys.modules.get("torch")
-    if torch is None or gpu_index is None:
+    if torch is None or gpu_uuid is None:
         return None
+    want = gpu_uuid.lower().removeprefix("gpu-")
     try:
         if not torch.cuda.is_initialized():
             return None
-        peak = float(torch.cuda.max_memory_reserved(gpu_index)) / 2**30
+        device = next(
+            (
+                i
+                for i in range(torch.cuda.device_count())
+                if str(torch.cuda.get_device_properties(i).uuid).lower().removeprefix("gpu-") == want
+            ),
+            None,
+        )
+        if device is None:
+            return None
+        peak = float(torch.cuda.max_memory_reserved(device)) / 2**30
     except Exception:  # a client-side measurement must never break the release
         return None
     return peak if peak > 0 else None
@@ -159,7 +173,7 @@ class Generation:
         if self.lease is None:
             return
         try:
-            self._vg._release(self.lease.id, _torch_peak_gb(self.lease.gpu_index))
+            self._vg._release(self.lease.id, _torch_peak_gb(self.lease.gpu_uuid))
         except VramguardError as e:
             if exc_type is None:
                 raise
