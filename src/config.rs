@@ -55,6 +55,9 @@ pub struct Config {
     pub gpu_health: GpuHealthConfig,
     /// Serve HTTPS with this certificate; `null` serves plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Log filter (`info`, `debug`, `vramguard=debug,tower_http=warn`, ...); `RUST_LOG`, when
+    /// set, takes its place.
+    pub log_level: String,
 }
 
 /// The listener's certificate.
@@ -358,6 +361,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             gpu_health: GpuHealthConfig::default(),
             tls: None,
+            log_level: "info".to_owned(),
         }
     }
 }
@@ -574,6 +578,12 @@ impl Config {
                 );
             }
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return bad(
+                "log_level",
+                format!("{:?} is not a log filter ({e}); e.g. info, debug, vramguard=debug", self.log_level),
+            );
+        }
         if limits::check_wait_seconds(self.queue.max_wait.0.as_secs_f64()).is_err() {
             return bad("queue.max_wait", format!("{} is out of range; allowed 0s to 5m", self.queue.max_wait));
         }
@@ -780,6 +790,7 @@ mod tests {
             ("queue: { max_bypass: 2d }", "queue.max_bypass", "0s to 24h"),
             ("queue: { policy: lifo }", "queue.policy", "fifo"),
             ("queue: { max_wait: 6m }", "queue.max_wait", "0s to 5m"),
+            ("log_level: \"vramguard=loud\"", "log_level", "not a log filter"),
             ("http: { max_connections: 0 }", "http.max_connections", "1 to 100000"),
             ("http: { idle_timeout: 0s }", "http.idle_timeout", "1s to 1h"),
             ("http: { allowed_hosts: [\"evil.example/x\"] }", "http.allowed_hosts[0]", "not a host name"),

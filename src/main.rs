@@ -57,8 +57,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(cli.log_format);
-
     let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -72,6 +70,8 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
+    let set_log_filter = init_logging(cli.log_format, &config.log_level);
+    let reload = vramguard::server::Reload { path: cli.config.clone(), set_log_filter: Some(set_log_filter) };
 
     // Blocking work is a collector call, a store transaction or a history query, and store
     // writers queue on one lock anyway: a small pool bounds the threads (and their allocator
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let listener = vramguard::server::bind(&config).await?;
-        vramguard::server::run(config, listener, shutdown_signal()).await
+        vramguard::server::run_with(config, listener, shutdown_signal(), reload).await
     });
     // A collector stuck inside a driver call holds a blocking thread that will never return;
     // do not let it keep the process alive after the server has stopped.
@@ -100,20 +100,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Installs the subscriber with `log_level` (or `RUST_LOG`, which then wins for the process's
+/// life) and returns how a reload changes the filter.
+fn init_logging(format: LogFormat, log_level: &str) -> vramguard::server::SetLogFilter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt, reload};
+
+    let pinned = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = match &pinned {
+        Some(v) => EnvFilter::try_new(v).unwrap_or_else(|_| EnvFilter::new("info")),
+        // Validated with the config.
+        None => EnvFilter::try_new(log_level).unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let output = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(output).init();
+    Box::new(move |level: &str| {
+        if pinned.is_some() {
+            return Err("RUST_LOG is set and takes the place of log_level".to_owned());
+        }
+        let next = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(next).map_err(|e| e.to_string())
+    })
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {

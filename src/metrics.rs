@@ -8,7 +8,9 @@
 mod faults;
 
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge as GaugeMetric, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 use crate::config::Constraints;
 use crate::policy::health::HealthStatus;
@@ -26,6 +28,8 @@ pub struct Metrics {
     decisions: IntCounterVec,
     overruns: IntCounter,
     waits: HistogramVec,
+    reload_ok: GaugeMetric,
+    reload_at: GaugeMetric,
 }
 
 /// What live leases and the estimates add to an exposition.
@@ -88,7 +92,28 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(waits.clone())).expect("fresh registry accepts the wait histogram");
-        Self { registry, decisions, overruns, waits }
+        // Named as Prometheus names its own, so the same alert rules work for both.
+        let reload_ok = GaugeMetric::new(
+            "vramguard_config_last_reload_successful",
+            "Whether the last configuration reload (SIGHUP) succeeded; 1 at start.",
+        )
+        .expect("valid metric definition");
+        let reload_at = GaugeMetric::new(
+            "vramguard_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start or SIGHUP).",
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(reload_ok.clone())).expect("fresh registry accepts the reload gauge");
+        registry.register(Box::new(reload_at.clone())).expect("fresh registry accepts the reload time");
+        Self { registry, decisions, overruns, waits, reload_ok, reload_at }
+    }
+
+    /// Records a configuration load: at start, or a SIGHUP reload that succeeded or failed.
+    pub fn record_reload(&self, ok: bool, now_unix: f64) {
+        self.reload_ok.set(if ok { 1.0 } else { 0.0 });
+        if ok {
+            self.reload_at.set(now_unix);
+        }
     }
 
     /// Records how long a generation request took to be answered, and how it ended.

@@ -287,6 +287,7 @@ const VOLATILE: &[&str] = &[
     "vramguard_collector_duration_seconds",
     "vramguard_last_sample_timestamp_seconds",
     "vramguard_build_info",
+    "vramguard_config_last_reload_success_timestamp_seconds",
 ];
 
 fn stable_lines(text: &str) -> String {

@@ -9,7 +9,7 @@ impl AppState {
     /// The health report now.
     pub fn health(&self) -> Health {
         let view = self.view();
-        health(&view.context(&self.config))
+        health(&view.context(&self.config()))
     }
 
     /// May a generation of `workload` (a checked profile name) start now, and on which GPU?
@@ -24,7 +24,7 @@ impl AppState {
     /// gives, once).
     pub(crate) fn decide(&self, request: &CheckRequest, workload: &str) -> ResourceCheck {
         let view = self.view();
-        resource_check(&view.context_for(&self.config, workload), request)
+        resource_check(&view.context_for(&self.config(), workload), request)
     }
 
     /// The `/metrics` exposition of the latest snapshot and the live policy values.
@@ -32,22 +32,22 @@ impl AppState {
         let view = self.view();
         // Health is a pure function of what is rendered anyway; computing it here keeps the
         // state set consistent with the snapshot in the same scrape.
-        let status = view.snapshot.as_ref().map(|_| health(&view.context(&self.config)).status);
+        let status = view.snapshot.as_ref().map(|_| health(&view.context(&self.config())).status);
         let estimates = self
-            .config
+            .config()
             .profile_names()
             .into_iter()
             .map(|name| {
-                let e = view.context_for(&self.config, name).estimate(false);
+                let e = view.context_for(&self.config(), name).estimate(false);
                 (name.to_owned(), e.source.as_str(), e.gb)
             })
             .collect();
         let that_fit = match view.snapshot {
             Some(_) => self
-                .config
+                .config()
                 .profile_names()
                 .into_iter()
-                .map(|name| (name.to_owned(), generations_that_fit(&view.context_for(&self.config, name))))
+                .map(|name| (name.to_owned(), generations_that_fit(&view.context_for(&self.config(), name))))
                 .collect(),
             None => Vec::new(),
         };

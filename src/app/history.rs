@@ -13,7 +13,7 @@ pub(crate) async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<
         _ = stop.changed() => return,
         r = first.wait_for(Option::is_some) => if r.is_err() { return },
     }
-    let mut tick = tokio::time::interval(state.config.history.interval.0);
+    let mut tick = tokio::time::interval(state.config().history.interval.0);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_recorded = 0.0_f64;
     loop {
@@ -35,7 +35,7 @@ pub(crate) async fn run(state: AppState, mut stop: tokio::sync::watch::Receiver<
 impl AppState {
     /// Records one history point durably, pruning what is past the retention.
     pub(crate) async fn record(&self, point: HistoryPoint) -> Result<(), ServiceError> {
-        let prune_before = now_unix().min(point.ts) - self.config.history.retention.0.as_secs_f64();
+        let prune_before = now_unix().min(point.ts) - self.config().history.retention.0.as_secs_f64();
         self.write("recording history failed", move |_, store| {
             store
                 .record_history(&point, prune_before)
@@ -77,7 +77,7 @@ impl AppState {
                 }
             }
         }
-        let interval = self.config.history.interval.0.as_secs_f64();
+        let interval = self.config().history.interval.0.as_secs_f64();
         let series = self.read_history(move |store| store.query_history(start, end, max_points, interval)).await?;
         Ok(HistoryAnswer { series, source: "embedded", warning })
     }

@@ -170,12 +170,12 @@ impl AppState {
     /// Checks a workload profile name: `None` is `default`; an unknown name lists the known ones.
     pub fn check_workload(&self, name: Option<&str>) -> Result<String, ServiceError> {
         let name = name.unwrap_or(DEFAULT_WORKLOAD);
-        if self.config.profile(name).is_some() {
+        if self.config().profile(name).is_some() {
             Ok(name.to_owned())
         } else {
             Err(invalid(
                 "workload",
-                format!("unknown profile {name:?}; known profiles: {}", self.config.profile_names().join(", ")),
+                format!("unknown profile {name:?}; known profiles: {}", self.config().profile_names().join(", ")),
             ))
         }
     }
@@ -238,11 +238,11 @@ impl AppState {
         let view = self.view_at(now);
         let request =
             CheckRequest { vram_required_gb: ask.vram_required_gb, model_loaded: ask.model_loaded, gpu: ask.gpu };
-        let check = resource_check(&view.context_for(&self.config, workload), &request);
+        let check = resource_check(&view.context_for(&self.config(), workload), &request);
         if !check.can_start_generation {
             return Ok(Acquired::Refused(check));
         }
-        let ttl = ask.ttl_seconds.unwrap_or_else(|| self.config.leases.default_ttl.0.as_secs());
+        let ttl = ask.ttl_seconds.unwrap_or_else(|| self.config().leases.default_ttl.0.as_secs());
         let lease = Lease {
             id: new_id(),
             gpu_index: check.gpu.as_ref().map(|g| g.index),

@@ -5,6 +5,7 @@
 //! - [`AppState`]: the shared state and the one write path ([`AppState::write`]).
 //! - [`ledger`]: generation leases: the critical section that decides and records, reaping.
 //! - [`queue`]: waiting admission: requests held until they fit, decided again on every change.
+//! - [`reload`]: applying a configuration reloaded on SIGHUP.
 //! - [`settings`]: partial updates and resets of the optimization settings and constraints.
 //! - [`decisions`]: health, resource-check and the metrics exposition on the live view.
 //! - [`history`]: the embedded history recorder, `stats/save` and history queries.
@@ -15,6 +16,7 @@ pub mod error;
 pub mod ledger;
 pub mod history;
 pub mod queue;
+pub mod reload;
 pub mod settings;
 
 use std::sync::atomic::AtomicU32;
@@ -50,10 +52,11 @@ pub struct AppState {
     pub snapshots: SnapshotRx,
     /// Process metrics, counters and the exposition renderer.
     pub metrics: Arc<Metrics>,
-    /// The configuration vramguard started with.
-    pub config: Arc<Config>,
-    /// Bearer token for writes, when configured.
-    pub token: Option<Arc<str>>,
+    /// The configuration in force: the one vramguard started with, or the last one SIGHUP
+    /// loaded. Replaced whole, so a reader holds one consistent copy.
+    config: Arc<RwLock<Arc<Config>>>,
+    /// Bearer token for writes, when configured; replaced on reload.
+    token: Arc<RwLock<Option<Arc<str>>>>,
     /// Prometheus history source, when `history.backend` is `prometheus`.
     pub prometheus: Option<PrometheusSource>,
     /// WebSocket subscribers now.
@@ -164,6 +167,8 @@ impl AppState {
             ),
             _ => None,
         };
+        let metrics = Arc::new(Metrics::new());
+        metrics.record_reload(true, now_unix());
         Ok(Self {
             history_reader,
             prometheus,
@@ -171,15 +176,25 @@ impl AppState {
             shutdown,
             leases: Arc::new(RwLock::new(leases)),
             snapshots,
-            metrics: Arc::new(Metrics::new()),
-            config: Arc::new(config),
+            metrics,
+            config: Arc::new(RwLock::new(Arc::new(config))),
             live: Arc::new(RwLock::new(live)),
             store: Arc::new(Mutex::new(store)),
-            token: token.map(Arc::from),
+            token: Arc::new(RwLock::new(token.map(Arc::from))),
             observed: Arc::new(RwLock::new(Arc::new(observed))),
             queue: Arc::default(),
             queue_wake: Arc::default(),
         })
+    }
+
+    /// The bearer token in force, if any.
+    pub fn token(&self) -> Option<Arc<str>> {
+        self.token.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// A copy of the live settings and constraints.

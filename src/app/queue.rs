@@ -158,7 +158,7 @@ impl AppState {
             .map_err(|m| ServiceError::Invalid(format!("wait_seconds: {m}")))?;
         let workload = self.check_workload(ask.workload.as_deref())?;
         // An operator may hold connections for less than the API's maximum.
-        let wait_seconds = wait_seconds.min(self.config.queue.max_wait.0.as_secs_f64());
+        let wait_seconds = wait_seconds.min(self.config().queue.max_wait.0.as_secs_f64());
         let started = Instant::now();
         let ahead = self.waiting();
         let outcome = if ahead == 0 {
@@ -169,7 +169,7 @@ impl AppState {
                 }
                 Acquired::Refused(check) => Admission::Refused { check, queue_position: None },
             }
-        } else if wait_seconds == 0.0 && self.config.queue.policy == QueuePolicy::Fifo {
+        } else if wait_seconds == 0.0 && self.config().queue.policy == QueuePolicy::Fifo {
             let mut check = self.decide(&request_of(&ask), &workload);
             check.refuse(Reason::Queue, waiting_ahead(ahead));
             self.metrics.record_decision(false, check.primary_reason());
@@ -199,7 +199,7 @@ impl AppState {
         let (tx, mut rx) = oneshot::channel();
         let seq = {
             let mut q = self.queue();
-            if q.waiters.len() >= self.config.queue.max_waiting as usize {
+            if q.waiters.len() >= self.config().queue.max_waiting as usize {
                 return Ok(Admission::QueueFull { waiting: q.waiters.len() });
             }
             let seq = q.next_seq;
@@ -250,8 +250,8 @@ impl AppState {
         let granted = self
             .critical("waiting admission failed", |st, store, now| {
                 let order: Vec<u64> = st.queue().waiters.iter().map(|w| w.seq).collect();
-                let policy = st.config.queue.policy;
-                let max_bypass = st.config.queue.max_bypass.0;
+                let policy = st.config().queue.policy;
+                let max_bypass = st.config().queue.max_bypass.0;
                 let mut head_since: Option<Instant> = None;
                 let mut granted = Vec::new();
                 for seq in order {

@@ -104,7 +104,7 @@ impl AppState {
 
     /// Puts the optimization settings back to config.yaml.
     pub async fn reset_optimization(&self) -> Result<OptimizationSummary, ServiceError> {
-        let defaults = self.config.optimization;
+        let defaults = self.config().optimization;
         let live = self
             .update(move |live| {
                 live.settings = defaults;
@@ -131,7 +131,7 @@ impl AppState {
 
     /// Puts the constraints back to config.yaml.
     pub async fn reset_constraints(&self) -> Result<Live, ServiceError> {
-        let defaults = self.config.constraints;
+        let defaults = self.config().constraints;
         self.update(move |live| {
             live.constraints = defaults;
             Ok(Persist::Delete(CONSTRAINTS_KEY))
@@ -171,14 +171,15 @@ impl AppState {
         let view = super::View { live: *live, ..self.view() };
         let used: u64 =
             view.snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
-        let ctx = view.context(&self.config);
+        let config = self.config();
+        let ctx = view.context(&config);
         let check = resource_check(&ctx, &CheckRequest::default());
         let est = ctx.estimate(false);
         OptimizationSummary {
             settings: live.settings,
             current_vram_usage_gb: gib(used),
             estimated_vram_need_gb: est.gb,
-            estimated_vram_savings_gb: est.scale * estimate::savings_gb(&self.config.workload, &live.settings),
+            estimated_vram_savings_gb: est.scale * estimate::savings_gb(&self.config().workload, &live.settings),
             estimate_source: est.source.as_str(),
             estimate_samples: est.samples,
             recommendations: check.recommendations,

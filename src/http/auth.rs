@@ -13,7 +13,7 @@ use super::error::ApiError;
 
 /// Middleware: rejects unauthenticated writes with 401 before any handler runs.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = state.token.as_deref() else {
+    let Some(token) = state.token() else {
         return next.run(req).await;
     };
     let is_write = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);

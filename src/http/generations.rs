@@ -293,7 +293,7 @@ pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
             deadline: rfc3339_unix(w.deadline),
         })
         .collect();
-    Json(QueueList { policy: state.config.queue.policy.as_str(), waiting })
+    Json(QueueList { policy: state.config().queue.policy.as_str(), waiting })
 }
 
 /// Live leases.

@@ -79,7 +79,7 @@ pub async fn get_history(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<HistoryQuery>,
 ) -> Result<Json<HistoryBody>, ApiError> {
-    let retention_hours = state.config.history.retention.0.as_secs_f64() / 3600.0;
+    let retention_hours = state.config().history.retention.0.as_secs_f64() / 3600.0;
     let hours = q.hours.unwrap_or(24.0_f64.min(retention_hours));
     if !(hours > 0.0 && hours <= retention_hours) {
         return Err(ApiError::bad_request(format!(

@@ -67,6 +67,6 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Outermost: a request from the wrong Host or Origin meets nothing else.
-        .layer(axum::middleware::from_fn_with_state(guard::AllowedHosts::from_config(&state.config), guard::guard))
+        .layer(axum::middleware::from_fn_with_state(guard::AllowedHosts::from_config(&state.config()), guard::guard))
         .with_state(state)
 }

@@ -3,7 +3,10 @@
 //! stop everything within a bounded time once `shutdown` resolves.
 
 mod listener;
+mod reload;
 mod tls;
+
+pub use reload::{Reload, SetLogFilter};
 
 use std::future::Future;
 use std::time::Duration;
@@ -66,6 +69,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_with(config, listener, shutdown, Reload::default()).await
+}
+
+/// [`run`], reloading the configuration on SIGHUP as `reload` says (the binary's way to run).
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Reload,
+) -> Result<(), Error> {
     let token = match &config.auth.token_file {
         Some(path) => Some(crate::http::auth::read_token(path).map_err(Error::Token)?),
         None => None,
@@ -93,6 +106,7 @@ pub async fn run(
     let reaper = tokio::spawn(crate::app::ledger::reaper(state.clone(), stop_rx.clone()));
     let tracker = tokio::spawn(crate::app::ledger::tracker(state.clone(), stop_rx.clone()));
     let dispatcher = tokio::spawn(crate::app::queue::dispatcher(state.clone(), stop_rx.clone()));
+    let reloader = tokio::spawn(reload::on_sighup(state.clone(), tls.clone(), reload, stop_rx.clone()));
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on {scheme}://{addr}");
 
     let stop_for_server = stop_tx.clone();
@@ -124,6 +138,7 @@ pub async fn run(
     let _ = reaper.await;
     let _ = tracker.await;
     let _ = dispatcher.await;
+    let _ = reloader.await;
     let _ = recorder.await;
     tracing::info!("stopped");
     result

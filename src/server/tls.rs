@@ -23,11 +23,9 @@ impl Acceptor {
         Ok(Self(Arc::new(RwLock::new(load(tls)?))))
     }
 
-    /// Loads `tls` again and uses it for new connections; on error the old one stays.
-    pub(crate) fn reload(&self, tls: &TlsConfig) -> Result<(), String> {
-        let next = load(tls)?;
+    /// Uses `next` (from [`load`]) for new connections.
+    pub(crate) fn install(&self, next: Arc<ServerConfig>) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = next;
-        Ok(())
     }
 
     pub(crate) async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
@@ -36,7 +34,8 @@ impl Acceptor {
     }
 }
 
-fn load(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+/// Reads and checks the certificate chain and key `tls` names.
+pub(crate) fn load(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(&tls.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&tls.key_file)
         .map_err(|e| format!("tls.key_file: cannot read a private key from {}: {e}", tls.key_file.display()))?;

@@ -108,7 +108,9 @@ impl Vramguard {
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                let listening =
+                    line.split("listening on http://").nth(1).or_else(|| line.split("listening on https://").nth(1));
+                if let Some(rest) = listening {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
                     let _ = tx.send(addr);
                 }
@@ -416,6 +418,12 @@ pub fn free_port() -> u16 {
 /// Starts Prometheus on `port`, scraping `target` as job "vramguard" every second and
 /// evaluating `rules` (if any) every second.
 pub fn start_prometheus(port: u16, target: &str, rules: Option<&Path>) -> Prometheus {
+    start_prometheus_with(port, target, rules, "")
+}
+
+/// [`start_prometheus`] with more keys for the scrape job (`job` is indented YAML, e.g.
+/// `"    scheme: https\n"`).
+pub fn start_prometheus_with(port: u16, target: &str, rules: Option<&Path>, job: &str) -> Prometheus {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("prometheus.yml");
     let rule_files = rules.map(|r| format!("rule_files: [\"{}\"]\n", r.display())).unwrap_or_default();
@@ -423,7 +431,7 @@ pub fn start_prometheus(port: u16, target: &str, rules: Option<&Path>) -> Promet
         &config,
         format!(
             "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n{rule_files}\
-             scrape_configs:\n  - job_name: vramguard\n    static_configs: [{{ targets: [\"{target}\"] }}]\n"
+             scrape_configs:\n  - job_name: vramguard\n    static_configs: [{{ targets: [\"{target}\"] }}]\n{job}"
         ),
     )
     .expect("write prometheus.yml");
