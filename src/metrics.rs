@@ -12,6 +12,8 @@ use prometheus::{
     Encoder, Gauge as GaugeMetric, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::config::Constraints;
 use crate::policy::health::HealthStatus;
 use crate::snapshot::Snapshot;
@@ -30,6 +32,9 @@ pub struct Metrics {
     waits: HistogramVec,
     reload_ok: GaugeMetric,
     reload_at: GaugeMetric,
+    /// The snapshot's own series, encoded once per sample: the snapshot they came from (held,
+    /// so its address cannot be reused by a later one) and the text.
+    snapshot_text: Mutex<Option<(Arc<Snapshot>, Arc<str>)>>,
 }
 
 /// What live leases and the estimates add to an exposition.
@@ -105,7 +110,7 @@ impl Metrics {
         .expect("valid metric definition");
         registry.register(Box::new(reload_ok.clone())).expect("fresh registry accepts the reload gauge");
         registry.register(Box::new(reload_at.clone())).expect("fresh registry accepts the reload time");
-        Self { registry, decisions, overruns, waits, reload_ok, reload_at }
+        Self { registry, decisions, overruns, waits, reload_ok, reload_at, snapshot_text: Mutex::new(None) }
     }
 
     /// Records a configuration load: at start, or a SIGHUP reload that succeeded or failed.
@@ -132,10 +137,52 @@ impl Metrics {
         self.decisions.with_label_values(&[result, reason]).inc();
     }
 
-    /// Renders the whole exposition.
+    /// Renders the whole exposition, encoding the snapshot's series afresh.
     pub fn render(
         &self,
         snapshot: Option<&Snapshot>,
+        constraints: &Constraints,
+        health: Option<HealthStatus>,
+        active_generations: u32,
+        leases: &LeaseFigures,
+    ) -> String {
+        let text = snapshot.map(|s| encode(snapshot_families(s)));
+        self.render_with(snapshot, text.as_deref(), constraints, health, active_generations, leases)
+    }
+
+    /// Renders the whole exposition with the snapshot's series encoded once per sample: a scrape
+    /// then only encodes what changes between scrapes (counters, process metrics, leases,
+    /// health), and copies the rest.
+    pub fn render_cached(
+        &self,
+        snapshot: Option<&Arc<Snapshot>>,
+        constraints: &Constraints,
+        health: Option<HealthStatus>,
+        active_generations: u32,
+        leases: &LeaseFigures,
+    ) -> String {
+        let text = snapshot.map(|s| self.snapshot_text(s));
+        self.render_with(snapshot.map(|s| &**s), text.as_deref(), constraints, health, active_generations, leases)
+    }
+
+    fn snapshot_text(&self, s: &Arc<Snapshot>) -> Arc<str> {
+        let mut cache = self.snapshot_text.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.as_ref() {
+            Some((cached, text)) if Arc::ptr_eq(cached, s) => Arc::clone(text),
+            _ => {
+                let text: Arc<str> = Arc::from(encode(snapshot_families(s)));
+                *cache = Some((Arc::clone(s), Arc::clone(&text)));
+                text
+            }
+        }
+    }
+
+    /// The per-scrape families, then `snapshot_text` (the snapshot's series, already encoded).
+    /// Each block is sorted by name; no family is in both, so each stays contiguous.
+    fn render_with(
+        &self,
+        snapshot: Option<&Snapshot>,
+        snapshot_text: Option<&str>,
         constraints: &Constraints,
         health: Option<HealthStatus>,
         active_generations: u32,
@@ -200,16 +247,22 @@ impl Metrics {
             "A metric with a constant 1 labelled by vramguard's version and git revision.",
             vec![sample(&[("version", VERSION), ("revision", REVISION)], 1.0)],
         ));
-        if let Some(s) = snapshot {
-            families.extend(snapshot_families(s));
+        let mut out = encode(families);
+        if let Some(text) = snapshot_text {
+            out.push_str(text);
         }
-        families.retain(|f| !f.get_metric().is_empty());
-        families.sort_by(|a, b| a.name().cmp(b.name()));
-        let mut out = Vec::with_capacity(8 * 1024);
-        // Encoding into a Vec cannot fail for well-formed families.
-        TextEncoder::new().encode(&families, &mut out).expect("text encoding into memory");
-        String::from_utf8(out).expect("the text encoder writes UTF-8")
+        out
     }
+}
+
+/// The text format of `families` (empty ones dropped), sorted by name.
+fn encode(mut families: Vec<MetricFamily>) -> String {
+    families.retain(|f| !f.get_metric().is_empty());
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::with_capacity(8 * 1024);
+    // Encoding into a Vec cannot fail for well-formed families.
+    TextEncoder::new().encode(&families, &mut out).expect("text encoding into memory");
+    String::from_utf8(out).expect("the text encoder writes UTF-8")
 }
 
 fn policy_families(c: &Constraints) -> Vec<MetricFamily> {

@@ -53,6 +53,6 @@ impl AppState {
         };
         let figures =
             LeaseFigures { outstanding: view.outstanding.clone(), estimates, waiting: self.waiting(), that_fit };
-        self.metrics.render(view.snapshot.as_deref(), &view.live.constraints, status, view.active, &figures)
+        self.metrics.render_cached(view.snapshot.as_ref(), &view.live.constraints, status, view.active, &figures)
     }
 }
