@@ -56,6 +56,36 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    batch: Batch,
+}
+
+/// Group commit of lease writes: concurrent lease operations write into one open transaction
+/// and one COMMIT (one fsync) makes all of them durable; each caller answers its client only
+/// after the batch holding its write committed ([`Store::batch_state`]).
+#[derive(Debug, Default)]
+struct Batch {
+    /// A transaction is open and holds uncommitted lease writes.
+    open: bool,
+    /// Id of the open batch, or of the last one.
+    id: u64,
+    /// Writes made into batches so far; an operation compares it before and after to know
+    /// whether it wrote.
+    writes: u64,
+    /// Last batch committed.
+    committed: u64,
+    /// Recent batches whose commit failed (rolled back).
+    failed: Vec<u64>,
+}
+
+/// Where a batch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Durable.
+    Committed,
+    /// Rolled back: its writes are gone.
+    Failed,
+    /// Still open: someone must commit it.
+    Open,
 }
 
 impl std::fmt::Debug for Store {
@@ -158,7 +188,58 @@ impl Store {
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         migrate(&conn).map_err(sql)?;
-        Ok(Self { conn, path })
+        Ok(Self { conn, path, batch: Batch::default() })
+    }
+
+    /// Joins the open batch, opening one if none is: lease writes go into it uncommitted.
+    fn join_batch(&mut self) -> Result<(), StoreError> {
+        if !self.batch.open {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.sql(e))?;
+            self.batch.open = true;
+            self.batch.id += 1;
+        }
+        self.batch.writes += 1;
+        Ok(())
+    }
+
+    /// Lease writes made so far, and the batch the latest went into.
+    pub fn batch_marker(&self) -> (u64, u64) {
+        (self.batch.writes, self.batch.id)
+    }
+
+    /// Where batch `id` stands.
+    pub fn batch_state(&self, id: u64) -> BatchState {
+        if self.batch.failed.contains(&id) {
+            BatchState::Failed
+        } else if id <= self.batch.committed && !(self.batch.open && id == self.batch.id) {
+            BatchState::Committed
+        } else {
+            BatchState::Open
+        }
+    }
+
+    /// Commits the open batch, if any: one fsync for every write in it. On failure it is rolled
+    /// back and remembered as failed; the caller must resynchronise what it published.
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        if !self.batch.open {
+            return Ok(());
+        }
+        self.batch.open = false;
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                self.batch.committed = self.batch.id;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.batch.failed.push(self.batch.id);
+                // Failures are rare; a short memory is enough for the callers still waiting.
+                if self.batch.failed.len() > 1024 {
+                    self.batch.failed.remove(0);
+                }
+                Err(self.sql(e))
+            }
+        }
     }
 
     /// The database file.
@@ -266,7 +347,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Inserts or updates a lease durably.
+    /// Inserts or updates a lease in the open batch (durable once [`Store::commit_batch`] ran).
     pub fn put_lease(&mut self, l: &Lease) -> Result<(), StoreError> {
         let details = serde_json::to_string(&LeaseDetails {
             pids: l.pids.clone(),
@@ -276,6 +357,7 @@ impl Store {
             grant: Some(l.grant.clone()),
         })
         .expect("lease details serialise");
+        self.join_batch()?;
         self.conn
             .execute(
                 "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details)
@@ -288,12 +370,14 @@ impl Store {
         Ok(())
     }
 
-    /// Ends leases in one transaction: deletes them and records the observations their ends
-    /// produced, so a release and what was learned from it are durable together.
+    /// Ends leases in the open batch: deletes them and records the observations their ends
+    /// produced, so a release and what was learned from it are durable together (a savepoint
+    /// keeps a failure half-way from leaving half of it in the batch).
     pub fn end_leases(&mut self, ids: &[String], observations: &[Observation]) -> Result<(), StoreError> {
+        self.join_batch()?;
         let path = self.path.clone();
         let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction().map_err(sql)?;
+        let tx = self.conn.savepoint().map_err(sql)?;
         for id in ids {
             tx.execute("DELETE FROM leases WHERE id = ?1", params![id]).map_err(sql)?;
         }
@@ -487,7 +571,7 @@ impl Store {
         let conn = Connection::open(&self.path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
         limit_cache(&conn).map_err(sql)?;
-        Ok(Self { conn, path: self.path.clone() })
+        Ok(Self { conn, path: self.path.clone(), batch: Batch::default() })
     }
 }
 
@@ -533,13 +617,25 @@ mod tests {
             },
         };
         {
+            // Written into a batch that is never committed: not durable.
             let mut s = Store::open(dir.path()).unwrap();
             s.put_lease(&lease).unwrap();
+            assert_eq!(s.batch_state(s.batch_marker().1), BatchState::Open);
+        }
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            assert!(s.load_leases().unwrap().is_empty());
+            s.put_lease(&lease).unwrap();
             s.put_lease(&Lease { expires_at: 2000.0, ..lease.clone() }).unwrap();
+            let (writes, batch) = s.batch_marker();
+            assert_eq!((writes, batch), (2, 1), "both writes share one batch");
+            s.commit_batch().unwrap();
+            assert_eq!(s.batch_state(batch), BatchState::Committed);
         }
         let mut s = Store::open(dir.path()).unwrap();
         assert_eq!(s.load_leases().unwrap(), vec![Lease { expires_at: 2000.0, ..lease.clone() }]);
         s.end_leases(std::slice::from_ref(&lease.id), &[]).unwrap();
+        s.commit_batch().unwrap();
         assert!(s.load_leases().unwrap().is_empty());
     }
 

@@ -2,9 +2,11 @@
 //!
 //! Taking a lease runs the resource-check decision and, if it admits, records the lease in the
 //! same critical section: the store lock, taken on a blocking thread, covers reaping, reading the
-//! lease book, deciding, the durable insert and publishing the lease. N callers racing for the
-//! last slot therefore get exactly the free slots. The only I/O inside is the state-store write;
-//! the snapshot and settings are in-memory copies.
+//! lease book, deciding, the insert and publishing the lease. N callers racing for the last slot
+//! therefore get exactly the free slots. The insert goes into the store's open batch; the caller
+//! answers only after the batch is committed, and concurrent lease writes share one commit and
+//! one fsync (group commit). A lease published in the book before its commit only counts
+//! against capacity a little early; if the commit fails, the book is read back from the store.
 
 use std::sync::PoisonError;
 
@@ -182,7 +184,7 @@ impl AppState {
 
     /// Reaps lapsed leases; run by the server on a timer (decisions also reap first).
     pub async fn reap_expired(&self) {
-        match self.write("reaping leases failed", |st, store| st.reap(store, now_unix())).await {
+        match self.batched("reaping leases failed", |st, store| st.reap(store, now_unix())).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(count = n, "expired generation leases reaped");
@@ -193,13 +195,14 @@ impl AppState {
     }
 
     /// Runs `f` in the lease critical section: under the store lock, after reaping lapsed leases,
-    /// with one `now` for everything it decides.
+    /// with one `now` for everything it decides; returns once what it wrote is durable (its
+    /// batch committed, see [`AppState::batched`]).
     pub(super) async fn critical<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store, f64) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
-        self.write(what, move |st, store| {
+        self.batched(what, move |st, store| {
             let now = now_unix();
             if st.reap(store, now)? > 0 {
                 st.wake_queue();

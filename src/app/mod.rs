@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::policy::estimate::EstimateKey;
 use crate::policy::{Context, Overrun};
 use crate::snapshot::{Snapshot, SnapshotRx};
-use crate::store::{Store, StoreError};
+use crate::store::{BatchState, Store, StoreError};
 use crate::time::now_unix;
 pub use error::ServiceError;
 
@@ -247,10 +247,25 @@ impl AppState {
     }
 
     /// Runs `f` with the state store on a blocking thread, holding the writers' lock for all of
-    /// it. Every write goes through here, so read-decide-write sequences are serialised and a
-    /// rejected or failed one leaves nothing half done. `what` names the operation in the log
-    /// if the blocking task itself fails.
+    /// it. Every write that is not a lease's goes through here, so read-decide-write sequences
+    /// are serialised and a rejected or failed one leaves nothing half done. It needs its own
+    /// transaction, so the open batch of lease writes is committed first. `what` names the
+    /// operation in the log if the blocking task itself fails.
     pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        self.with_store(what, move |st, store| {
+            // A failed batch is reported to its own waiters; this write goes on regardless.
+            let _ = st.commit_leases(store);
+            f(st, store)
+        })
+        .await
+    }
+
+    /// Runs `f` with the store under the writers' lock on a blocking thread, as it is.
+    pub(crate) async fn with_store<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
@@ -262,6 +277,49 @@ impl AppState {
         })
         .await
         .map_err(|e| ServiceError::failed(what, e))?
+    }
+
+    /// Runs lease writes `f` into the store's open batch under the writers' lock, then returns
+    /// only once the batch holding them is committed: whoever gets the lock first after the
+    /// writes commits everything written meanwhile with one fsync (group commit).
+    pub(crate) async fn batched<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let (out, batch) = self
+            .with_store(what, move |st, store| {
+                let (before, _) = store.batch_marker();
+                let out = f(st, store)?;
+                let (after, id) = store.batch_marker();
+                Ok((out, (after != before).then_some(id)))
+            })
+            .await?;
+        if let Some(id) = batch {
+            self.with_store(what, move |st, store| match store.batch_state(id) {
+                BatchState::Committed => Ok(()),
+                BatchState::Failed => Err(ServiceError::failed(what, "the batch holding this write was rolled back")),
+                BatchState::Open => st.commit_leases(store),
+            })
+            .await?;
+        }
+        Ok(out)
+    }
+
+    /// Commits the open batch of lease writes. If the commit fails the batch is rolled back, so
+    /// the book and the observations are read back from the store, which holds the truth.
+    pub(crate) fn commit_leases(&self, store: &mut Store) -> Result<(), ServiceError> {
+        let Err(e) = store.commit_batch() else { return Ok(()) };
+        let err = ServiceError::failed("could not commit lease writes to the state store", e);
+        if let Ok(leases) = store.load_leases() {
+            *self.leases.write().unwrap_or_else(PoisonError::into_inner) = LeaseBook::from_leases(leases);
+        }
+        if let Ok(obs) = store.load_observations() {
+            let mut observed: Vec<(EstimateKey, f64)> = obs.into_iter().map(|o| (o.key, o.peak_vram_gb)).collect();
+            observed.truncate(OBSERVED_IN_MEMORY);
+            *self.observed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(observed);
+        }
+        Err(err)
     }
 
     /// Runs a read of the history store on a blocking thread, off the writers' lock.

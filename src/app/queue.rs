@@ -242,18 +242,20 @@ impl AppState {
         }
     }
 
-    /// One pass over the queue in the lease critical section.
+    /// One pass over the queue in the lease critical section. Answers are sent only after the
+    /// pass's lease writes are durable; a granted waiter that left in the meantime has its lease
+    /// ended again.
     pub(crate) async fn dispatch(&self) -> Result<(), ServiceError> {
         if self.waiting() == 0 {
             return Ok(());
         }
-        let granted = self
+        let answers = self
             .critical("waiting admission failed", |st, store, now| {
                 let order: Vec<u64> = st.queue().waiters.iter().map(|w| w.seq).collect();
-                let policy = st.config().queue.policy;
-                let max_bypass = st.config().queue.max_bypass.0;
+                let config = st.config();
+                let (policy, max_bypass) = (config.queue.policy, config.queue.max_bypass.0);
                 let mut head_since: Option<Instant> = None;
-                let mut granted = Vec::new();
+                let mut answers: Vec<(Waiter, Outcome)> = Vec::new();
                 for seq in order {
                     let Some((ask, workload, since, deadline, closed)) = st
                         .queue()
@@ -279,26 +281,26 @@ impl AppState {
                             let ahead = st.queue().position(seq).unwrap_or(0);
                             let mut check = st.decide(&request_of(&ask), &workload);
                             check.refuse(Reason::Queue, waiting_ahead(ahead));
-                            send(st, seq, |_| Admission::Refused { check, queue_position: None });
+                            claim(st, seq, &mut answers, |_| Admission::Refused { check, queue_position: None });
                         }
                         continue;
                     }
                     match st.grant_or_refuse(store, now, &ask, &workload)? {
                         Acquired::Granted(lease, check) => {
                             let id = lease.id.clone();
-                            let gone = !send(st, seq, |_| Admission::Granted(lease, check));
-                            if gone {
-                                // Its client left between the check and the answer.
+                            if !claim(st, seq, &mut answers, |_| Admission::Granted(lease, check)) {
+                                // Its client left between the check and the grant.
                                 st.end_unclaimed(store, &id)?;
-                            } else {
-                                granted.push(id);
                             }
                         }
                         Acquired::Refused(check) if !check.may_clear() => {
-                            send(st, seq, |_| Admission::Refused { check, queue_position: None });
+                            claim(st, seq, &mut answers, |_| Admission::Refused { check, queue_position: None });
                         }
                         Acquired::Refused(check) if expired => {
-                            send(st, seq, |position| Admission::Refused { check, queue_position: Some(position) });
+                            claim(st, seq, &mut answers, |position| Admission::Refused {
+                                check,
+                                queue_position: Some(position),
+                            });
                         }
                         Acquired::Refused(check) => {
                             if let Some(w) = st.queue().waiters.iter_mut().find(|w| w.seq == seq) {
@@ -308,30 +310,43 @@ impl AppState {
                         }
                     }
                 }
-                Ok(granted)
+                Ok(answers)
             })
             .await?;
-        for id in &granted {
-            tracing::info!(id = %id, "waiting generation lease granted");
+        for (waiter, outcome) in answers {
+            let granted = match &outcome {
+                Admission::Granted(lease, _) => Some(lease.id.clone()),
+                _ => None,
+            };
+            if let Admission::Granted(_, c) | Admission::Refused { check: c, .. } = &outcome {
+                self.metrics.record_decision(granted.is_some(), c.primary_reason());
+            }
+            let delivered = waiter.answer.send(outcome).is_ok();
+            match (granted, delivered) {
+                (Some(id), true) => tracing::info!(id = %id, "waiting generation lease granted"),
+                (Some(id), false) => {
+                    self.critical("ending an unclaimed lease failed", move |st, store, _| st.end_unclaimed(store, &id))
+                        .await?
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
 }
 
-/// Takes waiter `seq` out of the queue and sends it what `make` builds from its 1-based position.
-/// False when the waiter is gone (its client left).
-fn send(st: &AppState, seq: u64, make: impl FnOnce(usize) -> Outcome) -> bool {
+/// Takes waiter `seq` out of the queue and queues the answer `make` builds from its 1-based
+/// position, to be sent once the pass is durable. False when the waiter is gone (its client
+/// left).
+fn claim(st: &AppState, seq: u64, answers: &mut Vec<(Waiter, Outcome)>, make: impl FnOnce(usize) -> Outcome) -> bool {
     let taken = st.queue().take(seq);
     match taken {
-        Some((position, w)) => {
+        Some((position, w)) if !w.answer.is_closed() => {
             let outcome = make(position);
-            let admitted = matches!(outcome, Admission::Granted(..));
-            if let Admission::Granted(_, c) | Admission::Refused { check: c, .. } = &outcome {
-                st.metrics.record_decision(admitted, c.primary_reason());
-            }
-            w.answer.send(outcome).is_ok()
+            answers.push((w, outcome));
+            true
         }
-        None => false,
+        _ => false,
     }
 }
 
