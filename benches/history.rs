@@ -1,12 +1,12 @@
-//! The history query: 24 h of samples at a 5 s interval (17,280 points) averaged into 1,000
-//! buckets, as a chart asks for it. Prints the store's size for that day of history.
+//! The history query: 24 h of samples at a 5 s interval (17,280 points, two GPUs each) averaged
+//! into 1,000 buckets, as a chart asks for it. Prints the store's size for that day of history.
 //!
 //!   cargo bench --bench history
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use vramguard::history::HistoryPoint;
+use vramguard::history::{GpuHistoryPoint, HistoryPoint};
 use vramguard::store::Store;
 
 const DAY: f64 = 86_400.0;
@@ -32,6 +32,13 @@ fn benches(c: &mut Criterion) {
             vram_total_mb: 16_376.0,
             vram_percent: 73.0 + 12.0 * wave,
             timestamp: String::new(),
+            gpus: (0..2)
+                .map(|index| GpuHistoryPoint {
+                    index,
+                    gpu_percent: Some(60.0 + 30.0 * wave),
+                    vram_percent: Some(73.0 + 12.0 * wave),
+                })
+                .collect(),
         };
         // Each sample is its own durable transaction, as the recorder writes them.
         store.record_history(&p, 0.0).unwrap();

@@ -54,7 +54,7 @@ fn points(b: &Browser, chart: &str, attr: &str) -> usize {
     b.attr(&format!("#{chart}"), attr).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// The page a person opens: GPUs, charts with history, live updates, leases, the editors'
+/// The page a person opens: GPUs, charts with history (each GPU's line too), live updates, leases, the editors'
 /// answers, no console errors, and nothing fetched from outside 127.0.0.1.
 #[test]
 fn the_page_in_chromium() {
@@ -86,6 +86,18 @@ fn the_page_in_chromium() {
             (points(b, chart, "data-history-points") >= 2 && points(b, chart, "data-points") >= 3).then_some(())
         });
         assert!(!b.text(&format!("#{chart}")).is_empty(), "{chart} has no legend");
+    }
+    // Each GPU's own line starts in the history, before the page was opened: it holds more
+    // readings than the live samples since, and its legend does not call it live-only.
+    for chart in ["chart-util", "chart-vram"] {
+        b.wait(&format!("{chart}'s GPU lines to hold history"), Duration::from_secs(5), |b| {
+            let live = points(b, chart, "data-points").saturating_sub(points(b, chart, "data-history-points"));
+            let ok = points(b, chart, "data-gpu-history-points") >= 2 && points(b, chart, "data-gpu-points") > live;
+            ok.then_some(())
+        });
+        let legend = b.text(&format!("#{chart}"));
+        assert!(legend.contains("NVIDIA GeForce RTX 4090 #0") && legend.contains("NVIDIA RTX A6000 #1"), "{legend}");
+        assert!(!legend.contains("(live)"), "{chart}: {legend}");
     }
     let drawn = b.eval("return document.querySelectorAll('.chart canvas').length", vec![]);
     assert_eq!(drawn, json!(3), "three chart canvases");

@@ -57,6 +57,120 @@ fn history_fills_on_its_own() {
     assert_eq!(b["stats"][0]["vram_used_mb"], json!(4096.0));
 }
 
+/// Two GPUs: 16 GiB at 25 % and 40 % busy, 48 GiB at 75 % and 80 % busy; then the first at
+/// 50 % and 20 % busy while the second loses its utilization reading.
+fn two_gpus(second_util: &str, first_util: u32, first_used_gib: u64) -> String {
+    format!(
+        "[gpu]\nmemory_total {}\nmemory_used {}\nutilization_gpu {first_util}\n\
+         [gpu]\nmemory_total {}\nmemory_used {}\nutilization_gpu {second_util}\n",
+        16 * GIB,
+        first_used_gib * GIB,
+        48 * GIB,
+        36 * GIB
+    )
+}
+
+/// `(gpu_percent, vram_percent)` of the GPU with `index` in a history point.
+fn gpu_figures(point: &Value, index: u64) -> (Option<f64>, Option<f64>) {
+    let gpus = point["gpus"].as_array().unwrap_or_else(|| panic!("no gpus in {point}"));
+    let g = gpus.iter().find(|g| g["index"] == json!(index)).unwrap_or_else(|| panic!("no GPU {index} in {point}"));
+    (g["gpu_percent"].as_f64(), g["vram_percent"].as_f64())
+}
+
+/// Each point carries every GPU's own utilization and VRAM % beside the seed's fields
+/// (unchanged); a bucket is each GPU's mean over its samples, and a reading a GPU lacked is
+/// null in its points and left out of its bucket's mean, never counted as 0.
+#[test]
+fn history_keeps_each_gpu() {
+    let vg = Vramguard::start(
+        &gpu_config("history: { interval: \"1s\", retention: \"1h\" }\n"),
+        Some(&two_gpus("80", 40, 4)),
+        &[],
+    );
+    vg.wait_ready();
+    let count =
+        |body: &Value, f: &dyn Fn(&Value) -> bool| body["stats"].as_array().unwrap().iter().filter(|p| f(p)).count();
+    let before = |p: &Value| gpu_figures(p, 0).0 == Some(40.0);
+    vg.wait_until("three points of the first scenario", Duration::from_secs(20), || {
+        count(&history(&vg, ""), &before) >= 3
+    });
+    let body = history(&vg, "");
+    for p in body["stats"].as_array().unwrap() {
+        let mut keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "cpu_percent",
+                "gpu_percent",
+                "gpus",
+                "ram_percent",
+                "ram_total_gb",
+                "ram_used_gb",
+                "timestamp",
+                "vram_percent",
+                "vram_total_mb",
+                "vram_used_mb"
+            ],
+            "the seed's fields and gpus: {p}"
+        );
+        assert_eq!(p["gpus"].as_array().unwrap().len(), 2, "{p}");
+        assert_eq!(gpu_figures(p, 0), (Some(40.0), Some(25.0)), "{p}");
+        assert_eq!(gpu_figures(p, 1), (Some(80.0), Some(75.0)), "{p}");
+        // The whole is unchanged: the mean utilization, VRAM over both GPUs.
+        assert_eq!(p["gpu_percent"], json!(60.0));
+        assert_eq!(p["vram_used_mb"], json!(40960.0));
+        assert_eq!(p["vram_percent"], json!(62.5));
+    }
+
+    // The second GPU stops reporting its utilization; the first changes.
+    vg.set_scenario(&two_gpus("unsupported", 20, 8));
+    let after = |p: &Value| gpu_figures(p, 0).0 == Some(20.0) && gpu_figures(p, 1).0.is_none();
+    vg.wait_until("three points of the second scenario", Duration::from_secs(20), || {
+        count(&history(&vg, ""), &after) >= 3
+    });
+    // Raw points and one bucket over them, read while no point was recorded in between.
+    let (raw, bucket) = loop {
+        let raw = history(&vg, "");
+        let bucket = history(&vg, "?max_points=1");
+        if raw["total_count"] == bucket["total_count"] && history(&vg, "")["total_count"] == raw["total_count"] {
+            break (raw, bucket);
+        }
+    };
+    let points = raw["stats"].as_array().unwrap();
+    let mut util0 = Vec::new();
+    for p in points {
+        let (u0, v0) = gpu_figures(p, 0);
+        let (u1, v1) = gpu_figures(p, 1);
+        // A sample taken while the scenario was replaced may mix the two.
+        assert!(matches!(u0, Some(40.0) | Some(20.0)) && matches!(v0, Some(25.0) | Some(50.0)), "{p}");
+        assert!(matches!(u1, Some(80.0) | None) && v1 == Some(75.0), "{p}");
+        if u1.is_none() {
+            assert_eq!(p["gpus"][1]["gpu_percent"], Value::Null, "a missing reading is null: {p}");
+            assert_eq!(p["gpu_percent"], json!(u0.unwrap()), "the mean of the readings there are: {p}");
+        }
+        util0.push(u0.unwrap());
+    }
+    assert!(points.iter().filter(|p| gpu_figures(p, 1).0.is_none()).count() >= 3);
+    let b = &bucket["stats"].as_array().unwrap()[..];
+    assert_eq!(b.len(), 1, "{bucket}");
+    let mean0 = util0.iter().sum::<f64>() / util0.len() as f64;
+    let (bu0, bv0) = gpu_figures(&b[0], 0);
+    assert!((bu0.unwrap() - mean0).abs() <= 0.05 + 1e-9, "GPU 0: bucket {bu0:?}, mean of points {mean0}");
+    assert!(bv0.unwrap() > 25.0 && bv0.unwrap() < 50.0, "{bv0:?}");
+    // The second GPU's missing readings are left out of its mean, not averaged in as 0.
+    assert_eq!(gpu_figures(&b[0], 1), (Some(80.0), Some(75.0)), "{bucket}");
+
+    // The OpenAPI document describes the per-GPU figures of a history point.
+    let (_, doc) = vg.get_json("/api/v1/openapi.json");
+    let schemas = &doc["components"]["schemas"];
+    let text = schemas["HistoryPointBody"].to_string();
+    assert!(text.contains("\"gpus\"") && text.contains("GpuHistoryPoint"), "{text}");
+    for field in ["index", "gpu_percent", "vram_percent"] {
+        assert!(schemas["GpuHistoryPoint"]["properties"][field].is_object(), "{field}: {}", schemas["GpuHistoryPoint"]);
+    }
+}
+
 /// Bad history queries get 400 with a detail.
 #[test]
 fn bad_history_queries() {
@@ -232,6 +346,10 @@ fn prometheus_backed_history_agrees_and_falls_back() {
         assert!((pm - em).abs() <= spread + slack, "{field}: prometheus {pm} vs embedded {em} (spread {spread})");
     }
     assert_eq!(p_points[0]["vram_used_mb"], json!((4 * GIB / (1 << 20)) as f64));
+    // Each GPU's own figures, grouped by the `gpu` label, as the embedded history has them.
+    for p in &p_points {
+        assert_eq!(p["gpus"], json!([{"index": 0, "gpu_percent": 40.0, "vram_percent": 25.0}]), "{p}");
+    }
 
     drop(prom);
     let (status, body) = vg.get_json(&format!("/api/v1/system/stats/history{window}"));

@@ -7,7 +7,9 @@
 //! layer's job: `app::recorder`.
 //!
 //! The bucketing itself is SQL in [`crate::store`]: equal-width time buckets, each the average of
-//! the samples in it (missing readings are skipped, not counted as 0).
+//! the samples in it (missing readings are skipped, not counted as 0). Each point carries the
+//! whole (the seed's nine fields) and each GPU's own utilization and VRAM % ([`GpuHistoryPoint`]),
+//! bucketed alike.
 
 pub mod prometheus;
 
@@ -18,7 +20,27 @@ use crate::snapshot::Snapshot;
 use crate::time::rfc3339;
 use crate::units::{MIB, gib, round1, round2};
 
-/// One point of history: the seed's nine stats fields.
+/// One GPU's figures in a point of history: its own utilization and VRAM %, each the mean of the
+/// readings it had over the point's samples. A reading the GPU lacked is null (and left out of
+/// a bucket's mean), never 0.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct GpuHistoryPoint {
+    /// NVML index (the `gpu` label of the metrics).
+    pub index: u32,
+    /// SM busy, percent.
+    pub gpu_percent: Option<f64>,
+    /// VRAM allocated, percent of this GPU's capacity.
+    pub vram_percent: Option<f64>,
+}
+
+impl GpuHistoryPoint {
+    /// The same figures rounded to 0.1 %, as the other percentages.
+    pub fn rounded(self) -> Self {
+        Self { gpu_percent: self.gpu_percent.map(round1), vram_percent: self.vram_percent.map(round1), ..self }
+    }
+}
+
+/// One point of history: the seed's nine stats fields, and the GPUs one by one.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct HistoryPoint {
     /// Unix seconds (not serialised; `timestamp` is).
@@ -42,6 +64,11 @@ pub struct HistoryPoint {
     pub vram_percent: f64,
     /// When (RFC 3339 UTC); for a bucket, the mean time of its samples.
     pub timestamp: String,
+    /// Each GPU's own figures, by index; empty for points recorded before vramguard kept them.
+    /// Not serialised with the nine fields: the history answer adds them as its points' `gpus`
+    /// (`/stats`, which flattens this point, has a `gpus` of its own, the live breakdown).
+    #[serde(skip)]
+    pub gpus: Vec<GpuHistoryPoint>,
 }
 
 impl HistoryPoint {
@@ -62,10 +89,22 @@ impl HistoryPoint {
             vram_total_mb: total as f64 / MIB,
             vram_percent: if total == 0 { 0.0 } else { used as f64 / total as f64 * 100.0 },
             timestamp: rfc3339(s.taken_at),
+            gpus: s
+                .gpus
+                .iter()
+                .map(|g| GpuHistoryPoint {
+                    index: g.index,
+                    gpu_percent: g.utilization_ratio.map(|u| u * 100.0),
+                    vram_percent: g
+                        .memory
+                        .filter(|m| m.total_bytes > 0)
+                        .map(|m| m.used_bytes as f64 / m.total_bytes as f64 * 100.0),
+                })
+                .collect(),
         }
     }
 
-    /// The same point rounded for display (percent to 0.1, GiB to 0.01, MiB to 0.1).
+    /// The same point rounded for display (percent to 0.1, GiB to 0.01, MiB to 0.1), its GPUs too.
     pub fn rounded(mut self) -> Self {
         self.cpu_percent = self.cpu_percent.map(round1);
         self.ram_used_gb = self.ram_used_gb.map(round2);
@@ -75,6 +114,7 @@ impl HistoryPoint {
         self.vram_used_mb = round1(self.vram_used_mb);
         self.vram_total_mb = round1(self.vram_total_mb);
         self.vram_percent = round1(self.vram_percent);
+        self.gpus = self.gpus.into_iter().map(GpuHistoryPoint::rounded).collect();
         self
     }
 }

@@ -9,7 +9,7 @@ use super::AppState;
 use super::body::{Allowed, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
 use super::stats::StatsBody;
-use crate::history::HistoryPoint;
+use crate::history::{GpuHistoryPoint, HistoryPoint};
 use crate::limits::{HISTORY_DEFAULT_POINTS, HISTORY_MAX_POINTS};
 use crate::time::{now_unix, rfc3339_unix};
 
@@ -44,11 +44,32 @@ pub struct TimeRange {
     pub hours: f64,
 }
 
+/// One point of the history answer: the seed's nine fields, then each GPU's own figures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HistoryPointBody {
+    /// The nine seed fields (sums over GPUs; `gpu_percent` is the mean).
+    #[serde(flatten)]
+    pub point: HistoryPoint,
+    /// Each GPU's utilization and VRAM %, by index, averaged over the same samples as the point
+    /// (a reading a GPU lacked is null and left out of the average, never 0). Empty for points
+    /// recorded before vramguard kept per-GPU history.
+    pub gpus: Vec<GpuHistoryPoint>,
+}
+
+impl From<HistoryPoint> for HistoryPointBody {
+    /// The point rounded for display, its GPUs moved out into `gpus`.
+    fn from(point: HistoryPoint) -> Self {
+        let mut point = point.rounded();
+        let gpus = std::mem::take(&mut point.gpus);
+        Self { point, gpus }
+    }
+}
+
 /// Answer of the history query.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HistoryBody {
     /// Points, oldest first.
-    pub stats: Vec<HistoryPoint>,
+    pub stats: Vec<HistoryPointBody>,
     /// Samples in the range before bucketing.
     pub total_count: u64,
     /// The range.
@@ -98,7 +119,7 @@ pub async fn get_history(
     let start = end - hours * 3600.0;
     let answer = state.query_history(start, end, max_points).await?;
     Ok(Json(HistoryBody {
-        stats: answer.series.points.into_iter().map(HistoryPoint::rounded).collect(),
+        stats: answer.series.points.into_iter().map(HistoryPointBody::from).collect(),
         total_count: answer.series.total_count,
         time_range: TimeRange { start: rfc3339_unix(start), end: rfc3339_unix(end), hours },
         resolution_seconds: answer.series.resolution_seconds,

@@ -1,9 +1,10 @@
 // Time-series charts (uPlot): backfilled from stats/history for the chosen range, then extended
 // with the live samples of the WebSocket.
 //
-// The history API records the host and the GPUs as a whole (mean utilization, VRAM over all
-// GPUs), so with one GPU its series is that GPU's; with several, the whole is charted from
-// history and each GPU from the live samples since the page opened.
+// History points carry the whole (mean utilization, VRAM over all GPUs) and each GPU's own
+// figures by index (`gpus`), so with several GPUs every line, the whole and each GPU's, starts in
+// the history. A GPU the history has no figures for (points recorded by an older vramguard) is
+// labelled "(live)": its line starts when the page was opened.
 
 import { get } from './api.js';
 import { gpuLabel } from './format.js';
@@ -18,8 +19,9 @@ const state = {
   ram: [],
   gpu: [], // mean utilization of all GPUs
   vram: [], // VRAM of all GPUs
-  gpus: [], // [{uuid, label, util: [], vram: []}] in index order
-  historyPoints: 0,
+  gpus: [], // [{uuid, index, label, util: [], vram: []}] in index order
+  historyPoints: 0, // the first historyPoints entries of x came from the history
+  historyGpus: new Map(), // index -> {util: [], vram: []}, one entry per history point
   historyHours: undefined, // the range of the last history answer
   thresholds: null,
   charts: {},
@@ -98,7 +100,10 @@ function options(width, seriesDefs, lines) {
 function layout() {
   const one = state.gpus.length === 1;
   const whole = (label, data) => ({ label, data });
-  const each = (field) => state.gpus.map((g) => ({ label: `${g.label} (live)`, data: g[field] }));
+  const each = (field) => state.gpus.map((g) => ({
+    label: state.historyPoints > 0 && !state.historyGpus.has(g.index) ? `${g.label} (live)` : g.label,
+    data: g[field],
+  }));
   return {
     host: {
       series: [whole('CPU', state.cpu), whole('RAM', state.ram)],
@@ -152,13 +157,29 @@ function redraw() {
   mark();
 }
 
-/** Exposes how many points the charts hold, for people using tools and for the browser test. */
+const filled = (arr) => arr.reduce((n, v) => n + (v == null ? 0 : 1), 0);
+
+/** Exposes how many points the charts hold, for people using tools and for the browser test:
+ *  all points, those from the history, and on the GPU charts the fewest readings any GPU's own
+ *  line holds, in all and from the history. */
 function mark() {
-  for (const box of Object.values(containers())) {
+  const boxes = containers();
+  for (const box of Object.values(boxes)) {
     box.dataset.points = String(state.x.length);
     box.dataset.historyPoints = String(state.historyPoints);
     if (state.historyHours !== undefined) box.dataset.historyHours = String(state.historyHours);
   }
+  for (const [name, field] of [['util', 'util'], ['vram', 'vram']]) {
+    const fewest = (count) => (state.gpus.length ? Math.min(...state.gpus.map(count)) : 0);
+    boxes[name].dataset.gpuPoints = String(fewest((g) => filled(g[field])));
+    boxes[name].dataset.gpuHistoryPoints = String(fewest((g) => filled(g[field].slice(0, state.historyPoints))));
+  }
+}
+
+/** A GPU's history for `field`, then nulls for the live points that followed. */
+function gpuSeries(index, field) {
+  const past = state.historyGpus.get(index)?.[field] ?? new Array(state.historyPoints).fill(null);
+  return [...past, ...new Array(state.x.length - state.historyPoints).fill(null)];
 }
 
 /** Adopts the GPU set of a stats message; returns whether it changed. */
@@ -168,8 +189,8 @@ function adoptGpus(gpus) {
   const old = new Map(state.gpus.map((g) => [g.uuid, g]));
   state.gpus = gpus.map((g) => {
     const known = old.get(g.uuid);
-    if (known) return { ...known, label: gpuLabel(g) };
-    return { uuid: g.uuid, label: gpuLabel(g), util: state.x.map(() => null), vram: state.x.map(() => null) };
+    if (known) return { ...known, index: g.index, label: gpuLabel(g) };
+    return { uuid: g.uuid, index: g.index, label: gpuLabel(g), util: gpuSeries(g.index, 'util'), vram: gpuSeries(g.index, 'vram') };
   });
   return true;
 }
@@ -181,6 +202,10 @@ function trim(now) {
   if (n === 0) return;
   for (const arr of [state.x, state.cpu, state.ram, state.gpu, state.vram, ...state.gpus.flatMap((g) => [g.util, g.vram])]) {
     arr.splice(0, n);
+  }
+  for (const h of state.historyGpus.values()) {
+    h.util.splice(0, n);
+    h.vram.splice(0, n);
   }
   state.historyPoints = Math.max(0, state.historyPoints - n);
 }
@@ -228,11 +253,24 @@ export async function backfill() {
   state.ram = points.map((p) => p.ram_percent ?? null);
   state.gpu = points.map((p) => p.gpu_percent ?? null);
   state.vram = points.map((p) => p.vram_percent ?? null);
-  for (const g of state.gpus) {
-    g.util = points.map(() => null);
-    g.vram = points.map(() => null);
-  }
+  // Each GPU's own figures, by index; a GPU missing from a point (or its reading) is a gap.
+  state.historyGpus = new Map();
+  points.forEach((p, i) => {
+    for (const g of p.gpus || []) {
+      let h = state.historyGpus.get(g.index);
+      if (!h) {
+        h = { util: points.map(() => null), vram: points.map(() => null) };
+        state.historyGpus.set(g.index, h);
+      }
+      h.util[i] = g.gpu_percent ?? null;
+      h.vram[i] = g.vram_percent ?? null;
+    }
+  });
   state.historyPoints = points.length;
+  for (const g of state.gpus) {
+    g.util = gpuSeries(g.index, 'util');
+    g.vram = gpuSeries(g.index, 'vram');
+  }
   state.historyHours = answer.time_range?.hours;
   const res = answer.resolution_seconds;
   note.textContent = `${points.length} points from ${answer.total_count} samples`
