@@ -5,8 +5,17 @@
 //! API has acknowledged survives `kill -9` and power loss, and the file is never half-written.
 //! A store that cannot be opened or read fails start-up with a message naming the file: an
 //! operator's settings are never silently reset.
+//!
+//! - [`identity`]: the store id in the database and in `state_dir/store-id`, checked at start, and
+//!   the reset that moves a refused store aside.
+//! - [`status`]: whether writes succeed, known from the next write after a failure or recovery.
+//!   Every write first checks that the database file is still the one opened.
+
+pub mod identity;
+pub mod status;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -17,6 +26,8 @@ use crate::history::{HistoryPoint, HistorySeries};
 use crate::leases::Lease;
 use crate::policy::estimate::EstimateKey;
 use crate::time::rfc3339_unix;
+pub use identity::{ID_FILE, move_aside};
+pub use status::StoreStatus;
 
 /// File name of the database inside `state_dir`.
 pub const DB_FILE: &str = "vramguard.db";
@@ -40,6 +51,26 @@ pub enum StoreError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The store found at start is not the one this state directory had (missing, empty,
+    /// another store's) or not a database at all.
+    #[error(
+        "state store {path}: {reason}; vramguard will not start on it: restore it, or start fresh on purpose \
+         with `vramguard --reset-state` (moves the old files aside into state_dir/reset-<time>/)"
+    )]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database file went away while vramguard was running.
+    #[error("state store {path} {what}")]
+    Vanished {
+        /// The database file.
+        path: PathBuf,
+        /// What happened to it.
+        what: String,
+    },
     /// A stored value is not what this version can read.
     #[error("state store {path}: stored {key} is invalid: {message}")]
     Invalid {
@@ -52,10 +83,21 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether `--reset-state` may move the store aside for this: the store was refused or is
+    /// unreadable as data. Not for an I/O problem of the directory, which a reset cannot fix.
+    pub fn resettable(&self) -> bool {
+        matches!(self, StoreError::Refused { .. } | StoreError::Invalid { .. })
+    }
+}
+
 /// An open state store.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The database file as opened (device, inode), to notice it being deleted or replaced.
+    file: Option<(u64, u64)>,
+    status: Arc<StoreStatus>,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,6 +180,9 @@ struct LeaseDetails {
     #[serde(default)]
     overrun: bool,
     grant: Option<EstimateKey>,
+    // Leases taken before tokens had names have no owner: only an admin acts on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 impl Store {
@@ -145,8 +190,14 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
         let path = dir.join(DB_FILE);
-        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let conn = Connection::open(&path).map_err(sql)?;
+        let from_file = identity::check_before_open(dir)?;
+        let sql = |source: rusqlite::Error| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                StoreError::Refused { path: path.clone(), reason: source.to_string() }
+            }
+            _ => StoreError::Sqlite { path: path.clone(), source },
+        };
+        let mut conn = Connection::open(&path).map_err(sql)?;
         // WAL keeps readers off the writer's back; FULL makes each commit durable on disk.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
@@ -154,11 +205,27 @@ impl Store {
         limit_cache(&conn).map_err(sql)?;
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(sql)?;
         if check != "ok" {
-            return Err(StoreError::Invalid { path, key: "database".to_owned(), message: check });
+            return Err(StoreError::Refused { path, reason: format!("is damaged: {check}") });
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         migrate(&conn).map_err(sql)?;
-        Ok(Self { conn, path })
+        identity::settle(&mut conn, dir, from_file)?;
+        let file = identity::file_id(&path);
+        Ok(Self { conn, path, file, status: Arc::new(StoreStatus::new()) })
+    }
+
+    /// Whether writes succeed; shared, so it can be read without the writers' lock.
+    pub fn status(&self) -> Arc<StoreStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Runs one write: first checks the database file is still the one opened, then `f`, and
+    /// records the outcome in [`Store::status`].
+    fn write<T>(&mut self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let result = identity::check_still_there(&self.path, self.file)
+            .and_then(|()| f(&mut self.conn).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source }));
+        self.status.record(result.as_ref().err());
+        result
     }
 
     /// The database file.
@@ -194,20 +261,19 @@ impl Store {
             key: key.to_owned(),
             message: e.to_string(),
         })?;
-        let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite { path: self.path.clone(), source: e })?;
-        tx.execute(
-            "INSERT INTO overrides (key, value, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            params![key, text, now],
-        )
-        .map_err(|e| StoreError::Sqlite { path: self.path.clone(), source: e })?;
-        tx.commit().map_err(|e| self.sql(e))
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO overrides (key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![key, text, now],
+            )
+            .map(drop)
+        })
     }
 
     /// Removes an override durably (back to config.yaml).
     pub fn delete_override(&mut self, key: &str) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM overrides WHERE key = ?1", params![key]).map_err(|e| self.sql(e))?;
-        Ok(())
+        self.write(|conn| conn.execute("DELETE FROM overrides WHERE key = ?1", params![key]).map(drop))
     }
 }
 
@@ -239,6 +305,7 @@ impl Store {
                         vram_peak_gb: None,
                         overrun: false,
                         grant: EstimateKey::default(),
+                        owner: None,
                     },
                     details,
                 ))
@@ -257,6 +324,7 @@ impl Store {
                 lease.unattributed_used_at_grant_gb = d.unattributed_used_at_grant_gb;
                 lease.vram_peak_gb = d.vram_peak_gb;
                 lease.overrun = d.overrun;
+                lease.owner = d.owner;
                 if let Some(g) = d.grant {
                     lease.grant = g;
                 }
@@ -274,48 +342,48 @@ impl Store {
             vram_peak_gb: l.vram_peak_gb,
             overrun: l.overrun,
             grant: Some(l.grant.clone()),
+            owner: l.owner.clone(),
         })
         .expect("lease details serialise");
-        self.conn
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds,
                                                details = excluded.details",
                 params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client, details],
             )
-            .map_err(|e| self.sql(e))?;
-        Ok(())
+            .map(drop)
+        })
     }
 
     /// Ends leases in one transaction: deletes them and records the observations their ends
     /// produced, so a release and what was learned from it are durable together.
     pub fn end_leases(&mut self, ids: &[String], observations: &[Observation]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction().map_err(sql)?;
-        for id in ids {
-            tx.execute("DELETE FROM leases WHERE id = ?1", params![id]).map_err(sql)?;
-        }
-        for o in observations {
-            tx.execute(
-                "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
-                                           peak_vram_gb, source, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    o.key.workload,
-                    quantization_name(o.key.settings.quantization),
-                    o.key.settings.enable_offload,
-                    o.key.settings.vae_tile_size,
-                    o.key.model_loaded,
-                    o.peak_vram_gb,
-                    o.source,
-                    o.recorded_at
-                ],
-            )
-            .map_err(sql)?;
-        }
-        tx.commit().map_err(sql)
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            for id in ids {
+                tx.execute("DELETE FROM leases WHERE id = ?1", params![id])?;
+            }
+            for o in observations {
+                tx.execute(
+                    "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
+                                               peak_vram_gb, source, recorded_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        o.key.workload,
+                        quantization_name(o.key.settings.quantization),
+                        o.key.settings.enable_offload,
+                        o.key.settings.vae_tile_size,
+                        o.key.model_loaded,
+                        o.peak_vram_gb,
+                        o.source,
+                        o.recorded_at
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
     }
 
     /// Every observation, newest first.
@@ -353,8 +421,7 @@ impl Store {
 
     /// Removes every observation durably.
     pub fn clear_observations(&mut self) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM observations", []).map_err(|e| self.sql(e))?;
-        Ok(())
+        self.write(|conn| conn.execute("DELETE FROM observations", []).map(drop))
     }
 }
 
@@ -390,28 +457,27 @@ fn quantization_from(s: &str) -> Quantization {
 impl Store {
     /// Records one history point (durably) and drops points older than `prune_before`.
     pub fn record_history(&mut self, p: &HistoryPoint, prune_before: f64) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction().map_err(sql)?;
-        tx.execute(
-            "INSERT INTO history (ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
-                                  gpu_percent, vram_used_mb, vram_total_mb, vram_percent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                p.ts,
-                p.cpu_percent,
-                p.ram_used_gb,
-                p.ram_total_gb,
-                p.ram_percent,
-                p.gpu_percent,
-                p.vram_used_mb,
-                p.vram_total_mb,
-                p.vram_percent
-            ],
-        )
-        .map_err(sql)?;
-        tx.execute("DELETE FROM history WHERE ts < ?1", params![prune_before]).map_err(sql)?;
-        tx.commit().map_err(sql)
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO history (ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
+                                      gpu_percent, vram_used_mb, vram_total_mb, vram_percent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    p.ts,
+                    p.cpu_percent,
+                    p.ram_used_gb,
+                    p.ram_total_gb,
+                    p.ram_percent,
+                    p.gpu_percent,
+                    p.vram_used_mb,
+                    p.vram_total_mb,
+                    p.vram_percent
+                ],
+            )?;
+            tx.execute("DELETE FROM history WHERE ts < ?1", params![prune_before])?;
+            tx.commit()
+        })
     }
 
     /// Points with `start <= ts <= end`, oldest first. When more than `max_points` fall in the
@@ -487,7 +553,7 @@ impl Store {
         let conn = Connection::open(&self.path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
         limit_cache(&conn).map_err(sql)?;
-        Ok(Self { conn, path: self.path.clone() })
+        Ok(Self { conn, path: self.path.clone(), file: self.file, status: Arc::clone(&self.status) })
     }
 }
 
@@ -531,6 +597,7 @@ mod tests {
                 settings: Optimization { quantization: Quantization::Int8, ..Optimization::default() },
                 model_loaded: true,
             },
+            owner: Some("worker-1".to_owned()),
         };
         {
             let mut s = Store::open(dir.path()).unwrap();

@@ -10,7 +10,11 @@
 //! - [`decisions`]: health, resource-check and the metrics exposition on the live view.
 //! - [`history`]: the embedded history recorder, `stats/save` and history queries.
 //! - [`error`]: [`ServiceError`], which the HTTP edge maps to status codes.
+//! - [`access`]: the configured tokens, their roles, and who a caller is.
+//! - [`store_health`]: what happens while the store does not take writes: lease ends that are
+//!   not yet durable, retried in the background; the failure logged once.
 
+pub mod access;
 pub mod decisions;
 pub mod error;
 pub mod ledger;
@@ -18,6 +22,7 @@ pub mod history;
 pub mod queue;
 pub mod reload;
 pub mod settings;
+pub mod store_health;
 
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -32,8 +37,9 @@ use crate::metrics::Metrics;
 use crate::policy::estimate::EstimateKey;
 use crate::policy::{Context, Overrun};
 use crate::snapshot::{Snapshot, SnapshotRx};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreStatus};
 use crate::time::now_unix;
+pub use access::{Caller, Credentials};
 pub use error::ServiceError;
 
 /// The settings the API can change, as they are now.
@@ -55,8 +61,13 @@ pub struct AppState {
     /// The configuration in force: the one vramguard started with, or the last one SIGHUP
     /// loaded. Replaced whole, so a reader holds one consistent copy.
     config: Arc<RwLock<Arc<Config>>>,
-    /// Bearer token for writes, when configured; replaced on reload.
-    token: Arc<RwLock<Option<Arc<str>>>>,
+    /// The configured tokens and their roles; replaced on reload.
+    credentials: Arc<RwLock<Arc<Credentials>>>,
+    /// Whether the store takes writes (read without the writers' lock).
+    store_status: Arc<StoreStatus>,
+    /// Lease ends (releases, expiries) already out of the book whose store write failed; retried
+    /// on every reaper tick until the store takes them.
+    pending_ends: Arc<Mutex<store_health::PendingEnds>>,
     /// Prometheus history source, when `history.backend` is `prometheus`.
     pub prometheus: Option<PrometheusSource>,
     /// WebSocket subscribers now.
@@ -106,6 +117,8 @@ pub struct View {
     pub observed: Observed,
     /// Live leases.
     pub active: u32,
+    /// Why the state store does not take writes, while it does not.
+    pub store_problem: Option<String>,
     /// When the view was taken, Unix seconds.
     pub now: f64,
 }
@@ -135,6 +148,7 @@ impl View {
             outstanding: &self.outstanding,
             overruns: &self.overruns,
             active_generations: Some(self.active),
+            store_problem: self.store_problem.as_deref(),
             now: self.now,
         }
     }
@@ -146,7 +160,7 @@ impl AppState {
     pub fn open(
         config: Config,
         snapshots: SnapshotRx,
-        token: Option<String>,
+        credentials: Credentials,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StoreError> {
         let store = Store::open(&config.state_dir)?;
@@ -169,6 +183,8 @@ impl AppState {
         };
         let metrics = Arc::new(Metrics::new());
         metrics.record_reload(true, now_unix());
+        let store_status = store.status();
+        metrics.register(store_status.collectors());
         Ok(Self {
             history_reader,
             prometheus,
@@ -180,16 +196,28 @@ impl AppState {
             config: Arc::new(RwLock::new(Arc::new(config))),
             live: Arc::new(RwLock::new(live)),
             store: Arc::new(Mutex::new(store)),
-            token: Arc::new(RwLock::new(token.map(Arc::from))),
+            credentials: Arc::new(RwLock::new(Arc::new(credentials))),
+            store_status,
+            pending_ends: Arc::default(),
             observed: Arc::new(RwLock::new(Arc::new(observed))),
             queue: Arc::default(),
             queue_wake: Arc::default(),
         })
     }
 
-    /// The bearer token in force, if any.
-    pub fn token(&self) -> Option<Arc<str>> {
-        self.token.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// The tokens in force.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(&self.credentials.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Opens the store the way a start would, and reads everything a start reads, then closes
+    /// it: whether vramguard would start on it (`--reset-state` moves it aside only if not).
+    pub fn check_store(config: &Config) -> Result<(), StoreError> {
+        let store = Store::open(&config.state_dir)?;
+        load_live(&store, config)?;
+        store.load_leases()?;
+        store.load_observations()?;
+        Ok(())
     }
 
     /// The configuration in force.
@@ -237,6 +265,7 @@ impl AppState {
             outstanding,
             overruns,
             observed: Arc::clone(&self.observed.read().unwrap_or_else(PoisonError::into_inner)),
+            store_problem: self.store_status.problem(),
             now,
         }
     }
@@ -256,12 +285,14 @@ impl AppState {
         f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
         let state = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let mut store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
             f(&state, &mut store)
         })
         .await
-        .map_err(|e| ServiceError::failed(what, e))?
+        .map_err(|e| ServiceError::failed(what, e))?;
+        self.log_store_transition();
+        result
     }
 
     /// Runs a read of the history store on a blocking thread, off the writers' lock.

@@ -110,7 +110,10 @@ pub async fn get_history(
 /// Records the current snapshot durably (on disk before the 200) and returns it.
 #[utoipa::path(post, path = "/api/v1/system/stats/save", tag = "stats",
     responses(
-        (status = 200, body = SavedBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 200, body = SavedBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "The token's role may not make this write"),
+        (status = 503, body = ErrorBody,
+            description = "No sample yet, or the state store cannot take writes now; nothing was changed (Retry-After)"),
     ))]
 pub async fn save(State(state): State<AppState>) -> Result<Json<SavedBody>, ApiError> {
     let snapshot = state.save_snapshot().await?;

@@ -65,7 +65,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>
 
 /// Forgets every observation.
 #[utoipa::path(delete, path = "/api/v1/system/observations", tag = "leases",
-    responses((status = 204, description = "Cleared"), (status = 401, body = ErrorBody)))]
+    responses((status = 204, description = "Cleared"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
 pub async fn clear(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
     state.clear_observations().await?;
     Ok(StatusCode::NO_CONTENT)
