@@ -165,31 +165,36 @@ fn a_database_deleted_while_running_fails_writes_with_503() {
     assert_eq!(store_up(&vg), 0.0, "a deleted database does not come back by itself");
 }
 
-/// Whether a tmpfs can be mounted in a private mount namespace (as root, or through a user
-/// namespace). With `CI` set, it must.
-fn can_mount_tmpfs() -> bool {
+/// How to enter a private mount namespace where a tmpfs can be mounted: as root directly, else
+/// through a user namespace. `None` when neither works; with `CI` set, one must.
+fn mount_namespace() -> Option<&'static [&'static str]> {
+    const WAYS: [&[&str]; 2] = [&["--mount"], &["--user", "--map-root-user", "--mount"]];
     let probe = tempfile::tempdir().unwrap();
-    let ok = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs \"$0\""])
-        .arg(probe.path())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+    let works = |way: &[&str]| {
+        Command::new("unshare")
+            .args(way)
+            .args(["sh", "-c", "mount -t tmpfs -o size=64k tmpfs \"$0\""])
+            .arg(probe.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let found = WAYS.into_iter().find(|w| works(w));
+    if found.is_none() {
         if std::env::var_os("CI").is_some() {
-            panic!("a small tmpfs is needed for the disk-full test when CI is set (unshare --user --mount failed)");
+            panic!(
+                "the disk-full test needs a small tmpfs when CI is set: unshare --mount failed, as root and in a user namespace"
+            );
         }
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs in a user and mount namespace (unshare); the disk-full test needs one"
-        );
+        eprintln!("SKIPPED: cannot mount a tmpfs in a private mount namespace (unshare); the disk-full test needs one");
     }
-    ok
+    found
 }
 
 /// Starts vramguard in its own mount namespace with `state_dir` on a 2 MiB tmpfs. A watcher in
 /// the same namespace fills the tmpfs when `fill` appears in the test directory and empties it
 /// when `free` appears, answering with `filled` and `freed`.
-fn start_on_tmpfs() -> Vramguard {
+fn start_on_tmpfs(namespace: &[&str]) -> Vramguard {
     let home = tempfile::tempdir().unwrap();
     let state = home.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
@@ -224,7 +229,8 @@ fn start_on_tmpfs() -> Vramguard {
         exec "$BIN" --config "$CONFIG"
     "#;
     let mut cmd = Command::new("unshare");
-    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
+    cmd.args(namespace)
+        .args(["sh", "-c", script])
         .env("STATE", &state)
         .env("HOME_DIR", home.path())
         .env("BIN", common::BIN)
@@ -246,10 +252,8 @@ fn ask_watcher(vg: &Vramguard, what: &str, answer: &str) {
 /// the retried release goes through, the store is up, and the new lease is admitted.
 #[test]
 fn a_full_disk_still_frees_released_slots() {
-    if !can_mount_tmpfs() {
-        return;
-    }
-    let vg = start_on_tmpfs();
+    let Some(namespace) = mount_namespace() else { return };
+    let vg = start_on_tmpfs(namespace);
     vg.wait_ready();
     assert_eq!(vg.post_json("/api/v1/system/constraints", &json!({"max_concurrent_generations": 1})).0, 200);
     let (status, lease) = vg.post_json(LEASES, &json!({"client": "w1", "ttl_seconds": 3600}));

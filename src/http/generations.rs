@@ -307,7 +307,8 @@ pub async fn acquire(
 /// The generation requests waiting for room, first in line first. Waiting requests are kept in
 /// memory only: a restart drops them.
 #[utoipa::path(get, path = "/api/v1/system/generations/queue", tag = "leases",
-    responses((status = 200, body = QueueList)))]
+    responses((status = 200, body = QueueList),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
     let waiting = state
         .waiting_list()
@@ -326,7 +327,8 @@ pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
 
 /// Live leases; each one's id only for its owner and admin tokens.
 #[utoipa::path(get, path = "/api/v1/system/generations", tag = "leases",
-    responses((status = 200, body = LeaseList), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = LeaseList),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<LeaseList> {
     let leases: Vec<LeaseBody> = state.live_leases().iter().map(|l| LeaseBody::seen_by(l, &caller)).collect();
     Json(LeaseList {

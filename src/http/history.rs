@@ -74,7 +74,8 @@ pub struct SavedBody {
 /// Stats over time for charts, from the embedded history or Prometheus.
 #[utoipa::path(get, path = "/api/v1/system/stats/history", tag = "stats",
     params(HistoryQuery),
-    responses((status = 200, body = HistoryBody), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = HistoryBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_history(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<HistoryQuery>,

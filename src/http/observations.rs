@@ -43,7 +43,8 @@ pub struct ObservationList {
 
 /// Observed peaks, newest first.
 #[utoipa::path(get, path = "/api/v1/system/observations", tag = "leases",
-    responses((status = 200, body = ObservationList)))]
+    responses((status = 200, body = ObservationList),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>, ApiError> {
     let observations = state
         .observations()

@@ -77,7 +77,8 @@ pub struct ConstraintsUpdated {
 
 /// The optimization settings now in force.
 #[utoipa::path(get, path = "/api/v1/system/optimization", tag = "settings",
-    responses((status = 200, body = Optimization)))]
+    responses((status = 200, body = Optimization),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_optimization(State(state): State<AppState>) -> Json<Optimization> {
     Json(state.live().settings)
 }
@@ -110,7 +111,8 @@ pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<O
 
 /// The constraints now in force, with a sentence per field.
 #[utoipa::path(get, path = "/api/v1/system/constraints", tag = "settings",
-    responses((status = 200, body = ConstraintsBody)))]
+    responses((status = 200, body = ConstraintsBody),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_constraints(State(state): State<AppState>) -> Json<ConstraintsBody> {
     let c = state.live().constraints;
     let description = [
