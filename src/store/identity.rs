@@ -170,8 +170,8 @@ pub(super) fn check_still_there(path: &Path, opened: Option<(u64, u64)>) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::super::Store;
     use super::*;
+    use crate::store::Store;
 
     fn refusal(dir: &Path) -> String {
         let e = Store::open(dir).unwrap_err();
