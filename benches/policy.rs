@@ -82,6 +82,7 @@ fn benches(c: &mut Criterion) {
         outstanding: &reservations,
         overruns: &[],
         active_generations: Some(1),
+        store_problem: None,
         now: 1_800_000_000.0,
     };
     c.bench_function("resource-check decision (8 GPUs, fits)", |b| {

@@ -228,6 +228,83 @@ pub struct AuthConfig {
     /// Start on a non-loopback address without any token (anyone who reaches the port may then
     /// change settings and leases): only for a network that is trusted on purpose.
     pub allow_unauthenticated_remote: bool,
+    /// Named tokens with a role each; `token_file` is one more, named `admin`, with role admin.
+    pub tokens: Vec<TokenConfig>,
+    /// GETs under `/api/`, `/metrics` and the stats WebSocket need a token too (any role).
+    pub protect_reads: bool,
+}
+
+/// One named bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it: recorded as the owner of the leases it takes.
+    pub name: String,
+    /// File whose first line is the token (mode 600, at least 16 characters).
+    pub token_file: PathBuf,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// What a token may do. Every token may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Every write, on any lease.
+    Admin,
+    /// Take leases, and heartbeat and release its own.
+    Client,
+    /// Reads only (they need a token when `auth.protect_reads` is on).
+    Reader,
+}
+
+impl Role {
+    /// The name used in the config and in answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Client => "client",
+            Role::Reader => "reader",
+        }
+    }
+}
+
+/// The name `auth.token_file`'s token goes by.
+pub const ADMIN_TOKEN_NAME: &str = "admin";
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        let mut names: Vec<&str> = self.token_file.iter().map(|_| ADMIN_TOKEN_NAME).collect();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if let Err(m) = limits::check_token_name(&t.name) {
+                return bad(format!("auth.tokens[{i}].name"), m);
+            }
+            if names.contains(&t.name.as_str()) {
+                let by = if t.name == ADMIN_TOKEN_NAME && self.token_file.is_some() {
+                    "auth.token_file's token".to_owned()
+                } else {
+                    "another token".to_owned()
+                };
+                return bad(format!("auth.tokens[{i}].name"), format!("{:?} is already the name of {by}", t.name));
+            }
+            if t.token_file.as_os_str().is_empty() {
+                return bad(
+                    format!("auth.tokens[{i}].token_file"),
+                    "is empty; name the file holding the token".to_owned(),
+                );
+            }
+            names.push(&t.name);
+        }
+        if self.protect_reads && names.is_empty() {
+            return bad(
+                "auth.protect_reads".to_owned(),
+                "is true but no token is configured, so nothing could read; set auth.token_file or auth.tokens"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Resource constraints: thresholds are fractions 0.1–1.0.
@@ -593,6 +670,7 @@ impl Config {
                 format!("{} is out of range; allowed integers 1 to 100000", self.queue.max_waiting),
             );
         }
+        self.auth.validate()?;
         self.gpu_health.validate()
     }
 }
@@ -804,6 +882,24 @@ mod tests {
             ("gpu_health: { xid_window: 500ms }", "gpu_health.xid_window", "1s to 30d"),
             ("gpu_health: { xid_window: 31d }", "gpu_health.xid_window", "1s to 30d"),
             ("gpu_health: { fatal_xid: [79] }", "gpu_health", "fatal_xid"),
+            ("auth: { protect_reads: true }", "auth.protect_reads", "no token is configured"),
+            (
+                "auth: { tokens: [{ name: \"a b\", token_file: t, role: client }] }",
+                "auth.tokens[0].name",
+                "not a token name",
+            ),
+            (
+                "auth: { token_file: t, tokens: [{ name: admin, token_file: u, role: client }] }",
+                "auth.tokens[0].name",
+                "auth.token_file's token",
+            ),
+            (
+                "auth: { tokens: [{ name: w, token_file: t, role: client }, { name: w, token_file: u, role: admin }] }",
+                "auth.tokens[1].name",
+                "another token",
+            ),
+            ("auth: { tokens: [{ name: w, token_file: t, role: owner }] }", "auth.tokens[0].role", "admin"),
+            ("auth: { tokens: [{ name: w, role: client }] }", "auth.tokens[0]", "token_file"),
             ("listen: nowhere", "listen", "socket address"),
         ];
         for (yaml, key, fragment) in cases {

@@ -47,6 +47,8 @@ pub struct Lease {
     /// What the decision assumed: workload profile, settings and `model_loaded` at grant time,
     /// the key of the observation its peak becomes.
     pub grant: EstimateKey,
+    /// The name of the token that took it; `None` when vramguard had no tokens.
+    pub owner: Option<String>,
 }
 
 /// What a live lease uses and still owes, from one snapshot.
@@ -262,6 +264,7 @@ mod tests {
             vram_peak_gb: None,
             overrun: false,
             grant: EstimateKey::default(),
+            owner: None,
         }
     }
 

@@ -149,6 +149,21 @@ pub(crate) fn check_client(name: &str) -> Result<(), String> {
     }
 }
 
+/// Longest token name.
+pub(crate) const TOKEN_NAME_MAX_CHARS: usize = 64;
+
+/// A token's name (`auth.tokens[].name`): it becomes a lease's owner, in answers and logs, so
+/// plain characters only.
+pub(crate) fn check_token_name(name: &str) -> Result<(), String> {
+    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+    if name.is_empty() || name.len() > TOKEN_NAME_MAX_CHARS || !plain {
+        return Err(format!(
+            "{name:?} is not a token name; allowed 1 to {TOKEN_NAME_MAX_CHARS} letters, digits, '.', '_', '@' or '-'"
+        ));
+    }
+    Ok(())
+}
+
 fn in_range<T: PartialOrd + std::fmt::Display>(v: T, range: &RangeInclusive<T>) -> Result<(), String> {
     if range.contains(&v) {
         Ok(())

@@ -24,6 +24,11 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Start with a fresh state store if the one in state_dir would be refused (missing, empty,
+    /// another store's, damaged): its files are moved into state_dir/reset-<time>/, not deleted.
+    /// A store that opens normally is kept, so the flag never wipes good state.
+    #[arg(long)]
+    reset_state: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,6 +77,12 @@ fn main() -> ExitCode {
     }
     let set_log_filter = init_logging(cli.log_format, &config.log_level);
     let reload = vramguard::server::Reload { path: cli.config.clone(), set_log_filter: Some(set_log_filter) };
+    if cli.reset_state
+        && let Err(e) = reset_state(&config)
+    {
+        eprintln!("vramguard: --reset-state: {e}");
+        return ExitCode::FAILURE;
+    }
 
     // Blocking work is a collector call, a store transaction or a history query, and store
     // writers queue on one lock anyway: a small pool bounds the threads (and their allocator
@@ -97,6 +108,24 @@ fn main() -> ExitCode {
             eprintln!("vramguard: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--reset-state`: moves a store that would be refused aside, so the start that follows begins
+/// with a fresh one; keeps a store that opens.
+fn reset_state(config: &Config) -> Result<(), vramguard::store::StoreError> {
+    match vramguard::app::AppState::check_store(config) {
+        Ok(()) => {
+            tracing::info!(state_dir = %config.state_dir.display(), "--reset-state: the state store opens normally; kept it");
+            Ok(())
+        }
+        Err(e) if e.resettable() => {
+            let aside = vramguard::store::move_aside(&config.state_dir)?;
+            tracing::warn!(refused = %e, moved_to = %aside.display(),
+                "--reset-state: the state store was moved aside; starting with a fresh one");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -113,6 +113,14 @@ impl Metrics {
         Self { registry, decisions, overruns, waits, reload_ok, reload_at, snapshot_text: Mutex::new(None) }
     }
 
+    /// Adds series kept elsewhere (the store's status) to every exposition.
+    pub fn register(&self, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
+        for c in collectors {
+            // Only a duplicate name fails, and each owner registers once.
+            self.registry.register(c).expect("a collector registered once");
+        }
+    }
+
     /// Records a configuration load: at start, or a SIGHUP reload that succeeded or failed.
     pub fn record_reload(&self, ok: bool, now_unix: f64) {
         self.reload_ok.set(if ok { 1.0 } else { 0.0 });

@@ -5,8 +5,17 @@
 //! API has acknowledged survives `kill -9` and power loss, and the file is never half-written.
 //! A store that cannot be opened or read fails start-up with a message naming the file: an
 //! operator's settings are never silently reset.
+//!
+//! - [`identity`]: the store id in the database and in `state_dir/store-id`, checked at start, and
+//!   the reset that moves a refused store aside.
+//! - [`status`]: whether writes succeed, known from the next write after a failure or recovery.
+//!   Every write first checks that the database file is still the one opened.
+
+pub mod identity;
+pub mod status;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -17,6 +26,8 @@ use crate::history::{GpuHistoryPoint, HistoryPoint, HistorySeries};
 use crate::leases::Lease;
 use crate::policy::estimate::EstimateKey;
 use crate::time::rfc3339_unix;
+pub use identity::{ID_FILE, move_aside};
+pub use status::StoreStatus;
 
 /// File name of the database inside `state_dir`.
 pub const DB_FILE: &str = "vramguard.db";
@@ -40,6 +51,26 @@ pub enum StoreError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The store found at start is not the one this state directory had (missing, empty,
+    /// another store's) or not a database at all.
+    #[error(
+        "state store {path}: {reason}; vramguard will not start on it: restore it, or start fresh on purpose \
+         with `vramguard --reset-state` (moves the old files aside into state_dir/reset-<time>/)"
+    )]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database file went away while vramguard was running.
+    #[error("state store {path} {what}")]
+    Vanished {
+        /// The database file.
+        path: PathBuf,
+        /// What happened to it.
+        what: String,
+    },
     /// A stored value is not what this version can read.
     #[error("state store {path}: stored {key} is invalid: {message}")]
     Invalid {
@@ -52,40 +83,21 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether `--reset-state` may move the store aside for this: the store was refused or is
+    /// unreadable as data. Not for an I/O problem of the directory, which a reset cannot fix.
+    pub fn resettable(&self) -> bool {
+        matches!(self, StoreError::Refused { .. } | StoreError::Invalid { .. })
+    }
+}
+
 /// An open state store.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    batch: Batch,
-}
-
-/// Group commit of lease writes: concurrent lease operations write into one open transaction
-/// and one COMMIT (one fsync) makes all of them durable; each caller answers its client only
-/// after the batch holding its write committed ([`Store::batch_state`]).
-#[derive(Debug, Default)]
-struct Batch {
-    /// A transaction is open and holds uncommitted lease writes.
-    open: bool,
-    /// Id of the open batch, or of the last one.
-    id: u64,
-    /// Writes made into batches so far; an operation compares it before and after to know
-    /// whether it wrote.
-    writes: u64,
-    /// Last batch committed.
-    committed: u64,
-    /// Recent batches whose commit failed (rolled back).
-    failed: Vec<u64>,
-}
-
-/// Where a batch stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchState {
-    /// Durable.
-    Committed,
-    /// Rolled back: its writes are gone.
-    Failed,
-    /// Still open: someone must commit it.
-    Open,
+    /// The database file as opened (device, inode), to notice it being deleted or replaced.
+    file: Option<(u64, u64)>,
+    status: Arc<StoreStatus>,
 }
 
 impl std::fmt::Debug for Store {
@@ -175,6 +187,9 @@ struct LeaseDetails {
     #[serde(default)]
     overrun: bool,
     grant: Option<EstimateKey>,
+    // Leases taken before tokens had names have no owner: only an admin acts on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 impl Store {
@@ -182,8 +197,14 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
         let path = dir.join(DB_FILE);
-        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let conn = Connection::open(&path).map_err(sql)?;
+        let from_file = identity::check_before_open(dir)?;
+        let sql = |source: rusqlite::Error| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                StoreError::Refused { path: path.clone(), reason: source.to_string() }
+            }
+            _ => StoreError::Sqlite { path: path.clone(), source },
+        };
+        let mut conn = Connection::open(&path).map_err(sql)?;
         // WAL keeps readers off the writer's back; FULL makes each commit durable on disk.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
@@ -191,62 +212,27 @@ impl Store {
         limit_cache(&conn).map_err(sql)?;
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(sql)?;
         if check != "ok" {
-            return Err(StoreError::Invalid { path, key: "database".to_owned(), message: check });
+            return Err(StoreError::Refused { path, reason: format!("is damaged: {check}") });
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
         migrate(&conn).map_err(sql)?;
-        Ok(Self { conn, path, batch: Batch::default() })
+        identity::settle(&mut conn, dir, from_file)?;
+        let file = identity::file_id(&path);
+        Ok(Self { conn, path, file, status: Arc::new(StoreStatus::new()) })
     }
 
-    /// Joins the open batch, opening one if none is: lease writes go into it uncommitted.
-    fn join_batch(&mut self) -> Result<(), StoreError> {
-        if !self.batch.open {
-            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.sql(e))?;
-            self.batch.open = true;
-            self.batch.id += 1;
-        }
-        self.batch.writes += 1;
-        Ok(())
+    /// Whether writes succeed; shared, so it can be read without the writers' lock.
+    pub fn status(&self) -> Arc<StoreStatus> {
+        Arc::clone(&self.status)
     }
 
-    /// Lease writes made so far, and the batch the latest went into.
-    pub fn batch_marker(&self) -> (u64, u64) {
-        (self.batch.writes, self.batch.id)
-    }
-
-    /// Where batch `id` stands.
-    pub fn batch_state(&self, id: u64) -> BatchState {
-        if self.batch.failed.contains(&id) {
-            BatchState::Failed
-        } else if id <= self.batch.committed && !(self.batch.open && id == self.batch.id) {
-            BatchState::Committed
-        } else {
-            BatchState::Open
-        }
-    }
-
-    /// Commits the open batch, if any: one fsync for every write in it. On failure it is rolled
-    /// back and remembered as failed; the caller must resynchronise what it published.
-    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
-        if !self.batch.open {
-            return Ok(());
-        }
-        self.batch.open = false;
-        match self.conn.execute_batch("COMMIT") {
-            Ok(()) => {
-                self.batch.committed = self.batch.id;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.batch.failed.push(self.batch.id);
-                // Failures are rare; a short memory is enough for the callers still waiting.
-                if self.batch.failed.len() > 1024 {
-                    self.batch.failed.remove(0);
-                }
-                Err(self.sql(e))
-            }
-        }
+    /// Runs one write: first checks the database file is still the one opened, then `f`, and
+    /// records the outcome in [`Store::status`].
+    fn write<T>(&mut self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let result = identity::check_still_there(&self.path, self.file)
+            .and_then(|()| f(&mut self.conn).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source }));
+        self.status.record(result.as_ref().err());
+        result
     }
 
     /// The database file.
@@ -282,20 +268,19 @@ impl Store {
             key: key.to_owned(),
             message: e.to_string(),
         })?;
-        let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite { path: self.path.clone(), source: e })?;
-        tx.execute(
-            "INSERT INTO overrides (key, value, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            params![key, text, now],
-        )
-        .map_err(|e| StoreError::Sqlite { path: self.path.clone(), source: e })?;
-        tx.commit().map_err(|e| self.sql(e))
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO overrides (key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![key, text, now],
+            )
+            .map(drop)
+        })
     }
 
     /// Removes an override durably (back to config.yaml).
     pub fn delete_override(&mut self, key: &str) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM overrides WHERE key = ?1", params![key]).map_err(|e| self.sql(e))?;
-        Ok(())
+        self.write(|conn| conn.execute("DELETE FROM overrides WHERE key = ?1", params![key]).map(drop))
     }
 }
 
@@ -327,6 +312,7 @@ impl Store {
                         vram_peak_gb: None,
                         overrun: false,
                         grant: EstimateKey::default(),
+                        owner: None,
                     },
                     details,
                 ))
@@ -345,6 +331,7 @@ impl Store {
                 lease.unattributed_used_at_grant_gb = d.unattributed_used_at_grant_gb;
                 lease.vram_peak_gb = d.vram_peak_gb;
                 lease.overrun = d.overrun;
+                lease.owner = d.owner;
                 if let Some(g) = d.grant {
                     lease.grant = g;
                 }
@@ -362,51 +349,49 @@ impl Store {
             vram_peak_gb: l.vram_peak_gb,
             overrun: l.overrun,
             grant: Some(l.grant.clone()),
+            owner: l.owner.clone(),
         })
         .expect("lease details serialise");
-        self.join_batch()?;
-        self.conn
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds,
                                                details = excluded.details",
                 params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client, details],
             )
-            .map_err(|e| self.sql(e))?;
-        Ok(())
+            .map(drop)
+        })
     }
 
     /// Ends leases in the open batch: deletes them and records the observations their ends
     /// produced, so a release and what was learned from it are durable together (a savepoint
     /// keeps a failure half-way from leaving half of it in the batch).
     pub fn end_leases(&mut self, ids: &[String], observations: &[Observation]) -> Result<(), StoreError> {
-        self.join_batch()?;
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.savepoint().map_err(sql)?;
-        for id in ids {
-            tx.execute("DELETE FROM leases WHERE id = ?1", params![id]).map_err(sql)?;
-        }
-        for o in observations {
-            tx.execute(
-                "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
-                                           peak_vram_gb, source, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    o.key.workload,
-                    quantization_name(o.key.settings.quantization),
-                    o.key.settings.enable_offload,
-                    o.key.settings.vae_tile_size,
-                    o.key.model_loaded,
-                    o.peak_vram_gb,
-                    o.source,
-                    o.recorded_at
-                ],
-            )
-            .map_err(sql)?;
-        }
-        tx.commit().map_err(sql)
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            for id in ids {
+                tx.execute("DELETE FROM leases WHERE id = ?1", params![id])?;
+            }
+            for o in observations {
+                tx.execute(
+                    "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
+                                               peak_vram_gb, source, recorded_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        o.key.workload,
+                        quantization_name(o.key.settings.quantization),
+                        o.key.settings.enable_offload,
+                        o.key.settings.vae_tile_size,
+                        o.key.model_loaded,
+                        o.peak_vram_gb,
+                        o.source,
+                        o.recorded_at
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
     }
 
     /// Every observation, newest first.
@@ -444,8 +429,7 @@ impl Store {
 
     /// Removes every observation durably.
     pub fn clear_observations(&mut self) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM observations", []).map_err(|e| self.sql(e))?;
-        Ok(())
+        self.write(|conn| conn.execute("DELETE FROM observations", []).map(drop))
     }
 }
 
@@ -483,40 +467,37 @@ impl Store {
     /// points older than `prune_before`. The GPUs' rows are keyed by the point's time: a snapshot
     /// recorded twice (by the recorder and by `stats/save`) keeps one row per GPU.
     pub fn record_history(&mut self, p: &HistoryPoint, prune_before: f64) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction().map_err(sql)?;
-        tx.execute(
-            "INSERT INTO history (ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
-                                  gpu_percent, vram_used_mb, vram_total_mb, vram_percent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                p.ts,
-                p.cpu_percent,
-                p.ram_used_gb,
-                p.ram_total_gb,
-                p.ram_percent,
-                p.gpu_percent,
-                p.vram_used_mb,
-                p.vram_total_mb,
-                p.vram_percent
-            ],
-        )
-        .map_err(sql)?;
-        {
-            let mut gpu = tx
-                .prepare_cached(
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO history (ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
+                                      gpu_percent, vram_used_mb, vram_total_mb, vram_percent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    p.ts,
+                    p.cpu_percent,
+                    p.ram_used_gb,
+                    p.ram_total_gb,
+                    p.ram_percent,
+                    p.gpu_percent,
+                    p.vram_used_mb,
+                    p.vram_total_mb,
+                    p.vram_percent
+                ],
+            )?;
+            {
+                let mut gpu = tx.prepare_cached(
                     "INSERT OR REPLACE INTO history_gpus (ts, gpu_index, gpu_percent, vram_percent)
                      VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(sql)?;
-            for g in &p.gpus {
-                gpu.execute(params![p.ts, g.index, g.gpu_percent, g.vram_percent]).map_err(sql)?;
+                )?;
+                for g in &p.gpus {
+                    gpu.execute(params![p.ts, g.index, g.gpu_percent, g.vram_percent])?;
+                }
             }
-        }
-        tx.execute("DELETE FROM history WHERE ts < ?1", params![prune_before]).map_err(sql)?;
-        tx.execute("DELETE FROM history_gpus WHERE ts < ?1", params![prune_before]).map_err(sql)?;
-        tx.commit().map_err(sql)
+            tx.execute("DELETE FROM history WHERE ts < ?1", params![prune_before])?;
+            tx.execute("DELETE FROM history_gpus WHERE ts < ?1", params![prune_before])?;
+            tx.commit()
+        })
     }
 
     /// Points with `start <= ts <= end`, oldest first. When more than `max_points` fall in the
@@ -697,7 +678,7 @@ impl Store {
         let conn = Connection::open(&self.path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
         limit_cache(&conn).map_err(sql)?;
-        Ok(Self { conn, path: self.path.clone(), batch: Batch::default() })
+        Ok(Self { conn, path: self.path.clone(), file: self.file, status: Arc::clone(&self.status) })
     }
 }
 
@@ -741,27 +722,16 @@ mod tests {
                 settings: Optimization { quantization: Quantization::Int8, ..Optimization::default() },
                 model_loaded: true,
             },
+            owner: Some("worker-1".to_owned()),
         };
         {
-            // Written into a batch that is never committed: not durable.
             let mut s = Store::open(dir.path()).unwrap();
-            s.put_lease(&lease).unwrap();
-            assert_eq!(s.batch_state(s.batch_marker().1), BatchState::Open);
-        }
-        {
-            let mut s = Store::open(dir.path()).unwrap();
-            assert!(s.load_leases().unwrap().is_empty());
             s.put_lease(&lease).unwrap();
             s.put_lease(&Lease { expires_at: 2000.0, ..lease.clone() }).unwrap();
-            let (writes, batch) = s.batch_marker();
-            assert_eq!((writes, batch), (2, 1), "both writes share one batch");
-            s.commit_batch().unwrap();
-            assert_eq!(s.batch_state(batch), BatchState::Committed);
         }
         let mut s = Store::open(dir.path()).unwrap();
         assert_eq!(s.load_leases().unwrap(), vec![Lease { expires_at: 2000.0, ..lease.clone() }]);
         s.end_leases(std::slice::from_ref(&lease.id), &[]).unwrap();
-        s.commit_batch().unwrap();
         assert!(s.load_leases().unwrap().is_empty());
     }
 

@@ -78,7 +78,10 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
         driver_version: Some("550".to_owned()),
         collectors: vec![CollectorStatus { name: "gpu", success: true, duration: Duration::ZERO, error: None }],
     };
-    let text = vramguard::metrics::Metrics::new().render(
+    // As AppState does: the store's status series come from the store.
+    let metrics = vramguard::metrics::Metrics::new();
+    metrics.register(vramguard::store::StoreStatus::new().collectors());
+    let text = metrics.render(
         Some(&snapshot),
         &vramguard::config::Constraints::default(),
         Some(vramguard::policy::health::HealthStatus::Healthy),
@@ -168,7 +171,9 @@ fn instant_query(client: &reqwest::blocking::Client, base: &str, expr: &str) -> 
 /// vramguard on the fake NVML at 96% VRAM, with ECC, row remapping, clocks, a clock event reason
 /// and an (application) XID scripted, and a real Prometheus scraping it every second with the
 /// shipped rules: the VRAM critical alert goes pending or firing, and every panel query of the
-/// dashboard (template variables substituted) returns data. Required when CI is set.
+/// dashboard (template variables substituted) returns data. Reads are protected
+/// (`auth.protect_reads`), so Prometheus scrapes with a reader token from its scrape config.
+/// Required when CI is set.
 #[test]
 fn end_to_end_with_a_real_prometheus() {
     if !require_tool("prometheus") {
@@ -182,12 +187,24 @@ fn end_to_end_with_a_real_prometheus() {
         24 * GIB,
         24 * GIB
     );
-    let vg = Vramguard::with_fake(&scenario, "1s");
+    let secrets = tempfile::tempdir().unwrap();
+    let reader = secrets.path().join("prometheus.token");
+    std::fs::write(&reader, "reader-token-for-prometheus-0123").unwrap();
+    std::fs::set_permissions(&reader, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\", per_process: true }}\n", common::fake_nvml());
+    let auth = format!(
+        "auth: {{ protect_reads: true, tokens: [{{ name: prometheus, token_file: \"{}\", role: reader }}] }}\n",
+        reader.display()
+    );
+    let vg = Vramguard::start(&format!("sample_interval: \"1s\"\n{gpu}{auth}"), Some(&scenario), &[]);
     vg.wait_ready();
+    assert_eq!(vg.get("/metrics").0, 401, "reads are protected");
     // A decision, so the admission counters move.
-    vg.get("/api/v1/system/resource-check?vram_required_gb=1");
+    let check = vg.client().get(vg.url("/api/v1/system/resource-check?vram_required_gb=1"));
+    assert_eq!(check.bearer_auth("reader-token-for-prometheus-0123").send().unwrap().status().as_u16(), 200);
     let rules = repo("alerts/vramguard.rules.yml");
-    let prom = common::start_prometheus(common::free_port(), &vg.addr, Some(&rules));
+    let job = format!("    authorization: {{ credentials_file: \"{}\" }}\n", reader.display());
+    let prom = common::start_prometheus_with(common::free_port(), &vg.addr, Some(&rules), &job);
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -202,6 +219,10 @@ fn end_to_end_with_a_real_prometheus() {
         assert!(Instant::now() < deadline, "VRAM critical alert never went pending: {alerts:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // Scraped with the reader token: the store's own series arrive too.
+    let up = instant_query(&client, &prom.url, r#"vramguard_store_up{job="vramguard"} == 1"#).unwrap_or_default();
+    assert_eq!(up.len(), 1, "{up:?}");
 
     let d = dashboard();
     let mut checked = 0;

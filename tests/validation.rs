@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use vramguard::app::AppState;
+use vramguard::app::{AppState, Credentials};
 use vramguard::config::{Config, Constraints, Optimization};
 use vramguard::http::app;
 use vramguard::snapshot::{CollectorStatus, GpuMemory, GpuStats, HostStats, Snapshot};
@@ -55,7 +55,8 @@ impl Harness {
         let config = Config { state_dir: dir.path().to_owned(), ..Config::default() };
         let (_tx, rx) = tokio::sync::watch::channel(Some(Arc::new(snapshot())));
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let state = AppState::open(config, rx, token.map(str::to_owned), shutdown_rx).unwrap();
+        let credentials = token.map(|t| Credentials::admin_token(t.to_owned())).unwrap_or_default();
+        let state = AppState::open(config, rx, credentials, shutdown_rx).unwrap();
         Self { state, _dir: dir, _shutdown: shutdown_tx }
     }
 

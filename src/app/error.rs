@@ -13,7 +13,14 @@ pub enum ServiceError {
     /// No snapshot exists yet: vramguard is starting.
     #[error("no resource sample yet; vramguard is starting")]
     NotReady,
-    /// vramguard itself failed (the state store); the cause was logged when this was made.
+    /// The caller's token may not do this (another client's lease).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The state store cannot make this write durable now, so nothing was changed; the sentence
+    /// says why. Worth asking again later.
+    #[error("{0}")]
+    StoreUnavailable(String),
+    /// vramguard itself failed; the cause was logged when this was made.
     #[error("{context}; see vramguard's log")]
     Failed {
         /// What was being done.
@@ -26,5 +33,13 @@ impl ServiceError {
     pub fn failed(context: &'static str, cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "{context}");
         Self::Failed { context }
+    }
+
+    /// A write the store did not take. The store's status logs the failure once; the answer
+    /// says what happened, since the client can do nothing but ask again later.
+    pub fn store(cause: impl std::fmt::Display) -> Self {
+        Self::StoreUnavailable(format!(
+            "the state store cannot take writes now, so nothing was changed ({cause}); try again later"
+        ))
     }
 }

@@ -37,9 +37,7 @@ impl AppState {
     pub(crate) async fn record(&self, point: HistoryPoint) -> Result<(), ServiceError> {
         let prune_before = now_unix().min(point.ts) - self.config().history.retention.0.as_secs_f64();
         self.write("recording history failed", move |_, store| {
-            store
-                .record_history(&point, prune_before)
-                .map_err(|e| ServiceError::failed("could not write the state store", e))
+            store.record_history(&point, prune_before).map_err(ServiceError::store)
         })
         .await
     }

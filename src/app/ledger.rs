@@ -2,15 +2,13 @@
 //!
 //! Taking a lease runs the resource-check decision and, if it admits, records the lease in the
 //! same critical section: the store lock, taken on a blocking thread, covers reaping, reading the
-//! lease book, deciding, the insert and publishing the lease. N callers racing for the last slot
-//! therefore get exactly the free slots. The insert goes into the store's open batch; the caller
-//! answers only after the batch is committed, and concurrent lease writes share one commit and
-//! one fsync (group commit). A lease published in the book before its commit only counts
-//! against capacity a little early; if the commit fails, the book is read back from the store.
+//! lease book, deciding, the durable insert and publishing the lease. N callers racing for the
+//! last slot therefore get exactly the free slots. The only I/O inside is the state-store write;
+//! the snapshot and settings are in-memory copies.
 
 use std::sync::PoisonError;
 
-use super::{AppState, ServiceError};
+use super::{AppState, Caller, ServiceError};
 use crate::config::DEFAULT_WORKLOAD;
 use crate::leases::{Lease, LeaseBook, LeaseUsage, gpu_used_gb, is_valid_id, new_id};
 use crate::limits;
@@ -36,6 +34,8 @@ pub struct LeaseAsk {
     pub pids: Option<Vec<u32>>,
     /// Workload profile name; `None` is `default`.
     pub workload: Option<String>,
+    /// The name of the token asking (recorded as the lease's owner); `None` without tokens.
+    pub owner: Option<String>,
 }
 
 impl LeaseAsk {
@@ -53,6 +53,16 @@ impl LeaseAsk {
         }
         Ok(())
     }
+}
+
+/// How a release ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// Out of the book and out of the store.
+    Durable,
+    /// Out of the book (its slot is free), but the store did not take the write, for the reason
+    /// given; it is retried until the store does.
+    InMemory(String),
 }
 
 /// The outcome of a lease request.
@@ -108,7 +118,24 @@ fn no_live_lease(id: &str) -> ServiceError {
 }
 
 fn store_failed(e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::failed("could not write the state store", e)
+    ServiceError::store(e)
+}
+
+/// Clients act on their own leases only; admins (and everyone while vramguard has no tokens) on
+/// any. `what` is the verb for the answer.
+fn check_owner(caller: &Caller, lease: &Lease, what: &str) -> Result<(), ServiceError> {
+    if caller.may_act_on(lease.owner.as_deref()) {
+        return Ok(());
+    }
+    let whose = match &lease.owner {
+        Some(owner) => format!("belongs to token {owner:?}"),
+        None => "was taken while vramguard had no tokens, so it has no owner".to_owned(),
+    };
+    Err(ServiceError::Forbidden(format!(
+        "lease {} {whose}; {} may {what} only its own leases (an admin token may {what} any)",
+        lease.id,
+        caller.describe()
+    )))
 }
 
 impl AppState {
@@ -120,29 +147,25 @@ impl AppState {
         self.leases.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Removes lapsed leases from the store and the book; returns how many. Called with the store
-    /// lock held, so it logs nothing: the only I/O in the critical section is the store write.
-    fn reap(&self, store: &mut Store, now: f64) -> Result<usize, ServiceError> {
+    /// Takes lapsed leases out of the book and the store, and retries lease ends the store did
+    /// not take before; returns how many lapsed. A lapsed lease frees its slot even while the
+    /// store does not take writes (its end then waits in memory, see [`super::store_health`]).
+    /// Called with the store lock held, so it logs nothing: the only I/O in the critical section
+    /// is the store write.
+    fn reap(&self, store: &mut Store, now: f64) -> usize {
         let expired = self.book().expired(now);
-        if expired.is_empty() {
-            return Ok(0);
-        }
         let observations: Vec<Observation> = {
-            let book = self.book();
-            expired.iter().filter_map(|id| book.get(id)).filter_map(|l| observation(l, End::Expired, now)).collect()
+            let mut book = self.book_mut();
+            let ended: Vec<Lease> = expired.iter().filter_map(|id| book.remove(id)).collect();
+            ended.iter().filter_map(|l| observation(l, End::Expired, now)).collect()
         };
-        store.end_leases(&expired, &observations).map_err(store_failed)?;
-        let mut book = self.book_mut();
-        for id in &expired {
-            book.remove(id);
-        }
-        drop(book);
-        self.remember(&observations);
-        Ok(expired.len())
+        // A failure is recorded in the store's status and retried on the next call.
+        let _ = self.end_durably(store, expired.clone(), observations);
+        expired.len()
     }
 
     /// Adds observations (just made durable) to the in-memory list, newest first.
-    fn remember(&self, observations: &[Observation]) {
+    pub(super) fn remember(&self, observations: &[Observation]) {
         if observations.is_empty() {
             return;
         }
@@ -184,7 +207,7 @@ impl AppState {
 
     /// Reaps lapsed leases; run by the server on a timer (decisions also reap first).
     pub async fn reap_expired(&self) {
-        match self.batched("reaping leases failed", |st, store| st.reap(store, now_unix())).await {
+        match self.write("reaping leases failed", |st, store| Ok(st.reap(store, now_unix()))).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(count = n, "expired generation leases reaped");
@@ -195,16 +218,15 @@ impl AppState {
     }
 
     /// Runs `f` in the lease critical section: under the store lock, after reaping lapsed leases,
-    /// with one `now` for everything it decides; returns once what it wrote is durable (its
-    /// batch committed, see [`AppState::batched`]).
+    /// with one `now` for everything it decides.
     pub(super) async fn critical<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store, f64) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
-        self.batched(what, move |st, store| {
+        self.write(what, move |st, store| {
             let now = now_unix();
-            if st.reap(store, now)? > 0 {
+            if st.reap(store, now) > 0 {
                 st.wake_queue();
             }
             f(st, store, now)
@@ -273,6 +295,7 @@ impl AppState {
                 settings: view.live.settings,
                 model_loaded: ask.model_loaded,
             },
+            owner: ask.owner.clone(),
         };
         store.put_lease(&lease).map_err(store_failed)?;
         self.book_mut().insert(lease.clone());
@@ -280,15 +303,22 @@ impl AppState {
     }
 
     /// Ends a lease nobody was told about (its waiter left as it was granted): no observation.
+    /// Its slot is free at once; the store write may wait (see [`super::store_health`]).
     pub(super) fn end_unclaimed(&self, store: &mut Store, id: &str) -> Result<(), ServiceError> {
-        store.end_leases(&[id.to_owned()], &[]).map_err(store_failed)?;
         self.book_mut().remove(id);
+        let _ = self.end_durably(store, vec![id.to_owned()], Vec::new());
         Ok(())
     }
 
     /// Extends a live lease by its TTL (or `ttl`, which becomes its TTL) from now, and adds
-    /// `pids` (a worker's children) to its processes.
-    pub async fn heartbeat(&self, id: String, ttl: Option<u64>, pids: Option<Vec<u32>>) -> Result<Lease, ServiceError> {
+    /// `pids` (a worker's children) to its processes. Only its owner or an admin may.
+    pub async fn heartbeat(
+        &self,
+        id: String,
+        ttl: Option<u64>,
+        pids: Option<Vec<u32>>,
+        caller: Caller,
+    ) -> Result<Lease, ServiceError> {
         check_id(&id)?;
         check_ttl(ttl)?;
         if let Some(p) = &pids {
@@ -298,6 +328,7 @@ impl AppState {
             // The tracker may raise the peak while the store writes; only the fields a heartbeat
             // owns are merged back into the book, so its update is never overwritten.
             let mut lease = st.book().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
+            check_owner(&caller, &lease, "heartbeat")?;
             if let Some(t) = ttl {
                 lease.ttl_seconds = t;
             }
@@ -319,34 +350,45 @@ impl AppState {
     }
 
     /// Releases a live lease; `peak_vram_gb` is the client's own measured peak, if it sent one.
-    pub async fn release(&self, id: String, peak_vram_gb: Option<f64>) -> Result<(), ServiceError> {
+    /// Only its owner or an admin may. The slot is free once this returns, even when the store
+    /// did not take the write ([`Released::InMemory`]).
+    pub async fn release(
+        &self,
+        id: String,
+        peak_vram_gb: Option<f64>,
+        caller: Caller,
+    ) -> Result<Released, ServiceError> {
         check_id(&id)?;
         if let Some(p) = peak_vram_gb {
             limits::check_required_gb(p).map_err(|m| invalid("peak_vram_gb", m))?;
         }
         let id_for_log = id.clone();
-        self.critical("release failed", move |st, store, now| {
-            // Out of the book first, so the tracker cannot raise a peak the observation misses;
-            // no decision runs meanwhile (this is the critical section), and a failed write puts
-            // the lease back.
-            let lease = {
-                let mut book = st.book_mut();
-                book.get_live(&id, now).ok_or_else(|| no_live_lease(&id))?;
-                book.remove(&id).ok_or_else(|| no_live_lease(&id))?
-            };
-            let observations: Vec<Observation> =
-                observation(&lease, End::Released(peak_vram_gb), now).into_iter().collect();
-            if let Err(e) = store.end_leases(std::slice::from_ref(&id), &observations) {
-                st.book_mut().insert(lease);
-                return Err(store_failed(e));
-            }
-            st.remember(&observations);
-            Ok(())
-        })
-        .await?;
+        let released = self
+            .critical("release failed", move |st, store, now| {
+                // Out of the book first, so the tracker cannot raise a peak the observation
+                // misses; no decision runs meanwhile (this is the critical section). It stays out
+                // if the store does not take the write: a lease that cannot be released would
+                // hold its slot for its whole TTL.
+                let lease = {
+                    let mut book = st.book_mut();
+                    check_owner(&caller, book.get_live(&id, now).ok_or_else(|| no_live_lease(&id))?, "release")?;
+                    book.remove(&id).ok_or_else(|| no_live_lease(&id))?
+                };
+                let observations: Vec<Observation> =
+                    observation(&lease, End::Released(peak_vram_gb), now).into_iter().collect();
+                Ok(match st.end_durably(store, vec![id], observations) {
+                    Ok(()) => Released::Durable,
+                    Err(problem) => Released::InMemory(problem),
+                })
+            })
+            .await?;
         self.wake_queue();
-        tracing::info!(id = %id_for_log, "generation lease released");
-        Ok(())
+        match &released {
+            Released::Durable => tracing::info!(id = %id_for_log, "generation lease released"),
+            Released::InMemory(problem) => tracing::warn!(id = %id_for_log, %problem,
+                "generation lease released in memory; the store write is retried until it succeeds"),
+        }
+        Ok(released)
     }
 
     /// Live leases, oldest first, with what each uses and still owes.

@@ -10,7 +10,11 @@
 //! - [`decisions`]: health, resource-check and the metrics exposition on the live view.
 //! - [`history`]: the embedded history recorder, `stats/save` and history queries.
 //! - [`error`]: [`ServiceError`], which the HTTP edge maps to status codes.
+//! - [`access`]: the configured tokens, their roles, and who a caller is.
+//! - [`store_health`]: what happens while the store does not take writes: lease ends that are
+//!   not yet durable, retried in the background; the failure logged once.
 
+pub mod access;
 pub mod decisions;
 pub mod error;
 pub mod ledger;
@@ -18,6 +22,7 @@ pub mod history;
 pub mod queue;
 pub mod reload;
 pub mod settings;
+pub mod store_health;
 
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -32,8 +37,9 @@ use crate::metrics::Metrics;
 use crate::policy::estimate::EstimateKey;
 use crate::policy::{Context, Overrun};
 use crate::snapshot::{Snapshot, SnapshotRx};
-use crate::store::{BatchState, Store, StoreError};
+use crate::store::{Store, StoreError, StoreStatus};
 use crate::time::now_unix;
+pub use access::{Caller, Credentials};
 pub use error::ServiceError;
 
 /// The settings the API can change, as they are now.
@@ -55,8 +61,13 @@ pub struct AppState {
     /// The configuration in force: the one vramguard started with, or the last one SIGHUP
     /// loaded. Replaced whole, so a reader holds one consistent copy.
     config: Arc<RwLock<Arc<Config>>>,
-    /// Bearer token for writes, when configured; replaced on reload.
-    token: Arc<RwLock<Option<Arc<str>>>>,
+    /// The configured tokens and their roles; replaced on reload.
+    credentials: Arc<RwLock<Arc<Credentials>>>,
+    /// Whether the store takes writes (read without the writers' lock).
+    store_status: Arc<StoreStatus>,
+    /// Lease ends (releases, expiries) already out of the book whose store write failed; retried
+    /// on every reaper tick until the store takes them.
+    pending_ends: Arc<Mutex<store_health::PendingEnds>>,
     /// Prometheus history source, when `history.backend` is `prometheus`.
     pub prometheus: Option<PrometheusSource>,
     /// WebSocket subscribers now.
@@ -106,6 +117,8 @@ pub struct View {
     pub observed: Observed,
     /// Live leases.
     pub active: u32,
+    /// Why the state store does not take writes, while it does not.
+    pub store_problem: Option<String>,
     /// When the view was taken, Unix seconds.
     pub now: f64,
 }
@@ -135,6 +148,7 @@ impl View {
             outstanding: &self.outstanding,
             overruns: &self.overruns,
             active_generations: Some(self.active),
+            store_problem: self.store_problem.as_deref(),
             now: self.now,
         }
     }
@@ -146,7 +160,7 @@ impl AppState {
     pub fn open(
         config: Config,
         snapshots: SnapshotRx,
-        token: Option<String>,
+        credentials: Credentials,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StoreError> {
         let store = Store::open(&config.state_dir)?;
@@ -169,6 +183,8 @@ impl AppState {
         };
         let metrics = Arc::new(Metrics::new());
         metrics.record_reload(true, now_unix());
+        let store_status = store.status();
+        metrics.register(store_status.collectors());
         Ok(Self {
             history_reader,
             prometheus,
@@ -180,16 +196,28 @@ impl AppState {
             config: Arc::new(RwLock::new(Arc::new(config))),
             live: Arc::new(RwLock::new(live)),
             store: Arc::new(Mutex::new(store)),
-            token: Arc::new(RwLock::new(token.map(Arc::from))),
+            credentials: Arc::new(RwLock::new(Arc::new(credentials))),
+            store_status,
+            pending_ends: Arc::default(),
             observed: Arc::new(RwLock::new(Arc::new(observed))),
             queue: Arc::default(),
             queue_wake: Arc::default(),
         })
     }
 
-    /// The bearer token in force, if any.
-    pub fn token(&self) -> Option<Arc<str>> {
-        self.token.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// The tokens in force.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(&self.credentials.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Opens the store the way a start would, and reads everything a start reads, then closes
+    /// it: whether vramguard would start on it (`--reset-state` moves it aside only if not).
+    pub fn check_store(config: &Config) -> Result<(), StoreError> {
+        let store = Store::open(&config.state_dir)?;
+        load_live(&store, config)?;
+        store.load_leases()?;
+        store.load_observations()?;
+        Ok(())
     }
 
     /// The configuration in force.
@@ -237,6 +265,7 @@ impl AppState {
             outstanding,
             overruns,
             observed: Arc::clone(&self.observed.read().unwrap_or_else(PoisonError::into_inner)),
+            store_problem: self.store_status.problem(),
             now,
         }
     }
@@ -247,79 +276,23 @@ impl AppState {
     }
 
     /// Runs `f` with the state store on a blocking thread, holding the writers' lock for all of
-    /// it. Every write that is not a lease's goes through here, so read-decide-write sequences
-    /// are serialised and a rejected or failed one leaves nothing half done. It needs its own
-    /// transaction, so the open batch of lease writes is committed first. `what` names the
-    /// operation in the log if the blocking task itself fails.
+    /// it. Every write goes through here, so read-decide-write sequences are serialised and a
+    /// rejected or failed one leaves nothing half done. `what` names the operation in the log
+    /// if the blocking task itself fails.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
-        self.with_store(what, move |st, store| {
-            // A failed batch is reported to its own waiters; this write goes on regardless.
-            let _ = st.commit_leases(store);
-            f(st, store)
-        })
-        .await
-    }
-
-    /// Runs `f` with the store under the writers' lock on a blocking thread, as it is.
-    pub(crate) async fn with_store<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
-    ) -> Result<T, ServiceError> {
         let state = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let mut store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
             f(&state, &mut store)
         })
         .await
-        .map_err(|e| ServiceError::failed(what, e))?
-    }
-
-    /// Runs lease writes `f` into the store's open batch under the writers' lock, then returns
-    /// only once the batch holding them is committed: whoever gets the lock first after the
-    /// writes commits everything written meanwhile with one fsync (group commit).
-    pub(crate) async fn batched<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
-    ) -> Result<T, ServiceError> {
-        let (out, batch) = self
-            .with_store(what, move |st, store| {
-                let (before, _) = store.batch_marker();
-                let out = f(st, store)?;
-                let (after, id) = store.batch_marker();
-                Ok((out, (after != before).then_some(id)))
-            })
-            .await?;
-        if let Some(id) = batch {
-            self.with_store(what, move |st, store| match store.batch_state(id) {
-                BatchState::Committed => Ok(()),
-                BatchState::Failed => Err(ServiceError::failed(what, "the batch holding this write was rolled back")),
-                BatchState::Open => st.commit_leases(store),
-            })
-            .await?;
-        }
-        Ok(out)
-    }
-
-    /// Commits the open batch of lease writes. If the commit fails the batch is rolled back, so
-    /// the book and the observations are read back from the store, which holds the truth.
-    pub(crate) fn commit_leases(&self, store: &mut Store) -> Result<(), ServiceError> {
-        let Err(e) = store.commit_batch() else { return Ok(()) };
-        let err = ServiceError::failed("could not commit lease writes to the state store", e);
-        if let Ok(leases) = store.load_leases() {
-            *self.leases.write().unwrap_or_else(PoisonError::into_inner) = LeaseBook::from_leases(leases);
-        }
-        if let Ok(obs) = store.load_observations() {
-            let mut observed: Vec<(EstimateKey, f64)> = obs.into_iter().map(|o| (o.key, o.peak_vram_gb)).collect();
-            observed.truncate(OBSERVED_IN_MEMORY);
-            *self.observed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(observed);
-        }
-        Err(err)
+        .map_err(|e| ServiceError::failed(what, e))?;
+        self.log_store_transition();
+        result
     }
 
     /// Runs a read of the history store on a blocking thread, off the writers' lock.

@@ -3,7 +3,7 @@
 //! either the whole new configuration is in force, or none of it.
 //!
 //! What takes effect at once: constraint and optimization defaults (where no API override is
-//! stored; an override keeps winning, as at start), thresholds, the token, workload profiles,
+//! stored; an override keeps winning, as at start), thresholds, the tokens and roles, workload profiles,
 //! learning, lease TTL default, the admission queue's settings, TLS certificates and the log
 //! level. Keys read only at start (the listener, the state store, the sampler, history, the
 //! HTTP defences) keep their old values and are named, so the operator knows to restart.
@@ -11,13 +11,13 @@
 use std::sync::{Arc, PoisonError};
 
 use super::settings::{CONSTRAINTS_KEY, OPTIMIZATION_KEY};
-use super::{AppState, Live, ServiceError};
+use super::{AppState, Credentials, Live, ServiceError};
 use crate::config::{Config, Constraints, Optimization};
 
 impl AppState {
-    /// Puts `next` (validated) and `token` in force. Returns the keys that changed but need a
+    /// Puts `next` (validated) and its tokens in force. Returns the keys that changed but need a
     /// restart; those keep their running values.
-    pub async fn reload(&self, mut next: Config, token: Option<String>) -> Result<Vec<&'static str>, ServiceError> {
+    pub async fn reload(&self, mut next: Config, credentials: Credentials) -> Result<Vec<&'static str>, ServiceError> {
         let restart = keep_start_only(&self.config(), &mut next);
         self.write("reloading the configuration failed", move |st, store| {
             let failed = |e| ServiceError::failed("reloading the configuration failed", e);
@@ -32,7 +32,7 @@ impl AppState {
             };
             *st.live.write().unwrap_or_else(PoisonError::into_inner) = Live { settings, constraints };
             *st.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-            *st.token.write().unwrap_or_else(PoisonError::into_inner) = token.map(Arc::from);
+            *st.credentials.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(credentials);
             Ok(())
         })
         .await?;

@@ -152,7 +152,7 @@ impl AppState {
                 Persist::Save(key, value) => store.save_override(key, &value, now_unix()),
                 Persist::Delete(key) => store.delete_override(key),
             };
-            result.map_err(|e| ServiceError::failed("could not write the state store", e))?;
+            result.map_err(ServiceError::store)?;
             *state.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
             state.wake_queue();
             Ok(next)

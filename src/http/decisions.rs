@@ -15,7 +15,8 @@ use crate::policy::health::Health;
 
 /// Health report: always 200 while vramguard can answer.
 #[utoipa::path(get, path = "/api/v1/system/health", tag = "policy",
-    responses((status = 200, body = Health)))]
+    responses((status = 200, body = Health),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_health(State(state): State<AppState>) -> Json<Health> {
     Json(state.health())
 }
@@ -49,7 +50,8 @@ impl Allowed for ResourceCheckQuery {
 /// decision counter.
 #[utoipa::path(get, path = "/api/v1/system/resource-check", tag = "policy",
     params(ResourceCheckQuery),
-    responses((status = 200, body = ResourceCheck), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = ResourceCheck), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn resource_check(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ResourceCheckQuery>,

@@ -8,6 +8,9 @@ use serde::Serialize;
 
 use crate::app::ServiceError;
 
+/// `Retry-After` of a 503, seconds.
+pub const RETRY_AFTER_SECONDS: &str = "5";
+
 /// A rejected request, with the sentence the client sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -43,6 +46,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
             // Starting, not failing.
             ServiceError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+            // Not the client's fault, and not for good: the store may take writes again.
+            ServiceError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self { status, detail: e.to_string() }
@@ -52,10 +58,14 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(ErrorBody { detail: self.detail })).into_response();
+        let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            headers.insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        // Every 503 is a condition that passes (starting, a full queue or subscriber list, a
+        // store that does not take writes): say when to ask again.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }
         response
     }

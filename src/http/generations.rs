@@ -3,7 +3,7 @@
 //! ([`crate::app::ledger`]); these handlers parse and shape.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::body::{Allowed, JsonBody, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
-use crate::app::ledger::LeaseAsk;
+use crate::app::Caller;
+use crate::app::ledger::{LeaseAsk, Released};
 use crate::app::queue::{Admission, retry_after_seconds};
 use crate::leases::{Lease, LeaseUsage};
 use crate::policy::admission::ResourceCheck;
@@ -112,8 +113,11 @@ pub struct LeaseGpu {
 /// A lease as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LeaseBody {
-    /// Lease id: 32 hex digits.
-    pub id: String,
+    /// Lease id: 32 hex digits. In the listing, null unless the caller owns the lease or holds
+    /// an admin token (the id is what heartbeats and releases it).
+    pub id: Option<String>,
+    /// Name of the token that took it; null when vramguard had no tokens.
+    pub owner: Option<String>,
     /// Where the job goes; null on a host without GPUs.
     pub gpu: Option<LeaseGpu>,
     /// VRAM promised to the job, GiB.
@@ -142,7 +146,8 @@ impl From<&(Lease, LeaseUsage)> for LeaseBody {
     fn from((l, u): &(Lease, LeaseUsage)) -> Self {
         let with_pids = !l.pids.is_empty();
         Self {
-            id: l.id.clone(),
+            id: Some(l.id.clone()),
+            owner: l.owner.clone(),
             gpu: l.gpu_index.map(|index| LeaseGpu { index, uuid: l.gpu_uuid.clone().unwrap_or_default() }),
             vram_reserved_gb: l.vram_reserved_gb,
             granted_at: rfc3339_unix(l.granted_at),
@@ -156,6 +161,25 @@ impl From<&(Lease, LeaseUsage)> for LeaseBody {
             overrun: l.overrun || u.used_gb.is_some_and(|used| used > l.vram_reserved_gb + 0.01),
         }
     }
+}
+
+impl LeaseBody {
+    /// The lease as `caller` may see it: without its id unless the caller owns it or is an
+    /// admin.
+    fn seen_by(pair: &(Lease, LeaseUsage), caller: &Caller) -> Self {
+        let mut body = Self::from(pair);
+        if !caller.may_act_on(pair.0.owner.as_deref()) {
+            body.id = None;
+        }
+        body
+    }
+}
+
+/// 202: released in memory, not yet in the store.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReleasePending {
+    /// That the slot is free, why the release is not durable yet, and that it is retried.
+    pub detail: String,
 }
 
 /// 201: the lease and the resource-check it passed.
@@ -226,11 +250,14 @@ pub struct LeaseList {
     responses(
         (status = 201, body = LeaseGranted), (status = 409, body = LeaseRefused),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "A reader token may not take leases"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 503, body = ErrorBody, description = "The admission queue is full"),
+        (status = 503, body = ErrorBody,
+            description = "The admission queue is full, or the state store cannot record the lease (Retry-After)"),
     ))]
 pub async fn acquire(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<LeaseRequest>,
 ) -> Result<Response, ApiError> {
     let ask = LeaseAsk {
@@ -241,6 +268,7 @@ pub async fn acquire(
         client: req.client,
         pids: req.pids,
         workload: req.workload,
+        owner: caller.owner().map(str::to_owned),
     };
     Ok(match state.acquire_waiting(ask, req.wait_seconds.unwrap_or(0.0)).await? {
         Admission::Granted(lease, check) => {
@@ -279,7 +307,8 @@ pub async fn acquire(
 /// The generation requests waiting for room, first in line first. Waiting requests are kept in
 /// memory only: a restart drops them.
 #[utoipa::path(get, path = "/api/v1/system/generations/queue", tag = "leases",
-    responses((status = 200, body = QueueList)))]
+    responses((status = 200, body = QueueList),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
     let waiting = state
         .waiting_list()
@@ -296,11 +325,12 @@ pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
     Json(QueueList { policy: state.config().queue.policy.as_str(), waiting })
 }
 
-/// Live leases.
+/// Live leases; each one's id only for its owner and admin tokens.
 #[utoipa::path(get, path = "/api/v1/system/generations", tag = "leases",
-    responses((status = 200, body = LeaseList)))]
-pub async fn list(State(state): State<AppState>) -> Json<LeaseList> {
-    let leases: Vec<LeaseBody> = state.live_leases().iter().map(LeaseBody::from).collect();
+    responses((status = 200, body = LeaseList),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<LeaseList> {
+    let leases: Vec<LeaseBody> = state.live_leases().iter().map(|l| LeaseBody::seen_by(l, &caller)).collect();
     Json(LeaseList {
         active_generations: leases.len() as u32,
         leases,
@@ -315,29 +345,47 @@ pub async fn list(State(state): State<AppState>) -> Json<LeaseList> {
     responses(
         (status = 200, body = LeaseBody), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "Another client's lease, or a reader token"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 503, body = ErrorBody,
+            description = "The state store cannot record the extension; the lease is unchanged (Retry-After)"),
     ))]
 pub async fn heartbeat(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Option<JsonBody<HeartbeatRequest>>,
 ) -> Result<Json<LeaseBody>, ApiError> {
     let (ttl, pids) = body.map(|JsonBody(b)| (b.ttl_seconds, b.pids)).unwrap_or_default();
-    let lease = state.heartbeat(id, ttl, pids).await?;
+    let lease = state.heartbeat(id, ttl, pids, caller).await?;
     let with_usage = state.lease_now(&lease.id).ok_or_else(|| ApiError::not_found("the lease expired just now"))?;
     Ok(Json(LeaseBody::from(&with_usage)))
 }
 
-/// Releases a lease: 204, or 404 when unknown or already expired.
+/// Releases a lease: 204, or 404 when unknown or already expired. The slot is free in either
+/// 2xx: 202 when the state store did not take the release yet (vramguard retries it until it
+/// does; a restart before then brings the lease back until its TTL ends).
 #[utoipa::path(delete, path = "/api/v1/system/generations/{id}", tag = "leases",
     params(("id" = String, Path, description = "Lease id"), ReleaseQuery),
-    responses((status = 204, description = "Released"), (status = 404, body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 204, description = "Released"),
+        (status = 202, body = ReleasePending, description = "Released in memory; not yet durable, retrying"),
+        (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "Another client's lease, or a reader token")))]
 pub async fn release(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<ReleaseQuery>,
-) -> Result<StatusCode, ApiError> {
-    state.release(id, q.peak_vram_gb).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<Response, ApiError> {
+    Ok(match state.release(id.clone(), q.peak_vram_gb, caller).await? {
+        Released::Durable => StatusCode::NO_CONTENT.into_response(),
+        Released::InMemory(problem) => {
+            let detail = format!(
+                "lease {id} released in memory: its slot is free; not yet durable ({problem}); vramguard retries the \
+                 write until the store takes it"
+            );
+            (StatusCode::ACCEPTED, Json(ReleasePending { detail })).into_response()
+        }
+    })
 }

@@ -95,7 +95,8 @@ pub struct SavedBody {
 /// Stats over time for charts, from the embedded history or Prometheus.
 #[utoipa::path(get, path = "/api/v1/system/stats/history", tag = "stats",
     params(HistoryQuery),
-    responses((status = 200, body = HistoryBody), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = HistoryBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_history(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<HistoryQuery>,
@@ -131,7 +132,10 @@ pub async fn get_history(
 /// Records the current snapshot durably (on disk before the 200) and returns it.
 #[utoipa::path(post, path = "/api/v1/system/stats/save", tag = "stats",
     responses(
-        (status = 200, body = SavedBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 200, body = SavedBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "The token's role may not make this write"),
+        (status = 503, body = ErrorBody,
+            description = "No sample yet, or the state store cannot take writes now; nothing was changed (Retry-After)"),
     ))]
 pub async fn save(State(state): State<AppState>) -> Result<Json<SavedBody>, ApiError> {
     let snapshot = state.save_snapshot().await?;

@@ -43,7 +43,8 @@ pub struct ObservationList {
 
 /// Observed peaks, newest first.
 #[utoipa::path(get, path = "/api/v1/system/observations", tag = "leases",
-    responses((status = 200, body = ObservationList)))]
+    responses((status = 200, body = ObservationList),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>, ApiError> {
     let observations = state
         .observations()
@@ -65,7 +66,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>
 
 /// Forgets every observation.
 #[utoipa::path(delete, path = "/api/v1/system/observations", tag = "leases",
-    responses((status = 204, description = "Cleared"), (status = 401, body = ErrorBody)))]
+    responses((status = 204, description = "Cleared"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
 pub async fn clear(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
     state.clear_observations().await?;
     Ok(StatusCode::NO_CONTENT)

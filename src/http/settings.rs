@@ -77,7 +77,8 @@ pub struct ConstraintsUpdated {
 
 /// The optimization settings now in force.
 #[utoipa::path(get, path = "/api/v1/system/optimization", tag = "settings",
-    responses((status = 200, body = Optimization)))]
+    responses((status = 200, body = Optimization),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_optimization(State(state): State<AppState>) -> Json<Optimization> {
     Json(state.live().settings)
 }
@@ -88,6 +89,7 @@ pub async fn get_optimization(State(state): State<AppState>) -> Json<Optimizatio
     responses(
         (status = 200, body = OptimizationUpdated),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
 pub async fn post_optimization(
@@ -100,7 +102,8 @@ pub async fn post_optimization(
 
 /// Puts the optimization settings back to config.yaml.
 #[utoipa::path(delete, path = "/api/v1/system/optimization", tag = "settings",
-    responses((status = 200, body = OptimizationUpdated), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = OptimizationUpdated), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
 pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<OptimizationUpdated>, ApiError> {
     let summary = state.reset_optimization().await?;
     Ok(Json(optimization_answer(summary, "Optimization settings reset to config.yaml")))
@@ -108,7 +111,8 @@ pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<O
 
 /// The constraints now in force, with a sentence per field.
 #[utoipa::path(get, path = "/api/v1/system/constraints", tag = "settings",
-    responses((status = 200, body = ConstraintsBody)))]
+    responses((status = 200, body = ConstraintsBody),
+        (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_constraints(State(state): State<AppState>) -> Json<ConstraintsBody> {
     let c = state.live().constraints;
     let description = [
@@ -133,6 +137,7 @@ pub async fn get_constraints(State(state): State<AppState>) -> Json<ConstraintsB
     responses(
         (status = 200, body = ConstraintsUpdated),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
 pub async fn post_constraints(
@@ -148,7 +153,8 @@ pub async fn post_constraints(
 
 /// Puts the constraints back to config.yaml.
 #[utoipa::path(delete, path = "/api/v1/system/constraints", tag = "settings",
-    responses((status = 200, body = ConstraintsUpdated), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = ConstraintsUpdated), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
 pub async fn delete_constraints(State(state): State<AppState>) -> Result<Json<ConstraintsUpdated>, ApiError> {
     let live = state.reset_constraints().await?;
     Ok(Json(ConstraintsUpdated {

@@ -98,6 +98,7 @@ impl Allowed for NoQuery {
     responses(
         (status = 200, description = "The latest snapshot", body = StatsBody),
         (status = 400, description = "A query parameter was given", body = ErrorBody),
+        (status = 401, description = "auth.protect_reads is on and no valid token was sent", body = ErrorBody),
         (status = 503, description = "No sample has been taken yet", body = ErrorBody),
     )
 )]

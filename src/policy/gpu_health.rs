@@ -289,6 +289,7 @@ mod tests {
                 outstanding: &[],
                 overruns: &[],
                 active_generations: None,
+                store_problem: None,
                 now: 1_700_000_000.0,
             }
         }

@@ -85,16 +85,19 @@ pub fn health(ctx: &Context<'_>) -> Health {
     let mut warnings = Vec::new();
     let mut recommendations = Vec::new();
     let Some(snapshot) = ctx.snapshot else {
+        issues.push("No resource sample yet".to_owned());
+        status = HealthStatus::Warning;
+        store_issue(ctx, &mut issues, &mut recommendations, &mut status);
         return Health {
-            status: HealthStatus::Warning,
-            message: "Issues detected: No resource sample yet".to_owned(),
+            status,
+            message: format!("Issues detected: {}", issues.join(", ")),
             // The report is about no sample at all: date it when it was made.
             timestamp: rfc3339_unix(ctx.now),
             system_info: SystemInfo {
                 cpu_percent: None,
                 ram_percent: None,
                 vram_percent: 0.0,
-                issues: vec!["No resource sample yet".to_owned()],
+                issues,
                 warnings,
                 recommendations,
                 resource_constraints: *c,
@@ -179,6 +182,7 @@ pub fn health(ctx: &Context<'_>) -> Health {
         issues.push(format!("Collector {} failing: {why}", col.name));
         status = status.max(HealthStatus::Warning);
     }
+    store_issue(ctx, &mut issues, &mut recommendations, &mut status);
 
     // The seed's texts, exactly.
     let message = if !issues.is_empty() {
@@ -204,6 +208,24 @@ pub fn health(ctx: &Context<'_>) -> Health {
             concurrency_available: verdict::slot_free(ctx),
         },
     }
+}
+
+/// A store that does not take writes is critical: no lease can be granted or renewed, and no
+/// setting changed, until it does.
+fn store_issue(
+    ctx: &Context<'_>,
+    issues: &mut Vec<String>,
+    recommendations: &mut Vec<String>,
+    status: &mut HealthStatus,
+) {
+    let Some(problem) = ctx.store_problem else { return };
+    issues.push(format!("State store failing: {problem}"));
+    recommendations.push(
+        "Writes answer 503 and releases are kept in memory until the store takes writes again: free disk space \
+         or make the state directory writable; a deleted database needs a restart (restore it, or --reset-state)"
+            .to_owned(),
+    );
+    *status = (*status).max(HealthStatus::Critical);
 }
 
 /// Each unhealthy GPU is an issue with what to do about it: critical when no healthy GPU is

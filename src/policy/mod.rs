@@ -110,6 +110,8 @@ pub struct Context<'a> {
     pub overruns: &'a [Overrun],
     /// Leases held now; `None` where concurrency is not tracked.
     pub active_generations: Option<u32>,
+    /// Why the state store does not take writes, while it does not: a health issue.
+    pub store_problem: Option<&'a str>,
     /// When the decision is made, Unix seconds: dates a report made before the first sample.
     pub now: f64,
 }

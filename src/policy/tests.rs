@@ -68,6 +68,7 @@ impl Fixture {
             outstanding: &[],
             overruns: &[],
             active_generations: None,
+            store_problem: None,
             now: 1_800_000_000.0,
         }
     }
@@ -91,6 +92,23 @@ fn healthy_gpu_admits_and_reports_the_gpu() {
     assert_eq!(r.current_usage.vram_percent, 12.5);
     assert!(r.blocking_issues.is_empty());
     assert_eq!(r.primary_reason(), "none");
+}
+
+/// A store that does not take writes is a critical issue naming the problem, with or without
+/// a sample.
+#[test]
+fn a_failing_store_is_a_critical_issue() {
+    let f = Fixture::new();
+    let s = snapshot(0.2, 0.3, vec![gpu(0, 16, 2 * G)]);
+    let problem = "state store /s/vramguard.db was deleted or moved while vramguard was running";
+    let h = health(&Context { store_problem: Some(problem), ..f.ctx(&s) });
+    assert_eq!(h.status, HealthStatus::Critical);
+    assert_eq!(h.system_info.issues, vec![format!("State store failing: {problem}")]);
+    assert!(h.message.starts_with("Issues detected: State store failing"), "{}", h.message);
+    let early = health(&Context { store_problem: Some(problem), snapshot: None, ..f.ctx(&s) });
+    assert_eq!(early.status, HealthStatus::Critical);
+    assert_eq!(early.system_info.issues.len(), 2);
+    assert_eq!(early.message, format!("Issues detected: No resource sample yet, State store failing: {problem}"));
 }
 
 #[test]

@@ -34,8 +34,8 @@ pub enum Error {
     /// The state store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The token file could not be used.
-    #[error("config key auth.token_file: {0}")]
+    /// A token file could not be used (the message starts with its key).
+    #[error("config key {0}")]
     Token(String),
     /// The TLS certificate or key could not be used.
     #[error("config key {0}")]
@@ -79,12 +79,9 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Reload,
 ) -> Result<(), Error> {
-    let token = match &config.auth.token_file {
-        Some(path) => Some(crate::http::auth::read_token(path).map_err(Error::Token)?),
-        None => None,
-    };
+    let credentials = crate::http::auth::read_credentials(&config.auth).map_err(Error::Token)?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
-    if !addr.ip().is_loopback() && token.is_none() && !config.auth.allow_unauthenticated_remote {
+    if !addr.ip().is_loopback() && credentials.is_open() && !config.auth.allow_unauthenticated_remote {
         return Err(Error::Unprotected(addr));
     }
     let tls = config.tls.as_ref().map(tls::Acceptor::new).transpose().map_err(Error::Tls)?;
@@ -96,7 +93,7 @@ pub async fn run_with(
     };
     let (sampler, snapshots) = Sampler::new(&config);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState::open(config, snapshots, token, stop_rx.clone())?;
+    let state = AppState::open(config, snapshots, credentials, stop_rx.clone())?;
 
     let mut sampler_stop = stop_rx.clone();
     let sampler_task = tokio::spawn(sampler.run(async move {

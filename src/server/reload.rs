@@ -66,9 +66,9 @@ async fn reload_once(state: &AppState, acceptor: Option<&tls::Acceptor>, reload:
             state.metrics.record_reload(false, now_unix());
             tracing::error!(file = %path.display(), error = %e, "configuration reload failed; the running configuration stays");
         }
-        Ok((next, token, certificate)) => {
+        Ok((next, credentials, certificate)) => {
             let log_level = next.log_level.clone();
-            match state.reload(next, token).await {
+            match state.reload(next, credentials).await {
                 Ok(restart) => {
                     if let (Some(a), Some(c)) = (acceptor, certificate) {
                         a.install(c);
@@ -95,18 +95,15 @@ async fn reload_once(state: &AppState, acceptor: Option<&tls::Acceptor>, reload:
     }
 }
 
-type Prepared = (Config, Option<String>, Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>);
+type Prepared = (Config, crate::app::Credentials, Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>);
 
 /// Reads and checks everything the new configuration names, changing nothing.
 fn prepare(path: &std::path::Path, acceptor: Option<&tls::Acceptor>) -> Result<Prepared, String> {
     let next = Config::load(path).map_err(|e| e.to_string())?;
-    let token = match &next.auth.token_file {
-        Some(p) => Some(crate::http::auth::read_token(p).map_err(|e| format!("config key auth.token_file: {e}"))?),
-        None => None,
-    };
+    let credentials = crate::http::auth::read_credentials(&next.auth).map_err(|e| format!("config key {e}"))?;
     let certificate = match (acceptor, &next.tls) {
         (Some(_), Some(t)) => Some(tls::load(t).map_err(|e| format!("config key {e}"))?),
         _ => None,
     };
-    Ok((next, token, certificate))
+    Ok((next, credentials, certificate))
 }

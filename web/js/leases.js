@@ -23,8 +23,9 @@ export function owedByGpu() {
 
 function row(l, now) {
   const tr = el('tr');
-  const client = el('td', '', l.client || `${l.id.slice(0, 8)}…`);
-  client.title = `lease ${l.id}`;
+  // The id is null for a lease this page's token neither owns nor administers.
+  const client = el('td', '', l.client || l.owner || (l.id ? `${l.id.slice(0, 8)}…` : 'lease'));
+  client.title = l.id ? `lease ${l.id}` : `lease of ${l.owner || 'another client'}`;
   const cells = [
     client,
     el('td', '', l.gpu ? `#${l.gpu.index}` : DASH),

@@ -319,7 +319,9 @@ class Vramguard:
         if r.status_code == 400 and params is not None:
             # A peak vramguard will not take (out of its range) must not keep the lease held.
             r = self._request("DELETE", f"{_LEASES}/{lease_id}")
-        if r.status_code not in (204, 404):  # 404: already expired; nothing is held
+        # 404: already expired; nothing is held. 202: the slot is free, vramguard retries
+        # writing the release to its store.
+        if r.status_code not in (202, 204, 404):
             raise VramguardError(f"release: {r.status_code} {_detail(r)}", r.status_code, _body(r))
 
 
