@@ -154,6 +154,26 @@ fn protect_reads_needs_a_token_for_metrics_and_reads() {
     for path in ["/-/healthy", "/-/ready", "/api/v1/openapi.json", "/"] {
         assert_eq!(vg.get(path).0, 200, "{path}");
     }
+    // The page's WebSocket carries its token as a subprotocol (browsers cannot set headers
+    // there); the server answers `vramguard`, never echoing the token.
+    let ws = |protocols: Option<String>| {
+        use tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}/api/v1/system/stats/ws", vg.addr).into_client_request().unwrap();
+        if let Some(p) = protocols {
+            req.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+        }
+        let stream = std::net::TcpStream::connect(&vg.addr).unwrap();
+        match tungstenite::client::client(req, stream) {
+            Ok((_, response)) => (101, response.headers().get("sec-websocket-protocol").cloned()),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => (r.status().as_u16(), None),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (status, protocol) = ws(Some(format!("vramguard, bearer.{READER}")));
+    assert_eq!(status, 101);
+    assert_eq!(protocol.unwrap(), "vramguard");
+    assert_eq!(ws(Some("vramguard, bearer.not-a-token-0123456789".to_owned())).0, 401);
+    assert_eq!(ws(Some("vramguard".to_owned())).0, 401);
 }
 
 /// Token files other users may read, or tokens shorter than 16 characters, refuse the start

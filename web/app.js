@@ -3,7 +3,7 @@
 // Samples arrive over the stats WebSocket (one message per sample); health and leases are
 // polled; history is fetched for the chosen range. No framework, no build step.
 
-import { get, statsSocketUrl } from './js/api.js';
+import { get, statsSocketProtocols, statsSocketUrl } from './js/api.js';
 import { markStale, renderGpus, renderHealth } from './js/cards.js';
 import { addSample, backfill, setRange, setThresholds, watchLayout } from './js/charts.js';
 import { setupEditors, setupToken, setupWhatIf } from './js/forms.js';
@@ -56,7 +56,7 @@ async function poll() {
 /** Follows the stats stream; after a drop (e.g. a restart) retries with exponential backoff
  *  and, once back, reloads the history so the gap is filled from the server's record. */
 function connect(attempt) {
-  const ws = new WebSocket(statsSocketUrl());
+  const ws = new WebSocket(statsSocketUrl(), statsSocketProtocols());
   ws.addEventListener('open', () => {
     connection('live', 'live');
     markStale(false);

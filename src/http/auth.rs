@@ -42,8 +42,13 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
     let path = req.uri().path();
     let in_scope = path == "/metrics" || (path.starts_with("/api/") && path != "/api/v1/openapi.json");
     let need = need(req.method(), path, credentials.protect_reads());
-    let presented =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer).map(str::trim);
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .map(str::trim)
+        .or_else(|| websocket_bearer(req.headers()));
     let caller = match presented.map(|p| credentials.identify(p)) {
         None => Caller::Anonymous,
         Some(Some(caller)) => caller,
@@ -119,6 +124,17 @@ fn is_lease_write(method: &Method, path: &str) -> bool {
         Method::DELETE => rest.strip_prefix('/').is_some_and(|id| one_segment(id) && id != "queue"),
         _ => false,
     }
+}
+
+/// A browser cannot set headers on a WebSocket, so the page offers its token as a subprotocol,
+/// `bearer.<token>`, next to `vramguard` (the one the server picks, so the token is never echoed).
+fn websocket_bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("bearer."))
 }
 
 /// The credentials of a `Bearer` authorization; the scheme is case-insensitive (RFC 9110 §11.1).

@@ -32,7 +32,9 @@ pub async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Res
         .into_response();
     }
     let guard = Subscriber(state.clone());
-    upgrade.on_upgrade(move |socket| async move {
+    // The page offers `vramguard` (and its token as `bearer.<token>`, see auth): answering with
+    // `vramguard` completes the handshake without echoing the token.
+    upgrade.protocols(["vramguard"]).on_upgrade(move |socket| async move {
         let _guard = guard;
         serve(state, socket).await;
     })

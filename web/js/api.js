@@ -62,6 +62,13 @@ export function get(path, query) {
   return call('GET', q ? `${path}?${q}` : path);
 }
 
+/** Subprotocols for the stats WebSocket: a browser cannot send an Authorization header there,
+ *  so the token travels as `bearer.<token>`; the server answers `vramguard`. */
+export function statsSocketProtocols() {
+  const t = token();
+  return t ? ['vramguard', `bearer.${t}`] : ['vramguard'];
+}
+
 /** The stats WebSocket of this same origin. */
 export function statsSocketUrl() {
   const url = new URL('/api/v1/system/stats/ws', location.href);
