@@ -90,7 +90,7 @@ impl Metrics {
         let waits = HistogramVec::new(
             HistogramOpts::new(
                 "vramguard_admission_wait_seconds",
-                "Time from a generation request to its answer, by result: admitted, refused, timed_out (waited to its deadline), queue_full.",
+                "Time from a generation request to its answer, by result: admitted, refused, timed_out (waited to its deadline), queue_full, failed (the store did not take the grant).",
             )
             .buckets(vec![0.005, 0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
             &["result"],

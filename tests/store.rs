@@ -287,3 +287,29 @@ fn a_full_disk_still_frees_released_slots() {
     assert_eq!(status, 201, "{lease}");
     assert!(health_issues(&vg).1.iter().all(|i| !i.contains("State store")));
 }
+
+/// A request waiting in the admission queue whose turn comes while the store does not take
+/// writes is told at once (503), not left to its deadline.
+#[test]
+fn a_waiting_request_whose_grant_cannot_be_recorded_gets_503() {
+    let vg = Vramguard::start(&format!("{CONFIG}constraints: {{ max_concurrent_generations: 1 }}\n"), None, &[]);
+    vg.wait_ready();
+    let (status, lease) = vg.post_json(LEASES, &json!({"client": "w1"}));
+    assert_eq!(status, 201, "{lease}");
+    let url = vg.url(LEASES);
+    let waiter = std::thread::spawn(move || {
+        let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        send(c.post(url).json(&json!({"client": "w2", "wait_seconds": 30})))
+    });
+    vg.wait_until("w2 waiting", Duration::from_secs(10), || {
+        vg.get_json(&format!("{LEASES}/queue")).1["waiting"].as_array().is_some_and(|w| w.len() == 1)
+    });
+    std::fs::remove_file(state(&vg).join("vramguard.db")).unwrap();
+    let asked = Instant::now();
+    let (status, _, body) = send(vg.client().delete(vg.url(&format!("{LEASES}/{}", lease["id"].as_str().unwrap()))));
+    assert_eq!(status, 202, "{body}");
+    let (status, retry, body) = waiter.join().unwrap();
+    assert_eq!((status, retry.as_deref()), (503, Some("5")), "{body}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "answered at its turn, not its deadline");
+    assert_eq!(vg.get_json(LEASES).1["active_generations"], json!(0));
+}

@@ -44,6 +44,8 @@ pub enum Admission {
         /// How many wait.
         waiting: usize,
     },
+    /// Its turn came but the grant could not be recorded (the store does not take writes).
+    Failed(ServiceError),
 }
 
 /// One waiting request as `GET /generations/queue` shows it.
@@ -183,6 +185,7 @@ impl AppState {
             Admission::Refused { queue_position: Some(_), .. } => "timed_out",
             Admission::Refused { .. } => "refused",
             Admission::QueueFull { .. } => "queue_full",
+            Admission::Failed(_) => "failed",
         };
         self.metrics.record_wait(result, started.elapsed().as_secs_f64());
         Ok(outcome)
@@ -285,7 +288,15 @@ impl AppState {
                         }
                         continue;
                     }
-                    match st.grant_or_refuse(store, now, &ask, &workload)? {
+                    let decided = match st.grant_or_refuse(store, now, &ask, &workload) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            // Told now rather than left to its deadline; the others wait on.
+                            claim(st, seq, &mut answers, |_| Admission::Failed(e));
+                            continue;
+                        }
+                    };
+                    match decided {
                         Acquired::Granted(lease, check) => {
                             let id = lease.id.clone();
                             if !claim(st, seq, &mut answers, |_| Admission::Granted(lease, check)) {

@@ -295,6 +295,7 @@ pub async fn acquire(
                 None => (StatusCode::CONFLICT, body).into_response(),
             }
         }
+        Admission::Failed(e) => return Err(e.into()),
         Admission::QueueFull { waiting } => {
             let detail = format!(
                 "the admission queue is full ({waiting} generations waiting, queue.max_waiting); try again later"
