@@ -98,6 +98,36 @@ pub struct Store {
     /// The database file as opened (device, inode), to notice it being deleted or replaced.
     file: Option<(u64, u64)>,
     status: Arc<StoreStatus>,
+    batch: Batch,
+}
+
+/// Group commit of lease writes: concurrent lease operations write into one open transaction,
+/// and one COMMIT (one fsync) makes all of them durable. Each caller answers its client only
+/// after the batch holding its write committed ([`Store::batch_state`]).
+#[derive(Debug, Default)]
+struct Batch {
+    /// A transaction is open and holds uncommitted lease writes.
+    open: bool,
+    /// Id of the open batch, or of the last one.
+    id: u64,
+    /// Lease writes made so far: an operation compares it before and after to know whether it
+    /// wrote.
+    writes: u64,
+    /// Last batch committed.
+    committed: u64,
+    /// Recent batches whose commit failed (rolled back).
+    failed: Vec<u64>,
+}
+
+/// Where a batch of lease writes stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Durable.
+    Committed,
+    /// Rolled back: its writes are gone.
+    Failed,
+    /// Still open: someone must commit it.
+    Open,
 }
 
 impl std::fmt::Debug for Store {
@@ -218,7 +248,7 @@ impl Store {
         migrate(&conn).map_err(sql)?;
         identity::settle(&mut conn, dir, from_file)?;
         let file = identity::file_id(&path);
-        Ok(Self { conn, path, file, status: Arc::new(StoreStatus::new()) })
+        Ok(Self { conn, path, file, status: Arc::new(StoreStatus::new()), batch: Batch::default() })
     }
 
     /// Whether writes succeed; shared, so it can be read without the writers' lock.
@@ -233,6 +263,72 @@ impl Store {
             .and_then(|()| f(&mut self.conn).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source }));
         self.status.record(result.as_ref().err());
         result
+    }
+
+    /// Joins the open batch, opening one if none is: lease writes go into it uncommitted.
+    fn join_batch(&mut self) -> Result<(), StoreError> {
+        if !self.batch.open {
+            self.write(|c| c.execute_batch("BEGIN IMMEDIATE"))?;
+            self.batch.open = true;
+            self.batch.id += 1;
+        }
+        self.batch.writes += 1;
+        Ok(())
+    }
+
+    /// Lease writes made so far, and the batch the latest went into.
+    pub fn batch_marker(&self) -> (u64, u64) {
+        (self.batch.writes, self.batch.id)
+    }
+
+    /// Where batch `id` stands.
+    pub fn batch_state(&self, id: u64) -> BatchState {
+        if self.batch.failed.contains(&id) {
+            BatchState::Failed
+        } else if self.batch.open && id == self.batch.id {
+            BatchState::Open
+        } else {
+            BatchState::Committed
+        }
+    }
+
+    /// Commits the open batch, if any: one fsync for every write in it. On failure it is rolled
+    /// back and remembered as failed; the caller must resynchronise what it published.
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        if !self.batch.open {
+            return Ok(());
+        }
+        self.batch.open = false;
+        // SQLite rolls a transaction back by itself on some errors (a full disk): then there is
+        // nothing left to commit, and the batch is lost like a failed commit.
+        let result = if self.conn.is_autocommit() {
+            Err(StoreError::Sqlite {
+                path: self.path.clone(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the batch's transaction was rolled back by SQLite".to_owned()),
+                ),
+            })
+        } else {
+            self.write(|c| c.execute_batch("COMMIT"))
+        };
+        match result {
+            Ok(()) => {
+                self.batch.committed = self.batch.id;
+                Ok(())
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.batch.failed.push(self.batch.id);
+                // Failures are rare; a short memory is enough for the callers still waiting.
+                if self.batch.failed.len() > 1024 {
+                    self.batch.failed.remove(0);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The database file.
@@ -352,6 +448,7 @@ impl Store {
             owner: l.owner.clone(),
         })
         .expect("lease details serialise");
+        self.join_batch()?;
         self.write(|conn| {
             conn.execute(
                 "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details)
@@ -368,8 +465,10 @@ impl Store {
     /// produced, so a release and what was learned from it are durable together (a savepoint
     /// keeps a failure half-way from leaving half of it in the batch).
     pub fn end_leases(&mut self, ids: &[String], observations: &[Observation]) -> Result<(), StoreError> {
+        self.join_batch()?;
         self.write(|conn| {
-            let tx = conn.transaction()?;
+            // A savepoint: a failure half-way leaves nothing of this end in the batch.
+            let tx = conn.savepoint()?;
             for id in ids {
                 tx.execute("DELETE FROM leases WHERE id = ?1", params![id])?;
             }
@@ -678,7 +777,13 @@ impl Store {
         let conn = Connection::open(&self.path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
         limit_cache(&conn).map_err(sql)?;
-        Ok(Self { conn, path: self.path.clone(), file: self.file, status: Arc::clone(&self.status) })
+        Ok(Self {
+            conn,
+            path: self.path.clone(),
+            file: self.file,
+            status: Arc::clone(&self.status),
+            batch: Batch::default(),
+        })
     }
 }
 
@@ -725,13 +830,25 @@ mod tests {
             owner: Some("worker-1".to_owned()),
         };
         {
+            // Written into a batch that is never committed: not durable.
             let mut s = Store::open(dir.path()).unwrap();
             s.put_lease(&lease).unwrap();
+            assert_eq!(s.batch_state(s.batch_marker().1), BatchState::Open);
+        }
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            assert!(s.load_leases().unwrap().is_empty());
+            s.put_lease(&lease).unwrap();
             s.put_lease(&Lease { expires_at: 2000.0, ..lease.clone() }).unwrap();
+            let (writes, batch) = s.batch_marker();
+            assert_eq!((writes, batch), (2, 1), "both writes share one batch");
+            s.commit_batch().unwrap();
+            assert_eq!(s.batch_state(batch), BatchState::Committed);
         }
         let mut s = Store::open(dir.path()).unwrap();
         assert_eq!(s.load_leases().unwrap(), vec![Lease { expires_at: 2000.0, ..lease.clone() }]);
         s.end_leases(std::slice::from_ref(&lease.id), &[]).unwrap();
+        s.commit_batch().unwrap();
         assert!(s.load_leases().unwrap().is_empty());
     }
 

@@ -261,7 +261,7 @@ fn tls_serves_https_and_prometheus_scrapes_it() {
     let tls = format!("tls: {{ cert_file: \"{}\", key_file: \"{}\" }}\n", cert_path.display(), key_path.display());
     let scenario = format!("[gpu]\nmemory_total {}\n", 24 * common::GIB);
     let vg = Vramguard::start(&format!("sample_interval: \"250ms\"\n{gpu}{tls}"), Some(&scenario), &[]);
-    assert!(vg.logs().contains("listening on https://"), "{}", vg.logs());
+    vg.wait_until("the https listening line", Duration::from_secs(5), || vg.logs().contains("listening on https://"));
     let ca = reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap();
     let https =
         reqwest::blocking::Client::builder().add_root_certificate(ca).timeout(Duration::from_secs(5)).build().unwrap();

@@ -207,9 +207,11 @@ impl AppState {
 
     /// Reaps lapsed leases; run by the server on a timer (decisions also reap first).
     pub async fn reap_expired(&self) {
-        match self.write("reaping leases failed", |st, store| Ok(st.reap(store, now_unix()))).await {
-            Ok(0) => {}
-            Ok(n) => {
+        // Expiries free their slots in memory whether or not the batch commits (a failed one
+        // leaves them pending, retried on the next tick).
+        match self.batched("reaping leases failed", |st, store| Ok(st.reap(store, now_unix()))).await {
+            Ok((0, _)) => {}
+            Ok((n, _)) => {
                 tracing::info!(count = n, "expired generation leases reaped");
                 self.wake_queue();
             }
@@ -218,13 +220,26 @@ impl AppState {
     }
 
     /// Runs `f` in the lease critical section: under the store lock, after reaping lapsed leases,
-    /// with one `now` for everything it decides.
+    /// with one `now` for everything it decides; returns once what it wrote is durable (group
+    /// commit, see [`AppState::batched`]), or the store's refusal.
     pub(super) async fn critical<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store, f64) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ServiceError> {
-        self.write(what, move |st, store| {
+        let (out, durable) = self.critical_with(what, f).await?;
+        durable?;
+        Ok(out)
+    }
+
+    /// [`AppState::critical`], handing back whether the writes became durable instead of
+    /// failing on it (a release answers "not yet durable" rather than an error).
+    pub(super) async fn critical_with<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&AppState, &mut Store, f64) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<(T, Result<(), ServiceError>), ServiceError> {
+        self.batched(what, move |st, store| {
             let now = now_unix();
             if st.reap(store, now) > 0 {
                 st.wake_queue();
@@ -363,8 +378,8 @@ impl AppState {
             limits::check_required_gb(p).map_err(|m| invalid("peak_vram_gb", m))?;
         }
         let id_for_log = id.clone();
-        let released = self
-            .critical("release failed", move |st, store, now| {
+        let (released, durable) = self
+            .critical_with("release failed", move |st, store, now| {
                 // Out of the book first, so the tracker cannot raise a peak the observation
                 // misses; no decision runs meanwhile (this is the critical section). It stays out
                 // if the store does not take the write: a lease that cannot be released would
@@ -382,6 +397,11 @@ impl AppState {
                 })
             })
             .await?;
+        // Out of the book either way; a batch that did not commit leaves the end pending.
+        let released = match (released, durable) {
+            (Released::Durable, Err(e)) => Released::InMemory(e.to_string()),
+            (r, _) => r,
+        };
         self.wake_queue();
         match &released {
             Released::Durable => tracing::info!(id = %id_for_log, "generation lease released"),

@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::policy::estimate::EstimateKey;
 use crate::policy::{Context, Overrun};
 use crate::snapshot::{Snapshot, SnapshotRx};
-use crate::store::{Store, StoreError, StoreStatus};
+use crate::store::{BatchState, Store, StoreError, StoreStatus};
 use crate::time::now_unix;
 pub use access::{Caller, Credentials};
 pub use error::ServiceError;
@@ -68,6 +68,8 @@ pub struct AppState {
     /// Lease ends (releases, expiries) already out of the book whose store write failed; retried
     /// on every reaper tick until the store takes them.
     pending_ends: Arc<Mutex<store_health::PendingEnds>>,
+    /// Lease ends written into the open batch, durable when it commits.
+    batch_ends: Arc<Mutex<store_health::PendingEnds>>,
     /// Prometheus history source, when `history.backend` is `prometheus`.
     pub prometheus: Option<PrometheusSource>,
     /// WebSocket subscribers now.
@@ -199,6 +201,7 @@ impl AppState {
             credentials: Arc::new(RwLock::new(Arc::new(credentials))),
             store_status,
             pending_ends: Arc::default(),
+            batch_ends: Arc::default(),
             observed: Arc::new(RwLock::new(Arc::new(observed))),
             queue: Arc::default(),
             queue_wake: Arc::default(),
@@ -276,10 +279,25 @@ impl AppState {
     }
 
     /// Runs `f` with the state store on a blocking thread, holding the writers' lock for all of
-    /// it. Every write goes through here, so read-decide-write sequences are serialised and a
-    /// rejected or failed one leaves nothing half done. `what` names the operation in the log
-    /// if the blocking task itself fails.
+    /// it. Every write that is not a lease's goes through here, so read-decide-write sequences
+    /// are serialised and a rejected or failed one leaves nothing half done. Such a write needs
+    /// its own transaction, so the open batch of lease writes is committed first. `what` names
+    /// the operation in the log if the blocking task itself fails.
     pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        self.with_store(what, move |st, store| {
+            // A failed batch is answered to its own waiters; this write goes on regardless.
+            let _ = st.commit_leases(store);
+            f(st, store)
+        })
+        .await
+    }
+
+    /// Runs `f` with the store under the writers' lock on a blocking thread, as it is.
+    async fn with_store<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
@@ -293,6 +311,34 @@ impl AppState {
         .map_err(|e| ServiceError::failed(what, e))?;
         self.log_store_transition();
         result
+    }
+
+    /// Runs lease writes `f` into the store's open batch under the writers' lock, then waits for
+    /// the batch holding them to commit: whoever takes the lock first after the writes commits
+    /// everything written meanwhile with one fsync (group commit). Returns `f`'s result and
+    /// whether its writes are durable (`Ok(())` also when it wrote nothing).
+    pub(crate) async fn batched<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<(T, Result<(), ServiceError>), ServiceError> {
+        let (out, batch) = self
+            .with_store(what, move |st, store| {
+                let (before, _) = store.batch_marker();
+                let out = f(st, store)?;
+                let (after, id) = store.batch_marker();
+                Ok((out, (after != before).then_some(id)))
+            })
+            .await?;
+        let Some(id) = batch else { return Ok((out, Ok(()))) };
+        let durable = self
+            .with_store(what, move |st, store| match store.batch_state(id) {
+                BatchState::Committed => Ok(()),
+                BatchState::Failed => Err(ServiceError::store("the batch holding this write was rolled back")),
+                BatchState::Open => st.commit_leases(store),
+            })
+            .await;
+        Ok((out, durable))
     }
 
     /// Runs a read of the history store on a blocking thread, off the writers' lock.

@@ -252,8 +252,8 @@ impl AppState {
         if self.waiting() == 0 {
             return Ok(());
         }
-        let answers = self
-            .critical("waiting admission failed", |st, store, now| {
+        let (answers, durable) = self
+            .critical_with("waiting admission failed", |st, store, now| {
                 let order: Vec<u64> = st.queue().waiters.iter().map(|w| w.seq).collect();
                 let config = st.config();
                 let (policy, max_bypass) = (config.queue.policy, config.queue.max_bypass.0);
@@ -324,6 +324,11 @@ impl AppState {
                 Ok(answers)
             })
             .await?;
+        // Grants whose batch did not commit were rolled back: their waiters hear why.
+        let answers = answers.into_iter().map(|(waiter, outcome)| match (&durable, outcome) {
+            (Err(e), Admission::Granted(..)) => (waiter, Admission::Failed(e.clone())),
+            (_, outcome) => (waiter, outcome),
+        });
         for (waiter, outcome) in answers {
             let granted = match &outcome {
                 Admission::Granted(lease, _) => Some(lease.id.clone()),

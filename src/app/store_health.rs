@@ -9,9 +9,11 @@
 //! live until its TTL runs out (the client was told its release was not yet durable); an expired
 //! one is reaped at start, as its expiry time has passed.
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
-use super::AppState;
+use super::{AppState, ServiceError};
+use crate::leases::LeaseBook;
+use crate::policy::estimate::EstimateKey;
 use crate::store::{Observation, Store};
 
 /// Lease ends already out of the book whose store write has not succeeded yet.
@@ -41,8 +43,43 @@ impl AppState {
         store.end_leases(&pending.ids, &pending.observations).map_err(|e| e.to_string())?;
         let done = std::mem::take(&mut *pending);
         drop(pending);
-        self.remember(&done.observations);
+        // In the open batch now; durable (and remembered) once it commits.
+        let mut in_batch = self.batch_ends.lock().unwrap_or_else(PoisonError::into_inner);
+        in_batch.ids.extend(done.ids);
+        in_batch.observations.extend(done.observations);
         Ok(())
+    }
+
+    /// Commits the open batch of lease writes. On success the ends it held are durable and
+    /// their observations join the in-memory list. On failure the batch was rolled back: the
+    /// book and the observations are read back from the store (which holds the truth), and the
+    /// ends the batch held wait again with the other pending ones, their leases kept out of the
+    /// book (a release frees its slot even when the store does not take it). Runs under the
+    /// store lock.
+    pub(crate) fn commit_leases(&self, store: &mut Store) -> Result<(), ServiceError> {
+        let result = store.commit_batch();
+        let ends = std::mem::take(&mut *self.batch_ends.lock().unwrap_or_else(PoisonError::into_inner));
+        let Err(e) = result else {
+            self.remember(&ends.observations);
+            return Ok(());
+        };
+        let mut pending = self.pending_ends.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.ids.extend(ends.ids);
+        pending.observations.extend(ends.observations);
+        if let Ok(leases) = store.load_leases() {
+            let mut book = LeaseBook::from_leases(leases);
+            for id in &pending.ids {
+                book.remove(id);
+            }
+            *self.leases.write().unwrap_or_else(PoisonError::into_inner) = book;
+        }
+        drop(pending);
+        if let Ok(obs) = store.load_observations() {
+            let mut observed: Vec<(EstimateKey, f64)> = obs.into_iter().map(|o| (o.key, o.peak_vram_gb)).collect();
+            observed.truncate(super::OBSERVED_IN_MEMORY);
+            *self.observed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(observed);
+        }
+        Err(ServiceError::store(e))
     }
 
     /// Lease ends waiting for the store.

@@ -63,8 +63,9 @@ async fn reload_once(state: &AppState, acceptor: Option<&tls::Acceptor>, reload:
     };
     match prepare(path, acceptor) {
         Err(e) => {
-            state.metrics.record_reload(false, now_unix());
+            // Logged before the gauge moves, so whoever sees the gauge finds the reason.
             tracing::error!(file = %path.display(), error = %e, "configuration reload failed; the running configuration stays");
+            state.metrics.record_reload(false, now_unix());
         }
         Ok((next, credentials, certificate)) => {
             let log_level = next.log_level.clone();
