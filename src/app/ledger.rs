@@ -253,9 +253,21 @@ impl AppState {
     pub async fn acquire(&self, ask: LeaseAsk) -> Result<Acquired, ServiceError> {
         ask.validate()?;
         let workload = self.check_workload(ask.workload.as_deref())?;
-        let outcome = self
-            .critical("lease decision failed", move |st, store, now| st.grant_or_refuse(store, now, &ask, &workload))
-            .await?;
+        // A refusal needs no lock: decided on the live view it is the answer the request would
+        // have had a moment earlier, and it writes nothing. Only what may be admitted takes the
+        // critical section, to be decided again there and recorded, so grants, releases and
+        // their group commits do not queue behind a crowd of refusals.
+        let request =
+            CheckRequest { vram_required_gb: ask.vram_required_gb, model_loaded: ask.model_loaded, gpu: ask.gpu };
+        let first = self.decide(&request, &workload);
+        let outcome = if first.can_start_generation {
+            self.critical("lease decision failed", move |st, store, now| {
+                st.grant_or_refuse(store, now, &ask, &workload)
+            })
+            .await?
+        } else {
+            Acquired::Refused(first)
+        };
         match &outcome {
             Acquired::Granted(lease, check) => {
                 self.metrics.record_decision(true, check.primary_reason());
