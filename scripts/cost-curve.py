@@ -21,12 +21,18 @@ import subprocess
 import sys
 import time
 
+# Known groups in this order, with their titles; any other cost_* group follows under its name.
 GROUPS = [
     ("cost_sample", "one sample: GPU collector pass (fake NVML)"),
     ("cost_exposition", "one exposition: Metrics::render"),
     ("cost_decision_fits", "one decision: resource_check, job fits"),
     ("cost_decision_refused", "one decision: resource_check, refused (search + holders)"),
 ]
+
+
+def groups(data):
+    known = [g for g, _ in GROUPS]
+    return [(g, t) for g, t in GROUPS if g in data] + [(g, g) for g in sorted(data) if g not in known]
 
 
 newest = 0.0  # when the newest benchmark ran (the plot's date)
@@ -110,11 +116,8 @@ def main():
 
     fits = {}
     print("Cost curve (criterion medians, µs; P = compute processes in total, spread over the GPUs)")
-    for group, title in GROUPS:
-        points = data.get(group)
-        if not points:
-            print(f"\n{group}: not measured")
-            continue
+    for group, title in groups(data):
+        points = data[group]
         print(f"\n**{title}** (`{group}`)\n")
         print("| P \\ N | " + " | ".join(f"{n} GPU{'s' if n > 1 else ''}" for n in gpus) + " |")
         print("|---|" + "---|" * len(gpus))
@@ -138,8 +141,8 @@ def main():
 
     with open(os.path.join(out, "cost-curve.csv"), "w") as f:
         f.write("group,gpus,processes,median_ns,lower_ns,upper_ns\n")
-        for group, _ in GROUPS:
-            for (n, p), (m, lo, hi) in sorted(data.get(group, {}).items()):
+        for group, _ in groups(data):
+            for (n, p), (m, lo, hi) in sorted(data[group].items()):
                 f.write(f"{group},{n},{p},{m:.1f},{lo:.1f},{hi:.1f}\n")
     print(f"\nwrote {os.path.join(out, 'cost-curve.csv')}")
 
@@ -154,7 +157,7 @@ def draw(data, fits, gpus, procs, out, newest):
     script = [
         "set terminal pngcairo size 1400,1000 font 'sans,11'",
         f"set output '{png}'",
-        "set multiplot layout 2,2 title 'vramguard cost curve, "
+        f"set multiplot layout {(len(groups(data)) + 1) // 2},2 title 'vramguard cost curve, "
         + time.strftime("%Y-%m-%d", time.gmtime(newest))
         + ": criterion medians (points) and the fit t = a + b·N + c·P (dashed), P = processes in total'"
         " font 'sans,13'",
@@ -171,10 +174,8 @@ def draw(data, fits, gpus, procs, out, newest):
     ]
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     blocks = []
-    for group, title in GROUPS:
-        points = data.get(group)
-        if not points:
-            continue
+    for group, title in groups(data):
+        points = data[group]
         f = fits.get(group)
         sub = f" — R² {f[3]:.3f}" if f else ""
         script.append(f"set title \"{title}{sub}\"")
