@@ -52,3 +52,18 @@ pub mod metrics;
 pub mod app;
 pub mod http;
 pub mod server;
+
+/// One pass of the GPU collector (the `sampler` is crate-private) for `benches/cost_curve.rs`:
+/// returns a closure that reads every GPU through NVML at `nvml_library`, with per-process
+/// readings, as each sample does. Not part of the API.
+#[doc(hidden)]
+pub fn bench_gpu_collector(
+    nvml_library: std::path::PathBuf,
+) -> impl FnMut() -> Result<Vec<snapshot::GpuStats>, String> {
+    use sampler::Collector as _;
+    let mut collector = sampler::GpuCollector::new(Some(nvml_library), true);
+    move || match collector.collect()? {
+        sampler::Reading::Gpu(reading) => Ok(reading.gpus),
+        sampler::Reading::Host(_) => Err("the GPU collector read the host".to_owned()),
+    }
+}

@@ -62,7 +62,7 @@ typedef struct {
 } nvmlEventData_t;
 
 #define MAX_GPUS 16
-#define MAX_PROCS 64
+#define MAX_PROCS 256
 #define MAX_XIDS 32
 #define NOT_SUPPORTED (-1LL)
 #define EVENT_XID 0x8ULL /* nvmlEventTypeXidCriticalError */
