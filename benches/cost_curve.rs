@@ -200,6 +200,7 @@ fn decision(c: &mut Criterion, name: &str, required_gb: f64, refused: bool) {
                 outstanding: &reservations,
                 overruns: &[],
                 active_generations: Some(1),
+                store_problem: None,
                 now: 1_800_000_000.0,
             };
             // The path taken must not change with the shape, or the curve compares two things.
