@@ -29,13 +29,17 @@
 //!    snapshot with the same pure rule ([`policy::gpu_health::judge`]) everyone else reads.
 //! 6. [`leases`]: the in-memory book of generation leases (pure data).
 //! 7. [`history`]: history points and the Prometheus-backed history source.
-//! 8. [`store`]: the SQLite state store: API overrides, history, leases.
+//! 8. [`store`]: the SQLite state store: API overrides, history, leases (group-committed), its
+//!    identity and whether it takes writes.
 //! 9. [`metrics`]: renders a snapshot and the live constraints as Prometheus text.
 //! 10. [`app`]: the service layer: shared state, the one write path, the lease ledger and its
-//!     critical section, the admission queue and its dispatcher, settings updates, the reaper
-//!     and the history recorder.
-//! 11. [`http`]: the axum router ([`http::app`]), thin handlers and the one `ApiError` type.
-//! 12. [`server`]: wiring and graceful shutdown; [`server::run`] serves on a bound listener.
+//!     critical section, the admission queue and its dispatcher, settings updates, tokens and
+//!     roles, the reaper, the history recorder and configuration reload.
+//! 11. [`http`]: the axum router ([`http::app`]), the Host/Origin guard, thin handlers and the
+//!     one `ApiError` type.
+//! 12. [`server`]: wiring and graceful shutdown; [`server::run`] serves on a bound listener
+//!     through vramguard's own accept loop (connection cap, timeouts, optional TLS) and reloads
+//!     the configuration on SIGHUP.
 
 pub(crate) mod units;
 pub(crate) mod time;
