@@ -187,7 +187,7 @@ query string into the request type (urlencoded, serde_json::Value, serde_path_to
 the decision: AppState::resource_check (view, policy, counter)|incl|AppState>::resource_check
 … the live view (AppState::view_at: leases, outstanding VRAM)|incl|AppState::view_at
 … the pure decision (policy::admission::resource_check)|incl|vramguard::policy::admission::resource_check
-the JSON answer (Json::into_response, serde_json)|incl|axum::json::Json<T> as axum_core::response::into_response::IntoResponse>::into_response
+the JSON answer (Json::into_response, serde_json)|incl|axum::json::Json<T> as axum_core::response::into_response::IntoResponse>::into_response;Serialize for vramguard::policy::admission::ResourceCheck>::serialize
 AppState clone + drop, self (one per extractor and middleware)|self|<vramguard::app::AppState as core::clone::Clone>::clone;drop_in_place<vramguard::app::AppState>
 router service clones (tower clone_box)|incl|CloneService<R>>::clone_box
 tracing, self|self|tracing_core::;tracing::;tracing_subscriber::
