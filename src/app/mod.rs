@@ -51,9 +51,21 @@ pub struct Live {
     pub constraints: Constraints,
 }
 
-/// Shared, cheaply cloned state of the service.
+/// Shared, cheaply cloned state of the service: a clone is one reference count, however much
+/// the state holds (every request and background task clones it).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// What an [`AppState`] shares.
+pub struct SharedState {
     /// The latest snapshot (None before the first sample).
     pub snapshots: SnapshotRx,
     /// Process metrics, counters and the exposition renderer.
@@ -187,7 +199,7 @@ impl AppState {
         metrics.record_reload(true, now_unix());
         let store_status = store.status();
         metrics.register(store_status.collectors());
-        Ok(Self {
+        Ok(Self(Arc::new(SharedState {
             history_reader,
             prometheus,
             subscribers: Arc::new(AtomicU32::new(0)),
@@ -205,7 +217,7 @@ impl AppState {
             observed: Arc::new(RwLock::new(Arc::new(observed))),
             queue: Arc::default(),
             queue_wake: Arc::default(),
-        })
+        })))
     }
 
     /// The tokens in force.
