@@ -39,22 +39,21 @@ struct Answer {
     at: Instant,
 }
 
-fn post(vg: &Vramguard, body: &Value) -> Answer {
-    let r = patient().post(vg.url(LEASES)).json(body).send().expect("POST generations");
+fn post_to(url: String, body: &Value) -> Answer {
+    let r = patient().post(url).json(body).send().expect("POST generations");
     let status = r.status().as_u16();
     let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     Answer { status, retry_after, body: r.json().unwrap(), at: Instant::now() }
 }
 
+fn post(vg: &Vramguard, body: &Value) -> Answer {
+    post_to(vg.url(LEASES), body)
+}
+
 /// Posts in the background; the answer arrives through the handle.
 fn post_later(vg: &Vramguard, body: Value) -> std::thread::JoinHandle<Answer> {
     let url = vg.url(LEASES);
-    std::thread::spawn(move || {
-        let r = patient().post(url).json(&body).send().expect("POST generations");
-        let status = r.status().as_u16();
-        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
-        Answer { status, retry_after, body: r.json().unwrap(), at: Instant::now() }
-    })
+    std::thread::spawn(move || post_to(url, &body))
 }
 
 fn waiting_clients(vg: &Vramguard) -> Vec<String> {

@@ -111,6 +111,13 @@ pub struct SharedState {
 /// Observed peaks (key, GiB), newest first.
 pub type Observed = Arc<Vec<(EstimateKey, f64)>>;
 
+/// The newest `OBSERVED_IN_MEMORY` of `observations` (newest first), as decisions read them.
+fn in_memory(observations: Vec<crate::store::Observation>) -> Vec<(EstimateKey, f64)> {
+    let mut observed: Vec<(EstimateKey, f64)> = observations.into_iter().map(|o| (o.key, o.peak_vram_gb)).collect();
+    observed.truncate(OBSERVED_IN_MEMORY);
+    observed
+}
+
 /// Observed peaks kept in memory: far more than any `learning.window` needs.
 const OBSERVED_IN_MEMORY: usize = 10_000;
 
@@ -180,9 +187,7 @@ impl AppState {
         let store = Store::open(&config.state_dir)?;
         let live = load_live(&store, &config)?;
         let leases = LeaseBook::from_leases(store.load_leases()?);
-        let mut observed: Vec<(EstimateKey, f64)> =
-            store.load_observations()?.into_iter().map(|o| (o.key, o.peak_vram_gb)).collect();
-        observed.truncate(OBSERVED_IN_MEMORY);
+        let observed = in_memory(store.load_observations()?);
         let history_reader = Arc::new(Mutex::new(store.reader()?));
         let prometheus = match (&config.history.backend, &config.history.prometheus_url) {
             (HistoryBackend::Prometheus, Some(url)) => Some(

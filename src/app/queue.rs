@@ -172,8 +172,7 @@ impl AppState {
                 Acquired::Refused(check) => Admission::Refused { check, queue_position: None },
             }
         } else if wait_seconds == 0.0 && self.config().queue.policy == QueuePolicy::Fifo {
-            let mut check = self.decide(&request_of(&ask), &workload);
-            check.refuse(Reason::Queue, waiting_ahead(ahead));
+            let check = self.behind_the_queue(&ask, &workload, ahead);
             self.metrics.record_decision(false, check.primary_reason());
             Admission::Refused { check, queue_position: None }
         } else {
@@ -282,8 +281,7 @@ impl AppState {
                         if expired {
                             // A zero-wait request behind a head nothing may overtake.
                             let ahead = st.queue().position(seq).unwrap_or(0);
-                            let mut check = st.decide(&request_of(&ask), &workload);
-                            check.refuse(Reason::Queue, waiting_ahead(ahead));
+                            let check = st.behind_the_queue(&ask, &workload, ahead);
                             claim(st, seq, &mut answers, |_| Admission::Refused { check, queue_position: None });
                         }
                         continue;
@@ -368,6 +366,15 @@ fn claim(st: &AppState, seq: u64, answers: &mut Vec<(Waiter, Outcome)>, make: im
 
 fn request_of(ask: &LeaseAsk) -> CheckRequest {
     CheckRequest { vram_required_gb: ask.vram_required_gb, model_loaded: ask.model_loaded, gpu: ask.gpu }
+}
+
+impl AppState {
+    /// The decision for `ask`, refused because `ahead` requests wait and may not be overtaken.
+    fn behind_the_queue(&self, ask: &LeaseAsk, workload: &str, ahead: usize) -> ResourceCheck {
+        let mut check = self.decide(&request_of(ask), workload);
+        check.refuse(Reason::Queue, waiting_ahead(ahead));
+        check
+    }
 }
 
 /// The blocking issue of a request that may not overtake the queue.

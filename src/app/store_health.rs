@@ -13,7 +13,6 @@ use std::sync::{Arc, PoisonError};
 
 use super::{AppState, ServiceError};
 use crate::leases::LeaseBook;
-use crate::policy::estimate::EstimateKey;
 use crate::store::{Observation, Store};
 
 /// Lease ends already out of the book whose store write has not succeeded yet.
@@ -75,9 +74,7 @@ impl AppState {
         }
         drop(pending);
         if let Ok(obs) = store.load_observations() {
-            let mut observed: Vec<(EstimateKey, f64)> = obs.into_iter().map(|o| (o.key, o.peak_vram_gb)).collect();
-            observed.truncate(super::OBSERVED_IN_MEMORY);
-            *self.observed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(observed);
+            *self.observed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(super::in_memory(obs));
         }
         Err(ServiceError::store(e))
     }
