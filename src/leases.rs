@@ -221,18 +221,17 @@ impl LeaseBook {
 
 /// A fresh lease id: 128 random bits from the kernel, as 32 hex digits.
 pub fn new_id() -> String {
-    use std::io::Read;
     let mut bytes = [0u8; 16];
-    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_ok();
-    if !filled {
-        // No /dev/urandom (not Linux): time and a counter still give unique ids in-process.
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source (never on Linux): time and a counter still give unique ids in-process.
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
         bytes[8..].copy_from_slice(&n.to_le_bytes());
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [HEX[usize::from(b >> 4)] as char, HEX[usize::from(b & 15)] as char]).collect()
 }
 
 /// Whether `id` has the shape of a lease id.

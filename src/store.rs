@@ -63,6 +63,9 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The thread that commits lease writes could not be started.
+    #[error("cannot start the state store's commit thread: {0}")]
+    Thread(std::io::Error),
     /// The database file went away while vramguard was running.
     #[error("state store {path} {what}")]
     Vanished {
@@ -101,33 +104,15 @@ pub struct Store {
     batch: Batch,
 }
 
-/// Group commit of lease writes: concurrent lease operations write into one open transaction,
-/// and one COMMIT (one fsync) makes all of them durable. Each caller answers its client only
-/// after the batch holding its write committed ([`Store::batch_state`]).
+/// Group commit of lease writes: the commit thread (`app::commit`) writes concurrent lease
+/// operations into one open transaction, and one COMMIT (one fsync) makes all of them durable.
 #[derive(Debug, Default)]
 struct Batch {
     /// A transaction is open and holds uncommitted lease writes.
     open: bool,
-    /// Id of the open batch, or of the last one.
-    id: u64,
     /// Lease writes made so far: an operation compares it before and after to know whether it
     /// wrote.
     writes: u64,
-    /// Last batch committed.
-    committed: u64,
-    /// Recent batches whose commit failed (rolled back).
-    failed: Vec<u64>,
-}
-
-/// Where a batch of lease writes stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchState {
-    /// Durable.
-    Committed,
-    /// Rolled back: its writes are gone.
-    Failed,
-    /// Still open: someone must commit it.
-    Open,
 }
 
 impl std::fmt::Debug for Store {
@@ -265,35 +250,41 @@ impl Store {
         result
     }
 
+    /// Runs one lease write inside the open batch. The file's identity was checked when the
+    /// batch began and is checked again by its COMMIT, which alone makes the write durable, so
+    /// it is not checked once more per write. Only a failure is recorded: the store is healthy
+    /// again when a COMMIT says so.
+    fn write_in_batch<T>(&mut self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let result = f(&mut self.conn).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source });
+        if let Err(e) = &result {
+            self.status.record(Some(e));
+        }
+        result
+    }
+
     /// Joins the open batch, opening one if none is: lease writes go into it uncommitted.
     fn join_batch(&mut self) -> Result<(), StoreError> {
         if !self.batch.open {
             self.write(|c| c.execute_batch("BEGIN IMMEDIATE"))?;
             self.batch.open = true;
-            self.batch.id += 1;
         }
         self.batch.writes += 1;
         Ok(())
     }
 
-    /// Lease writes made so far, and the batch the latest went into.
-    pub fn batch_marker(&self) -> (u64, u64) {
-        (self.batch.writes, self.batch.id)
+    /// Lease writes made so far (an operation compares it before and after to know whether it
+    /// wrote).
+    pub fn batch_marker(&self) -> u64 {
+        self.batch.writes
     }
 
-    /// Where batch `id` stands.
-    pub fn batch_state(&self, id: u64) -> BatchState {
-        if self.batch.failed.contains(&id) {
-            BatchState::Failed
-        } else if self.batch.open && id == self.batch.id {
-            BatchState::Open
-        } else {
-            BatchState::Committed
-        }
+    /// Whether a batch of lease writes is open, waiting for its commit.
+    pub fn batch_open(&self) -> bool {
+        self.batch.open
     }
 
     /// Commits the open batch, if any: one fsync for every write in it. On failure it is rolled
-    /// back and remembered as failed; the caller must resynchronise what it published.
+    /// back; the caller must resynchronise what it published.
     pub fn commit_batch(&mut self) -> Result<(), StoreError> {
         if !self.batch.open {
             return Ok(());
@@ -313,18 +304,10 @@ impl Store {
             self.write(|c| c.execute_batch("COMMIT"))
         };
         match result {
-            Ok(()) => {
-                self.batch.committed = self.batch.id;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
-                }
-                self.batch.failed.push(self.batch.id);
-                // Failures are rare; a short memory is enough for the callers still waiting.
-                if self.batch.failed.len() > 1024 {
-                    self.batch.failed.remove(0);
                 }
                 Err(e)
             }
@@ -449,14 +432,14 @@ impl Store {
         })
         .expect("lease details serialise");
         self.join_batch()?;
-        self.write(|conn| {
-            conn.execute(
+        self.write_in_batch(|conn| {
+            conn.prepare_cached(
                 "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds,
                                                details = excluded.details",
-                params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client, details],
-            )
+            )?
+            .execute(params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client, details])
             .map(drop)
         })
     }
@@ -466,28 +449,28 @@ impl Store {
     /// keeps a failure half-way from leaving half of it in the batch).
     pub fn end_leases(&mut self, ids: &[String], observations: &[Observation]) -> Result<(), StoreError> {
         self.join_batch()?;
-        self.write(|conn| {
+        self.write_in_batch(|conn| {
             // A savepoint: a failure half-way leaves nothing of this end in the batch.
             let tx = conn.savepoint()?;
             for id in ids {
-                tx.execute("DELETE FROM leases WHERE id = ?1", params![id])?;
+                tx.prepare_cached("DELETE FROM leases WHERE id = ?1")?.execute(params![id])?;
             }
             for o in observations {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
                                                peak_vram_gb, source, recorded_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        o.key.workload,
-                        quantization_name(o.key.settings.quantization),
-                        o.key.settings.enable_offload,
-                        o.key.settings.vae_tile_size,
-                        o.key.model_loaded,
-                        o.peak_vram_gb,
-                        o.source,
-                        o.recorded_at
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    o.key.workload,
+                    quantization_name(o.key.settings.quantization),
+                    o.key.settings.enable_offload,
+                    o.key.settings.vae_tile_size,
+                    o.key.model_loaded,
+                    o.peak_vram_gb,
+                    o.source,
+                    o.recorded_at
+                ])?;
             }
             tx.commit()
         })
@@ -833,17 +816,16 @@ mod tests {
             // Written into a batch that is never committed: not durable.
             let mut s = Store::open(dir.path()).unwrap();
             s.put_lease(&lease).unwrap();
-            assert_eq!(s.batch_state(s.batch_marker().1), BatchState::Open);
+            assert!(s.batch_open());
         }
         {
             let mut s = Store::open(dir.path()).unwrap();
             assert!(s.load_leases().unwrap().is_empty());
             s.put_lease(&lease).unwrap();
             s.put_lease(&Lease { expires_at: 2000.0, ..lease.clone() }).unwrap();
-            let (writes, batch) = s.batch_marker();
-            assert_eq!((writes, batch), (2, 1), "both writes share one batch");
+            assert_eq!(s.batch_marker(), 2);
             s.commit_batch().unwrap();
-            assert_eq!(s.batch_state(batch), BatchState::Committed);
+            assert!(!s.batch_open(), "both writes were in the one batch the commit closed");
         }
         let mut s = Store::open(dir.path()).unwrap();
         assert_eq!(s.load_leases().unwrap(), vec![Lease { expires_at: 2000.0, ..lease.clone() }]);

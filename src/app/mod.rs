@@ -15,6 +15,7 @@
 //!   not yet durable, retried in the background; the failure logged once.
 
 pub mod access;
+mod commit;
 pub mod decisions;
 pub mod error;
 pub mod ledger;
@@ -37,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::policy::estimate::EstimateKey;
 use crate::policy::{Context, Overrun};
 use crate::snapshot::{Snapshot, SnapshotRx};
-use crate::store::{BatchState, Store, StoreError, StoreStatus};
+use crate::store::{Store, StoreError, StoreStatus};
 use crate::time::now_unix;
 pub use access::{Caller, Credentials};
 pub use error::ServiceError;
@@ -106,6 +107,8 @@ pub struct SharedState {
     queue: Arc<Mutex<queue::WaitQueue>>,
     /// Wakes the queue's dispatcher: a release, an expiry, a settings change, a waiter.
     queue_wake: Arc<tokio::sync::Notify>,
+    /// The thread that runs lease critical sections and commits them in groups.
+    committer: commit::Committer,
 }
 
 /// Observed peaks (key, GiB), newest first.
@@ -222,6 +225,7 @@ impl AppState {
             observed: Arc::new(RwLock::new(Arc::new(observed))),
             queue: Arc::default(),
             queue_wake: Arc::default(),
+            committer: commit::Committer::start().map_err(StoreError::Thread)?,
         })))
     }
 
@@ -330,32 +334,49 @@ impl AppState {
         result
     }
 
-    /// Runs lease writes `f` into the store's open batch under the writers' lock, then waits for
-    /// the batch holding them to commit: whoever takes the lock first after the writes commits
-    /// everything written meanwhile with one fsync (group commit). Returns `f`'s result and
-    /// whether its writes are durable (`Ok(())` also when it wrote nothing).
+    /// Runs lease writes `f` on the commit thread, into the open batch under the writers' lock,
+    /// and returns once the batch holding them is committed, with every lease write that came in
+    /// meanwhile, by one fsync (group commit, see [`commit`]). Returns `f`'s result and whether
+    /// its writes are durable (`Ok(())` also when it wrote nothing).
     pub(crate) async fn batched<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<(T, Result<(), ServiceError>), ServiceError> {
-        let (out, batch) = self
-            .with_store(what, move |st, store| {
-                let (before, _) = store.batch_marker();
-                let out = f(st, store)?;
-                let (after, id) = store.batch_marker();
-                Ok((out, (after != before).then_some(id)))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: commit::Job = Box::new(move |st, store| {
+            let before = store.batch_marker();
+            let out = f(st, store);
+            let wrote = store.batch_marker() != before;
+            Box::new(move |durable| {
+                let durable = if wrote { durable.clone() } else { Ok(()) };
+                let _ = tx.send(out.map(|o| (o, durable)));
             })
-            .await?;
-        let Some(id) = batch else { return Ok((out, Ok(()))) };
-        let durable = self
-            .with_store(what, move |st, store| match store.batch_state(id) {
-                BatchState::Committed => Ok(()),
-                BatchState::Failed => Err(ServiceError::store("the batch holding this write was rolled back")),
-                BatchState::Open => st.commit_leases(store),
+        });
+        if !self.committer.submit(self.clone(), job) {
+            return Err(ServiceError::failed(what, "the commit thread has stopped"));
+        }
+        rx.await.map_err(|e| ServiceError::failed(what, e))?
+    }
+
+    /// Runs lease writes `f` on the commit thread without waiting for them; a failure is logged
+    /// (for work nobody is waiting on, like ending a lease whose waiter left).
+    pub(crate) fn submit(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&AppState, &mut Store) -> Result<(), ServiceError> + Send + 'static,
+    ) {
+        let job: commit::Job = Box::new(move |st, store| {
+            let out = f(st, store);
+            Box::new(move |durable| {
+                if let Err(e) = out.and(durable.clone()) {
+                    tracing::warn!(error = %e, "{what}");
+                }
             })
-            .await;
-        Ok((out, durable))
+        });
+        if !self.committer.submit(self.clone(), job) {
+            tracing::warn!("{what}: the commit thread has stopped");
+        }
     }
 
     /// Runs a read of the history store on a blocking thread, off the writers' lock.

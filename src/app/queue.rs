@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::commit::Finish;
 use super::ledger::{Acquired, LeaseAsk};
 use super::{AppState, ServiceError};
 use crate::config::QueuePolicy;
 use crate::leases::Lease;
 use crate::policy::admission::{CheckRequest, Reason, ResourceCheck};
+use crate::store::Store;
 use crate::time::now_unix;
 
 /// The answer to a lease request that may wait.
@@ -251,79 +253,100 @@ impl AppState {
         if self.waiting() == 0 {
             return Ok(());
         }
-        let (answers, durable) = self
-            .critical_with("waiting admission failed", |st, store, now| {
-                let order: Vec<u64> = st.queue().waiters.iter().map(|w| w.seq).collect();
-                let config = st.config();
-                let (policy, max_bypass) = (config.queue.policy, config.queue.max_bypass.0);
-                let mut head_since: Option<Instant> = None;
-                let mut answers: Vec<(Waiter, Outcome)> = Vec::new();
-                for seq in order {
-                    let Some((ask, workload, since, deadline, closed)) = st
-                        .queue()
-                        .waiters
-                        .iter()
-                        .find(|w| w.seq == seq)
-                        .map(|w| (w.ask.clone(), w.workload.clone(), w.since, w.deadline, w.answer.is_closed()))
-                    else {
-                        continue;
-                    };
-                    if closed {
-                        st.queue().take(seq);
-                        continue;
-                    }
-                    let may_try = match head_since {
-                        None => true,
-                        Some(h) => policy == QueuePolicy::Backfill && h.elapsed() < max_bypass,
-                    };
-                    let expired = deadline <= Instant::now();
-                    if !may_try {
-                        if expired {
-                            // A zero-wait request behind a head nothing may overtake.
-                            let ahead = st.queue().position(seq).unwrap_or(0);
-                            let check = st.behind_the_queue(&ask, &workload, ahead);
-                            claim(st, seq, &mut answers, |_| Admission::Refused { check, queue_position: None });
-                        }
-                        continue;
-                    }
-                    let decided = match st.grant_or_refuse(store, now, &ask, &workload) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            // Told now rather than left to its deadline; the others wait on.
-                            claim(st, seq, &mut answers, |_| Admission::Failed(e));
-                            continue;
-                        }
-                    };
-                    match decided {
-                        Acquired::Granted(lease, check) => {
-                            let id = lease.id.clone();
-                            if !claim(st, seq, &mut answers, |_| Admission::Granted(lease, check)) {
-                                // Its client left between the check and the grant.
-                                st.end_unclaimed(store, &id)?;
-                            }
-                        }
-                        Acquired::Refused(check) if !check.may_clear() => {
-                            claim(st, seq, &mut answers, |_| Admission::Refused { check, queue_position: None });
-                        }
-                        Acquired::Refused(check) if expired => {
-                            claim(st, seq, &mut answers, |position| Admission::Refused {
-                                check,
-                                queue_position: Some(position),
-                            });
-                        }
-                        Acquired::Refused(check) => {
-                            if let Some(w) = st.queue().waiters.iter_mut().find(|w| w.seq == seq) {
-                                w.last = Some(check);
-                            }
-                            head_since.get_or_insert(since);
-                        }
+        let (answers, durable) =
+            self.critical_with("waiting admission failed", |st, store, now| st.pass(store, now)).await?;
+        self.deliver(answers, &durable);
+        Ok(())
+    }
+
+    /// The queue's pass run by the commit thread at the end of a batch, in the same transaction:
+    /// a slot a release in this batch freed goes to the head of the queue with the same fsync.
+    pub(super) fn pass_in_batch(&self, store: &mut Store) -> Finish {
+        let answers = self.pass(store, now_unix());
+        let st = self.clone();
+        Box::new(move |durable| match answers {
+            Ok(answers) => st.deliver(answers, durable),
+            Err(e) => tracing::warn!(error = %e, "waiting admission pass failed"),
+        })
+    }
+
+    /// Decides the waiting requests in order, granting what fits (FIFO, or backfill within
+    /// `max_bypass`). Runs in the lease critical section; returns the answers to send once the
+    /// grants are durable.
+    fn pass(&self, store: &mut Store, now: f64) -> Result<Vec<(Waiter, Outcome)>, ServiceError> {
+        let order: Vec<u64> = self.queue().waiters.iter().map(|w| w.seq).collect();
+        let config = self.config();
+        let (policy, max_bypass) = (config.queue.policy, config.queue.max_bypass.0);
+        let mut head_since: Option<Instant> = None;
+        let mut answers: Vec<(Waiter, Outcome)> = Vec::new();
+        for seq in order {
+            let Some((ask, workload, since, deadline, closed)) = self
+                .queue()
+                .waiters
+                .iter()
+                .find(|w| w.seq == seq)
+                .map(|w| (w.ask.clone(), w.workload.clone(), w.since, w.deadline, w.answer.is_closed()))
+            else {
+                continue;
+            };
+            if closed {
+                self.queue().take(seq);
+                continue;
+            }
+            let may_try = match head_since {
+                None => true,
+                Some(h) => policy == QueuePolicy::Backfill && h.elapsed() < max_bypass,
+            };
+            let expired = deadline <= Instant::now();
+            if !may_try {
+                if expired {
+                    // A zero-wait request behind a head nothing may overtake.
+                    let ahead = self.queue().position(seq).unwrap_or(0);
+                    let check = self.behind_the_queue(&ask, &workload, ahead);
+                    claim(self, seq, &mut answers, |_| Admission::Refused { check, queue_position: None });
+                }
+                continue;
+            }
+            let decided = match self.grant_or_refuse(store, now, &ask, &workload) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Told now rather than left to its deadline; the others wait on.
+                    claim(self, seq, &mut answers, |_| Admission::Failed(e));
+                    continue;
+                }
+            };
+            match decided {
+                Acquired::Granted(lease, check) => {
+                    let id = lease.id.clone();
+                    if !claim(self, seq, &mut answers, |_| Admission::Granted(lease, check)) {
+                        // Its client left between the check and the grant.
+                        self.end_unclaimed(store, &id)?;
                     }
                 }
-                Ok(answers)
-            })
-            .await?;
-        // Grants whose batch did not commit were rolled back: their waiters hear why.
-        let answers = answers.into_iter().map(|(waiter, outcome)| match (&durable, outcome) {
+                Acquired::Refused(check) if !check.may_clear() => {
+                    claim(self, seq, &mut answers, |_| Admission::Refused { check, queue_position: None });
+                }
+                Acquired::Refused(check) if expired => {
+                    claim(self, seq, &mut answers, |position| Admission::Refused {
+                        check,
+                        queue_position: Some(position),
+                    });
+                }
+                Acquired::Refused(check) => {
+                    if let Some(w) = self.queue().waiters.iter_mut().find(|w| w.seq == seq) {
+                        w.last = Some(check);
+                    }
+                    head_since.get_or_insert(since);
+                }
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Sends a pass's answers once its batch settled: a grant whose batch did not commit was
+    /// rolled back, and its waiter hears why. A grant whose waiter left is ended again.
+    fn deliver(&self, answers: Vec<(Waiter, Outcome)>, durable: &Result<(), ServiceError>) {
+        let answers = answers.into_iter().map(|(waiter, outcome)| match (durable, outcome) {
             (Err(e), Admission::Granted(..)) => (waiter, Admission::Failed(e.clone())),
             (_, outcome) => (waiter, outcome),
         });
@@ -339,13 +362,11 @@ impl AppState {
             match (granted, delivered) {
                 (Some(id), true) => tracing::info!(id = %id, "waiting generation lease granted"),
                 (Some(id), false) => {
-                    self.critical("ending an unclaimed lease failed", move |st, store, _| st.end_unclaimed(store, &id))
-                        .await?
+                    self.submit("ending an unclaimed lease failed", move |st, store| st.end_unclaimed(store, &id))
                 }
                 _ => {}
             }
         }
-        Ok(())
     }
 }
 

@@ -138,8 +138,19 @@ pub fn move_aside(dir: &Path) -> Result<PathBuf, StoreError> {
 /// The file's identity on disk, to notice it being deleted or replaced while open.
 #[cfg(unix)]
 pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().as_ref().and_then(id_of)
+}
+
+/// The identity (device, inode) in `m` (one `stat` gives the size and the identity).
+#[cfg(unix)]
+fn id_of(m: &std::fs::Metadata) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    Some((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn id_of(_m: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
 }
 
 /// The file's identity on disk (not tracked off Unix).
@@ -159,7 +170,7 @@ pub(super) fn check_still_there(path: &Path, opened: Option<(u64, u64)>) -> Resu
         }
         Err(e) => Err(vanished(format!("cannot be checked: {e}"))),
         Ok(m) if m.len() == 0 => Err(vanished("was truncated to 0 bytes while vramguard was running".to_owned())),
-        Ok(_) => match (opened, file_id(path)) {
+        Ok(m) => match (opened, id_of(&m)) {
             (Some(a), Some(b)) if a != b => {
                 Err(vanished("was replaced by another file while vramguard was running".to_owned()))
             }
