@@ -64,10 +64,10 @@ fn run(rx: Receiver<(AppState, Job)>) {
             }
             // Requests waiting for room are decided again in the same transaction, so a slot a
             // release in this batch freed is granted with the same fsync.
-            if state.waiting() > 0 {
-                if let Ok(finish) = catch_unwind(AssertUnwindSafe(|| state.pass_in_batch(&mut store))) {
-                    finishes.push(finish);
-                }
+            if state.waiting() > 0
+                && let Ok(finish) = catch_unwind(AssertUnwindSafe(|| state.pass_in_batch(&mut store)))
+            {
+                finishes.push(finish);
             }
             let durable = if store.batch_open() { state.commit_leases(&mut store) } else { Ok(()) };
             drop(store);
