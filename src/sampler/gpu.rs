@@ -8,6 +8,7 @@
 //! fell off the bus, so a recovered driver or GPU comes back without a restart. GPUs that still
 //! answer keep being served while another one is lost.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ pub(crate) struct GpuCollector {
     backoff: Duration,
     last_init_error: Option<String>,
     xids: XidWatcher,
+    names: ProcessNames,
 }
 
 impl GpuCollector {
@@ -45,6 +47,7 @@ impl GpuCollector {
             backoff: BACKOFF_START,
             last_init_error: None,
             xids: XidWatcher::new(library.clone()),
+            names: ProcessNames::default(),
             library,
         }
     }
@@ -73,7 +76,7 @@ impl GpuCollector {
                 return Err(format!("nvmlDeviceGetCount failed: {e}"));
             }
         };
-        let mut reading = read_all(nvml, count, self.per_process);
+        let mut reading = read_all(nvml, count, self.per_process, &mut self.names);
         if reading.partial_error.is_none() {
             self.backoff = BACKOFF_START;
             self.next_attempt = Instant::now();
@@ -86,7 +89,7 @@ impl GpuCollector {
                 self.nvml = Some(fresh);
                 let nvml = self.nvml.as_ref().expect("set just now");
                 if let Ok(count) = nvml.device_count() {
-                    reading = read_all(nvml, count, self.per_process);
+                    reading = read_all(nvml, count, self.per_process, &mut self.names);
                 }
             }
         }
@@ -137,15 +140,17 @@ impl GpuCollector {
     }
 }
 
-fn read_all(nvml: &Nvml, count: u32, per_process: bool) -> GpuReading {
+fn read_all(nvml: &Nvml, count: u32, per_process: bool, names: &mut ProcessNames) -> GpuReading {
     let mut reading = GpuReading { driver_version: nvml.sys_driver_version().ok(), ..GpuReading::default() };
     let mut failed = Vec::new();
+    names.begin_pass();
     for index in 0..count {
-        match read_device(nvml, index, per_process) {
+        match read_device(nvml, index, per_process, names) {
             Ok(gpu) => reading.gpus.push(gpu),
             Err(e) => failed.push(format!("GPU {index}: {e}")),
         }
     }
+    names.end_pass();
     if !failed.is_empty() {
         reading.partial_error = Some(failed.join("; "));
     }
@@ -154,7 +159,7 @@ fn read_all(nvml: &Nvml, count: u32, per_process: bool) -> GpuReading {
 
 /// Reads one device. Identity or a lost GPU fails the device; any single reading that is not
 /// supported is left out and the rest is kept.
-fn read_device(nvml: &Nvml, index: u32, per_process: bool) -> Result<GpuStats, NvmlError> {
+fn read_device(nvml: &Nvml, index: u32, per_process: bool, names: &mut ProcessNames) -> Result<GpuStats, NvmlError> {
     let device = nvml.device_by_index(index)?;
     let uuid = device.uuid()?;
     let memory = optional(device.memory_info())?.map(|m| GpuMemory {
@@ -168,7 +173,7 @@ fn read_device(nvml: &Nvml, index: u32, per_process: bool) -> Result<GpuStats, N
                 .into_iter()
                 .filter_map(|p| match p.used_gpu_memory {
                     UsedGpuMemory::Used(bytes) => {
-                        Some(GpuProcess { pid: p.pid, name: process_name(p.pid), used_bytes: bytes })
+                        Some(GpuProcess { pid: p.pid, name: names.get(p.pid), used_bytes: bytes })
                     }
                     // NVML cannot see this process's memory (e.g. under some virtualisation):
                     // omit it rather than report 0.
@@ -212,6 +217,45 @@ pub(super) fn optional<T>(r: Result<T, NvmlError>) -> Result<Option<T>, NvmlErro
             tracing::debug!(error = %e, "NVML reading unavailable");
             Ok(None)
         }
+    }
+}
+
+/// Names of the processes on the GPUs, from `/proc/PID/comm`. Reading the file is most of what a
+/// sample costs per process, and a name rarely changes, so a pid's name is read when it first
+/// appears and again every [`NAME_REREAD_PASSES`] passes (an `exec` renames a process); a pid
+/// missing from a pass is forgotten, so a reused pid is read afresh.
+#[derive(Debug, Default)]
+struct ProcessNames {
+    names: HashMap<u32, (Option<String>, u32)>,
+    pass: u32,
+    seen: HashSet<u32>,
+}
+
+/// Passes a cached process name is trusted for (at `sample_interval: 1s`, half a minute).
+const NAME_REREAD_PASSES: u32 = 30;
+
+impl ProcessNames {
+    fn begin_pass(&mut self) {
+        self.pass = self.pass.wrapping_add(1);
+        self.seen.clear();
+    }
+
+    fn get(&mut self, pid: u32) -> Option<String> {
+        self.seen.insert(pid);
+        let pass = self.pass;
+        match self.names.get(&pid) {
+            Some((name, read_at)) if pass.wrapping_sub(*read_at) < NAME_REREAD_PASSES => name.clone(),
+            _ => {
+                let name = process_name(pid);
+                self.names.insert(pid, (name.clone(), pass));
+                name
+            }
+        }
+    }
+
+    fn end_pass(&mut self) {
+        let seen = &self.seen;
+        self.names.retain(|pid, _| seen.contains(pid));
     }
 }
 

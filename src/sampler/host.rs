@@ -1,5 +1,7 @@
 //! Host collector: CPU busy ratio and RAM from sysinfo, the cgroup memory limit from /sys.
 
+use std::time::{Duration, Instant};
+
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 
 use super::{Collector, Reading, cgroup};
@@ -10,12 +12,19 @@ pub(crate) struct HostCollector {
     system: Option<System>,
     /// Whether a CPU reading exists to diff against.
     primed: bool,
+    /// The cgroup memory limit and when it was read: it walks several files from the process's
+    /// cgroup to the root, and a container's limit changes rarely, so it is read again only after
+    /// [`CGROUP_REREAD`].
+    cgroup_limit: Option<(Option<u64>, Instant)>,
 }
+
+/// How long a cgroup memory limit read is used before it is read again.
+const CGROUP_REREAD: Duration = Duration::from_secs(10);
 
 impl HostCollector {
     /// A collector that has read nothing yet.
     pub(crate) fn new() -> Self {
-        Self { system: None, primed: false }
+        Self { system: None, primed: false, cgroup_limit: None }
     }
 
     /// Reads CPU and memory. The first call takes two CPU readings 200 ms apart so it reports
@@ -39,12 +48,17 @@ impl HostCollector {
         if total == 0 {
             return Err("sysinfo reported 0 bytes of RAM".to_owned());
         }
-        Ok(HostStats {
-            cpu_usage_ratio: percent_to_ratio(system.global_cpu_usage()),
-            memory_total_bytes: total,
-            memory_available_bytes: system.available_memory().min(total),
-            cgroup_memory_limit_bytes: cgroup::memory_limit(total),
-        })
+        let cpu_usage_ratio = percent_to_ratio(system.global_cpu_usage());
+        let memory_available_bytes = system.available_memory().min(total);
+        let cgroup_memory_limit_bytes = match self.cgroup_limit {
+            Some((limit, at)) if at.elapsed() < CGROUP_REREAD => limit,
+            _ => {
+                let limit = cgroup::memory_limit(total);
+                self.cgroup_limit = Some((limit, Instant::now()));
+                limit
+            }
+        };
+        Ok(HostStats { cpu_usage_ratio, memory_total_bytes: total, memory_available_bytes, cgroup_memory_limit_bytes })
     }
 }
 

@@ -23,8 +23,9 @@ use nvml_wrapper::{Device, EventSet, Nvml};
 
 use crate::snapshot::XidSeen;
 
-/// Longest single event wait: bounds how late a stop or a new GPU is noticed.
-const WAIT: Duration = Duration::from_millis(250);
+/// Longest single event wait: bounds how late a stop or a new GPU is noticed (events themselves
+/// wake the wait at once). Each wait that times out costs a wake-up, so it is not shorter.
+const WAIT: Duration = Duration::from_secs(1);
 /// NVML's own code for an XID it cannot name.
 const UNKNOWN_XID: u64 = 999;
 const RETRY_START: Duration = Duration::from_secs(1);

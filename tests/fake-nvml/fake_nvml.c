@@ -13,6 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#ifdef __linux__
+#include <libgen.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+#endif
 #include <time.h>
 
 typedef int nvmlReturn_t;
@@ -158,8 +164,20 @@ static void default_gpu(fake_gpu *g, int index) {
     g->ecc_mode = 1;
 }
 
-/* Re-reads the scenario when the file changed. Called with the lock held. */
+/* Re-reads the scenario when the file changed. Called with the lock held. The file is looked at
+   at most every 20 ms: one sample makes a hundred calls or more, and the real NVML reads no
+   file, so a sample under the fake should not cost a hundred stat()s either. A test that
+   rewrites the scenario waits for the next sample, which is always later than that. */
+static int scenario_changed; /* set by the XID wait when the directory changed; under the lock */
+
 static void refresh(void) {
+    static struct timespec last_look;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    long long since = (now.tv_sec - last_look.tv_sec) * 1000LL + (now.tv_nsec - last_look.tv_nsec) / 1000000LL;
+    if (loaded && !scenario_changed && since >= 0 && since < 20) return;
+    last_look = now;
+    scenario_changed = 0;
     const char *path = getenv("FAKE_NVML_SCENARIO");
     struct stat st;
     if (!path || stat(path, &st) != 0) {
@@ -547,6 +565,48 @@ nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types, 
     return NVML_SUCCESS;
 }
 
+/* Sleeps until the scenario's directory changes or `ms` pass. The real NVML sleeps in the
+   driver until an event comes; so does this (one inotify watch, set up on first use, on Linux),
+   so an idle vramguard stays idle under the fake too. Elsewhere, or without inotify, it polls
+   every 100 ms. */
+#ifdef __linux__
+static int watch_fd = -1;
+static pthread_once_t watch_once = PTHREAD_ONCE_INIT;
+
+static void watch_scenario_dir(void) {
+    const char *path = getenv("FAKE_NVML_SCENARIO");
+    if (!path) return;
+    int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    if (fd < 0) return;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    if (inotify_add_watch(fd, dirname(dir), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY) < 0) {
+        close(fd);
+        return;
+    }
+    watch_fd = fd;
+}
+#endif
+
+static void wait_for_scenario(long long ms) {
+    if (ms <= 0) return;
+#ifdef __linux__
+    pthread_once(&watch_once, watch_scenario_dir);
+    if (watch_fd >= 0) {
+        struct pollfd p = {watch_fd, POLLIN, 0};
+        if (poll(&p, 1, (int)ms) > 0) {
+            char buf[4096];
+            while (read(watch_fd, buf, sizeof buf) > 0) {}
+            pthread_mutex_lock(&lock);
+            scenario_changed = 1;
+            pthread_mutex_unlock(&lock);
+        }
+        return;
+    }
+#endif
+    sleep_ms(ms < 100 ? ms : 100);
+}
+
 /* Delivers the lowest-sequence scripted XID not yet delivered on a registered GPU, waiting up to
    timeoutms for one to appear in the scenario. */
 nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
@@ -588,6 +648,6 @@ nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsi
         clock_gettime(CLOCK_MONOTONIC, &now);
         long long waited = (now.tv_sec - start.tv_sec) * 1000LL + (now.tv_nsec - start.tv_nsec) / 1000000LL;
         if (waited >= (long long)timeoutms) return NVML_ERROR_TIMEOUT;
-        sleep_ms(10);
+        wait_for_scenario((long long)timeoutms - waited);
     }
 }
