@@ -6,13 +6,18 @@
 //! lingering in a registry with its last value.
 
 mod faults;
+mod process;
 
-use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge as GaugeMetric, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::config::Constraints;
 use crate::policy::health::HealthStatus;
@@ -35,7 +40,26 @@ pub struct Metrics {
     /// The snapshot's own series, encoded once per sample: the snapshot they came from (held,
     /// so its address cannot be reused by a later one) and the text.
     snapshot_text: Mutex<Option<(Arc<Snapshot>, Arc<str>)>>,
+    /// Bumped by every change of a series this struct owns (counters, the wait histogram, the
+    /// reload gauges), after the change.
+    changes: AtomicU64,
+    /// The last exposition, served again while nothing in it can have changed.
+    body: Mutex<Option<Body>>,
 }
+
+/// An exposition as sent, and what it was rendered from (held, so compared by pointer safely).
+struct Body {
+    bytes: Bytes,
+    changes: u64,
+    outside: u64,
+    policy: Arc<PolicyText>,
+    snapshot_text: Option<Arc<str>>,
+    at: Instant,
+}
+
+/// How long a rendered exposition is served while nothing else changed: the process series in
+/// it are read at most this often anyway ([`process`]).
+const BODY_REUSE: Duration = Duration::from_secs(1);
 
 /// What live leases and the estimates add to an exposition.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -61,9 +85,7 @@ impl Metrics {
     /// Registers the process collector (CPU seconds, RSS, open fds of vramguard itself).
     pub fn new() -> Self {
         let registry = Registry::new();
-        #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
+        if let Some(pc) = process::ProcessCollector::for_self() {
             // Registration only fails on a duplicate, which cannot happen on a fresh registry.
             registry.register(Box::new(pc)).expect("fresh registry accepts the process collector");
         }
@@ -110,7 +132,17 @@ impl Metrics {
         .expect("valid metric definition");
         registry.register(Box::new(reload_ok.clone())).expect("fresh registry accepts the reload gauge");
         registry.register(Box::new(reload_at.clone())).expect("fresh registry accepts the reload time");
-        Self { registry, decisions, overruns, waits, reload_ok, reload_at, snapshot_text: Mutex::new(None) }
+        Self {
+            registry,
+            decisions,
+            overruns,
+            waits,
+            reload_ok,
+            reload_at,
+            snapshot_text: Mutex::new(None),
+            changes: AtomicU64::new(0),
+            body: Mutex::new(None),
+        }
     }
 
     /// Adds series kept elsewhere (the store's status) to every exposition.
@@ -127,25 +159,45 @@ impl Metrics {
         if ok {
             self.reload_at.set(now_unix);
         }
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// Records how long a generation request took to be answered, and how it ended.
     pub fn record_wait(&self, result: &str, seconds: f64) {
         self.waits.with_label_values(&[result]).observe(seconds);
+        self.changed();
     }
 
     /// Counts one lease that overran its reservation.
     pub fn record_overrun(&self) {
         self.overruns.inc();
+        self.changed();
     }
 
     /// Counts one admission decision.
     pub fn record_decision(&self, admitted: bool, reason: &str) {
         let result = if admitted { "admitted" } else { "refused" };
         self.decisions.with_label_values(&[result, reason]).inc();
+        self.changed();
     }
 
-    /// Renders the whole exposition, encoding the snapshot's series afresh.
+    /// Counts one decision on a counter from [`Metrics::decision_counter`].
+    pub fn count(&self, decision: &IntCounter) {
+        decision.inc();
+        self.changed();
+    }
+
+    /// A decision counter, to count answers under later without looking it up again.
+    pub fn decision_counter(&self, admitted: bool, reason: &str) -> IntCounter {
+        let result = if admitted { "admitted" } else { "refused" };
+        self.decisions.with_label_values(&[result, reason])
+    }
+
+    /// Renders the whole exposition, encoding everything afresh.
     pub fn render(
         &self,
         snapshot: Option<&Snapshot>,
@@ -154,23 +206,44 @@ impl Metrics {
         active_generations: u32,
         leases: &LeaseFigures,
     ) -> String {
+        let policy = self.policy_text(snapshot, constraints, health, active_generations, leases);
         let text = snapshot.map(|s| encode(snapshot_families(s)));
-        self.render_with(snapshot, text.as_deref(), constraints, health, active_generations, leases)
+        self.render_with(&policy, text.as_deref())
     }
 
-    /// Renders the whole exposition with the snapshot's series encoded once per sample: a scrape
-    /// then only encodes what changes between scrapes (counters, process metrics, leases,
-    /// health), and copies the rest.
-    pub fn render_cached(
-        &self,
-        snapshot: Option<&Arc<Snapshot>>,
-        constraints: &Constraints,
-        health: Option<HealthStatus>,
-        active_generations: u32,
-        leases: &LeaseFigures,
-    ) -> String {
-        let text = snapshot.map(|s| self.snapshot_text(s));
-        self.render_with(snapshot.map(|s| &**s), text.as_deref(), constraints, health, active_generations, leases)
+    /// The whole exposition from the policy's part (see [`Metrics::policy_text`], kept by the
+    /// caller while its inputs hold) and the snapshot's series, encoded once per sample. A
+    /// scrape itself only gathers and encodes what changes between scrapes (counters, the wait
+    /// histogram, process metrics, the store's gauges), and not even that when none of it
+    /// changed since the last scrape within [`BODY_REUSE`]: then the same bytes go out again.
+    /// `outside` stands for the registered series kept elsewhere (the store's write errors).
+    pub fn render_cached(&self, snapshot: Option<&Arc<Snapshot>>, policy: &Arc<PolicyText>, outside: u64) -> Bytes {
+        let changes = self.changes.load(Ordering::Acquire);
+        let snapshot_text = snapshot.map(|s| self.snapshot_text(s));
+        let mut body = self.body.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(b) = body.as_ref()
+            && b.changes == changes
+            && b.outside == outside
+            && Arc::ptr_eq(&b.policy, policy)
+            && match (&b.snapshot_text, &snapshot_text) {
+                (Some(a), Some(c)) => Arc::ptr_eq(a, c),
+                (None, None) => true,
+                _ => false,
+            }
+            && b.at.elapsed() < BODY_REUSE
+        {
+            return b.bytes.clone();
+        }
+        let bytes = Bytes::from(self.render_with(policy, snapshot_text.as_deref()));
+        *body = Some(Body {
+            bytes: bytes.clone(),
+            changes,
+            outside,
+            policy: Arc::clone(policy),
+            snapshot_text,
+            at: Instant::now(),
+        });
+        bytes
     }
 
     fn snapshot_text(&self, s: &Arc<Snapshot>) -> Arc<str> {
@@ -185,18 +258,37 @@ impl Metrics {
         }
     }
 
-    /// The per-scrape families, then `snapshot_text` (the snapshot's series, already encoded).
-    /// Each block is sorted by name; no family is in both, so each stays contiguous.
-    fn render_with(
+    /// The registry's families and the policy's, merged in name order, then `snapshot_text`
+    /// (the snapshot's series, already encoded). Each block is sorted by name; no family is in
+    /// two blocks, so each stays contiguous.
+    fn render_with(&self, policy: &PolicyText, snapshot_text: Option<&str>) -> String {
+        let gathered: Vec<(String, String)> =
+            self.registry.gather().into_iter().filter_map(|f| Some((f.name().to_owned(), encode_one(f)?))).collect();
+        let mut blocks: Vec<&(String, String)> = gathered.iter().chain(policy.0.iter()).collect();
+        blocks.sort_by(|a, b| a.0.cmp(&b.0));
+        let size = blocks.iter().map(|b| b.1.len()).sum::<usize>() + snapshot_text.map_or(0, str::len);
+        let mut out = String::with_capacity(size);
+        for (_, text) in blocks {
+            out.push_str(text);
+        }
+        if let Some(text) = snapshot_text {
+            out.push_str(text);
+        }
+        out
+    }
+
+    /// The policy's part of the exposition: estimates, outstanding VRAM, the queue, what
+    /// fits, the live thresholds, active leases, health and the build. A function of the
+    /// decision inputs only, so a caller keeps it while they hold.
+    pub fn policy_text(
         &self,
         snapshot: Option<&Snapshot>,
-        snapshot_text: Option<&str>,
         constraints: &Constraints,
         health: Option<HealthStatus>,
         active_generations: u32,
         leases: &LeaseFigures,
-    ) -> String {
-        let mut families = self.registry.gather();
+    ) -> PolicyText {
+        let mut families = Vec::new();
         families.push(family(
             "vramguard_estimate_bytes",
             "VRAM one generation of the workload profile is estimated to need under the live settings.",
@@ -255,12 +347,23 @@ impl Metrics {
             "A metric with a constant 1 labelled by vramguard's version and git revision.",
             vec![sample(&[("version", VERSION), ("revision", REVISION)], 1.0)],
         ));
-        let mut out = encode(families);
-        if let Some(text) = snapshot_text {
-            out.push_str(text);
-        }
-        out
+        PolicyText(families.into_iter().filter_map(|f| Some((f.name().to_owned(), encode_one(f)?))).collect())
     }
+}
+
+/// The policy's part of an exposition, encoded: (family name, text) per family.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyText(Vec<(String, String)>);
+
+/// The text format of one family; `None` for one without samples.
+fn encode_one(family: MetricFamily) -> Option<String> {
+    if family.get_metric().is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(256);
+    // Encoding into a Vec cannot fail for a well-formed family.
+    TextEncoder::new().encode(std::slice::from_ref(&family), &mut out).expect("text encoding into memory");
+    Some(String::from_utf8(out).expect("the text encoder writes UTF-8"))
 }
 
 /// The text format of `families` (empty ones dropped), sorted by name.
@@ -392,6 +495,22 @@ pub fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
         vec![sample(&[], s.timestamp_seconds())],
     ));
     out
+}
+
+/// One counter sample.
+fn counter(labels: &[(&str, &str)], value: f64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(value);
+    let mut m = Metric::from_label(sample(labels, 0.0).take_label());
+    m.set_counter(c);
+    m
+}
+
+/// A counter family.
+fn counter_family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = family(name, help, metrics);
+    f.set_field_type(MetricType::COUNTER);
+    f
 }
 
 fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {

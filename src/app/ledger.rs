@@ -143,8 +143,9 @@ impl AppState {
         self.leases.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn book_mut(&self) -> std::sync::RwLockWriteGuard<'_, LeaseBook> {
-        self.leases.write().unwrap_or_else(PoisonError::into_inner)
+    /// The lease book to change; kept answers are stale once the guard drops.
+    fn book_mut(&self) -> BookMut<'_> {
+        BookMut { guard: self.leases.write().unwrap_or_else(PoisonError::into_inner), state: self }
     }
 
     /// Takes lapsed leases out of the book and the store, and retries lease ends the store did
@@ -175,6 +176,8 @@ impl AppState {
         next.extend(guard.iter().cloned());
         next.truncate(super::OBSERVED_IN_MEMORY);
         *guard = std::sync::Arc::new(next);
+        drop(guard);
+        self.inputs_changed();
     }
 
     /// Every observation, newest first.
@@ -187,6 +190,7 @@ impl AppState {
         self.write("clearing observations failed", |st, store| {
             store.clear_observations().map_err(store_failed)?;
             *st.observed.write().unwrap_or_else(PoisonError::into_inner) = std::sync::Arc::new(Vec::new());
+            st.inputs_changed();
             Ok(())
         })
         .await
@@ -431,6 +435,33 @@ impl AppState {
     /// One live lease with its usage, now.
     pub fn lease_now(&self, id: &str) -> Option<(Lease, LeaseUsage)> {
         self.view().leases.into_iter().find(|(l, _)| l.id == id)
+    }
+}
+
+/// The lease book under its write lock. Dropping it marks the decision inputs changed, after
+/// the change is made and before another writer can make the next.
+pub(super) struct BookMut<'a> {
+    guard: std::sync::RwLockWriteGuard<'a, LeaseBook>,
+    state: &'a AppState,
+}
+
+impl std::ops::Deref for BookMut<'_> {
+    type Target = LeaseBook;
+
+    fn deref(&self) -> &LeaseBook {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for BookMut<'_> {
+    fn deref_mut(&mut self) -> &mut LeaseBook {
+        &mut self.guard
+    }
+}
+
+impl Drop for BookMut<'_> {
+    fn drop(&mut self) {
+        self.state.inputs_changed();
     }
 }
 

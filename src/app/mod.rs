@@ -8,6 +8,8 @@
 //! - [`reload`]: applying a configuration reloaded on SIGHUP.
 //! - [`settings`]: partial updates and resets of the optimization settings and constraints.
 //! - [`decisions`]: health, resource-check and the metrics exposition on the live view.
+//! - [`answers`]: answers kept until their inputs change (the [`answers::Stamp`]).
+//! - `commit`: the thread that runs lease critical sections and commits them in groups.
 //! - [`history`]: the embedded history recorder, `stats/save` and history queries.
 //! - [`error`]: [`ServiceError`], which the HTTP edge maps to status codes.
 //! - [`access`]: the configured tokens, their roles, and who a caller is.
@@ -15,6 +17,7 @@
 //!   not yet durable, retried in the background; the failure logged once.
 
 pub mod access;
+pub mod answers;
 mod commit;
 pub mod decisions;
 pub mod error;
@@ -109,6 +112,13 @@ pub struct SharedState {
     queue_wake: Arc<tokio::sync::Notify>,
     /// The thread that runs lease critical sections and commits them in groups.
     committer: commit::Committer,
+    /// Bumped after every change of the live settings, the configuration, the lease book or the
+    /// observed peaks: part of the [`answers::Stamp`] kept answers are checked against.
+    inputs_version: std::sync::atomic::AtomicU64,
+    /// Resource-check answers kept between changes of their inputs.
+    kept_checks: answers::Kept<decisions::CheckAnswer>,
+    /// The policy's part of the exposition, kept likewise.
+    kept_policy: answers::Kept<Arc<crate::metrics::PolicyText>>,
 }
 
 /// Observed peaks (key, GiB), newest first.
@@ -226,6 +236,9 @@ impl AppState {
             queue: Arc::default(),
             queue_wake: Arc::default(),
             committer: commit::Committer::start().map_err(StoreError::Thread)?,
+            inputs_version: Default::default(),
+            kept_checks: Default::default(),
+            kept_policy: Default::default(),
         })))
     }
 

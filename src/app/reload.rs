@@ -32,6 +32,7 @@ impl AppState {
             };
             *st.live.write().unwrap_or_else(PoisonError::into_inner) = Live { settings, constraints };
             *st.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+            st.inputs_changed();
             *st.credentials.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(credentials);
             Ok(())
         })

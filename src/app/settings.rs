@@ -154,6 +154,7 @@ impl AppState {
             };
             result.map_err(ServiceError::store)?;
             *state.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+            state.inputs_changed();
             state.wake_queue();
             Ok(next)
         })

@@ -71,10 +71,12 @@ impl AppState {
                 book.remove(id);
             }
             *self.leases.write().unwrap_or_else(PoisonError::into_inner) = book;
+            self.inputs_changed();
         }
         drop(pending);
         if let Ok(obs) = store.load_observations() {
             *self.observed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(super::in_memory(obs));
+            self.inputs_changed();
         }
         Err(ServiceError::store(e))
     }

@@ -5,13 +5,11 @@
 //! GETs under `/api/`, `/metrics` and the stats WebSocket need a token of any role. The page,
 //! the probes and the OpenAPI document are always open.
 //!
-//! The middleware puts the [`Caller`] into the request, so the lease handlers can check a lease's
+//! [`super::edge`] puts the [`Caller`] into the request, so the lease handlers can check a lease's
 //! owner. Tokens are compared in constant time and never logged.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
@@ -31,13 +29,13 @@ enum Need {
     Admin,
 }
 
-/// Middleware: identifies the caller and refuses what its token may not do (401 without a
-/// valid token, 403 for a role that may not), before any handler runs.
-pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Identifies the caller and refuses what its token may not do (401 without a valid token, 403
+/// for a role that may not); the answer to send instead, if so. Run by [`super::edge`] before
+/// any handler, which finds the [`Caller`] in the request's extensions.
+pub fn identify(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
     let credentials = state.credentials();
     if credentials.is_open() {
-        req.extensions_mut().insert(Caller::Open);
-        return next.run(req).await;
+        return Ok(Caller::Open);
     }
     let path = req.uri().path();
     let in_scope = path == "/metrics" || (path.starts_with("/api/") && path != "/api/v1/openapi.json");
@@ -53,14 +51,11 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
         None => Caller::Anonymous,
         Some(Some(caller)) => caller,
         // A wrong token is said so even where none is needed: the caller meant to be someone.
-        Some(None) if in_scope => return unauthorized("the bearer token is wrong"),
+        Some(None) if in_scope => return Err(unauthorized("the bearer token is wrong")),
         Some(None) => Caller::Anonymous,
     };
-    if let Err(refusal) = allow(need, &caller, req.method(), path) {
-        return refusal.into_response();
-    }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    allow(need, &caller, req.method(), path)?;
+    Ok(caller)
 }
 
 fn allow(need: Need, caller: &Caller, method: &Method, path: &str) -> Result<(), ApiError> {
@@ -93,8 +88,8 @@ fn allow(need: Need, caller: &Caller, method: &Method, path: &str) -> Result<(),
     })
 }
 
-fn unauthorized(detail: &str) -> Response {
-    ApiError { status: StatusCode::UNAUTHORIZED, detail: detail.to_owned() }.into_response()
+fn unauthorized(detail: &str) -> ApiError {
+    ApiError { status: StatusCode::UNAUTHORIZED, detail: detail.to_owned() }
 }
 
 /// What `method path` needs when tokens are configured.

@@ -112,24 +112,29 @@ impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequestParts<S> for Quer
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let query = parts.uri.query().unwrap_or("");
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-            .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
-        let mut map = serde_json::Map::new();
-        for (k, v) in pairs {
-            if map.contains_key(&k) {
-                return Err(ApiError::bad_request(format!("query parameter {k:?} is given more than once")));
-            }
-            // Values stay strings; the target type parses them (see `de::from_str`).
-            map.insert(k, serde_json::Value::String(v));
-        }
-        from_value::<T>(serde_json::Value::Object(map)).map(QueryParams).map_err(|mut e| {
-            if let Some(rest) = e.detail.strip_prefix("unknown field") {
-                e.detail = format!("unknown query parameter{}", rest.replace("allowed fields", "allowed parameters"));
-            }
-            e
-        })
+        parse_query(parts.uri.query().unwrap_or("")).map(QueryParams)
     }
+}
+
+/// Parses a query string into `T`: each parameter at most once, values as strings for `T`'s
+/// fields to parse, unknown parameters named with the allowed ones.
+pub fn parse_query<T: DeserializeOwned + Allowed>(query: &str) -> Result<T, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
+    let mut map = serde_json::Map::new();
+    for (k, v) in pairs {
+        if map.contains_key(&k) {
+            return Err(ApiError::bad_request(format!("query parameter {k:?} is given more than once")));
+        }
+        // Values stay strings; the target type parses them (see `de::from_str`).
+        map.insert(k, serde_json::Value::String(v));
+    }
+    from_value::<T>(serde_json::Value::Object(map)).map_err(|mut e| {
+        if let Some(rest) = e.detail.strip_prefix("unknown field") {
+            e.detail = format!("unknown query parameter{}", rest.replace("allowed fields", "allowed parameters"));
+        }
+        e
+    })
 }
 
 /// Helpers for query fields, which arrive as strings.

@@ -2,13 +2,16 @@
 //! the latest snapshot and the live settings, as the service layer gives them.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::body::{Allowed, QueryParams, de};
+use super::body::{Allowed, de, parse_query};
 use super::error::{ApiError, ErrorBody};
+use crate::app::ServiceError;
 use crate::limits;
 use crate::policy::admission::{CheckRequest, ResourceCheck};
 use crate::policy::health::Health;
@@ -47,20 +50,24 @@ impl Allowed for ResourceCheckQuery {
 }
 
 /// May a generation start now, and on which GPU? Read-only: it records nothing but the
-/// decision counter.
+/// decision counter. The same question under unchanged inputs is answered from the kept JSON.
 #[utoipa::path(get, path = "/api/v1/system/resource-check", tag = "policy",
     params(ResourceCheckQuery),
     responses((status = 200, body = ResourceCheck), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn resource_check(
-    State(state): State<AppState>,
-    QueryParams(q): QueryParams<ResourceCheckQuery>,
-) -> Result<Json<ResourceCheck>, ApiError> {
-    if let Some(v) = q.vram_required_gb {
-        limits::check_required_gb(v).map_err(|m| ApiError::bad_request(format!("vram_required_gb: {m}")))?;
-    }
-    let req =
-        CheckRequest { vram_required_gb: q.vram_required_gb, model_loaded: q.model_loaded.unwrap_or(false), gpu: None };
-    let workload = state.check_workload(q.workload.as_deref())?;
-    Ok(Json(state.resource_check(&req, &workload)))
+pub async fn resource_check(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let json = state.resource_check_json(query.as_deref().unwrap_or(""), |state| {
+        let q: ResourceCheckQuery =
+            parse_query(query.as_deref().unwrap_or("")).map_err(|e| ServiceError::Invalid(e.detail))?;
+        if let Some(v) = q.vram_required_gb {
+            limits::check_required_gb(v).map_err(|m| ServiceError::Invalid(format!("vram_required_gb: {m}")))?;
+        }
+        let request = CheckRequest {
+            vram_required_gb: q.vram_required_gb,
+            model_loaded: q.model_loaded.unwrap_or(false),
+            gpu: None,
+        };
+        Ok((request, state.check_workload(q.workload.as_deref())?))
+    })?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response())
 }

@@ -11,10 +11,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::config::Config;
@@ -41,8 +39,11 @@ impl AllowedHosts {
 
     /// Whether `authority` (`name`, `name:port`, `[v6]:port`) names an allowed host.
     pub fn allows(&self, authority: &str) -> bool {
-        let host = host_of(authority).to_ascii_lowercase();
-        self.0.contains(&host) || host.ends_with(".localhost")
+        let host = host_of(authority);
+        // Allocates only for a name with capitals (rare: clients send what they were given).
+        let host: std::borrow::Cow<'_, str> =
+            if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase().into() } else { host.into() };
+        self.0.contains(host.as_ref()) || host.ends_with(".localhost")
     }
 }
 
@@ -85,42 +86,42 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-fn forbidden(detail: String) -> Response {
-    ApiError { status: StatusCode::FORBIDDEN, detail }.into_response()
+fn forbidden(detail: String) -> ApiError {
+    ApiError { status: StatusCode::FORBIDDEN, detail }
 }
 
-/// Middleware: Host and Origin checks, and the declared body length.
-pub async fn guard(State(allowed): State<AllowedHosts>, req: Request, next: Next) -> Response {
+/// Refuses a request from a foreign `Host`, a cross-origin write or WebSocket, and a body
+/// declared over the limit; the answer to send instead, if so. Run first by [`super::edge`].
+pub fn check(allowed: &AllowedHosts, req: &Request) -> Result<(), ApiError> {
     let headers = req.headers();
     // HTTP/1.1 requires Host; a request without one comes from no browser.
     if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
         if !allowed.allows(host) {
-            return forbidden(format!(
+            return Err(forbidden(format!(
                 "Host {host:?} is not a name of this vramguard; add it to http.allowed_hosts if it should be"
-            ));
+            )));
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let guarded = changes_state(req.method()) || is_websocket_upgrade(headers);
         let origin = origin.to_str().unwrap_or("");
         if guarded && !origin_host(origin).is_some_and(|h| allowed.allows(h)) {
-            return forbidden(format!(
+            return Err(forbidden(format!(
                 "cross-origin request from {origin:?} refused: writes and WebSockets are accepted only from \
                  vramguard's own origin (http.allowed_hosts)"
-            ));
+            )));
         }
     }
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > BODY_LIMIT as u64) {
-        return ApiError {
+        return Err(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             detail: format!("the request body declares {n} bytes; the limit is {BODY_LIMIT} bytes"),
-        }
-        .into_response();
+        });
     }
-    next.run(req).await
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,15 +24,16 @@
 //! | GET, DELETE | `/api/v1/system/observations` | [`observations`] | observed peaks behind learned estimates |
 //! | GET | `/api/v1/openapi.json` | [`openapi`] | OpenAPI 3.1 document of the JSON API |
 //!
-//! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. With
-//! `auth.token_file` set, POST and DELETE under `/api/` need the bearer token ([`auth`]). Before
-//! anything else, [`guard`] refuses foreign `Host`s, cross-origin writes and WebSockets, and
-//! bodies declared over the limit.
+//! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. Before routing,
+//! one layer ([`edge`]) runs [`guard`], which refuses foreign `Host`s, cross-origin writes and
+//! WebSockets, and bodies declared over the limit, then [`auth`]: with tokens configured, writes
+//! under `/api/` (and with `auth.protect_reads`, reads) need a bearer token of the right role.
 
 pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod decisions;
+pub mod edge;
 pub mod error;
 pub mod generations;
 pub mod guard;
@@ -64,9 +65,9 @@ pub fn app(state: AppState) -> Router {
         .merge(page::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // Outermost: a request from the wrong Host or Origin meets nothing else.
-        .layer(axum::middleware::from_fn_with_state(guard::AllowedHosts::from_config(&state.config()), guard::guard))
+        // Outermost: a request from the wrong Host or Origin, or without the token it needs,
+        // meets nothing else.
+        .layer(edge::EdgeLayer::new(state.clone()))
         .with_state(state)
 }

@@ -1,9 +1,9 @@
 //! Per-GPU fault series: ECC, row remapping, XIDs, clock event reasons, clocks and the fault
 //! health verdict. A reading the board does not support has no series at all.
 
-use prometheus::proto::{Counter, Metric, MetricFamily, MetricType};
+use prometheus::proto::MetricFamily;
 
-use super::{family, sample};
+use super::{counter, counter_family, family, sample};
 use crate::snapshot::{Snapshot, THROTTLE_REASONS};
 
 /// The fault families of one snapshot.
@@ -74,20 +74,6 @@ pub(super) fn families(s: &Snapshot) -> Vec<MetricFamily> {
             healthy,
         ),
     ]
-}
-
-fn counter(labels: &[(&str, &str)], value: f64) -> Metric {
-    let mut c = Counter::default();
-    c.set_value(value);
-    let mut m = Metric::from_label(sample(labels, 0.0).take_label());
-    m.set_counter(c);
-    m
-}
-
-fn counter_family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
-    let mut f = family(name, help, metrics);
-    f.set_field_type(MetricType::COUNTER);
-    f
 }
 
 #[cfg(test)]

@@ -53,6 +53,11 @@ impl StoreStatus {
         self.up.get() > 0.5
     }
 
+    /// Writes that failed so far.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.get()
+    }
+
     /// What made the last write fail, while the store is down.
     pub fn problem(&self) -> Option<String> {
         self.problem.lock().unwrap_or_else(PoisonError::into_inner).clone()

@@ -1,0 +1,115 @@
+//! Answers kept until what they were decided from changes. A resource-check answer and the
+//! policy's part of the exposition are pure functions of the latest snapshot, the configuration,
+//! the live settings, the lease book and the observed peaks (and of the query). Between two
+//! samples those rarely change, while the same question may be asked thousands of times a
+//! second, so an answer is computed once per [`Stamp`] and served again until the stamp moves.
+//!
+//! The stamp holds the snapshot and the configuration themselves (compared by pointer, and kept
+//! alive so a new one can never reuse an old address) and a version that every change of the
+//! settings, the leases or the observations bumps after it is made. A reader takes the stamp
+//! before it reads the state, so an answer is never filed under a stamp newer than its inputs.
+//! Leases also lapse with time alone: an answer that saw live leases is kept only until the
+//! first of them expires.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::AppState;
+use crate::config::Config;
+use crate::snapshot::Snapshot;
+use crate::time::now_unix;
+
+/// What a kept answer was decided from.
+#[derive(Clone)]
+pub struct Stamp {
+    snapshot: Option<Arc<Snapshot>>,
+    config: Arc<Config>,
+    version: u64,
+}
+
+impl Stamp {
+    /// The snapshot the stamp was taken on.
+    pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
+        self.snapshot.as_ref()
+    }
+}
+
+impl PartialEq for Stamp {
+    fn eq(&self, other: &Self) -> bool {
+        let same_snapshot = match (&self.snapshot, &other.snapshot) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_snapshot && Arc::ptr_eq(&self.config, &other.config) && self.version == other.version
+    }
+}
+
+/// Kept answers of one kind (`V`), by the question (a query string, a label).
+pub struct Kept<V> {
+    table: RwLock<Option<Table<V>>>,
+}
+
+struct Table<V> {
+    stamp: Stamp,
+    answers: HashMap<String, (V, f64)>,
+}
+
+/// Questions kept per stamp: clients ask a handful; a crowd of distinct ones starts over.
+const MAX_KEPT: usize = 64;
+
+impl<V> Default for Kept<V> {
+    fn default() -> Self {
+        Self { table: RwLock::new(None) }
+    }
+}
+
+impl<V: Clone> Kept<V> {
+    /// The answer to `question` decided under `stamp`, if one is kept and still valid now.
+    pub fn get(&self, stamp: &Stamp, question: &str) -> Option<V> {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let table = table.as_ref().filter(|t| t.stamp == *stamp)?;
+        let (answer, valid_until) = table.answers.get(question)?;
+        (now_unix() < *valid_until).then(|| answer.clone())
+    }
+
+    /// Keeps `answer` to `question`, decided under `stamp` from a view whose first lease expiry
+    /// is `valid_until`. An answer under an older stamp than the one kept is dropped.
+    pub fn put(&self, stamp: Stamp, question: &str, answer: V, valid_until: f64) {
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        match table.as_mut() {
+            Some(t) if t.stamp == stamp => {
+                if t.answers.len() >= MAX_KEPT {
+                    t.answers.clear();
+                }
+                t.answers.insert(question.to_owned(), (answer, valid_until));
+            }
+            // Kept answers from another stamp are stale by now if this one is current; if this
+            // one is the stale one, the next asker files a fresh answer.
+            _ => {
+                *table = Some(Table { stamp, answers: HashMap::from([(question.to_owned(), (answer, valid_until))]) });
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// The stamp of the decision inputs now: take it before reading them.
+    pub fn stamp(&self) -> Stamp {
+        Stamp { version: self.inputs_version.load(Ordering::Acquire), snapshot: self.snapshot(), config: self.config() }
+    }
+
+    /// Marks the decision inputs as changed: call after changing the live settings, the
+    /// configuration, the lease book or the observed peaks.
+    pub(crate) fn inputs_changed(&self) {
+        self.inputs_version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Until when an answer decided now from the lease book stays true: the first expiry of a
+    /// live lease (or forever without one).
+    pub fn answers_valid_until(&self) -> f64 {
+        let book = self.leases.read().unwrap_or_else(PoisonError::into_inner);
+        book.live(now_unix()).iter().map(|l| l.expires_at).fold(f64::INFINITY, f64::min)
+    }
+}
