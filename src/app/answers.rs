@@ -113,3 +113,43 @@ impl AppState {
         book.live(now_unix()).iter().map(|l| l.expires_at).fold(f64::INFINITY, f64::min)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(config: &Arc<Config>, version: u64) -> Stamp {
+        Stamp { snapshot: None, config: Arc::clone(config), version }
+    }
+
+    #[test]
+    fn an_answer_is_served_under_its_stamp_until_it_lapses() {
+        let config = Arc::new(Config::default());
+        let kept: Kept<u32> = Kept::default();
+        let now = now_unix();
+        kept.put(stamp(&config, 1), "q", 7, f64::INFINITY);
+        assert_eq!(kept.get(&stamp(&config, 1), "q"), Some(7));
+        assert_eq!(kept.get(&stamp(&config, 1), "other"), None);
+        // Any input changed: not served.
+        assert_eq!(kept.get(&stamp(&config, 2), "q"), None);
+        assert_eq!(kept.get(&stamp(&Arc::new(Config::default()), 1), "q"), None, "another configuration");
+        // A lease that lapsed since: not served, though no input was written.
+        kept.put(stamp(&config, 1), "lapsing", 8, now - 0.001);
+        assert_eq!(kept.get(&stamp(&config, 1), "lapsing"), None);
+        // A newer stamp starts over; the old answers are gone with it.
+        kept.put(stamp(&config, 2), "q", 9, f64::INFINITY);
+        assert_eq!(kept.get(&stamp(&config, 2), "q"), Some(9));
+        assert_eq!(kept.get(&stamp(&config, 1), "q"), None);
+    }
+
+    #[test]
+    fn a_crowd_of_questions_starts_over() {
+        let config = Arc::new(Config::default());
+        let kept: Kept<usize> = Kept::default();
+        for i in 0..=MAX_KEPT {
+            kept.put(stamp(&config, 1), &i.to_string(), i, f64::INFINITY);
+        }
+        assert_eq!(kept.get(&stamp(&config, 1), "0"), None, "cleared when full");
+        assert_eq!(kept.get(&stamp(&config, 1), &MAX_KEPT.to_string()), Some(MAX_KEPT));
+    }
+}
