@@ -1,8 +1,10 @@
 //! Wiring: start the sampler and the service's background tasks, serve the router on the
 //! listener the caller bound ([`listener`]: connection cap and timeouts, optional [`tls`]), and
-//! stop everything within a bounded time once `shutdown` resolves.
+//! stop everything within a bounded time once `shutdown` resolves. [`memory`] hands freed heap
+//! memory back to the system now and then.
 
 mod listener;
+mod memory;
 mod reload;
 mod tls;
 
@@ -104,6 +106,7 @@ pub async fn run_with(
     let tracker = tokio::spawn(crate::app::ledger::tracker(state.clone(), stop_rx.clone()));
     let dispatcher = tokio::spawn(crate::app::queue::dispatcher(state.clone(), stop_rx.clone()));
     let reloader = tokio::spawn(reload::on_sighup(state.clone(), tls.clone(), reload, stop_rx.clone()));
+    let trimmer = tokio::spawn(memory::trim_heap(stop_rx.clone()));
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on {scheme}://{addr}");
 
     let stop_for_server = stop_tx.clone();
@@ -137,6 +140,7 @@ pub async fn run_with(
     let _ = dispatcher.await;
     let _ = reloader.await;
     let _ = recorder.await;
+    let _ = trimmer.await;
     tracing::info!("stopped");
     result
 }
