@@ -325,12 +325,22 @@ echo "== leases, 50 connections, waiting clients" >&2
 lease_out=$(wrk -t2 -c50 -d10s -s "$work/lease-wait.lua" "http://$addr" 2>&1)
 read -r _ l_granted l_refused l_p50 l_p99 < <(grep '^LEASES' <<<"$lease_out")
 pairs_per_s=$(awk -v g="$l_granted" 'BEGIN {printf "%.0f", g / 10}')
-sleep 2 # the last waiters' leases are released by then (wrk stops mid-request)
+# wrk stops mid-cycle: leases it was granted but did not release yet stay live for their TTL.
+# Release them, so the next run starts with every slot free.
+release_all() {
+  curl -s "http://$addr/api/v1/system/generations" |
+    python3 -c 'import json, sys; print("\n".join(l["id"] for l in json.load(sys.stdin)["leases"]))' |
+    while read -r id; do curl -s -o /dev/null -X DELETE "http://$addr/api/v1/system/generations/$id"; done
+}
+sleep 1
+release_all
 echo "== leases, 50 connections, clients that retry at once" >&2
 retry_out=$(wrk -t2 -c50 -d10s -s "$work/lease-retry.lua" "http://$addr" 2>&1)
 read -r _ r_granted r_refused r_p50 r_p99 < <(grep '^LEASES' <<<"$retry_out")
 retry_pairs_per_s=$(awk -v g="$r_granted" 'BEGIN {printf "%.0f", g / 10}')
 decisions_per_s=$(awk -v g="$r_granted" -v r="$r_refused" 'BEGIN {printf "%.0f", (g + r) / 10}')
+sleep 1
+release_all
 
 # History query over the pre-filled day, through HTTP: the first (cold) one, then the median of 10.
 hist_url="http://$addr/api/v1/system/stats/history?hours=24&max_points=1000"

@@ -227,7 +227,7 @@ impl AppState {
         let grace = if wait.is_zero() { Duration::from_secs(2) } else { Duration::ZERO };
         let deadline = tokio::time::Instant::from_std(started + wait + grace);
         tokio::select! {
-            answer = &mut rx => return answer.map_err(|e| ServiceError::failed("waiting admission failed", e)),
+            answer = &mut rx => return waited(answer),
             _ = tokio::time::sleep_until(deadline) => {}
         }
         let left = self.queue().take(seq);
@@ -242,7 +242,7 @@ impl AppState {
                 Ok(Admission::Refused { check, queue_position: Some(position) })
             }
             // The dispatcher took it just now: its answer is on the way.
-            None => rx.await.map_err(|e| ServiceError::failed("waiting admission failed", e)),
+            None => waited(rx.await),
         }
     }
 
@@ -359,15 +359,21 @@ impl AppState {
                 self.metrics.record_decision(granted.is_some(), c.primary_reason());
             }
             let delivered = waiter.answer.send(outcome).is_ok();
-            match (granted, delivered) {
-                (Some(id), true) => tracing::info!(id = %id, "waiting generation lease granted"),
-                (Some(id), false) => {
-                    self.submit("ending an unclaimed lease failed", move |st, store| st.end_unclaimed(store, &id))
-                }
-                _ => {}
+            // The grant is logged by the waiter's own task (`waited`), off the commit thread.
+            if let (Some(id), false) = (granted, delivered) {
+                self.submit("ending an unclaimed lease failed", move |st, store| st.end_unclaimed(store, &id))
             }
         }
     }
+}
+
+/// The answer a waiter received from a pass over the queue.
+fn waited(answer: Result<Admission, oneshot::error::RecvError>) -> Result<Admission, ServiceError> {
+    let answer = answer.map_err(|e| ServiceError::failed("waiting admission failed", e))?;
+    if let Admission::Granted(lease, _) = &answer {
+        tracing::info!(id = %lease.id, "waiting generation lease granted");
+    }
+    Ok(answer)
 }
 
 /// Takes waiter `seq` out of the queue and queues the answer `make` builds from its 1-based
