@@ -31,15 +31,17 @@
 //! 7. [`history`]: history points and the Prometheus-backed history source.
 //! 8. [`store`]: the SQLite state store: API overrides, history, leases (group-committed), its
 //!    identity and whether it takes writes.
-//! 9. [`metrics`]: renders a snapshot and the live constraints as Prometheus text.
+//! 9. [`metrics`]: renders a snapshot and the live constraints as Prometheus text, with
+//!    vramguard's own process series; reuses what did not change since the last scrape.
 //! 10. [`app`]: the service layer: shared state, the one write path, the lease ledger and its
-//!     critical section, the admission queue and its dispatcher, settings updates, tokens and
+//!     critical section (run and group-committed by one commit thread), the admission queue and
+//!     its dispatcher, answers kept until their inputs change, settings updates, tokens and
 //!     roles, the reaper, the history recorder and configuration reload.
-//! 11. [`http`]: the axum router ([`http::app`]), the Host/Origin guard, thin handlers and the
-//!     one `ApiError` type.
+//! 11. [`http`]: the axum router ([`http::app`]), the one edge layer (Host/Origin guard, then
+//!     tokens), thin handlers and the one `ApiError` type.
 //! 12. [`server`]: wiring and graceful shutdown; [`server::run`] serves on a bound listener
-//!     through vramguard's own accept loop (connection cap, timeouts, optional TLS) and reloads
-//!     the configuration on SIGHUP.
+//!     through vramguard's own accept loop (connection cap, timeouts, optional TLS), reloads
+//!     the configuration on SIGHUP and hands freed heap memory back to the system.
 
 pub(crate) mod units;
 pub(crate) mod time;
