@@ -30,16 +30,18 @@
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use vramguard::config::{Config, Optimization, Quantization};
 use vramguard::metrics::{LeaseFigures, Metrics};
 use vramguard::policy::Context;
 use vramguard::policy::admission::{CheckRequest, resource_check};
-use vramguard::snapshot::{CollectorStatus, GpuMemory, GpuProcess, GpuStats, HostStats, Snapshot};
+use vramguard::snapshot::Snapshot;
 
-const GIB: u64 = 1 << 30;
+mod fixture;
+use fixture::GIB;
+
 const GPUS: [u32; 3] = [1, 8, 16];
 const PROCESSES: [u32; 3] = [0, 32, 256];
 /// VRAM used on every GPU, whatever P (the processes share it), so the decisions take the
@@ -72,51 +74,14 @@ fn scenario(n: u32, p: u32) -> String {
 
 /// The snapshot of the same shape, as the sampler would publish it (names as on a real box).
 fn snapshot(n: u32, p: u32) -> Snapshot {
-    let gpus = (0..n)
-        .map(|i| {
-            let k = per_gpu(i, n, p);
-            GpuStats {
-                index: i,
-                uuid: format!("GPU-{i:08x}-1111-2222-3333-444455556666"),
-                name: Some("NVIDIA H100 80GB HBM3".to_owned()),
-                pci_bus_id: Some(format!("00000000:{:02X}:00.0", 0x18 + i)),
-                utilization_ratio: Some(0.5),
-                memory: Some(GpuMemory {
-                    total_bytes: TOTAL_GIB * GIB,
-                    used_bytes: USED_GIB * GIB,
-                    free_bytes: (TOTAL_GIB - USED_GIB) * GIB,
-                }),
-                temperature_celsius: Some(50.0),
-                power_watts: Some(300.0),
-                processes: Some(
-                    (0..k)
-                        .map(|j| GpuProcess {
-                            pid: 100_000 + i * 1000 + j,
-                            name: Some("python3".to_owned()),
-                            used_bytes: USED_GIB * GIB / u64::from(k),
-                        })
-                        .collect(),
-                ),
-                faults: Default::default(),
-                health: Default::default(),
-            }
-        })
-        .collect();
-    Snapshot {
-        taken_at: SystemTime::now(),
-        host: Some(HostStats {
-            cpu_usage_ratio: 0.3,
-            memory_total_bytes: 512 * GIB,
-            memory_available_bytes: 400 * GIB,
-            cgroup_memory_limit_bytes: None,
-        }),
-        gpus,
-        driver_version: Some("550.54.15".to_owned()),
-        collectors: vec![
-            CollectorStatus { name: "host", success: true, duration: Duration::from_micros(300), error: None },
-            CollectorStatus { name: "gpu", success: true, duration: Duration::from_micros(900), error: None },
-        ],
-    }
+    fixture::snapshot(
+        (0..n)
+            .map(|i| {
+                let k = per_gpu(i, n, p);
+                fixture::h100(i, USED_GIB, 100_000 + i * 1000, k, USED_GIB * GIB / u64::from(k.max(1)))
+            })
+            .collect(),
+    )
 }
 
 fn id(n: u32, p: u32) -> BenchmarkId {

@@ -4,61 +4,29 @@
 //!   cargo bench --bench policy
 
 use std::hint::black_box;
-use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vramguard::config::Config;
 use vramguard::metrics::Metrics;
 use vramguard::policy::admission::{CheckRequest, resource_check};
 use vramguard::policy::{Context, estimate, gpu_views};
-use vramguard::snapshot::{CollectorStatus, GpuMemory, GpuProcess, GpuStats, HostStats, Snapshot};
+use vramguard::snapshot::{GpuStats, Snapshot};
 
-const GIB: u64 = 1 << 30;
+mod fixture;
+use fixture::GIB;
 
-/// 8 GPUs with 4 compute processes each (32 in all).
+/// 8 GPUs with 4 compute processes each (32 in all), GPU i with 8·i GiB used.
 fn big_box() -> Snapshot {
-    let gpus = (0..8u32)
-        .map(|i| GpuStats {
-            index: i,
-            uuid: format!("GPU-{i:08x}-1111-2222-3333-444455556666"),
-            name: Some("NVIDIA H100 80GB HBM3".to_owned()),
-            pci_bus_id: Some(format!("00000000:{:02X}:00.0", 0x18 + i)),
-            utilization_ratio: Some(0.1 * f64::from(i)),
-            memory: Some(GpuMemory {
-                total_bytes: 80 * GIB,
-                used_bytes: u64::from(i) * 8 * GIB,
-                free_bytes: 80 * GIB - u64::from(i) * 8 * GIB,
-            }),
-            temperature_celsius: Some(40.0 + f64::from(i)),
-            power_watts: Some(300.0 + f64::from(i)),
-            processes: Some(
-                (0..4u32)
-                    .map(|p| GpuProcess {
-                        pid: 1000 + i * 10 + p,
-                        name: Some("python3".to_owned()),
-                        used_bytes: 2 * GIB,
-                    })
-                    .collect(),
-            ),
-            faults: Default::default(),
-            health: Default::default(),
-        })
-        .collect();
-    Snapshot {
-        taken_at: SystemTime::now(),
-        host: Some(HostStats {
-            cpu_usage_ratio: 0.3,
-            memory_total_bytes: 512 * GIB,
-            memory_available_bytes: 400 * GIB,
-            cgroup_memory_limit_bytes: None,
-        }),
-        gpus,
-        driver_version: Some("550.54.15".to_owned()),
-        collectors: vec![
-            CollectorStatus { name: "host", success: true, duration: Duration::from_micros(300), error: None },
-            CollectorStatus { name: "gpu", success: true, duration: Duration::from_micros(900), error: None },
-        ],
-    }
+    fixture::snapshot(
+        (0..8u32)
+            .map(|i| GpuStats {
+                utilization_ratio: Some(0.1 * f64::from(i)),
+                temperature_celsius: Some(40.0 + f64::from(i)),
+                power_watts: Some(300.0 + f64::from(i)),
+                ..fixture::h100(i, u64::from(i) * 8, 1000 + i * 10, 4, 2 * GIB)
+            })
+            .collect(),
+    )
 }
 
 fn benches(c: &mut Criterion) {

@@ -84,10 +84,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    // Blocking work is a collector call, a store transaction or a history query, and store
-    // writers queue on one lock anyway: a small pool bounds the threads (and their allocator
-    // arenas) that a burst of requests could otherwise spawn (tokio's default is 512).
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(8).build() {
+    let runtime = match vramguard::server::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vramguard: cannot start the async runtime: {e}");

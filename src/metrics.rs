@@ -59,7 +59,7 @@ struct Body {
 
 /// How long a rendered exposition is served while nothing else changed: the process series in
 /// it are read at most this often anyway ([`process`]).
-const BODY_REUSE: Duration = Duration::from_secs(1);
+const BODY_REUSE: Duration = process::REREAD;
 
 /// What live leases and the estimates add to an exposition.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -180,9 +180,7 @@ impl Metrics {
 
     /// Counts one admission decision.
     pub fn record_decision(&self, admitted: bool, reason: &str) {
-        let result = if admitted { "admitted" } else { "refused" };
-        self.decisions.with_label_values(&[result, reason]).inc();
-        self.changed();
+        self.count(&self.decision_counter(admitted, reason));
     }
 
     /// Counts one decision on a counter from [`Metrics::decision_counter`].

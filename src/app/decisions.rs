@@ -27,14 +27,6 @@ impl AppState {
         health(&view.context(&self.config()))
     }
 
-    /// May a generation of `workload` (a checked profile name) start now, and on which GPU?
-    /// Read-only: it records nothing but the decision counter.
-    pub fn resource_check(&self, request: &CheckRequest, workload: &str) -> ResourceCheck {
-        let check = self.decide(request, workload);
-        self.metrics.record_decision(check.can_start_generation, check.primary_reason());
-        check
-    }
-
     /// The resource-check answer to `question` (the raw query string) as JSON, counted. The
     /// same question under the same inputs gets the kept answer; otherwise `parse` turns the
     /// question into a request and a checked workload (or the refusal of a bad one, which is

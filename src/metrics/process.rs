@@ -18,7 +18,7 @@ use prometheus::proto::MetricFamily;
 use super::{counter, counter_family, family, sample};
 
 /// How long one read of the process series is served.
-const REREAD: Duration = Duration::from_secs(1);
+pub(super) const REREAD: Duration = Duration::from_secs(1);
 /// How long a read of the descriptor limit is used.
 const LIMITS_REREAD: Duration = Duration::from_secs(10);
 
