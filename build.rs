@@ -24,6 +24,8 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=VRAMGUARD_REVISION={revision}");
 
+    detect_test_tools();
+
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let lib = out.join("libnvidia-ml-fake.so");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
@@ -40,6 +42,59 @@ fn main() {
         other => {
             println!("cargo:warning=could not build the fake NVML library with {cc}: {other:?}");
             println!("cargo:rustc-env=VRAMGUARD_FAKE_NVML=");
+        }
+    }
+}
+
+/// The outside programs some integration tests drive, each as the `cfg` the tests read: a test
+/// whose program is missing is marked `#[ignore = "needs ..."]` through
+/// `cfg_attr(not(has_...))`, so a plain `cargo test` lists it as ignored, with why, and counts it
+/// in its summary, instead of passing without having run. `.ci/run` passes `--include-ignored`:
+/// there every test runs, and one whose program is missing fails.
+///
+/// Installing a program changes a directory on PATH, which reruns this script (and so flips the
+/// cfg) on the next build.
+fn detect_test_tools() {
+    println!("cargo:rerun-if-env-changed=PATH");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).filter(|d| d.is_dir()) {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    let on_path = |tool: &str| std::env::split_paths(&path).any(|d| d.join(tool).is_file());
+    let python_venv = || {
+        Command::new("python3")
+            .args(["-c", "import venv, ensurepip"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // tests/store.rs fills a 2 MiB tmpfs in a private mount namespace: as root, or through a
+    // user namespace.
+    let mount_namespace = || {
+        let probe = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("tmpfs-probe");
+        let _ = std::fs::create_dir_all(&probe);
+        [&["--mount"][..], &["--user", "--map-root-user", "--mount"][..]].iter().any(|way| {
+            Command::new("unshare")
+                .args(*way)
+                .args(["sh", "-c", "mount -t tmpfs -o size=64k tmpfs \"$0\""])
+                .arg(&probe)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    };
+    let tools: [(&str, bool); 7] = [
+        ("has_promtool", on_path("promtool")),
+        ("has_amtool", on_path("amtool")),
+        ("has_prometheus", on_path("prometheus")),
+        ("has_chromium", on_path("chromium") && on_path("chromedriver")),
+        ("has_redis", on_path("redis-server") && on_path("redis-cli")),
+        ("has_python_venv", python_venv()),
+        ("has_mount_namespace", mount_namespace()),
+    ];
+    for (cfg, found) in tools {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if found {
+            println!("cargo::rustc-cfg={cfg}");
         }
     }
 }

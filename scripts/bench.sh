@@ -227,14 +227,17 @@ categories() { # perf.data categories-file -> Markdown rows
       }
     }
     {
-      np = split($3, pats, ";"); v = 0
+      np = split($3, pats, ";"); v = 0; matched = 0
       for (i = 1; i <= n; i++) {
         hit = 0
         for (j = 1; j <= np; j++) if (index(name[i], pats[j])) hit = 1
         if (!hit) continue
+        matched = 1
         if ($2 == "incl") { if (ch[i] > v) v = ch[i] } else v += se[i]
       }
-      printf "| %s | %.1f %% |\n", $1, v
+      # A pattern that matched no symbol says nothing about the time spent: n/a, not 0.0 %.
+      if (matched) printf "| %s | %.1f %% |\n", $1, v
+      else printf "| %s | n/a (no symbol matched) |\n", $1
     }' "$2"
 }
 profile() { # label categories seconds wrk-args... -> a section of the report

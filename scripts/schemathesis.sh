@@ -15,7 +15,7 @@ budget="${1:-90}"
 venv="${SCHEMATHESIS_VENV:-target/schemathesis-venv}"
 if [ ! -x "$venv/bin/st" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check schemathesis
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5"
 fi
 bin=target/debug/vramguard
 fake=$(ls target/debug/build/vramguard-*/out/libnvidia-ml-fake.so 2>/dev/null | head -1)

@@ -224,6 +224,7 @@ fn check(seen: &mut Seen, name: &str, m: &Metrics, at: Duration) {
 }
 
 #[test]
+#[cfg_attr(not(all(has_redis, has_python_venv)), ignore = "needs redis-server, redis-cli and python3 with venv (apt-get install redis-server redis-tools python3-venv)")]
 fn forty_jobs_on_two_machines_through_redis() {
     let ci = std::env::var_os("CI").is_some();
     let skip = |why: &str| {
@@ -440,6 +441,7 @@ fn forty_jobs_on_two_machines_through_redis() {
 /// the Redis lists are the example's RQ queues, and every Prometheus query parses and asks
 /// only for series a running vramguard exports.
 #[test]
+#[cfg_attr(not(has_promtool), ignore = "needs promtool on PATH (apt-get install prometheus)")]
 fn fleet_deploy_files_check() {
     if !common::require_tool("promtool") {
         return;

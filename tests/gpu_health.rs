@@ -170,6 +170,7 @@ fn a_gpu_refusing_xid_registration_leaves_the_others_watched() {
 /// Must show 3: a board without ECC or row remapping (NOT_SUPPORTED), and one with ECC switched
 /// off: those series are absent, never 0, both GPUs are healthy, and promtool is silent.
 #[test]
+#[cfg_attr(not(has_promtool), ignore = "needs promtool on PATH (apt-get install prometheus)")]
 fn unsupported_fault_readings_are_absent_and_healthy() {
     let vg = start(
         "[gpu]\nname NVIDIA GeForce RTX 4090\necc_mode unsupported\nremapped_rows unsupported\n\
@@ -202,6 +203,7 @@ fn unsupported_fault_readings_are_absent_and_healthy() {
 /// Uncorrected ECC errors make a GPU unhealthy, a failed remap asks for an RMA, and thermal
 /// slowdown only warns; each reading comes out exactly as NVML gave it.
 #[test]
+#[cfg_attr(not(has_promtool), ignore = "needs promtool on PATH (apt-get install prometheus)")]
 fn ecc_failed_remap_and_thermal_slowdown() {
     let vg = start(
         "[gpu]\necc_corrected 12\necc_uncorrected 2\n\

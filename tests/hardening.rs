@@ -248,6 +248,7 @@ fn keep_alive_connections_close_after_the_idle_timeout() {
 /// TLS: the API and /metrics over https with a test CA, a real Prometheus scraping over https,
 /// and plain HTTP to the TLS port failing.
 #[test]
+#[cfg_attr(not(has_prometheus), ignore = "needs prometheus on PATH (apt-get install prometheus)")]
 fn tls_serves_https_and_prometheus_scrapes_it() {
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();

@@ -299,6 +299,7 @@ fn mean_and_spread(points: &[Value], field: &str) -> (f64, f64) {
 /// agrees with the embedded one within the spread of the samples; with Prometheus stopped the
 /// embedded history answers with a warning. Prometheus is required when CI is set.
 #[test]
+#[cfg_attr(not(has_prometheus), ignore = "needs prometheus on PATH (apt-get install prometheus)")]
 fn prometheus_backed_history_agrees_and_falls_back() {
     if !require_tool("prometheus") {
         return;
