@@ -14,6 +14,8 @@ pub(crate) const MAX_VRAM_GB: f64 = 1024.0;
 pub(crate) const THRESHOLD: RangeInclusive<f64> = 0.1..=1.0;
 /// Generation leases allowed at once.
 pub(crate) const CONCURRENCY: RangeInclusive<u32> = 1..=10;
+/// [`CONCURRENCY`] as the API's field list reads it (a unit test holds the two together).
+pub(crate) const CONCURRENCY_WORDS: &str = "integers 1 to 10";
 /// VAE decode tile edge, pixels.
 pub(crate) const TILE_SIZE: RangeInclusive<u32> = 128..=512;
 /// Longest lease `client` name, characters.
@@ -22,18 +24,66 @@ pub(crate) const CLIENT_MAX_CHARS: usize = 128;
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 /// Points one history answer may hold.
 pub(crate) const HISTORY_MAX_POINTS: RangeInclusive<u32> = 1..=10_000;
+/// [`HISTORY_MAX_POINTS`] as the API's field list reads it.
+pub(crate) const HISTORY_MAX_POINTS_WORDS: &str = "integers 1 to 10000";
 /// History points returned when the query does not say.
 pub(crate) const HISTORY_DEFAULT_POINTS: u32 = 1000;
+/// A range of durations and how config.yaml writes its ends, for the sentence.
+pub(crate) struct Durations {
+    pub(crate) range: RangeInclusive<Duration>,
+    pub(crate) words: &'static str,
+}
+
+impl Durations {
+    /// `value` (shown as the config wrote it) within the range.
+    pub(crate) fn check(&self, value: Duration, shown: impl std::fmt::Display) -> Result<(), String> {
+        if self.range.contains(&value) {
+            Ok(())
+        } else {
+            Err(format!("{shown} is out of range; allowed {}", self.words))
+        }
+    }
+}
+
+const fn durations(from: Duration, to: Duration, words: &'static str) -> Durations {
+    Durations { range: from..=to, words }
+}
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 86_400;
+
 /// Sampling period: sysinfo needs 200 ms between CPU refreshes to compute a busy ratio.
-pub(crate) const SAMPLE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(200)..=Duration::from_secs(3600);
+pub(crate) const SAMPLE_INTERVAL: Durations =
+    durations(Duration::from_millis(200), Duration::from_secs(HOUR), "200ms to 1h");
+/// History recording period (at most its retention, checked beside it).
+pub(crate) const HISTORY_INTERVAL: Durations = durations(Duration::from_secs(1), Duration::MAX, "at least 1s");
+/// How long one query to the Prometheus history backend may take.
+pub(crate) const PROMETHEUS_TIMEOUT: Durations =
+    durations(Duration::from_millis(100), Duration::from_secs(60), "100ms to 1m");
+/// Header-read and keep-alive idle timeouts.
+pub(crate) const CONNECTION_TIMEOUT: Durations =
+    durations(Duration::from_secs(1), Duration::from_secs(HOUR), "1s to 1h");
+/// How long a head of the queue may be overtaken under `backfill`.
+pub(crate) const MAX_BYPASS: Durations = durations(Duration::ZERO, Duration::from_secs(DAY), "0s to 24h");
+/// `queue.max_wait`: an operator's cap on [`WAIT_SECONDS`].
+pub(crate) const MAX_WAIT: Durations = durations(Duration::ZERO, Duration::from_secs(300), "0s to 5m");
+/// `leases.default_ttl`: [`TTL_SECONDS`] as config.yaml writes it (whole seconds).
+pub(crate) const DEFAULT_TTL: Durations =
+    durations(Duration::from_secs(*TTL_SECONDS.start()), Duration::from_secs(*TTL_SECONDS.end()), "10s to 24h");
 /// WebSocket subscribers at once.
 pub(crate) const SUBSCRIBERS: RangeInclusive<u32> = 1..=10_000;
 /// HTTP connections open at once (config `http.max_connections`).
 pub(crate) const CONNECTIONS: RangeInclusive<u32> = 1..=100_000;
-/// Header-read and keep-alive idle timeouts.
-pub(crate) const CONNECTION_TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
 /// Generation requests waiting at once (config `queue.max_waiting`).
 pub(crate) const WAITING: RangeInclusive<u32> = 1..=100_000;
+/// Observed peaks an estimate needs (`learning.min_samples`) and may use (`learning.window`).
+pub(crate) const LEARNING_SAMPLES: RangeInclusive<u32> = 1..=1000;
+/// `learning.margin`: the fraction added to an observed peak.
+pub(crate) const LEARNING_MARGIN: RangeInclusive<f64> = 0.0..=1.0;
+/// A workload component's size, billions of parameters.
+pub(crate) const PARAMS_BILLIONS_MAX: f64 = 10_000.0;
+/// Longest host name in `http.allowed_hosts` (DNS).
+pub(crate) const HOST_NAME_MAX_CHARS: usize = 253;
 /// How long one request may wait for room, seconds (API `wait_seconds`): long waits are made of
 /// repeated requests, so no connection is held open for longer than this.
 pub(crate) const WAIT_SECONDS: RangeInclusive<f64> = 0.0..=300.0;
@@ -50,7 +100,7 @@ pub(crate) fn check_wait_seconds(value: f64) -> Result<(), String> {
 /// XID codes: NVIDIA's catalogue runs well below 999, which NVML itself uses for "unknown".
 pub(crate) const XID: RangeInclusive<u64> = 1..=999;
 /// How long a fatal XID may keep a GPU unhealthy.
-pub(crate) const XID_WINDOW: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(30 * 86_400);
+pub(crate) const XID_WINDOW: Durations = durations(Duration::from_secs(1), Duration::from_secs(30 * DAY), "1s to 30d");
 /// XIDs that mean the GPU needs a reset or worse (NVIDIA's XID catalogue and GPU memory error
 /// management guide): 48 double-bit ECC, 61/62 internal micro-controller halt, 63/64 ECC page
 /// retirement or row remapping event/failure, 74 NVLink, 79 fallen off the bus, 92 high
@@ -164,17 +214,47 @@ pub(crate) fn check_token_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display>(v: T, range: &RangeInclusive<T>) -> Result<(), String> {
-    if range.contains(&v) {
+/// An integer within `range`, in the one sentence every integer range uses.
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(v: T, range: &RangeInclusive<T>) -> Result<(), String> {
+    if range.contains(&v) { Ok(()) } else { Err(format!("{v} is out of range; allowed {}", integers(range))) }
+}
+
+/// How an integer range reads in a sentence: `integers 1 to 10`.
+pub(crate) fn integers<T: std::fmt::Display>(range: &RangeInclusive<T>) -> String {
+    format!("integers {} to {}", range.start(), range.end())
+}
+
+/// A fraction or amount within `range` (finite).
+pub(crate) fn within(v: f64, range: &RangeInclusive<f64>) -> Result<(), String> {
+    if v.is_finite() && range.contains(&v) {
         Ok(())
     } else {
-        Err(format!("{v} is out of range; allowed integers {} to {}", range.start(), range.end()))
+        Err(format!("{v} is out of range; allowed {} to {}", range.start(), range.end()))
     }
+}
+
+/// A host name or IP address of `http.allowed_hosts`.
+pub(crate) fn check_host_name(h: &str) -> Result<(), String> {
+    let plain = h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c));
+    if h.is_empty() || h.len() > HOST_NAME_MAX_CHARS || !plain {
+        return Err(format!("{h:?} is not a host name; allowed letters, digits, '-', '.', and an IP address"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sentences written out as constants (for `&'static` field lists) say what the ranges
+    /// say.
+    #[test]
+    fn written_out_ranges_match_their_ranges() {
+        assert_eq!(CONCURRENCY_WORDS, integers(&CONCURRENCY));
+        assert_eq!(HISTORY_MAX_POINTS_WORDS, integers(&HISTORY_MAX_POINTS));
+        assert_eq!(DEFAULT_TTL.range, Duration::from_secs(10)..=Duration::from_secs(86_400));
+        assert!(SUBSCRIBERS.contains(&10_000) && !SUBSCRIBERS.contains(&10_001));
+    }
 
     #[test]
     fn messages_name_the_range() {

@@ -10,7 +10,7 @@ use super::body::{Allowed, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
 use super::stats::StatsBody;
 use crate::history::{GpuHistoryPoint, HistoryPoint};
-use crate::limits::{HISTORY_DEFAULT_POINTS, HISTORY_MAX_POINTS};
+use crate::limits::{self, HISTORY_DEFAULT_POINTS, HISTORY_MAX_POINTS};
 use crate::time::{now_unix, rfc3339_unix};
 
 /// Query of the history.
@@ -30,7 +30,7 @@ pub struct HistoryQuery {
 
 impl Allowed for HistoryQuery {
     const FIELDS: &'static [(&'static str, &'static str)] =
-        &[("hours", "a number above 0 up to the history retention"), ("max_points", "integers 1 to 10000")];
+        &[("hours", "a number above 0 up to the history retention"), ("max_points", limits::HISTORY_MAX_POINTS_WORDS)];
 }
 
 /// The time range a history answer covers.

@@ -15,6 +15,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::app::settings::OptimizationSummary;
 pub use crate::app::settings::{ConstraintsPatch, OptimizationPatch};
 use crate::config::{Constraints, Optimization};
+use crate::limits;
 use crate::units::round2;
 
 impl Allowed for OptimizationPatch {
@@ -28,7 +29,7 @@ impl Allowed for OptimizationPatch {
 
 impl Allowed for ConstraintsPatch {
     const FIELDS: &'static [(&'static str, &'static str)] = &[
-        ("max_concurrent_generations", "integers 1 to 10"),
+        ("max_concurrent_generations", limits::CONCURRENCY_WORDS),
         ("vram_warning_threshold", "fractions 0.1 to 1.0, not above vram_critical_threshold"),
         ("vram_critical_threshold", "fractions 0.1 to 1.0, not below vram_warning_threshold"),
         ("cpu_warning_threshold", "fractions 0.1 to 1.0"),
@@ -115,8 +116,10 @@ pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<O
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_constraints(State(state): State<AppState>) -> Json<ConstraintsBody> {
     let c = state.live().constraints;
+    let concurrency =
+        format!("Generation leases allowed at once ({}-{}).", limits::CONCURRENCY.start(), limits::CONCURRENCY.end());
     let description = [
-        ("max_concurrent_generations", "Generation leases allowed at once (1-10)."),
+        ("max_concurrent_generations", concurrency.as_str()),
         ("vram_warning_threshold", "Any GPU's VRAM use at or above this fraction makes health a warning."),
         (
             "vram_critical_threshold",
