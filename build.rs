@@ -61,12 +61,8 @@ fn detect_test_tools() {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
     let on_path = |tool: &str| std::env::split_paths(&path).any(|d| d.join(tool).is_file());
-    let python_venv = || {
-        Command::new("python3")
-            .args(["-c", "import venv, ensurepip"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
+    let python_venv =
+        || Command::new("python3").args(["-c", "import venv, ensurepip"]).output().is_ok_and(|o| o.status.success());
     // tests/store.rs fills a 2 MiB tmpfs in a private mount namespace: as root, or through a
     // user namespace.
     let mount_namespace = || {

@@ -57,7 +57,10 @@ fn points(b: &Browser, chart: &str, attr: &str) -> usize {
 /// The page a person opens: GPUs, charts with history (each GPU's line too), live updates, leases, the editors'
 /// answers, no console errors, and nothing fetched from outside 127.0.0.1.
 #[test]
-#[cfg_attr(not(has_chromium), ignore = "needs chromium and chromedriver on PATH (apt-get install chromium chromium-driver)")]
+#[cfg_attr(
+    not(has_chromium),
+    ignore = "needs chromium and chromedriver on PATH (apt-get install chromium chromium-driver)"
+)]
 fn the_page_in_chromium() {
     if !require_tool_from("chromedriver", "chromium-driver") || !require_tool_from("chromium", "chromium") {
         return;

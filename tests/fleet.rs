@@ -224,7 +224,10 @@ fn check(seen: &mut Seen, name: &str, m: &Metrics, at: Duration) {
 }
 
 #[test]
-#[cfg_attr(not(all(has_redis, has_python_venv)), ignore = "needs redis-server, redis-cli and python3 with venv (apt-get install redis-server redis-tools python3-venv)")]
+#[cfg_attr(
+    not(all(has_redis, has_python_venv)),
+    ignore = "needs redis-server, redis-cli and python3 with venv (apt-get install redis-server redis-tools python3-venv)"
+)]
 fn forty_jobs_on_two_machines_through_redis() {
     let ci = std::env::var_os("CI").is_some();
     let skip = |why: &str| {

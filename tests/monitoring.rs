@@ -29,7 +29,10 @@ fn run_ok(cmd: &mut Command) {
 /// `promtool check rules`, `promtool test rules`, `promtool check config` and `amtool
 /// check-config` all pass (the tools are required when CI is set).
 #[test]
-#[cfg_attr(not(all(has_promtool, has_amtool)), ignore = "needs promtool and amtool on PATH (apt-get install prometheus prometheus-alertmanager)")]
+#[cfg_attr(
+    not(all(has_promtool, has_amtool)),
+    ignore = "needs promtool and amtool on PATH (apt-get install prometheus prometheus-alertmanager)"
+)]
 fn rules_and_examples_pass_the_prometheus_tools() {
     if require_tool("promtool") {
         run_ok(Command::new("promtool").arg("check").arg("rules").arg(repo("alerts/vramguard.rules.yml")));

@@ -251,7 +251,10 @@ fn ask_watcher(vg: &Vramguard, what: &str, answer: &str) {
 /// (202, not yet durable) while a new lease cannot be recorded (503); once space is free again
 /// the retried release goes through, the store is up, and the new lease is admitted.
 #[test]
-#[cfg_attr(not(has_mount_namespace), ignore = "needs a private mount namespace with a tmpfs (unshare --mount, as root or in a user namespace)")]
+#[cfg_attr(
+    not(has_mount_namespace),
+    ignore = "needs a private mount namespace with a tmpfs (unshare --mount, as root or in a user namespace)"
+)]
 fn a_full_disk_still_frees_released_slots() {
     let Some(namespace) = mount_namespace() else { return };
     let vg = start_on_tmpfs(namespace);
