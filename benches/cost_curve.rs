@@ -15,7 +15,8 @@
 //!   scenario per call; a real driver's calls cost more (ioctls), so this is vramguard's own
 //!   share of a sample plus a cheap driver. Not the host collector, which does not grow with N
 //!   or P.
-//! - `cost_exposition`: `Metrics::render` of the whole `/metrics` text for a snapshot of that
+//! - `cost_exposition`: the whole `/metrics` text after a new sample (`Metrics::policy_text`, then
+//!   `Metrics::render_cached`) for a snapshot of that
 //!   shape (including the process collector's read of `/proc/self`, a constant).
 //! - `cost_decision_fits`: `resource_check` for a 9.5 GiB job that fits (the request
 //!   `scripts/bench.sh` sends).
@@ -131,8 +132,16 @@ fn exposition(c: &mut Criterion) {
     for n in GPUS {
         for p in PROCESSES {
             let s = snapshot(n, p);
+            // A scrape after a new sample (the production path; the sample made outside the timing).
             group.bench_function(id(n, p), |b| {
-                b.iter(|| black_box(metrics.render(Some(&s), &config.constraints, None, 1, &figures)))
+                b.iter_batched(
+                    || std::sync::Arc::new(s.clone()),
+                    |sample| {
+                        let policy = metrics.policy_text(Some(&sample), &config.constraints, None, 1, &figures);
+                        black_box(metrics.render_cached(Some(&sample), &std::sync::Arc::new(policy), 0))
+                    },
+                    criterion::BatchSize::SmallInput,
+                )
             });
         }
     }

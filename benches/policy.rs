@@ -33,8 +33,18 @@ fn benches(c: &mut Criterion) {
     let snapshot = big_box();
     let config = Config::default();
     let metrics = Metrics::new();
-    c.bench_function("render /metrics (8 GPUs, 32 processes)", |b| {
-        b.iter(|| black_box(metrics.render(Some(&snapshot), &config.constraints, None, 2, &Default::default())))
+    // A scrape after a new sample, on the production path: the policy's part and the snapshot's
+    // series are computed afresh (the sample is new), then the whole text. The sample itself is
+    // made outside the timing.
+    c.bench_function("render /metrics after a new sample (8 GPUs, 32 processes)", |b| {
+        b.iter_batched(
+            || std::sync::Arc::new(snapshot.clone()),
+            |sample| {
+                let policy = metrics.policy_text(Some(&sample), &config.constraints, None, 2, &Default::default());
+                black_box(metrics.render_cached(Some(&sample), &std::sync::Arc::new(policy), 0))
+            },
+            criterion::BatchSize::SmallInput,
+        )
     });
 
     let reservations = [(3u32, 10.0)];

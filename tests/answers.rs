@@ -106,13 +106,15 @@ fn a_bad_question_is_refused_every_time_and_never_kept() {
 }
 
 #[test]
-fn the_exposition_is_reused_only_while_nothing_changed() {
+fn every_input_change_shows_in_the_next_scrape() {
     let vg = start();
     let scrape = || vg.get("/metrics").1;
     let first = scrape();
     let second = scrape();
-    // Back to back, nothing changed: the same bytes (process series are read at most once a
-    // second, so they may differ only across that boundary).
+    // Back to back, nothing changed: the same text (process series are read at most once a
+    // second, so they may differ only across that boundary). Whether the bytes were reused or
+    // rendered again cannot be seen from here: the unit test
+    // `metrics::tests::the_exposition_is_reused_only_while_nothing_changed` shows that.
     let without_process = |t: &str| t.lines().filter(|l| !l.starts_with("process_")).collect::<Vec<_>>().join("\n");
     assert_eq!(without_process(&first), without_process(&second));
 

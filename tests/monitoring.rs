@@ -85,7 +85,9 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
     // As AppState does: the store's status series come from the store.
     let metrics = vramguard::metrics::Metrics::new();
     metrics.register(vramguard::store::StoreStatus::new().collectors());
-    let text = metrics.render(
+    // The production path: the policy's part, then the whole exposition.
+    let snapshot = std::sync::Arc::new(snapshot);
+    let policy = metrics.policy_text(
         Some(&snapshot),
         &vramguard::config::Constraints::default(),
         Some(vramguard::policy::health::HealthStatus::Healthy),
@@ -97,6 +99,8 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
             that_fit: vec![("default".to_owned(), 2)],
         },
     );
+    let body = metrics.render_cached(Some(&snapshot), &std::sync::Arc::new(policy), 0);
+    let text = String::from_utf8(body.to_vec()).unwrap();
     let exported: BTreeSet<String> = text
         .lines()
         .filter(|l| l.starts_with("# TYPE "))

@@ -114,8 +114,6 @@ impl Default for LearningConfig {
     }
 }
 
-/// Name of the profile given by the `workload` key.
-
 impl Default for Constraints {
     fn default() -> Self {
         Self {

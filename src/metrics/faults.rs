@@ -3,7 +3,7 @@
 
 use prometheus::proto::MetricFamily;
 
-use super::{counter, counter_family, family, sample};
+use super::family::{counter, counter_family, family, sample};
 use crate::snapshot::{Snapshot, THROTTLE_REASONS};
 
 /// The fault families of one snapshot.
