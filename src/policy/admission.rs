@@ -247,23 +247,7 @@ fn check_vram(
         return (false, chosen);
     }
     if candidates.is_empty() {
-        if !(ctx.gpu_enabled || req.gpu.is_some()) {
-            // gpu.enabled: false — this host runs generations without a GPU on purpose.
-            return (true, chosen);
-        }
-        if !unhealthy.is_empty() {
-            f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
-            f.reasons.push(Reason::NoGpu);
-            return (false, chosen);
-        }
-        let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
-        let text = match req.gpu {
-            Some(pin) if !all.is_empty() => format!("GPU {pin} is not visible (visible: {})", visible.join(", ")),
-            _ => "No GPU visible: NVML reports no usable GPU, so VRAM cannot be checked".to_owned(),
-        };
-        f.block(Reason::NoGpu, text);
-        f.lasting = true;
-        return (false, chosen);
+        return (no_candidate(ctx, req, &all, unhealthy, f), chosen);
     }
     let within_budget = required <= ctx.settings.max_vram_usage_gb;
     // Not even an empty candidate GPU would take it: no release can make room.
@@ -272,23 +256,7 @@ fn check_vram(
     f.lasting = !within_budget || larger_than_every_gpu;
     if fitting.is_empty() {
         let g = chosen.as_ref().expect("candidates is not empty");
-        f.blocking.push(if verdict::vram_level(g.usage(), c) == VramLevel::Critical {
-            format!("VRAM usage too high ({:.1}%)", g.usage() * 100.0)
-        } else if g.reserved_gb > 0.005 {
-            format!(
-                "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB free, {:.1} GB of it promised to running generations)",
-                g.index,
-                g.total_gb - g.used_gb,
-                g.reserved_gb
-            )
-        } else {
-            format!(
-                "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB below the {:.0}% limit)",
-                g.index,
-                g.headroom_gb(c.vram_critical_threshold),
-                c.vram_critical_threshold * 100.0
-            )
-        });
+        f.blocking.push(too_full(g, required, c));
         // Say why the other GPUs were not tried.
         f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
     }
@@ -314,6 +282,55 @@ fn check_vram(
         recommend_changes(ctx, req, required, scale, &candidates, ok, f);
     }
     (ok, chosen)
+}
+
+/// No GPU may take the job: none enabled on purpose (fine), only unhealthy ones, or none
+/// visible (lasting). Returns whether VRAM allows the job.
+fn no_candidate(
+    ctx: &Context<'_>,
+    req: &CheckRequest,
+    all: &[GpuView],
+    unhealthy: Vec<(u32, String)>,
+    f: &mut Findings,
+) -> bool {
+    if !(ctx.gpu_enabled || req.gpu.is_some()) {
+        // gpu.enabled: false — this host runs generations without a GPU on purpose.
+        return true;
+    }
+    if !unhealthy.is_empty() {
+        f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
+        f.reasons.push(Reason::NoGpu);
+        return false;
+    }
+    let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
+    let text = match req.gpu {
+        Some(pin) if !all.is_empty() => format!("GPU {pin} is not visible (visible: {})", visible.join(", ")),
+        _ => "No GPU visible: NVML reports no usable GPU, so VRAM cannot be checked".to_owned(),
+    };
+    f.block(Reason::NoGpu, text);
+    f.lasting = true;
+    false
+}
+
+/// Why the best candidate `g` cannot take a job of `required` GiB.
+fn too_full(g: &GpuView, required: f64, c: &crate::config::Constraints) -> String {
+    if verdict::vram_level(g.usage(), c) == VramLevel::Critical {
+        format!("VRAM usage too high ({:.1}%)", g.usage() * 100.0)
+    } else if g.reserved_gb > 0.005 {
+        format!(
+            "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB free, {:.1} GB of it promised to running generations)",
+            g.index,
+            g.total_gb - g.used_gb,
+            g.reserved_gb
+        )
+    } else {
+        format!(
+            "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB below the {:.0}% limit)",
+            g.index,
+            g.headroom_gb(c.vram_critical_threshold),
+            c.vram_critical_threshold * 100.0
+        )
+    }
 }
 
 /// Setting changes that would make the job fit (or leave more room), and, when none would and

@@ -62,80 +62,8 @@ impl Store {
             .map_err(|e| self.sql(e))?;
         let bucketed = total > u64::from(max_points);
         let width = if bucketed { (end - start) / f64::from(max_points) } else { interval_seconds };
-        // Column 0 is the key the point's GPUs are found by: its bucket, or its time's bits.
-        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, HistoryPoint)> {
-            let ts: f64 = r.get(1)?;
-            let point = HistoryPoint {
-                ts,
-                cpu_percent: r.get(2)?,
-                ram_used_gb: r.get(3)?,
-                ram_total_gb: r.get(4)?,
-                ram_percent: r.get(5)?,
-                gpu_percent: r.get(6)?,
-                vram_used_mb: r.get(7)?,
-                vram_total_mb: r.get(8)?,
-                vram_percent: r.get(9)?,
-                timestamp: rfc3339_unix(ts),
-                gpus: Vec::new(),
-            };
-            Ok((if bucketed { r.get(0)? } else { ts.to_bits() as i64 }, point))
-        };
-        let gpu_row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, GpuHistoryPoint)> {
-            let key = if bucketed { r.get(0)? } else { r.get::<_, f64>(0)?.to_bits() as i64 };
-            Ok((key, GpuHistoryPoint { index: r.get(1)?, gpu_percent: r.get(2)?, vram_percent: r.get(3)? }))
-        };
-        // The sample exactly at `end` belongs to the last bucket, not one of its own. Points and
-        // their GPUs are bucketed by the same expression over the same times, so they agree.
-        const BUCKET: &str = "MIN(CAST((ts - ?1) / ?3 AS INTEGER), ?4 - 1)";
-        let (rows, gpu_rows) = if bucketed {
-            let points = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {BUCKET} AS bucket, AVG(ts), AVG(cpu_percent), AVG(ram_used_gb), AVG(ram_total_gb),
-                            AVG(ram_percent), AVG(gpu_percent), AVG(vram_used_mb), AVG(vram_total_mb),
-                            AVG(vram_percent)
-                     FROM history WHERE ts >= ?1 AND ts <= ?2
-                     GROUP BY bucket
-                     ORDER BY 2"
-                ))
-                .and_then(|mut stmt| {
-                    stmt.query_map(params![start, end, width, max_points], map)?.collect::<Result<Vec<_>, _>>()
-                });
-            // Streamed in time order and summed here: grouping in SQL would sort every row of every
-            // GPU first (about twice the time). The bucket is still SQLite's, by the same expression.
-            let gpus = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {BUCKET}, gpu_index, gpu_percent, vram_percent
-                     FROM history_gpus WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, gpu_index"
-                ))
-                .and_then(|mut stmt| {
-                    let mut sums = GpuSums::default();
-                    let mut rows = stmt.query(params![start, end, width, max_points])?;
-                    while let Some(r) = rows.next()? {
-                        sums.add(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-                    }
-                    Ok(sums.means())
-                });
-            (points, gpus)
-        } else {
-            let points = self
-                .conn
-                .prepare_cached(
-                    "SELECT NULL, ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
-                            gpu_percent, vram_used_mb, vram_total_mb, vram_percent
-                     FROM history WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, id",
-                )
-                .and_then(|mut stmt| stmt.query_map(params![start, end], map)?.collect::<Result<Vec<_>, _>>());
-            let gpus = self
-                .conn
-                .prepare_cached(
-                    "SELECT ts, gpu_index, gpu_percent, vram_percent
-                     FROM history_gpus WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, gpu_index",
-                )
-                .and_then(|mut stmt| stmt.query_map(params![start, end], gpu_row)?.collect::<Result<Vec<_>, _>>());
-            (points, gpus)
-        };
+        let (rows, gpu_rows) =
+            if bucketed { self.bucketed_rows(start, end, width, max_points) } else { self.raw_rows(start, end) };
         let rows = rows.map_err(|e| self.sql(e))?;
         let mut by_key: std::collections::HashMap<i64, Vec<GpuHistoryPoint>> = std::collections::HashMap::new();
         for (key, gpu) in gpu_rows.map_err(|e| self.sql(e))? {
@@ -151,6 +79,96 @@ impl Store {
             .collect();
         Ok(HistorySeries { points, total_count: total, resolution_seconds: width })
     }
+
+    /// The points averaged into `max_points` buckets of `width` seconds, and each bucket's GPUs,
+    /// keyed by the bucket.
+    fn bucketed_rows(&self, start: f64, end: f64, width: f64, max_points: u32) -> Rows {
+        // The sample exactly at `end` belongs to the last bucket, not one of its own. Points and
+        // their GPUs are bucketed by the same expression over the same times, so they agree.
+        const BUCKET: &str = "MIN(CAST((ts - ?1) / ?3 AS INTEGER), ?4 - 1)";
+        let points = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {BUCKET} AS bucket, AVG(ts), AVG(cpu_percent), AVG(ram_used_gb), AVG(ram_total_gb),
+                        AVG(ram_percent), AVG(gpu_percent), AVG(vram_used_mb), AVG(vram_total_mb),
+                        AVG(vram_percent)
+                 FROM history WHERE ts >= ?1 AND ts <= ?2
+                 GROUP BY bucket
+                 ORDER BY 2"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_map(params![start, end, width, max_points], |r| point_row(r, r.get(0)?))?
+                    .collect::<Result<Vec<_>, _>>()
+            });
+        // Streamed in time order and summed here: grouping in SQL would sort every row of every
+        // GPU first (about twice the time). The bucket is still SQLite's, by the same expression.
+        let gpus = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {BUCKET}, gpu_index, gpu_percent, vram_percent
+                 FROM history_gpus WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, gpu_index"
+            ))
+            .and_then(|mut stmt| {
+                let mut sums = GpuSums::default();
+                let mut rows = stmt.query(params![start, end, width, max_points])?;
+                while let Some(r) = rows.next()? {
+                    sums.add(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                }
+                Ok(sums.means())
+            });
+        (points, gpus)
+    }
+
+    /// Every point in the range and the GPUs' rows, keyed by the point's time (its bits).
+    fn raw_rows(&self, start: f64, end: f64) -> Rows {
+        let points = self
+            .conn
+            .prepare_cached(
+                "SELECT NULL, ts, cpu_percent, ram_used_gb, ram_total_gb, ram_percent,
+                        gpu_percent, vram_used_mb, vram_total_mb, vram_percent
+                 FROM history WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, id",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(params![start, end], |r| point_row(r, r.get::<_, f64>(1)?.to_bits() as i64))?
+                    .collect::<Result<Vec<_>, _>>()
+            });
+        let gpus = self
+            .conn
+            .prepare_cached(
+                "SELECT ts, gpu_index, gpu_percent, vram_percent
+                 FROM history_gpus WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, gpu_index",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(params![start, end], |r| {
+                    let key = r.get::<_, f64>(0)?.to_bits() as i64;
+                    Ok((key, GpuHistoryPoint { index: r.get(1)?, gpu_percent: r.get(2)?, vram_percent: r.get(3)? }))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            });
+        (points, gpus)
+    }
+}
+
+/// Points keyed by what their GPUs are found by, and the GPUs' rows keyed likewise.
+type Rows = (rusqlite::Result<Vec<(i64, HistoryPoint)>>, rusqlite::Result<Vec<(i64, GpuHistoryPoint)>>);
+
+/// One point from columns 1 to 9 (ts, the seed's eight figures), under `key`.
+fn point_row(r: &rusqlite::Row<'_>, key: i64) -> rusqlite::Result<(i64, HistoryPoint)> {
+    let ts: f64 = r.get(1)?;
+    let point = HistoryPoint {
+        ts,
+        cpu_percent: r.get(2)?,
+        ram_used_gb: r.get(3)?,
+        ram_total_gb: r.get(4)?,
+        ram_percent: r.get(5)?,
+        gpu_percent: r.get(6)?,
+        vram_used_mb: r.get(7)?,
+        vram_total_mb: r.get(8)?,
+        vram_percent: r.get(9)?,
+        timestamp: rfc3339_unix(ts),
+        gpus: Vec::new(),
+    };
+    Ok((key, point))
 }
 
 /// Per bucket and GPU, the sums and counts of the readings there were, as rows arrive in time
