@@ -1,7 +1,8 @@
 //! The one-way architecture, checked: every `crate::` path in `src/` may only name a top-level
 //! module declared *before* its own module in `src/lib.rs`. So there is no cycle among the
 //! top-level modules, and nothing below `http` imports it. Adding `use crate::http::...` to
-//! `policy` (or any upward import) fails this test with the file and the line.
+//! `policy` (or any upward import) fails this test with the file and the line. It also keeps
+//! every file under src/ small enough to read in one sitting (500 lines, functions of 80).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -191,4 +192,116 @@ fn the_check_catches_upward_imports() {
         ],
     );
     assert_eq!(cycle.len(), 1, "{cycle:?}");
+}
+
+/// Longest file under src/, in lines (tests inside a file count).
+const MAX_FILE_LINES: usize = 500;
+/// Longest function, in lines from its `fn` line to its closing brace.
+const MAX_FN_LINES: usize = 80;
+
+/// A line without its string and char literals and its line comment, so braces inside them are
+/// not counted.
+fn code_of(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            // A char literal ('{', '\''), not a lifetime ('a): closed within three characters.
+            '\'' if matches!(chars.clone().nth(1), Some('\'')) || chars.peek() == Some(&'\\') => {
+                for d in chars.by_ref() {
+                    if d == '\'' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => break,
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Functions of `code` longer than `max` lines, as (line of the `fn`, length).
+fn long_functions(code: &str, max: usize) -> Vec<(usize, usize)> {
+    let lines: Vec<String> = code.lines().map(code_of).collect();
+    let is_fn = |l: &str| {
+        let mut words = l.split_whitespace().skip_while(|w| {
+            w.starts_with("pub") || ["async", "const", "unsafe", "extern", "\"C\""].contains(w)
+        });
+        words.next() == Some("fn")
+    };
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !is_fn(line) {
+            continue;
+        }
+        let mut depth = 0i64;
+        let mut opened = false;
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            if !opened && l.contains(';') && !l.contains('{') {
+                break; // a declaration without a body
+            }
+            for c in l.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if opened && depth == 0 {
+                if j - i + 1 > max {
+                    out.push((i + 1, j - i + 1));
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Every file under src/ can be read in one sitting: at most 500 lines, no function over 80.
+#[test]
+fn files_and_functions_are_small_enough_to_read() {
+    let mut bad = Vec::new();
+    for (file, code) in sources() {
+        let n = code.lines().count();
+        if n > MAX_FILE_LINES {
+            bad.push(format!("{}: {n} lines (at most {MAX_FILE_LINES})", file.display()));
+        }
+        for (line, len) in long_functions(&code, MAX_FN_LINES) {
+            bad.push(format!("{}:{line}: a function of {len} lines (at most {MAX_FN_LINES})", file.display()));
+        }
+    }
+    assert!(bad.is_empty(), "too long to read in one sitting:\n{}", bad.join("\n"));
+}
+
+/// The length check counts what it must: a long body, braces in strings and chars ignored, a
+/// nested function inside its parent, a declaration without a body skipped.
+#[test]
+fn the_length_check_counts_function_bodies() {
+    let body = |n: usize| "    let x = 1;\n".repeat(n);
+    let long = format!("pub(crate) async fn f() {{\n{}}}\n", body(79));
+    assert_eq!(long_functions(&long, 80), vec![(1, 81)]);
+    let short = format!("fn f() {{\n{}}}\n", body(78));
+    assert!(long_functions(&short, 80).is_empty());
+    let tricky = "fn f() {\n    let s = \"}}}\";\n    let c = '}';\n    // }\n}\nfn g() -> u32 {\n    1\n}\n";
+    assert!(long_functions(tricky, 5).is_empty(), "braces in literals and comments are not code");
+    assert_eq!(long_functions(tricky, 4), vec![(1, 5)]);
+    assert!(long_functions("trait T {\n    fn f(&self);\n}\n", 1).is_empty());
+    let lifetime = "fn f<'a>(x: &'a str) -> &'a str {\n    x\n}\n";
+    assert_eq!(long_functions(lifetime, 2), vec![(1, 3)]);
 }
