@@ -34,10 +34,10 @@
 //! 9. [`metrics`]: renders a snapshot and the live constraints as Prometheus text, with
 //!    vramguard's own process series; reuses what did not change since the last scrape.
 //! 10. [`app`]: the service layer: shared state, the one write path, the lease ledger and its
-//!     critical section (run and group-committed by one commit thread), the admission queue and
-//!     its dispatcher, answers kept until their inputs change, settings updates, tokens and
+//!     critical section (run and group-committed by the lease thread), the admission queue and
+//!     its dispatcher, a memo of decisions kept until their inputs change, settings updates, tokens and
 //!     roles, the reaper, the history recorder and configuration reload.
-//! 11. [`http`]: the axum router ([`http::app`]), the one edge layer (Host/Origin guard, then
+//! 11. [`http`]: the axum router ([`http::app`]), the one edge layer (the Host/Origin check, then
 //!     tokens), thin handlers and the one `ApiError` type.
 //! 12. [`server`]: wiring and graceful shutdown; [`server::run`] serves on a bound listener
 //!     through vramguard's own accept loop (connection cap, timeouts, optional TLS), reloads

@@ -1,6 +1,21 @@
 //! Why a service call did not do what was asked. The HTTP edge turns each variant into one
 //! status code (`http::error`); callers inside the service branch on them.
 
+/// Why the service could not start: each says what failed, so a configuration mistake is not
+/// reported as a damaged store (which `--reset-state` would move aside).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The state store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The Prometheus history source could not be set up from `history.prometheus_url`.
+    #[error("config key history.prometheus_url: {0}")]
+    PrometheusSource(String),
+    /// The thread that runs lease critical sections could not be started.
+    #[error("cannot start the lease thread: {0}")]
+    LeaseThread(std::io::Error),
+}
+
 /// A service call that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {

@@ -1,8 +1,9 @@
 //! Generation leases: admission that holds under concurrency (SPEC §3.2).
 //!
 //! Taking a lease runs the resource-check decision and, if it admits, records the lease in the
-//! same critical section: the store lock, taken on a blocking thread, covers reaping, reading the
-//! lease book, deciding, the durable insert and publishing the lease. N callers racing for the
+//! same critical section: a job on the lease thread ([`super::lease_thread`]), which holds the
+//! writers' lock on the store and covers reaping, reading the lease book, deciding, the insert
+//! into the open batch and publishing the lease; the caller is answered once the batch commits. N callers racing for the
 //! last slot therefore get exactly the free slots. The only I/O inside is the state-store write;
 //! the snapshot and settings are in-memory copies.
 

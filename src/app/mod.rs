@@ -8,8 +8,10 @@
 //! - [`reload`]: applying a configuration reloaded on SIGHUP.
 //! - [`settings`]: partial updates and resets of the optimization settings and constraints.
 //! - [`decisions`]: health, resource-check and the metrics exposition on the live view.
-//! - [`answers`]: answers kept until their inputs change (the [`answers::Stamp`]).
-//! - `commit`: the thread that runs lease critical sections and commits them in groups.
+//! - [`decision_memo`]: decisions (resource-check answers, the policy's part of `/metrics`) kept
+//!   until their inputs change (the [`decision_memo::Stamp`]); no HTTP in it.
+//! - `lease_thread`: the one thread that runs every lease critical section and commits their
+//!   writes in groups.
 //! - [`history`]: the embedded history recorder, `stats/save` and history queries.
 //! - [`error`]: [`ServiceError`], which the HTTP edge maps to status codes.
 //! - [`access`]: the configured tokens, their roles, and who a caller is.
@@ -17,8 +19,8 @@
 //!   not yet durable, retried in the background; the failure logged once.
 
 pub mod access;
-pub mod answers;
-mod commit;
+pub mod decision_memo;
+mod lease_thread;
 pub mod decisions;
 pub mod error;
 pub mod ledger;
@@ -44,7 +46,7 @@ use crate::snapshot::{Snapshot, SnapshotRx};
 use crate::store::{Store, StoreError, StoreStatus};
 use crate::time::now_unix;
 pub use access::{Caller, Credentials};
-pub use error::ServiceError;
+pub use error::{OpenError, ServiceError};
 
 /// The settings the API can change, as they are now.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,14 +113,14 @@ pub struct SharedState {
     /// Wakes the queue's dispatcher: a release, an expiry, a settings change, a waiter.
     queue_wake: Arc<tokio::sync::Notify>,
     /// The thread that runs lease critical sections and commits them in groups.
-    committer: commit::Committer,
+    committer: lease_thread::Committer,
     /// Bumped after every change of the live settings, the configuration, the lease book or the
-    /// observed peaks: part of the [`answers::Stamp`] kept answers are checked against.
+    /// observed peaks: part of the [`decision_memo::Stamp`] kept answers are checked against.
     inputs_version: std::sync::atomic::AtomicU64,
     /// Resource-check answers kept between changes of their inputs.
-    kept_checks: answers::Kept<decisions::CheckAnswer>,
+    kept_checks: decision_memo::Kept<decisions::CheckAnswer>,
     /// The policy's part of the exposition, kept likewise.
-    kept_policy: answers::Kept<Arc<crate::metrics::PolicyText>>,
+    kept_policy: decision_memo::Kept<Arc<crate::metrics::PolicyText>>,
 }
 
 /// Observed peaks (key, GiB), newest first.
@@ -196,7 +198,7 @@ impl AppState {
         snapshots: SnapshotRx,
         credentials: Credentials,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, OpenError> {
         let store = Store::open(&config.state_dir)?;
         let live = load_live(&store, &config)?;
         let leases = LeaseBook::from_leases(store.load_leases()?);
@@ -205,11 +207,7 @@ impl AppState {
         let prometheus = match (&config.history.backend, &config.history.prometheus_url) {
             (HistoryBackend::Prometheus, Some(url)) => Some(
                 PrometheusSource::new(url, &config.history.prometheus_selector, config.history.prometheus_timeout.0)
-                    .map_err(|message| StoreError::Invalid {
-                        path: store.path().to_owned(),
-                        key: "history.prometheus_url".to_owned(),
-                        message,
-                    })?,
+                    .map_err(OpenError::PrometheusSource)?,
             ),
             _ => None,
         };
@@ -235,7 +233,7 @@ impl AppState {
             observed: Arc::new(RwLock::new(Arc::new(observed))),
             queue: Arc::default(),
             queue_wake: Arc::default(),
-            committer: commit::Committer::start().map_err(StoreError::Thread)?,
+            committer: lease_thread::Committer::start().map_err(OpenError::LeaseThread)?,
             inputs_version: Default::default(),
             kept_checks: Default::default(),
             kept_policy: Default::default(),
@@ -357,7 +355,7 @@ impl AppState {
         f: impl FnOnce(&AppState, &mut Store) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<(T, Result<(), ServiceError>), ServiceError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: commit::Job = Box::new(move |st, store| {
+        let job: lease_thread::Job = Box::new(move |st, store| {
             let before = store.batch_marker();
             let out = f(st, store);
             let wrote = store.batch_marker() != before;
@@ -379,7 +377,7 @@ impl AppState {
         what: &'static str,
         f: impl FnOnce(&AppState, &mut Store) -> Result<(), ServiceError> + Send + 'static,
     ) {
-        let job: commit::Job = Box::new(move |st, store| {
+        let job: lease_thread::Job = Box::new(move |st, store| {
             let out = f(st, store);
             Box::new(move |durable| {
                 if let Err(e) = out.and(durable.clone()) {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::commit::Finish;
+use super::lease_thread::Finish;
 use super::ledger::{Acquired, LeaseAsk};
 use super::{AppState, ServiceError};
 use crate::config::QueuePolicy;

@@ -4,7 +4,7 @@
 //! - [`prometheus`]: builds the same answer from `query_range`.
 //!
 //! Recording (every `history.interval`, pruning past `history.retention`) is the service
-//! layer's job: `app::recorder`.
+//! layer's job: `app::history` (the recorder task and `stats/save`).
 //!
 //! The bucketing itself is SQL in [`crate::store`]: equal-width time buckets, each the average of
 //! the samples in it (missing readings are skipped, not counted as 0). Each point carries the

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 
 use super::AppState;
-use super::guard::AllowedHosts;
+use super::host_check::AllowedHosts;
 
 /// Adds [`Edge`] in front of a service.
 #[derive(Clone)]
@@ -59,7 +59,8 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let checked = super::guard::check(&self.hosts, &req).and_then(|()| super::auth::identify(&self.state, &req));
+        let checked =
+            super::host_check::check(&self.hosts, &req).and_then(|()| super::auth::identify(&self.state, &req));
         match checked {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);

@@ -36,7 +36,7 @@ pub mod decisions;
 pub mod edge;
 pub mod error;
 pub mod generations;
-pub mod guard;
+pub mod host_check;
 pub mod history;
 pub mod observations;
 pub mod openapi;

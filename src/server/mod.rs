@@ -4,7 +4,7 @@
 //! memory back to the system now and then.
 
 mod listener;
-mod memory;
+mod heap_trim;
 mod reload;
 mod tls;
 
@@ -36,6 +36,9 @@ pub enum Error {
     /// The state store could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The service could not start (its store, the Prometheus history source, the lease thread).
+    #[error(transparent)]
+    Open(#[from] crate::app::OpenError),
     /// A token file could not be used (the message starts with its key).
     #[error("config key {0}")]
     Token(String),
@@ -115,7 +118,7 @@ pub async fn run_with(
     let tracker = tokio::spawn(crate::app::ledger::tracker(state.clone(), stop_rx.clone()));
     let dispatcher = tokio::spawn(crate::app::queue::dispatcher(state.clone(), stop_rx.clone()));
     let reloader = tokio::spawn(reload::on_sighup(state.clone(), tls.clone(), reload, stop_rx.clone()));
-    let trimmer = tokio::spawn(memory::trim_heap(stop_rx.clone()));
+    let trimmer = tokio::spawn(heap_trim::trim_heap(stop_rx.clone()));
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on {scheme}://{addr}");
 
     let stop_for_server = stop_tx.clone();

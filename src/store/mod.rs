@@ -63,9 +63,6 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The thread that commits lease writes could not be started.
-    #[error("cannot start the state store's commit thread: {0}")]
-    Thread(std::io::Error),
     /// The database file went away while vramguard was running.
     #[error("state store {path} {what}")]
     Vanished {

@@ -1,5 +1,5 @@
-//! Group commit of lease writes: one thread, `vramguard-commit`, runs every lease critical
-//! section. It takes whatever jobs are waiting, runs them one after another under the writers'
+//! The lease thread: one thread, `vramguard-commit`, runs every lease critical section and
+//! group-commits their writes. It takes whatever jobs are waiting, runs them one after another under the writers'
 //! lock into one open transaction, commits that transaction once (one fsync for all of them),
 //! and only then answers each job. While it commits, the next jobs gather in its channel, so the
 //! batch grows with the load by itself: no timer, no batch size to tune.

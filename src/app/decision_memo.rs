@@ -1,4 +1,4 @@
-//! Answers kept until what they were decided from changes. A resource-check answer and the
+//! A memo of decisions (not HTTP answers): each kept until what it was decided from changes. A resource-check answer and the
 //! policy's part of the exposition are pure functions of the latest snapshot, the configuration,
 //! the live settings, the lease book and the observed peaks (and of the query). Between two
 //! samples those rarely change, while the same question may be asked thousands of times a

@@ -1,4 +1,4 @@
-//! Giving freed heap memory back to the system. glibc's malloc gives each thread that contends
+//! Heap trimming, and nothing else: giving freed heap memory back to the system. glibc's malloc gives each thread that contends
 //! for the heap an arena of its own and keeps the free memory of every arena for reuse, so after
 //! a burst of requests (tokio workers, blocking threads and the commit thread all allocate) the
 //! process stays several MiB larger for good unless `MALLOC_ARENA_MAX` is set. A pass of

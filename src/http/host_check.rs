@@ -1,5 +1,6 @@
-//! Defences against the browser: requests reach vramguard only under its own names, and a page
-//! from another origin cannot change state or open a WebSocket.
+//! The Host and Origin check (a check run by [`super::edge`], not an RAII guard): requests reach
+//! vramguard only under its own names, and a page from another origin cannot change state or open
+//! a WebSocket.
 //!
 //! A web page the operator visits can rebind its DNS name to 127.0.0.1 (its requests then carry
 //! the page's `Host`) or post a form cross-site (its requests carry the page's `Origin`). So every
