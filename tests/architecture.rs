@@ -236,9 +236,9 @@ fn code_of(line: &str) -> String {
 fn long_functions(code: &str, max: usize) -> Vec<(usize, usize)> {
     let lines: Vec<String> = code.lines().map(code_of).collect();
     let is_fn = |l: &str| {
-        let mut words = l.split_whitespace().skip_while(|w| {
-            w.starts_with("pub") || ["async", "const", "unsafe", "extern", "\"C\""].contains(w)
-        });
+        let mut words = l
+            .split_whitespace()
+            .skip_while(|w| w.starts_with("pub") || ["async", "const", "unsafe", "extern", "\"C\""].contains(w));
         words.next() == Some("fn")
     };
     let mut out = Vec::new();
