@@ -12,10 +12,9 @@
 //! first of them expires.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use super::AppState;
 use crate::config::Config;
 use crate::snapshot::Snapshot;
 use crate::time::now_unix;
@@ -94,23 +93,27 @@ impl<V: Clone> Kept<V> {
     }
 }
 
-impl AppState {
-    /// The stamp of the decision inputs now: take it before reading them.
-    pub fn stamp(&self) -> Stamp {
-        Stamp { version: self.inputs_version.load(Ordering::Acquire), snapshot: self.snapshot(), config: self.config() }
+/// The version of the decision inputs besides the snapshot and the configuration: bumped after
+/// every change of the live settings, the lease book or the observed peaks.
+#[derive(Debug, Default)]
+pub(crate) struct Version(AtomicU64);
+
+impl Version {
+    /// Marks the inputs changed: call after the change is made.
+    pub(crate) fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Release);
     }
 
-    /// Marks the decision inputs as changed: call after changing the live settings, the
-    /// configuration, the lease book or the observed peaks.
-    pub(crate) fn inputs_changed(&self) {
-        self.inputs_version.fetch_add(1, Ordering::Release);
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
     }
+}
 
-    /// Until when an answer decided now from the lease book stays true: the first expiry of a
-    /// live lease (or forever without one).
-    pub fn answers_valid_until(&self) -> f64 {
-        let book = self.leases.read().unwrap_or_else(PoisonError::into_inner);
-        book.live(now_unix()).iter().map(|l| l.expires_at).fold(f64::INFINITY, f64::min)
+impl Stamp {
+    /// The stamp of inputs now: take it before reading them, so an answer is never filed under a
+    /// stamp newer than what it was decided from.
+    pub(crate) fn take(version: &Version, snapshot: Option<Arc<Snapshot>>, config: Arc<Config>) -> Self {
+        Stamp { version: version.now(), snapshot, config }
     }
 }
 

@@ -1,15 +1,18 @@
 //! The policy's answers on the live view: health, resource-check and the exposition. The
 //! resource-check answer and the policy's part of the exposition are kept between changes of
-//! their inputs ([`super::answers`]).
+//! their inputs ([`super::decision_memo`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use prometheus::IntCounter;
 
-use super::{AppState, ServiceError};
-use crate::metrics::{LeaseFigures, PolicyText};
-use crate::policy::admission::{CheckRequest, ResourceCheck, generations_that_fit, resource_check};
+use super::decision_memo::Kept;
+use super::error::ServiceError;
+use super::inputs::Inputs;
+use super::queue::Queue;
+use crate::metrics::{LeaseFigures, Metrics, PolicyText};
+use crate::policy::admission::{CheckRequest, generations_that_fit};
 use crate::policy::health::{Health, health};
 use crate::snapshot::Snapshot;
 
@@ -20,11 +23,27 @@ pub struct CheckAnswer {
     counter: IntCounter,
 }
 
-impl AppState {
+/// Health, resource-check and the exposition, with the decisions kept between changes of
+/// their inputs.
+pub struct Decisions {
+    inputs: Arc<Inputs>,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+    /// Resource-check answers kept between changes of their inputs.
+    kept_checks: Kept<CheckAnswer>,
+    /// The policy's part of the exposition, kept likewise.
+    kept_policy: Kept<Arc<PolicyText>>,
+}
+
+impl Decisions {
+    pub(crate) fn new(inputs: Arc<Inputs>, queue: Arc<Queue>, metrics: Arc<Metrics>) -> Self {
+        Self { inputs, queue, metrics, kept_checks: Kept::default(), kept_policy: Kept::default() }
+    }
+
     /// The health report now.
     pub fn health(&self) -> Health {
-        let view = self.view();
-        health(&view.context(&self.config()))
+        let view = self.inputs.view();
+        health(&view.context(&self.inputs.config()))
     }
 
     /// The resource-check answer to `question` (the raw query string) as JSON, counted. The
@@ -34,17 +53,18 @@ impl AppState {
     pub fn resource_check_json(
         &self,
         question: &str,
-        parse: impl FnOnce(&AppState) -> Result<(CheckRequest, String), ServiceError>,
+        parse: impl FnOnce() -> Result<(CheckRequest, Option<String>), ServiceError>,
     ) -> Result<Bytes, ServiceError> {
-        let stamp = self.stamp();
+        let stamp = self.inputs.stamp();
         if let Some(kept) = self.kept_checks.get(&stamp, question) {
             self.metrics.count(&kept.counter);
             return Ok(kept.json);
         }
-        let (request, workload) = parse(self)?;
+        let (request, workload) = parse()?;
+        let workload = self.inputs.check_workload(workload.as_deref())?;
         // Before deciding: the first expiry among the leases the decision may see.
-        let valid_until = self.answers_valid_until();
-        let check = self.decide(&request, &workload);
+        let valid_until = self.inputs.book.valid_until(crate::time::now_unix());
+        let check = self.inputs.decide(&request, &workload);
         let json = Bytes::from(serde_json::to_vec(&check).map_err(|e| ServiceError::failed("resource-check", e))?);
         let counter = self.metrics.decision_counter(check.can_start_generation, check.primary_reason());
         self.metrics.count(&counter);
@@ -52,35 +72,29 @@ impl AppState {
         Ok(json)
     }
 
-    /// The resource-check decision now, without counting it (the caller counts the answer it
-    /// gives, once).
-    pub(crate) fn decide(&self, request: &CheckRequest, workload: &str) -> ResourceCheck {
-        let view = self.view();
-        resource_check(&view.context_for(&self.config(), workload), request)
-    }
-
     /// The `/metrics` exposition of the latest snapshot and the live policy values.
     pub fn render_metrics(&self) -> Bytes {
-        let stamp = self.stamp();
+        let stamp = self.inputs.stamp();
+        let status = &self.inputs.store_status;
         // Health also follows the store, and the queue's length is not a decision input.
-        let waiting = self.waiting();
-        let question = format!("{waiting} {}", self.store_status.problem().unwrap_or_default());
+        let waiting = self.queue.waiting();
+        let question = format!("{waiting} {}", status.problem().unwrap_or_default());
         if let Some(policy) = self.kept_policy.get(&stamp, &question) {
             // Kept under this stamp, so decided on its snapshot.
-            return self.metrics.render_cached(stamp.snapshot(), &policy, self.store_status.write_errors());
+            return self.metrics.render_cached(stamp.snapshot(), &policy, status.write_errors());
         }
-        let valid_until = self.answers_valid_until();
+        let valid_until = self.inputs.book.valid_until(crate::time::now_unix());
         let (policy, snapshot) = self.policy_text(waiting);
         let policy = Arc::new(policy);
         self.kept_policy.put(stamp, &question, Arc::clone(&policy), valid_until);
-        self.metrics.render_cached(snapshot.as_ref(), &policy, self.store_status.write_errors())
+        self.metrics.render_cached(snapshot.as_ref(), &policy, status.write_errors())
     }
 
     /// The policy's part of the exposition, computed on the view now with `waiting` requests in
     /// the queue, and the snapshot it saw.
     fn policy_text(&self, waiting: usize) -> (PolicyText, Option<Arc<Snapshot>>) {
-        let view = self.view();
-        let config = self.config();
+        let view = self.inputs.view();
+        let config = self.inputs.config();
         // Health is a pure function of what is rendered anyway; computing it here keeps the
         // state set consistent with the snapshot in the same scrape.
         let status = view.snapshot.as_ref().map(|_| health(&view.context(&config)).status);

@@ -4,77 +4,92 @@
 //! and only then answers each job. While it commits, the next jobs gather in its channel, so the
 //! batch grows with the load by itself: no timer, no batch size to tune.
 //!
-//! A job is a closure from [`AppState::batched`]; what it returns is sent back once the batch
+//! A job is a closure from the ledger's critical section; what it returns is sent back once the batch
 //! holding its writes is durable or rolled back. A job that panics loses only its own answer
 //! (its caller gets an error); the thread goes on.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::PoisonError;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, OnceLock, Weak};
 
-use super::{AppState, ServiceError};
+use super::error::ServiceError;
+use super::writer::Writer;
 use crate::store::Store;
 
 /// What the thread calls once a job's batch is settled: with `Ok(())` when the job's writes are
 /// durable, or the reason they are not.
-pub(super) type Finish = Box<dyn FnOnce(&Result<(), ServiceError>) + Send>;
+pub(crate) type Finish = Box<dyn FnOnce(&Result<(), ServiceError>) + Send>;
 
 /// One lease critical section: runs under the writers' lock, returns how to answer.
-pub(super) type Job = Box<dyn FnOnce(&AppState, &mut Store) -> Finish + Send>;
+pub(crate) type Job = Box<dyn FnOnce(&mut Store) -> Finish + Send>;
+
+/// What runs at the end of every batch, after its jobs and in the same transaction: the waiting
+/// queue's pass, so a slot a release in this batch freed is granted with the same fsync. Set
+/// once the queue exists ([`LeaseThread::set_batch_end`]); the queue sits above the ledger that
+/// owns this thread, so the thread knows it only through this trait.
+pub(crate) trait BatchEnd: Send + Sync {
+    /// Runs in the batch's transaction; what it returns is called once the batch settles.
+    fn after_jobs(&self, store: &mut Store) -> Option<Finish>;
+}
 
 /// Jobs run in one transaction at most: enough to carry every connection a server holds at once,
 /// few enough that a waiting writer of another kind (settings, history) is not starved.
 const MAX_BATCH: usize = 512;
 
-/// The sending side of the commit thread, held by the shared state.
-pub(super) struct Committer {
-    tx: Sender<(AppState, Job)>,
+/// The sending side of the lease thread.
+pub(crate) struct LeaseThread {
+    tx: Sender<Job>,
+    batch_end: Arc<OnceLock<Weak<dyn BatchEnd>>>,
 }
 
-impl Committer {
-    /// Starts the thread. It ends when the last `Committer` is dropped (the shared state with
-    /// it), after answering what it already took.
-    pub(super) fn start() -> std::io::Result<Self> {
+impl LeaseThread {
+    /// Starts the thread over `writer`'s store. It ends when the `LeaseThread` is dropped, after
+    /// answering what it already took.
+    pub(crate) fn start(writer: Arc<Writer>) -> std::io::Result<Self> {
         let (tx, rx) = channel();
-        std::thread::Builder::new().name("vramguard-commit".to_owned()).spawn(move || run(rx))?;
-        Ok(Self { tx })
+        let batch_end: Arc<OnceLock<Weak<dyn BatchEnd>>> = Arc::default();
+        let end = Arc::clone(&batch_end);
+        std::thread::Builder::new().name("vramguard-commit".to_owned()).spawn(move || run(&writer, &end, rx))?;
+        Ok(Self { tx, batch_end })
+    }
+
+    /// Sets what runs at the end of every batch (once; later calls are ignored).
+    pub(crate) fn set_batch_end(&self, end: Weak<dyn BatchEnd>) {
+        let _ = self.batch_end.set(end);
     }
 
     /// Hands `job` to the thread; false when the thread is gone.
-    pub(super) fn submit(&self, state: AppState, job: Job) -> bool {
-        self.tx.send((state, job)).is_ok()
+    pub(crate) fn submit(&self, job: Job) -> bool {
+        self.tx.send(job).is_ok()
     }
 }
 
-fn run(rx: Receiver<(AppState, Job)>) {
+fn run(writer: &Writer, batch_end: &OnceLock<Weak<dyn BatchEnd>>, rx: Receiver<Job>) {
     while let Ok(first) = rx.recv() {
-        let state = first.0.clone();
         let mut finishes: Vec<Finish> = Vec::new();
         {
-            let mut store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut store = writer.lock();
             let mut next = Some(first);
-            while let Some((st, job)) = next.take() {
+            while let Some(job) = next.take() {
                 // A panicking job drops its own answer channel, and its caller hears of it.
-                if let Ok(finish) = catch_unwind(AssertUnwindSafe(|| job(&st, &mut store))) {
+                if let Ok(finish) = catch_unwind(AssertUnwindSafe(|| job(&mut store))) {
                     finishes.push(finish);
                 }
                 if finishes.len() < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
             }
-            // Requests waiting for room are decided again in the same transaction, so a slot a
-            // release in this batch freed is granted with the same fsync.
-            if state.waiting() > 0
-                && let Ok(finish) = catch_unwind(AssertUnwindSafe(|| state.pass_in_batch(&mut store)))
+            if let Some(end) = batch_end.get().and_then(Weak::upgrade)
+                && let Ok(Some(finish)) = catch_unwind(AssertUnwindSafe(|| end.after_jobs(&mut store)))
             {
                 finishes.push(finish);
             }
-            let durable = if store.batch_open() { state.commit_leases(&mut store) } else { Ok(()) };
+            let durable = if store.batch_open() { writer.commit_leases(&mut store) } else { Ok(()) };
             drop(store);
             for finish in finishes.drain(..) {
                 finish(&durable);
             }
         }
-        state.log_store_transition();
+        writer.log_store_transition();
     }
 }

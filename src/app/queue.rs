@@ -3,7 +3,7 @@
 //!
 //! One dispatcher task decides the whole queue again on every wake-up: a new snapshot, a
 //! release, an expiry, a settings change, a new or departed waiter. Each pass runs in the lease
-//! critical section ([`AppState::critical`]), so a waiting request is admitted by exactly the
+//! critical section ([`Ledger::critical_with`]), so a waiting request is admitted by exactly the
 //! rule, and under exactly the lock, that a direct one is. Order is `queue.policy`: `fifo` decides
 //! the head and stops at the first request that does not fit; `backfill` goes on past a head
 //! that does not fit until the head has waited `queue.max_bypass`.
@@ -15,17 +15,20 @@
 //! only: a restart drops every waiting request, as it drops their connections.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::lease_thread::Finish;
-use super::ledger::{Acquired, LeaseAsk};
-use super::{AppState, ServiceError};
+use super::error::ServiceError;
+use super::inputs::Inputs;
+use super::lease_terms::{Acquired, LeaseAsk};
+use super::lease_thread::{BatchEnd, Finish};
+use super::ledger::Ledger;
 use crate::config::QueuePolicy;
 use crate::leases::Lease;
-use crate::policy::admission::{CheckRequest, Reason, ResourceCheck};
+use crate::metrics::Metrics;
+use crate::policy::admission::{Reason, ResourceCheck};
 use crate::store::Store;
 use crate::time::now_unix;
 
@@ -67,9 +70,6 @@ pub struct WaitingView {
     pub deadline: f64,
 }
 
-/// What the dispatcher sends a waiter.
-type Outcome = Admission;
-
 struct Waiter {
     seq: u64,
     ask: LeaseAsk,
@@ -78,12 +78,12 @@ struct Waiter {
     deadline: Instant,
     deadline_unix: f64,
     last: Option<ResourceCheck>,
-    answer: oneshot::Sender<Outcome>,
+    answer: oneshot::Sender<Admission>,
 }
 
-/// The waiting requests, oldest first. Shared between handlers and the dispatcher.
+/// The waiting requests, oldest first.
 #[derive(Default)]
-pub(crate) struct WaitQueue {
+struct WaitQueue {
     waiters: VecDeque<Waiter>,
     next_seq: u64,
 }
@@ -102,18 +102,26 @@ impl WaitQueue {
 /// Removes its waiter from the queue when the waiting handler ends for any reason, a dropped
 /// connection included.
 struct Leave {
-    state: AppState,
+    queue: Arc<Queue>,
     seq: u64,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        let left = self.state.queue().take(self.seq).is_some();
+        let left = self.queue.lock().take(self.seq).is_some();
         if left {
             // The head leaving may let the next one in.
-            self.state.wake_queue();
+            self.queue.inputs.room_may_have_freed();
         }
     }
+}
+
+/// The admission queue: requests waiting for room, and the passes that admit them.
+pub struct Queue {
+    waiters: Mutex<WaitQueue>,
+    ledger: Ledger,
+    inputs: Arc<Inputs>,
+    metrics: Arc<Metrics>,
 }
 
 /// Whole seconds a refused waiter is told to wait before asking again: its place in the queue,
@@ -122,25 +130,29 @@ pub fn retry_after_seconds(queue_position: Option<usize>) -> u64 {
     queue_position.map_or(1, |p| p.clamp(1, 60) as u64)
 }
 
-impl AppState {
-    pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, WaitQueue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+impl Queue {
+    /// An empty queue in front of `ledger`; the ledger's thread runs its pass at the end of every
+    /// batch.
+    pub(crate) fn new(ledger: Ledger, inputs: Arc<Inputs>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let queue = Arc::new(Self { waiters: Mutex::default(), ledger, inputs, metrics });
+        let end: Arc<dyn BatchEnd> = Arc::clone(&queue) as Arc<dyn BatchEnd>;
+        queue.ledger.thread().set_batch_end(Arc::downgrade(&end));
+        queue
     }
 
-    /// Asks the dispatcher for a pass over the waiting requests.
-    pub fn wake_queue(&self) {
-        self.queue_wake.notify_one();
+    fn lock(&self) -> MutexGuard<'_, WaitQueue> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Requests waiting now.
     pub fn waiting(&self) -> usize {
-        self.queue().waiters.len()
+        self.lock().waiters.len()
     }
 
     /// The waiting requests in order.
     pub fn waiting_list(&self) -> Vec<WaitingView> {
         let now = Instant::now();
-        self.queue()
+        self.lock()
             .waiters
             .iter()
             .enumerate()
@@ -156,24 +168,29 @@ impl AppState {
     }
 
     /// Takes a lease, waiting up to `wait_seconds` for room when the refusal can clear.
-    pub async fn acquire_waiting(&self, ask: LeaseAsk, wait_seconds: f64) -> Result<Admission, ServiceError> {
+    pub async fn acquire_waiting(
+        self: &Arc<Self>,
+        ask: LeaseAsk,
+        wait_seconds: f64,
+    ) -> Result<Admission, ServiceError> {
         ask.validate()?;
         crate::limits::check_wait_seconds(wait_seconds)
             .map_err(|m| ServiceError::Invalid(format!("wait_seconds: {m}")))?;
-        let workload = self.check_workload(ask.workload.as_deref())?;
+        let workload = self.inputs.check_workload(ask.workload.as_deref())?;
+        let config = self.inputs.config();
         // An operator may hold connections for less than the API's maximum.
-        let wait_seconds = wait_seconds.min(self.config().queue.max_wait.0.as_secs_f64());
+        let wait_seconds = wait_seconds.min(config.queue.max_wait.0.as_secs_f64());
         let started = Instant::now();
         let ahead = self.waiting();
         let outcome = if ahead == 0 {
-            match self.acquire(ask.clone()).await? {
+            match self.ledger.acquire(ask.clone()).await? {
                 Acquired::Granted(lease, check) => Admission::Granted(lease, check),
                 Acquired::Refused(check) if wait_seconds > 0.0 && check.may_clear() => {
                     self.wait_in_line(ask, workload, started, wait_seconds).await?
                 }
                 Acquired::Refused(check) => Admission::Refused { check, queue_position: None },
             }
-        } else if wait_seconds == 0.0 && self.config().queue.policy == QueuePolicy::Fifo {
+        } else if wait_seconds == 0.0 && config.queue.policy == QueuePolicy::Fifo {
             let check = self.behind_the_queue(&ask, &workload, ahead);
             self.metrics.record_decision(false, check.primary_reason());
             Admission::Refused { check, queue_position: None }
@@ -193,7 +210,7 @@ impl AppState {
     }
 
     async fn wait_in_line(
-        &self,
+        self: &Arc<Self>,
         ask: LeaseAsk,
         workload: String,
         started: Instant,
@@ -202,8 +219,9 @@ impl AppState {
         let wait = Duration::from_secs_f64(wait_seconds);
         let (tx, mut rx) = oneshot::channel();
         let seq = {
-            let mut q = self.queue();
-            if q.waiters.len() >= self.config().queue.max_waiting as usize {
+            let max_waiting = self.inputs.config().queue.max_waiting as usize;
+            let mut q = self.lock();
+            if q.waiters.len() >= max_waiting {
                 return Ok(Admission::QueueFull { waiting: q.waiters.len() });
             }
             let seq = q.next_seq;
@@ -220,8 +238,8 @@ impl AppState {
             });
             seq
         };
-        let _leave = Leave { state: self.clone(), seq };
-        self.wake_queue();
+        let _leave = Leave { queue: Arc::clone(self), seq };
+        self.inputs.room_may_have_freed();
         // A zero wait (backfill) is answered by the pass it triggered; the grace only matters if
         // that pass fails.
         let grace = if wait.is_zero() { Duration::from_secs(2) } else { Duration::ZERO };
@@ -230,13 +248,13 @@ impl AppState {
             answer = &mut rx => return waited(answer),
             _ = tokio::time::sleep_until(deadline) => {}
         }
-        let left = self.queue().take(seq);
+        let left = self.lock().take(seq);
         match left {
             Some((position, w)) => {
-                self.wake_queue();
+                self.inputs.room_may_have_freed();
                 let check = match w.last {
                     Some(c) => c,
-                    None => self.decide(&request_of(&w.ask), &w.workload),
+                    None => self.inputs.decide(&w.ask.request(), &w.workload),
                 };
                 self.metrics.record_decision(false, check.primary_reason());
                 Ok(Admission::Refused { check, queue_position: Some(position) })
@@ -249,39 +267,29 @@ impl AppState {
     /// One pass over the queue in the lease critical section. Answers are sent only after the
     /// pass's lease writes are durable; a granted waiter that left in the meantime has its lease
     /// ended again.
-    pub(crate) async fn dispatch(&self) -> Result<(), ServiceError> {
+    async fn dispatch(self: &Arc<Self>) -> Result<(), ServiceError> {
         if self.waiting() == 0 {
             return Ok(());
         }
+        let queue = Arc::clone(self);
         let (answers, durable) =
-            self.critical_with("waiting admission failed", |st, store, now| st.pass(store, now)).await?;
-        self.deliver(answers, &durable);
+            self.ledger.critical_with("waiting admission failed", move |_, store, now| queue.pass(store, now)).await?;
+        deliver(&self.ledger, &self.metrics, answers, &durable);
         Ok(())
-    }
-
-    /// The queue's pass run by the commit thread at the end of a batch, in the same transaction:
-    /// a slot a release in this batch freed goes to the head of the queue with the same fsync.
-    pub(super) fn pass_in_batch(&self, store: &mut Store) -> Finish {
-        let answers = self.pass(store, now_unix());
-        let st = self.clone();
-        Box::new(move |durable| match answers {
-            Ok(answers) => st.deliver(answers, durable),
-            Err(e) => tracing::warn!(error = %e, "waiting admission pass failed"),
-        })
     }
 
     /// Decides the waiting requests in order, granting what fits (FIFO, or backfill within
     /// `max_bypass`). Runs in the lease critical section; returns the answers to send once the
     /// grants are durable.
-    fn pass(&self, store: &mut Store, now: f64) -> Result<Vec<(Waiter, Outcome)>, ServiceError> {
-        let order: Vec<u64> = self.queue().waiters.iter().map(|w| w.seq).collect();
-        let config = self.config();
+    fn pass(&self, store: &mut Store, now: f64) -> Result<Vec<(Waiter, Admission)>, ServiceError> {
+        let order: Vec<u64> = self.lock().waiters.iter().map(|w| w.seq).collect();
+        let config = self.inputs.config();
         let (policy, max_bypass) = (config.queue.policy, config.queue.max_bypass.0);
         let mut head_since: Option<Instant> = None;
-        let mut answers: Vec<(Waiter, Outcome)> = Vec::new();
+        let mut answers: Vec<(Waiter, Admission)> = Vec::new();
         for seq in order {
             let Some((ask, workload, since, deadline, closed)) = self
-                .queue()
+                .lock()
                 .waiters
                 .iter()
                 .find(|w| w.seq == seq)
@@ -290,7 +298,7 @@ impl AppState {
                 continue;
             };
             if closed {
-                self.queue().take(seq);
+                self.lock().take(seq);
                 continue;
             }
             let may_try = match head_since {
@@ -301,13 +309,13 @@ impl AppState {
             if !may_try {
                 if expired {
                     // A zero-wait request behind a head nothing may overtake.
-                    let ahead = self.queue().position(seq).unwrap_or(0);
+                    let ahead = self.lock().position(seq).unwrap_or(0);
                     let check = self.behind_the_queue(&ask, &workload, ahead);
                     claim(self, seq, &mut answers, |_| Admission::Refused { check, queue_position: None });
                 }
                 continue;
             }
-            let decided = match self.grant_or_refuse(store, now, &ask, &workload) {
+            let decided = match self.ledger.grant_or_refuse(store, now, &ask, &workload) {
                 Ok(d) => d,
                 Err(e) => {
                     // Told now rather than left to its deadline; the others wait on.
@@ -320,7 +328,7 @@ impl AppState {
                     let id = lease.id.clone();
                     if !claim(self, seq, &mut answers, |_| Admission::Granted(lease, check)) {
                         // Its client left between the check and the grant.
-                        self.end_unclaimed(store, &id)?;
+                        self.ledger.end_unclaimed(store, &id)?;
                     }
                 }
                 Acquired::Refused(check) if !check.may_clear() => {
@@ -333,7 +341,7 @@ impl AppState {
                     });
                 }
                 Acquired::Refused(check) => {
-                    if let Some(w) = self.queue().waiters.iter_mut().find(|w| w.seq == seq) {
+                    if let Some(w) = self.lock().waiters.iter_mut().find(|w| w.seq == seq) {
                         w.last = Some(check);
                     }
                     head_since.get_or_insert(since);
@@ -342,10 +350,28 @@ impl AppState {
         }
         Ok(answers)
     }
+}
 
-    /// Sends a pass's answers once its batch settled: a grant whose batch did not commit was
-    /// rolled back, and its waiter hears why. A grant whose waiter left is ended again.
-    fn deliver(&self, answers: Vec<(Waiter, Outcome)>, durable: &Result<(), ServiceError>) {
+impl BatchEnd for Queue {
+    /// The queue's pass at the end of a batch of the lease thread, in the same transaction: a
+    /// slot a release in this batch freed goes to the head of the queue with the same fsync.
+    fn after_jobs(&self, store: &mut Store) -> Option<Finish> {
+        if self.waiting() == 0 {
+            return None;
+        }
+        let answers = self.pass(store, now_unix());
+        let (ledger, metrics) = (self.ledger.clone(), Arc::clone(&self.metrics));
+        Some(Box::new(move |durable| match answers {
+            Ok(answers) => deliver(&ledger, &metrics, answers, durable),
+            Err(e) => tracing::warn!(error = %e, "waiting admission pass failed"),
+        }))
+    }
+}
+
+/// Sends a pass's answers once its batch settled: a grant whose batch did not commit was rolled
+/// back, and its waiter hears why. A grant whose waiter left is ended again.
+fn deliver(ledger: &Ledger, metrics: &Metrics, answers: Vec<(Waiter, Admission)>, durable: &Result<(), ServiceError>) {
+    {
         let answers = answers.into_iter().map(|(waiter, outcome)| match (durable, outcome) {
             (Err(e), Admission::Granted(..)) => (waiter, Admission::Failed(e.clone())),
             (_, outcome) => (waiter, outcome),
@@ -356,12 +382,12 @@ impl AppState {
                 _ => None,
             };
             if let Admission::Granted(_, c) | Admission::Refused { check: c, .. } = &outcome {
-                self.metrics.record_decision(granted.is_some(), c.primary_reason());
+                metrics.record_decision(granted.is_some(), c.primary_reason());
             }
             let delivered = waiter.answer.send(outcome).is_ok();
-            // The grant is logged by the waiter's own task (`waited`), off the commit thread.
+            // The grant is logged by the waiter's own task (`waited`), off the lease thread.
             if let (Some(id), false) = (granted, delivered) {
-                self.submit("ending an unclaimed lease failed", move |st, store| st.end_unclaimed(store, &id))
+                ledger.submit("ending an unclaimed lease failed", move |l, store| l.end_unclaimed(store, &id))
             }
         }
     }
@@ -379,8 +405,8 @@ fn waited(answer: Result<Admission, oneshot::error::RecvError>) -> Result<Admiss
 /// Takes waiter `seq` out of the queue and queues the answer `make` builds from its 1-based
 /// position, to be sent once the pass is durable. False when the waiter is gone (its client
 /// left).
-fn claim(st: &AppState, seq: u64, answers: &mut Vec<(Waiter, Outcome)>, make: impl FnOnce(usize) -> Outcome) -> bool {
-    let taken = st.queue().take(seq);
+fn claim(q: &Queue, seq: u64, answers: &mut Vec<(Waiter, Admission)>, make: impl FnOnce(usize) -> Admission) -> bool {
+    let taken = q.lock().take(seq);
     match taken {
         Some((position, w)) if !w.answer.is_closed() => {
             let outcome = make(position);
@@ -391,14 +417,10 @@ fn claim(st: &AppState, seq: u64, answers: &mut Vec<(Waiter, Outcome)>, make: im
     }
 }
 
-fn request_of(ask: &LeaseAsk) -> CheckRequest {
-    CheckRequest { vram_required_gb: ask.vram_required_gb, model_loaded: ask.model_loaded, gpu: ask.gpu }
-}
-
-impl AppState {
+impl Queue {
     /// The decision for `ask`, refused because `ahead` requests wait and may not be overtaken.
     fn behind_the_queue(&self, ask: &LeaseAsk, workload: &str, ahead: usize) -> ResourceCheck {
-        let mut check = self.decide(&request_of(ask), workload);
+        let mut check = self.inputs.decide(&ask.request(), workload);
         check.refuse(Reason::Queue, waiting_ahead(ahead));
         check
     }
@@ -414,16 +436,15 @@ fn waiting_ahead(n: usize) -> String {
 
 /// Passes over the queue on every wake-up and every new snapshot until `stop` flips. Waiters
 /// time themselves out, so the dispatcher only runs when something changed.
-pub(crate) async fn dispatcher(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut snapshots = state.snapshots.clone();
-    let wake = Arc::clone(&state.queue_wake);
+pub(crate) async fn dispatcher(queue: Arc<Queue>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut snapshots = queue.inputs.snapshots.clone();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = wake.notified() => {}
+            _ = queue.inputs.room.notified() => {}
             changed = snapshots.changed() => if changed.is_err() { return },
         }
-        if let Err(e) = state.dispatch().await {
+        if let Err(e) = queue.dispatch().await {
             tracing::warn!(error = %e, "waiting admission pass failed");
         }
     }

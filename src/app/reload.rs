@@ -8,39 +8,46 @@
 //! level. Keys read only at start (the listener, the state store, the sampler, history, the
 //! HTTP defences) keep their old values and are named, so the operator knows to restart.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
+use super::access::Credentials;
+use super::error::ServiceError;
+use super::inputs::{Inputs, Live};
 use super::settings::{CONSTRAINTS_KEY, OPTIMIZATION_KEY};
-use super::{AppState, Credentials, Live, ServiceError};
+use super::writer::Writer;
 use crate::config::{Config, Constraints, Optimization};
 
-impl AppState {
-    /// Puts `next` (validated) and its tokens in force. Returns the keys that changed but need a
-    /// restart; those keep their running values.
-    pub async fn reload(&self, mut next: Config, credentials: Credentials) -> Result<Vec<&'static str>, ServiceError> {
-        let restart = keep_start_only(&self.config(), &mut next);
-        self.write("reloading the configuration failed", move |st, store| {
-            let failed = |e| ServiceError::failed("reloading the configuration failed", e);
-            let live = st.live();
-            let settings = match store.load_override::<Optimization>(OPTIMIZATION_KEY).map_err(failed)? {
-                Some(_) => live.settings,
-                None => next.optimization,
-            };
-            let constraints = match store.load_override::<Constraints>(CONSTRAINTS_KEY).map_err(failed)? {
-                Some(_) => live.constraints,
-                None => next.constraints,
-            };
-            *st.live.write().unwrap_or_else(PoisonError::into_inner) = Live { settings, constraints };
-            *st.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
-            st.inputs_changed();
-            *st.credentials.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(credentials);
-            Ok(())
-        })
-        .await?;
-        // New thresholds or slots may let a waiting request in.
-        self.wake_queue();
-        Ok(restart)
+/// Puts `next` (validated) and its tokens in force. Returns the keys that changed but need a
+/// restart; those keep their running values.
+pub(crate) async fn reload(
+    inputs: &Arc<Inputs>,
+    writer: &Arc<Writer>,
+    mut next: Config,
+    credentials: Credentials,
+) -> Result<Vec<&'static str>, ServiceError> {
+    let restart = keep_start_only(&inputs.config(), &mut next);
+    let to = Arc::clone(inputs);
+    {
+        writer
+            .write("reloading the configuration failed", move |store| {
+                let failed = |e| ServiceError::failed("reloading the configuration failed", e);
+                let live = to.live();
+                let settings = match store.load_override::<Optimization>(OPTIMIZATION_KEY).map_err(failed)? {
+                    Some(_) => live.settings,
+                    None => next.optimization,
+                };
+                let constraints = match store.load_override::<Constraints>(CONSTRAINTS_KEY).map_err(failed)? {
+                    Some(_) => live.constraints,
+                    None => next.constraints,
+                };
+                to.reload(next, Live { settings, constraints }, credentials);
+                Ok(())
+            })
+            .await?;
     }
+    // New thresholds or slots may let a waiting request in.
+    inputs.room_may_have_freed();
+    Ok(restart)
 }
 
 /// Copies the keys read only at start from `running` into `next`; returns those that differed.

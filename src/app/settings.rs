@@ -5,11 +5,16 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{AppState, Live, ServiceError};
-use crate::config::{Optimization, Quantization, validate_constraints, validate_optimization};
+use std::sync::Arc;
+
+use super::error::ServiceError;
+use super::inputs::{Inputs, Live};
+use super::writer::Writer;
+use crate::config::{Config, Constraints, Optimization, Quantization, validate_constraints, validate_optimization};
 use crate::limits::MAX_VRAM_GB;
 use crate::policy::admission::{CheckRequest, resource_check};
 use crate::policy::estimate;
+use crate::store::{Store, StoreError};
 use crate::time::now_unix;
 use crate::units::gib;
 
@@ -84,7 +89,22 @@ fn rejected((field, message): (&str, String)) -> ServiceError {
     ServiceError::Invalid(format!("{field}: {message}"))
 }
 
-impl AppState {
+/// The live settings and constraints, as the API changes them.
+pub struct Settings {
+    inputs: Arc<Inputs>,
+    writer: Arc<Writer>,
+}
+
+impl Settings {
+    pub(crate) fn new(inputs: Arc<Inputs>, writer: Arc<Writer>) -> Self {
+        Self { inputs, writer }
+    }
+
+    /// The live settings and constraints now.
+    pub fn live(&self) -> Live {
+        self.inputs.live()
+    }
+
     /// Merges `patch` into the optimization settings.
     pub async fn update_optimization(&self, patch: OptimizationPatch) -> Result<OptimizationSummary, ServiceError> {
         let max_budget = self.largest_gpu_gb();
@@ -104,7 +124,7 @@ impl AppState {
 
     /// Puts the optimization settings back to config.yaml.
     pub async fn reset_optimization(&self) -> Result<OptimizationSummary, ServiceError> {
-        let defaults = self.config().optimization;
+        let defaults = self.inputs.config().optimization;
         let live = self
             .update(move |live| {
                 live.settings = defaults;
@@ -131,7 +151,7 @@ impl AppState {
 
     /// Puts the constraints back to config.yaml.
     pub async fn reset_constraints(&self) -> Result<Live, ServiceError> {
-        let defaults = self.config().constraints;
+        let defaults = self.inputs.config().constraints;
         self.update(move |live| {
             live.constraints = defaults;
             Ok(Persist::Delete(CONSTRAINTS_KEY))
@@ -146,33 +166,35 @@ impl AppState {
         &self,
         change: impl FnOnce(&mut Live) -> Result<Persist, ServiceError> + Send + 'static,
     ) -> Result<Live, ServiceError> {
-        self.write("settings update failed", move |state, store| {
-            let mut next = state.live();
-            let result = match change(&mut next)? {
-                Persist::Save(key, value) => store.save_override(key, &value, now_unix()),
-                Persist::Delete(key) => store.delete_override(key),
-            };
-            result.map_err(ServiceError::store)?;
-            *state.live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
-            state.inputs_changed();
-            state.wake_queue();
-            Ok(next)
-        })
-        .await
+        let inputs = Arc::clone(&self.inputs);
+        self.writer
+            .write("settings update failed", move |store| {
+                let mut next = inputs.live();
+                let result = match change(&mut next)? {
+                    Persist::Save(key, value) => store.save_override(key, &value, now_unix()),
+                    Persist::Delete(key) => store.delete_override(key),
+                };
+                result.map_err(ServiceError::store)?;
+                inputs.set_live(next);
+                inputs.room_may_have_freed();
+                Ok(next)
+            })
+            .await
     }
 
     /// The largest GPU's VRAM in GiB (the ceiling of a budget), or the no-GPU ceiling.
     fn largest_gpu_gb(&self) -> f64 {
-        self.snapshot()
+        self.inputs
+            .snapshot()
             .and_then(|s| s.gpus.iter().filter_map(|g| g.memory).map(|m| m.total_bytes).max())
             .map_or(MAX_VRAM_GB, gib)
     }
 
     fn optimization_summary(&self, live: &Live) -> OptimizationSummary {
-        let view = super::View { live: *live, ..self.view() };
+        let view = super::inputs::View { live: *live, ..self.inputs.view() };
         let used: u64 =
             view.snapshot.iter().flat_map(|s| s.gpus.iter()).filter_map(|g| g.memory).map(|m| m.used_bytes).sum();
-        let config = self.config();
+        let config = self.inputs.config();
         let ctx = view.context(&config);
         let check = resource_check(&ctx, &CheckRequest::default());
         let est = ctx.estimate(false);
@@ -180,10 +202,28 @@ impl AppState {
             settings: live.settings,
             current_vram_usage_gb: gib(used),
             estimated_vram_need_gb: est.gb,
-            estimated_vram_savings_gb: est.scale * estimate::savings_gb(&self.config().workload, &live.settings),
+            estimated_vram_savings_gb: est.scale * estimate::savings_gb(&config.workload, &live.settings),
             estimate_source: est.source.as_str(),
             estimate_samples: est.samples,
             recommendations: check.recommendations,
         }
     }
+}
+
+/// The live settings: API overrides from the store where present, else config.yaml. An override
+/// that no longer validates is an error naming the store, not a silent reset.
+pub(crate) fn load_live(store: &Store, config: &Config) -> Result<Live, StoreError> {
+    let invalid = |key: &str, message: String| StoreError::Invalid {
+        path: store.path().to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    let settings = store.load_override::<Optimization>(OPTIMIZATION_KEY)?.unwrap_or(config.optimization);
+    validate_optimization(&settings, MAX_VRAM_GB).map_err(|(f, m)| invalid("optimization", format!("{f}: {m}")))?;
+    let constraints = store.load_override::<Constraints>(CONSTRAINTS_KEY)?.unwrap_or(config.constraints);
+    validate_constraints(&constraints).map_err(|(f, m)| invalid("constraints", format!("{f}: {m}")))?;
+    if settings != config.optimization || constraints != config.constraints {
+        tracing::info!(store = %store.path().display(), "using settings changed through the API (DELETE resets them)");
+    }
+    Ok(Live { settings, constraints })
 }

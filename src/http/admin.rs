@@ -8,7 +8,7 @@ use super::AppState;
 
 /// `GET /metrics`: renders the latest snapshot; never touches hardware.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.render_metrics();
+    let body = state.decisions().render_metrics();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

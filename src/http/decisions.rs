@@ -21,7 +21,7 @@ use crate::policy::health::Health;
     responses((status = 200, body = Health),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_health(State(state): State<AppState>) -> Json<Health> {
-    Json(state.health())
+    Json(state.decisions().health())
 }
 
 /// Query of the resource-check.
@@ -56,7 +56,7 @@ impl Allowed for ResourceCheckQuery {
     responses((status = 200, body = ResourceCheck), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn resource_check(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    let json = state.resource_check_json(query.as_deref().unwrap_or(""), |state| {
+    let json = state.decisions().resource_check_json(query.as_deref().unwrap_or(""), || {
         let q: ResourceCheckQuery =
             parse_query(query.as_deref().unwrap_or("")).map_err(|e| ServiceError::Invalid(e.detail))?;
         if let Some(v) = q.vram_required_gb {
@@ -67,7 +67,7 @@ pub async fn resource_check(State(state): State<AppState>, RawQuery(query): RawQ
             model_loaded: q.model_loaded.unwrap_or(false),
             gpu: None,
         };
-        Ok((request, state.check_workload(q.workload.as_deref())?))
+        Ok((request, q.workload))
     })?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response())
 }

@@ -13,7 +13,7 @@ use super::AppState;
 use super::body::{Allowed, JsonBody, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
 use crate::app::Caller;
-use crate::app::ledger::{LeaseAsk, Released};
+use crate::app::lease_terms::{LeaseAsk, Released};
 use crate::app::queue::{Admission, retry_after_seconds};
 use crate::leases::{Lease, LeaseUsage};
 use crate::policy::admission::ResourceCheck;
@@ -270,9 +270,9 @@ pub async fn acquire(
         workload: req.workload,
         owner: caller.owner().map(str::to_owned),
     };
-    Ok(match state.acquire_waiting(ask, req.wait_seconds.unwrap_or(0.0)).await? {
+    Ok(match state.queue().acquire_waiting(ask, req.wait_seconds.unwrap_or(0.0)).await? {
         Admission::Granted(lease, check) => {
-            let with_usage = state.lease_now(&lease.id).unwrap_or_else(|| {
+            let with_usage = state.ledger().lease_now(&lease.id).unwrap_or_else(|| {
                 let owed = LeaseUsage {
                     id: lease.id.clone(),
                     gpu_index: lease.gpu_index,
@@ -312,6 +312,7 @@ pub async fn acquire(
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
     let waiting = state
+        .queue()
         .waiting_list()
         .into_iter()
         .map(|w| WaitingBody {
@@ -331,11 +332,11 @@ pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
     responses((status = 200, body = LeaseList),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<LeaseList> {
-    let leases: Vec<LeaseBody> = state.live_leases().iter().map(|l| LeaseBody::seen_by(l, &caller)).collect();
+    let leases: Vec<LeaseBody> = state.ledger().live_leases().iter().map(|l| LeaseBody::seen_by(l, &caller)).collect();
     Json(LeaseList {
         active_generations: leases.len() as u32,
         leases,
-        max_concurrent_generations: state.live().constraints.max_concurrent_generations,
+        max_concurrent_generations: state.settings().live().constraints.max_concurrent_generations,
     })
 }
 
@@ -358,8 +359,9 @@ pub async fn heartbeat(
     body: Option<JsonBody<HeartbeatRequest>>,
 ) -> Result<Json<LeaseBody>, ApiError> {
     let (ttl, pids) = body.map(|JsonBody(b)| (b.ttl_seconds, b.pids)).unwrap_or_default();
-    let lease = state.heartbeat(id, ttl, pids, caller).await?;
-    let with_usage = state.lease_now(&lease.id).ok_or_else(|| ApiError::not_found("the lease expired just now"))?;
+    let lease = state.ledger().heartbeat(id, ttl, pids, caller).await?;
+    let with_usage =
+        state.ledger().lease_now(&lease.id).ok_or_else(|| ApiError::not_found("the lease expired just now"))?;
     Ok(Json(LeaseBody::from(&with_usage)))
 }
 
@@ -379,7 +381,7 @@ pub async fn release(
     Path(id): Path<String>,
     QueryParams(q): QueryParams<ReleaseQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(match state.release(id.clone(), q.peak_vram_gb, caller).await? {
+    Ok(match state.ledger().release(id.clone(), q.peak_vram_gb, caller).await? {
         Released::Durable => StatusCode::NO_CONTENT.into_response(),
         Released::InMemory(problem) => {
             let detail = format!(

@@ -118,7 +118,7 @@ pub async fn get_history(
     }
     let end = now_unix();
     let start = end - hours * 3600.0;
-    let answer = state.query_history(start, end, max_points).await?;
+    let answer = state.records().query_history(start, end, max_points).await?;
     Ok(Json(HistoryBody {
         stats: answer.series.points.into_iter().map(HistoryPointBody::from).collect(),
         total_count: answer.series.total_count,
@@ -138,7 +138,7 @@ pub async fn get_history(
             description = "No sample yet, or the state store cannot take writes now; nothing was changed (Retry-After)"),
     ))]
 pub async fn save(State(state): State<AppState>) -> Result<Json<SavedBody>, ApiError> {
-    let snapshot = state.save_snapshot().await?;
+    let snapshot = state.records().save_snapshot().await?;
     Ok(Json(SavedBody {
         message: "System stats saved successfully".to_owned(),
         stats: StatsBody::from(snapshot.as_ref()),

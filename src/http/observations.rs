@@ -47,6 +47,7 @@ pub struct ObservationList {
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>, ApiError> {
     let observations = state
+        .records()
         .observations()
         .await?
         .into_iter()
@@ -69,6 +70,6 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>
     responses((status = 204, description = "Cleared"), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
 pub async fn clear(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
-    state.clear_observations().await?;
+    state.records().clear_observations().await?;
     Ok(StatusCode::NO_CONTENT)
 }

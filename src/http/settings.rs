@@ -81,7 +81,7 @@ pub struct ConstraintsUpdated {
     responses((status = 200, body = Optimization),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_optimization(State(state): State<AppState>) -> Json<Optimization> {
-    Json(state.live().settings)
+    Json(state.settings().live().settings)
 }
 
 /// Updates any subset of the optimization settings.
@@ -97,7 +97,7 @@ pub async fn post_optimization(
     State(state): State<AppState>,
     JsonBody(patch): JsonBody<OptimizationPatch>,
 ) -> Result<Json<OptimizationUpdated>, ApiError> {
-    let summary = state.update_optimization(patch).await?;
+    let summary = state.settings().update_optimization(patch).await?;
     Ok(Json(optimization_answer(summary, "Optimization settings updated successfully")))
 }
 
@@ -106,7 +106,7 @@ pub async fn post_optimization(
     responses((status = 200, body = OptimizationUpdated), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
 pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<OptimizationUpdated>, ApiError> {
-    let summary = state.reset_optimization().await?;
+    let summary = state.settings().reset_optimization().await?;
     Ok(Json(optimization_answer(summary, "Optimization settings reset to config.yaml")))
 }
 
@@ -115,7 +115,7 @@ pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<O
     responses((status = 200, body = ConstraintsBody),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub async fn get_constraints(State(state): State<AppState>) -> Json<ConstraintsBody> {
-    let c = state.live().constraints;
+    let c = state.settings().live().constraints;
     let concurrency =
         format!("Generation leases allowed at once ({}-{}).", limits::CONCURRENCY.start(), limits::CONCURRENCY.end());
     let description = [
@@ -147,7 +147,7 @@ pub async fn post_constraints(
     State(state): State<AppState>,
     JsonBody(patch): JsonBody<ConstraintsPatch>,
 ) -> Result<Json<ConstraintsUpdated>, ApiError> {
-    let live = state.update_constraints(patch).await?;
+    let live = state.settings().update_constraints(patch).await?;
     Ok(Json(ConstraintsUpdated {
         message: "Resource constraints updated successfully".to_owned(),
         updated_constraints: live.constraints,
@@ -159,7 +159,7 @@ pub async fn post_constraints(
     responses((status = 200, body = ConstraintsUpdated), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
 pub async fn delete_constraints(State(state): State<AppState>) -> Result<Json<ConstraintsUpdated>, ApiError> {
-    let live = state.reset_constraints().await?;
+    let live = state.settings().reset_constraints().await?;
     Ok(Json(ConstraintsUpdated {
         message: "Resource constraints reset to config.yaml".to_owned(),
         updated_constraints: live.constraints,

@@ -23,7 +23,7 @@ const STALLED_CLIENT: Duration = Duration::from_secs(30);
 /// Upgrades to a WebSocket, or 503 past `stream.max_subscribers`.
 pub async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let max = state.config().stream.max_subscribers;
-    let taken = state.subscribers.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
+    let taken = state.subscribers().fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
     if taken.is_err() {
         return ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -45,13 +45,13 @@ struct Subscriber(AppState);
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.0.subscribers.fetch_sub(1, Ordering::SeqCst);
+        self.0.subscribers().fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 async fn serve(state: AppState, mut socket: WebSocket) {
-    let mut snapshots = state.snapshots.clone();
-    let mut shutdown = state.shutdown.clone();
+    let mut snapshots = state.snapshots();
+    let mut shutdown = state.shutdown();
     snapshots.mark_changed(); // send the current snapshot at once
     loop {
         if *shutdown.borrow_and_update() {

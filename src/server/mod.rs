@@ -113,10 +113,7 @@ pub async fn run_with(
     let sampler_task = tokio::spawn(sampler.run(async move {
         let _ = sampler_stop.wait_for(|s| *s).await;
     }));
-    let recorder = tokio::spawn(crate::app::history::run(state.clone(), stop_rx.clone()));
-    let reaper = tokio::spawn(crate::app::ledger::reaper(state.clone(), stop_rx.clone()));
-    let tracker = tokio::spawn(crate::app::ledger::tracker(state.clone(), stop_rx.clone()));
-    let dispatcher = tokio::spawn(crate::app::queue::dispatcher(state.clone(), stop_rx.clone()));
+    let background = state.spawn_background(&stop_rx);
     let reloader = tokio::spawn(reload::on_sighup(state.clone(), tls.clone(), reload, stop_rx.clone()));
     let trimmer = tokio::spawn(heap_trim::trim_heap(stop_rx.clone()));
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on {scheme}://{addr}");
@@ -143,15 +140,15 @@ pub async fn run_with(
     // WebSockets are upgraded connections the server no longer tracks: give them a moment to
     // send their Close frames before the runtime goes away.
     let ws_deadline = tokio::time::Instant::now() + Duration::from_millis(400);
-    while state.subscribers.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < ws_deadline {
+    while state.subscribers().load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < ws_deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = sampler_task.await;
-    let _ = reaper.await;
-    let _ = tracker.await;
-    let _ = dispatcher.await;
+    for task in background {
+        let _ = task.await;
+    }
     let _ = reloader.await;
-    let _ = recorder.await;
     let _ = trimmer.await;
     tracing::info!("stopped");
     result

@@ -65,7 +65,7 @@ async fn reload_once(state: &AppState, acceptor: Option<&tls::Acceptor>, reload:
         Err(e) => {
             // Logged before the gauge moves, so whoever sees the gauge finds the reason.
             tracing::error!(file = %path.display(), error = %e, "configuration reload failed; the running configuration stays");
-            state.metrics.record_reload(false, now_unix());
+            state.metrics().record_reload(false, now_unix());
         }
         Ok((next, credentials, certificate)) => {
             let log_level = next.log_level.clone();
@@ -79,7 +79,7 @@ async fn reload_once(state: &AppState, acceptor: Option<&tls::Acceptor>, reload:
                     {
                         tracing::warn!(error = %e, "log_level not applied");
                     }
-                    state.metrics.record_reload(true, now_unix());
+                    state.metrics().record_reload(true, now_unix());
                     if restart.is_empty() {
                         tracing::info!(file = %path.display(), "configuration reloaded");
                     } else {
@@ -88,7 +88,7 @@ async fn reload_once(state: &AppState, acceptor: Option<&tls::Acceptor>, reload:
                     }
                 }
                 Err(e) => {
-                    state.metrics.record_reload(false, now_unix());
+                    state.metrics().record_reload(false, now_unix());
                     tracing::error!(error = %e, "configuration reload failed; the running configuration stays");
                 }
             }
