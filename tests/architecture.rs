@@ -305,3 +305,123 @@ fn the_length_check_counts_function_bodies() {
     let lifetime = "fn f<'a>(x: &'a str) -> &'a str {\n    x\n}\n";
     assert_eq!(long_functions(lifetime, 2), vec![(1, 3)]);
 }
+
+/// The sibling files of `dir` (`app`, `http`) in the order its `mod.rs` declares them: the
+/// allowed direction inside it.
+fn file_order(dir: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(src().join(dir).join("mod.rs")).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l
+                .strip_prefix("pub mod ")
+                .or_else(|| l.strip_prefix("pub(crate) mod "))
+                .or_else(|| l.strip_prefix("mod "))?;
+            Some(rest.trim_end_matches(';').to_owned())
+        })
+        .filter(|m| m != "tests")
+        .collect()
+}
+
+/// The code of a file without its unit tests (`#[cfg(test)] mod tests { ... }` at the end):
+/// tests may use anything.
+fn without_tests(code: &str) -> &str {
+    code.find("#[cfg(test)]\nmod tests {").map_or(code, |at| &code[..at])
+}
+
+/// Every use of a sibling file inside `dir` that goes up its order, every use of its `mod.rs`
+/// (the composition, above every file) by a file below it, and, for `app`, every `impl
+/// AppState` outside `mod.rs`. As "file:line: what".
+fn sibling_violations(dir: &str, order: &[String], files: &[(PathBuf, String)]) -> Vec<String> {
+    let base = src().join(dir);
+    let mut out = Vec::new();
+    for (file, code) in files {
+        let Ok(rel) = file.strip_prefix(&base) else { continue };
+        let Some(me) = rel.to_str().and_then(|r| r.strip_suffix(".rs")).filter(|m| !m.contains('/')) else {
+            continue;
+        };
+        if me == "mod" {
+            continue;
+        }
+        let my_rank = order.iter().position(|m| m == me).unwrap_or(usize::MAX);
+        let code = without_tests(code);
+        let text: String =
+            code.lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n");
+        let line_of = |at: usize| text[..at].matches('\n').count() + 1;
+        let crate_dir = format!("crate::{dir}::");
+        for (at, _) in text.match_indices("super::").chain(text.match_indices(crate_dir.as_str())) {
+            let before = text[..at].chars().last();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue; // `super::super::` climbs out of `dir`: the top-level check's business
+            }
+            let after = text[at..].split_once("::").map_or("", |(_, a)| a);
+            let after =
+                if text[at..].starts_with("crate::") { after.split_once("::").map_or("", |(_, a)| a) } else { after };
+            if after.starts_with("super::") {
+                continue;
+            }
+            let names = match after.strip_prefix('{') {
+                Some(group) => group_items(group),
+                None => vec![ident(after)],
+            };
+            for name in names.into_iter().filter(|n| !n.is_empty() && n != "self") {
+                match order.iter().position(|m| *m == name) {
+                    Some(r) if r < my_rank => {}
+                    Some(_) => out.push(format!(
+                        "{}:{}: {dir}/{me} uses {dir}/{name}, declared after it",
+                        file.display(),
+                        line_of(at)
+                    )),
+                    None => out.push(format!(
+                        "{}:{}: {dir}/{me} uses {name} of {dir}/mod.rs, the composition above it",
+                        file.display(),
+                        line_of(at)
+                    )),
+                }
+            }
+        }
+        if dir == "app" && text.contains("impl AppState") {
+            out.push(format!("{}: implements AppState outside app/mod.rs", file.display()));
+        }
+    }
+    out
+}
+
+/// Inside `src/app/` and `src/http/` the files are ordered as the top level is: no two call each
+/// other both ways, and only `mod.rs` composes them.
+#[test]
+fn files_inside_app_and_http_only_use_earlier_ones() {
+    let files = sources();
+    for dir in ["app", "http"] {
+        let order = file_order(dir);
+        assert!(order.len() > 5, "{dir}/mod.rs declares {order:?}");
+        let bad = sibling_violations(dir, &order, &files);
+        assert!(bad.is_empty(), "uses against the file order of src/{dir}/mod.rs:\n{}", bad.join("\n"));
+    }
+}
+
+/// The file-order check catches a planted two-way call, a use of the composition, an `impl
+/// AppState` outside it, and leaves unit tests and earlier files alone.
+#[test]
+fn the_file_order_check_catches_two_way_calls() {
+    let order = file_order("app");
+    let ledger = src().join("app/ledger.rs");
+    let queue = src().join("app/queue.rs");
+    let check = |files: &[(PathBuf, &str)]| {
+        let files: Vec<(PathBuf, String)> = files.iter().map(|(p, c)| (p.clone(), (*c).to_owned())).collect();
+        sibling_violations("app", &order, &files)
+    };
+    // The queue uses the ledger (allowed); the ledger calling back into the queue is not.
+    assert!(check(&[(queue.clone(), "use super::ledger::Ledger;\n")]).is_empty());
+    let two_way =
+        check(&[(queue.clone(), "use super::ledger::Ledger;\n"), (ledger.clone(), "use super::queue::Queue;\n")]);
+    assert_eq!(two_way.len(), 1, "{two_way:?}");
+    assert!(two_way[0].contains("app/ledger uses app/queue"), "{two_way:?}");
+    assert_eq!(check(&[(ledger.clone(), "fn f() { super::queue::dispatcher(); }\n")]).len(), 1);
+    assert_eq!(check(&[(ledger.clone(), "use super::{inputs::Inputs, queue::Queue};\n")]).len(), 1);
+    assert_eq!(check(&[(ledger.clone(), "use crate::app::queue::Queue;\n")]).len(), 1);
+    assert_eq!(check(&[(ledger.clone(), "use super::AppState;\n")]).len(), 1, "mod.rs is above every file");
+    assert_eq!(check(&[(ledger.clone(), "impl AppState {\n}\n")]).len(), 1);
+    assert!(check(&[(ledger.clone(), "#[cfg(test)]\nmod tests {\n    use super::*;\n}\n")]).is_empty());
+    assert!(check(&[(ledger, "use super::super::config::Config;\n")]).is_empty(), "the top level's business");
+}

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use crate::app::AppState;
 
 /// `GET /metrics`: renders the latest snapshot; never touches hardware.
 pub async fn metrics(State(state): State<AppState>) -> Response {

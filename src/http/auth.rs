@@ -11,8 +11,8 @@
 use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
 
-use super::AppState;
 use super::error::ApiError;
+use crate::app::AppState;
 use crate::app::{Caller, Credentials};
 use crate::config::{ADMIN_TOKEN_NAME, AuthConfig, Role};
 

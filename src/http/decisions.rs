@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::body::{Allowed, de, parse_query};
 use super::error::{ApiError, ErrorBody};
+use crate::app::AppState;
 use crate::app::ServiceError;
 use crate::limits;
 use crate::policy::admission::{CheckRequest, ResourceCheck};

@@ -12,8 +12,8 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 
-use super::AppState;
 use super::host_check::AllowedHosts;
+use crate::app::AppState;
 
 /// Adds [`Edge`] in front of a service.
 #[derive(Clone)]

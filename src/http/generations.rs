@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::body::{Allowed, JsonBody, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
+use crate::app::AppState;
 use crate::app::Caller;
 use crate::app::lease_terms::{LeaseAsk, Released};
 use crate::app::queue::{Admission, retry_after_seconds};

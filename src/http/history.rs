@@ -5,10 +5,10 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::body::{Allowed, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
 use super::stats::StatsBody;
+use crate::app::AppState;
 use crate::history::{GpuHistoryPoint, HistoryPoint};
 use crate::limits::{self, HISTORY_DEFAULT_POINTS, HISTORY_MAX_POINTS};
 use crate::time::{now_unix, rfc3339_unix};

@@ -25,25 +25,28 @@
 //! | GET | `/api/v1/openapi.json` | [`openapi`] | OpenAPI 3.1 document of the JSON API |
 //!
 //! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. Before routing,
-//! one layer ([`edge`]) runs [`guard`], which refuses foreign `Host`s, cross-origin writes and
+//! one layer ([`edge`]) runs [`host_check`], which refuses foreign `Host`s, cross-origin writes and
 //! WebSockets, and bodies declared over the limit, then [`auth`]: with tokens configured, writes
 //! under `/api/` (and with `auth.protect_reads`, reads) need a bearer token of the right role.
+//!
+//! The files below are declared lowest first: each uses only the ones declared before it, and none
+//! uses this file (`tests/architecture.rs` checks it).
 
-pub mod admin;
-pub mod auth;
-pub mod body;
-pub mod decisions;
-pub mod edge;
 pub mod error;
-pub mod generations;
+pub mod body;
 pub mod host_check;
-pub mod history;
-pub mod observations;
-pub mod openapi;
-pub mod page;
-pub mod settings;
+pub mod auth;
+pub mod edge;
 pub mod stats;
 pub mod stream;
+pub mod history;
+pub mod decisions;
+pub mod generations;
+pub mod observations;
+pub mod settings;
+pub mod admin;
+pub mod page;
+pub mod openapi;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

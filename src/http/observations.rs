@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use crate::app::AppState;
 use crate::config::Quantization;
 use crate::time::rfc3339_unix;
 use crate::units::round2;

@@ -8,7 +8,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, decisions, generations, history, observations, settings, stats};
+use super::{decisions, generations, history, observations, settings, stats};
+use crate::app::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

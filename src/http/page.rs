@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::AppState;
+use crate::app::AppState;
 
 /// The policy of every page answer; the browser test checks that it is sent.
 pub const CONTENT_SECURITY_POLICY: &str =

@@ -9,9 +9,9 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::body::{Allowed, JsonBody};
 use super::error::{ApiError, ErrorBody};
+use crate::app::AppState;
 use crate::app::settings::OptimizationSummary;
 pub use crate::app::settings::{ConstraintsPatch, OptimizationPatch};
 use crate::config::{Constraints, Optimization};

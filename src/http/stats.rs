@@ -6,9 +6,9 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::body::{Allowed, QueryParams};
 use super::error::{ApiError, ErrorBody};
+use crate::app::AppState;
 use crate::app::ServiceError;
 use crate::history::HistoryPoint;
 use crate::snapshot::Snapshot;

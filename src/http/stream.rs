@@ -13,9 +13,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ApiError;
 use super::stats::StatsBody;
+use crate::app::AppState;
 
 /// A send that has not completed in this long means the client stopped reading.
 const STALLED_CLIENT: Duration = Duration::from_secs(30);
