@@ -34,11 +34,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
-use vramguard::config::{Config, Optimization, Quantization};
-use vramguard::metrics::{LeaseFigures, Metrics};
-use vramguard::policy::Context;
-use vramguard::policy::admission::{CheckRequest, resource_check};
+use vramguard::Context;
 use vramguard::snapshot::Snapshot;
+use vramguard::{CheckRequest, resource_check};
+use vramguard::{Config, Optimization, Quantization};
+use vramguard::{LeaseFigures, Metrics};
 
 mod fixture;
 use fixture::GIB;

@@ -6,8 +6,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use vramguard::history::{GpuHistoryPoint, HistoryPoint};
-use vramguard::store::Store;
+use vramguard::Store;
+use vramguard::{GpuHistoryPoint, HistoryPoint};
 
 const DAY: f64 = 86_400.0;
 const INTERVAL: f64 = 5.0;

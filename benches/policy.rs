@@ -6,11 +6,11 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use vramguard::config::Config;
-use vramguard::metrics::Metrics;
-use vramguard::policy::admission::{CheckRequest, resource_check};
-use vramguard::policy::{Context, estimate, gpu_views};
+use vramguard::Config;
+use vramguard::Metrics;
 use vramguard::snapshot::{GpuStats, Snapshot};
+use vramguard::{CheckRequest, resource_check};
+use vramguard::{Context, gpu_views, recommendation_search};
 
 mod fixture;
 use fixture::GIB;
@@ -74,14 +74,14 @@ fn benches(c: &mut Criterion) {
         })
     });
     let views = gpu_views(&snapshot, |_| 0.0);
-    let settings = vramguard::config::Optimization {
-        quantization: vramguard::config::Quantization::Fp16,
+    let settings = vramguard::Optimization {
+        quantization: vramguard::Quantization::Fp16,
         enable_offload: false,
         vae_tile_size: 512,
         max_vram_usage_gb: 80.0,
     };
     c.bench_function("recommendation search (3 changes + 3 pairs, 8 GPUs)", |b| {
-        b.iter(|| black_box(estimate::search(&config.workload, &settings, false, 60.0, &views, 0.95)))
+        b.iter(|| black_box(recommendation_search(&config.workload, &settings, false, 60.0, &views, 0.95)))
     });
 }
 

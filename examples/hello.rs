@@ -1,5 +1,5 @@
 //! The hello-world limit for `scripts/bench.sh`: an axum 0.8 server on vramguard's own tokio
-//! runtime (`vramguard::server::runtime`: multi-threaded, every driver on, at most 8 blocking
+//! runtime (`vramguard::runtime`: multi-threaded, every driver on, at most 8 blocking
 //! threads) that answers `GET /api/v1/system/resource-check` with a fixed JSON body, read once
 //! from a file: the bench saves vramguard's own answer there, so both send a body of the same
 //! size. No routing beyond that one path, no middleware, no tracing, no work per request: what
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     // The same runtime as vramguard's.
-    let runtime = match vramguard::server::runtime() {
+    let runtime = match vramguard::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hello: cannot start the async runtime: {e}");

@@ -78,21 +78,21 @@ impl Lease {
 
 /// VRAM held by `pids` on GPU `gpu_index` in `snapshot`, GiB; `None` when the GPU or its process
 /// list is not in the snapshot.
-pub fn pids_used_gb(snapshot: &Snapshot, gpu_index: u32, pids: &[u32]) -> Option<f64> {
+pub(crate) fn pids_used_gb(snapshot: &Snapshot, gpu_index: u32, pids: &[u32]) -> Option<f64> {
     let gpu = snapshot.gpus.iter().find(|g| g.index == gpu_index)?;
     let procs = gpu.processes.as_ref()?;
     Some(gib(procs.iter().filter(|p| pids.contains(&p.pid)).map(|p| p.used_bytes).sum()))
 }
 
 /// The GPU's used VRAM (total − free, as the policy counts it), GiB.
-pub fn gpu_used_gb(snapshot: &Snapshot, gpu_index: u32) -> Option<f64> {
+pub(crate) fn gpu_used_gb(snapshot: &Snapshot, gpu_index: u32) -> Option<f64> {
     let m = snapshot.gpus.iter().find(|g| g.index == gpu_index)?.memory?;
     Some(gib(m.total_bytes.saturating_sub(m.free_bytes)))
 }
 
 /// What each of `live` uses and still owes on `snapshot`, in the order of `live`. Without a snapshot reading for a
 /// lease's GPU, the whole reservation is outstanding (fail closed).
-pub fn usage(live: &[&Lease], snapshot: Option<&Snapshot>) -> Vec<LeaseUsage> {
+pub(crate) fn usage(live: &[&Lease], snapshot: Option<&Snapshot>) -> Vec<LeaseUsage> {
     let mut out: Vec<LeaseUsage> = Vec::with_capacity(live.len());
     let gpus: BTreeSet<u32> = live.iter().filter_map(|l| l.gpu_index).collect();
     for l in live.iter().filter(|l| l.gpu_index.is_none()) {
@@ -133,7 +133,7 @@ pub fn usage(live: &[&Lease], snapshot: Option<&Snapshot>) -> Vec<LeaseUsage> {
 }
 
 /// GiB still owed per GPU index, summed over `usage`.
-pub fn outstanding_by_gpu(usage: &[LeaseUsage]) -> Vec<(u32, f64)> {
+pub(crate) fn outstanding_by_gpu(usage: &[LeaseUsage]) -> Vec<(u32, f64)> {
     let mut by: BTreeMap<u32, f64> = BTreeMap::new();
     for u in usage {
         if let Some(g) = u.gpu_index {
@@ -145,31 +145,26 @@ pub fn outstanding_by_gpu(usage: &[LeaseUsage]) -> Vec<(u32, f64)> {
 
 /// Every lease known, by id.
 #[derive(Debug, Default, Clone)]
-pub struct LeaseBook {
+pub(crate) struct LeaseBook {
     leases: BTreeMap<String, Lease>,
 }
 
 impl LeaseBook {
     /// A book holding `leases`.
-    pub fn from_leases(leases: impl IntoIterator<Item = Lease>) -> Self {
+    pub(crate) fn from_leases(leases: impl IntoIterator<Item = Lease>) -> Self {
         Self { leases: leases.into_iter().map(|l| (l.id.clone(), l)).collect() }
     }
 
     /// Leases live at `now`, oldest first.
-    pub fn live(&self, now: f64) -> Vec<&Lease> {
+    pub(crate) fn live(&self, now: f64) -> Vec<&Lease> {
         let mut v: Vec<&Lease> = self.leases.values().filter(|l| l.is_live(now)).collect();
         v.sort_by(|a, b| a.granted_at.total_cmp(&b.granted_at).then(a.id.cmp(&b.id)));
         v
     }
 
-    /// How many leases are live at `now`.
-    pub fn active(&self, now: f64) -> u32 {
-        self.leases.values().filter(|l| l.is_live(now)).count() as u32
-    }
-
     /// Follows the pids of live leases on `snapshot`: raises peaks, and marks leases whose pids
     /// hold more than they reserved. Returns the leases that overran just now (each once).
-    pub fn observe(&mut self, snapshot: &Snapshot, now: f64) -> Vec<Lease> {
+    pub(crate) fn observe(&mut self, snapshot: &Snapshot, now: f64) -> Vec<Lease> {
         let mut overran = Vec::new();
         for l in self.leases.values_mut().filter(|l| l.is_live(now) && !l.pids.is_empty()) {
             let Some(used) = l.gpu_index.and_then(|g| pids_used_gb(snapshot, g, &l.pids)) else { continue };
@@ -184,28 +179,23 @@ impl LeaseBook {
     }
 
     /// Ids of leases that lapsed by `now`.
-    pub fn expired(&self, now: f64) -> Vec<String> {
+    pub(crate) fn expired(&self, now: f64) -> Vec<String> {
         self.leases.values().filter(|l| !l.is_live(now)).map(|l| l.id.clone()).collect()
     }
 
-    /// A lease by id, live or not.
-    pub fn get(&self, id: &str) -> Option<&Lease> {
-        self.leases.get(id)
-    }
-
     /// A live lease by id.
-    pub fn get_live(&self, id: &str, now: f64) -> Option<&Lease> {
+    pub(crate) fn get_live(&self, id: &str, now: f64) -> Option<&Lease> {
         self.leases.get(id).filter(|l| l.is_live(now))
     }
 
     /// Adds or replaces a lease.
-    pub fn insert(&mut self, lease: Lease) {
+    pub(crate) fn insert(&mut self, lease: Lease) {
         self.leases.insert(lease.id.clone(), lease);
     }
 
     /// Applies a heartbeat to the book's own copy of a lease (keeping the peak and overrun the
     /// tracker wrote) and returns the result; `None` if the lease is gone.
-    pub fn renew(&mut self, id: &str, expires_at: f64, ttl_seconds: u64, pids: &[u32]) -> Option<Lease> {
+    pub(crate) fn renew(&mut self, id: &str, expires_at: f64, ttl_seconds: u64, pids: &[u32]) -> Option<Lease> {
         let l = self.leases.get_mut(id)?;
         l.expires_at = expires_at;
         l.ttl_seconds = ttl_seconds;
@@ -214,13 +204,13 @@ impl LeaseBook {
     }
 
     /// Removes a lease.
-    pub fn remove(&mut self, id: &str) -> Option<Lease> {
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Lease> {
         self.leases.remove(id)
     }
 }
 
 /// A fresh lease id: 128 random bits from the kernel, as 32 hex digits.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
         // No entropy source (never on Linux): time and a counter still give unique ids in-process.
@@ -235,7 +225,7 @@ pub fn new_id() -> String {
 }
 
 /// Whether `id` has the shape of a lease id.
-pub fn is_valid_id(id: &str) -> bool {
+pub(crate) fn is_valid_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
@@ -294,8 +284,8 @@ mod tests {
     #[test]
     fn live_active_and_expired_follow_now() {
         let book = LeaseBook::from_leases([lease("a", 0, 1.0, 0.0, 100.0), lease("b", 0, 1.0, 0.0, 50.0)]);
-        assert_eq!(book.active(10.0), 2);
-        assert_eq!(book.active(50.0), 1); // at expires_at it has lapsed
+        assert_eq!(book.live(10.0).len(), 2);
+        assert_eq!(book.live(50.0).len(), 1); // at expires_at it has lapsed
         assert_eq!(book.expired(60.0), vec!["b".to_owned()]);
         assert!(book.get_live("b", 60.0).is_none());
         assert!(book.get_live("a", 60.0).is_some());

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use vramguard::config::Config;
+use vramguard::Config;
 
 #[derive(Parser)]
 #[command(
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         config.listen = listen;
     }
     let set_log_filter = init_logging(cli.log_format, &config.log_level);
-    let reload = vramguard::server::Reload { path: cli.config.clone(), set_log_filter: Some(set_log_filter) };
+    let reload = vramguard::Reload { path: cli.config.clone(), set_log_filter: Some(set_log_filter) };
     if cli.reset_state
         && let Err(e) = reset_state(&config)
     {
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let runtime = match vramguard::server::runtime() {
+    let runtime = match vramguard::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vramguard: cannot start the async runtime: {e}");
@@ -92,8 +92,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listener = vramguard::server::bind(&config).await?;
-        vramguard::server::run_with(config, listener, shutdown_signal(), reload).await
+        let listener = vramguard::bind(&config).await?;
+        vramguard::run_with(config, listener, shutdown_signal(), reload).await
     });
     // A collector stuck inside a driver call holds a blocking thread that will never return;
     // do not let it keep the process alive after the server has stopped.
@@ -110,14 +110,14 @@ fn main() -> ExitCode {
 
 /// `--reset-state`: moves a store that would be refused aside, so the start that follows begins
 /// with a fresh one; keeps a store that opens.
-fn reset_state(config: &Config) -> Result<(), vramguard::store::StoreError> {
-    match vramguard::app::AppState::check_store(config) {
+fn reset_state(config: &Config) -> Result<(), vramguard::StoreError> {
+    match vramguard::AppState::check_store(config) {
         Ok(()) => {
             tracing::info!(state_dir = %config.state_dir.display(), "--reset-state: the state store opens normally; kept it");
             Ok(())
         }
         Err(e) if e.resettable() => {
-            let aside = vramguard::store::move_aside(&config.state_dir)?;
+            let aside = vramguard::move_aside(&config.state_dir)?;
             tracing::warn!(refused = %e, moved_to = %aside.display(),
                 "--reset-state: the state store was moved aside; starting with a fresh one");
             Ok(())
@@ -128,7 +128,7 @@ fn reset_state(config: &Config) -> Result<(), vramguard::store::StoreError> {
 
 /// Installs the subscriber with `log_level` (or `RUST_LOG`, which then wins for the process's
 /// life) and returns how a reload changes the filter.
-fn init_logging(format: LogFormat, log_level: &str) -> vramguard::server::SetLogFilter {
+fn init_logging(format: LogFormat, log_level: &str) -> vramguard::SetLogFilter {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer, fmt, reload};

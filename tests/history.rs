@@ -327,7 +327,7 @@ fn prometheus_backed_history_agrees_and_falls_back() {
     let p_points = from_prom["stats"].as_array().unwrap().clone();
 
     // The embedded store of the same process, read directly.
-    let store = vramguard::store::Store::open(&vg.dir.path().join("state")).unwrap();
+    let store = vramguard::Store::open(&vg.dir.path().join("state")).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let embedded = store.query_history(now - 180.0, now, 10_000, 1.0).unwrap();
     let e_points: Vec<Value> =

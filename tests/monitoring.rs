@@ -83,16 +83,16 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
         collectors: vec![CollectorStatus { name: "gpu", success: true, duration: Duration::ZERO, error: None }],
     };
     // As AppState does: the store's status series come from the store.
-    let metrics = vramguard::metrics::Metrics::new();
-    metrics.register(vramguard::store::StoreStatus::new().collectors());
+    let metrics = vramguard::Metrics::new();
+    metrics.register(vramguard::StoreStatus::new().collectors());
     // The production path: the policy's part, then the whole exposition.
     let snapshot = std::sync::Arc::new(snapshot);
     let policy = metrics.policy_text(
         Some(&snapshot),
-        &vramguard::config::Constraints::default(),
-        Some(vramguard::policy::health::HealthStatus::Healthy),
+        &vramguard::Constraints::default(),
+        Some(vramguard::HealthStatus::Healthy),
         0,
-        &vramguard::metrics::LeaseFigures {
+        &vramguard::LeaseFigures {
             outstanding: vec![(0, 1.0)],
             estimates: vec![("default".to_owned(), "model", 11.8)],
             waiting: 1,

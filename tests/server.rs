@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use vramguard::config::Config;
+use vramguard::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_on_a_bound_listener_and_stops_on_shutdown() {
@@ -19,7 +19,7 @@ async fn serves_on_a_bound_listener_and_stops_on_shutdown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(vramguard::server::run(config, listener, async move {
+    let server = tokio::spawn(vramguard::run(config, listener, async move {
         let _ = stop_rx.await;
     }));
 

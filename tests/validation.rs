@@ -8,11 +8,11 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use vramguard::app::{AppState, Credentials};
-use vramguard::config::{Config, Constraints, Optimization};
-use vramguard::http::app;
+use vramguard::Store;
+use vramguard::router as app;
 use vramguard::snapshot::{CollectorStatus, GpuMemory, GpuStats, HostStats, Snapshot};
-use vramguard::store::Store;
+use vramguard::{AppState, Credentials};
+use vramguard::{Config, Constraints, Optimization};
 
 const GIB: u64 = 1 << 30;
 

@@ -21,7 +21,7 @@ use crate::time::now_unix;
 
 /// What a kept answer was decided from.
 #[derive(Clone)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     snapshot: Option<Arc<Snapshot>>,
     config: Arc<Config>,
     version: u64,
@@ -29,7 +29,7 @@ pub struct Stamp {
 
 impl Stamp {
     /// The snapshot the stamp was taken on.
-    pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
+    pub(crate) fn snapshot(&self) -> Option<&Arc<Snapshot>> {
         self.snapshot.as_ref()
     }
 }
@@ -46,7 +46,7 @@ impl PartialEq for Stamp {
 }
 
 /// Kept answers of one kind (`V`), by the question (a query string, a label).
-pub struct Kept<V> {
+pub(crate) struct Kept<V> {
     table: RwLock<Option<Table<V>>>,
 }
 
@@ -66,7 +66,7 @@ impl<V> Default for Kept<V> {
 
 impl<V: Clone> Kept<V> {
     /// The answer to `question` decided under `stamp`, if one is kept and still valid now.
-    pub fn get(&self, stamp: &Stamp, question: &str) -> Option<V> {
+    pub(crate) fn get(&self, stamp: &Stamp, question: &str) -> Option<V> {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let table = table.as_ref().filter(|t| t.stamp == *stamp)?;
         let (answer, valid_until) = table.answers.get(question)?;
@@ -75,7 +75,7 @@ impl<V: Clone> Kept<V> {
 
     /// Keeps `answer` to `question`, decided under `stamp` from a view whose first lease expiry
     /// is `valid_until`. An answer under an older stamp than the one kept is dropped.
-    pub fn put(&self, stamp: Stamp, question: &str, answer: V, valid_until: f64) {
+    pub(crate) fn put(&self, stamp: Stamp, question: &str, answer: V, valid_until: f64) {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         match table.as_mut() {
             Some(t) if t.stamp == stamp => {

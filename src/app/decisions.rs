@@ -18,7 +18,7 @@ use crate::snapshot::Snapshot;
 
 /// A resource-check answer as it is sent: its JSON, and the decision counter it counts under.
 #[derive(Clone)]
-pub struct CheckAnswer {
+pub(crate) struct CheckAnswer {
     json: Bytes,
     counter: IntCounter,
 }

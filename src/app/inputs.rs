@@ -182,7 +182,7 @@ impl Inputs {
 
 /// A consistent copy of everything a decision reads.
 #[derive(Debug, Clone)]
-pub struct View {
+pub(crate) struct View {
     /// Latest snapshot.
     pub snapshot: Option<Arc<Snapshot>>,
     /// Live settings and constraints.
@@ -205,13 +205,13 @@ pub struct View {
 
 impl View {
     /// The policy's input built from this view, for the default workload profile.
-    pub fn context<'a>(&'a self, config: &'a Config) -> Context<'a> {
+    pub(crate) fn context<'a>(&'a self, config: &'a Config) -> Context<'a> {
         self.context_for(config, DEFAULT_WORKLOAD)
     }
 
     /// The policy's input for the workload profile `workload` (the default one if unknown:
     /// callers check names first, see [`Inputs::check_workload`]).
-    pub fn context_for<'a>(&'a self, config: &'a Config, workload: &'a str) -> Context<'a> {
+    pub(crate) fn context_for<'a>(&'a self, config: &'a Config, workload: &'a str) -> Context<'a> {
         let (workload_name, profile) = match config.profile(workload) {
             Some(p) => (workload, p),
             None => (DEFAULT_WORKLOAD, &config.workload),

@@ -20,19 +20,19 @@
 //! - [`records`]: history points (the recorder, `stats/save`, queries) and observed peaks.
 //! - `reload`: applying a configuration reloaded on SIGHUP.
 
-pub mod error;
-pub mod access;
-pub mod decision_memo;
+pub(crate) mod error;
+pub(crate) mod access;
+pub(crate) mod decision_memo;
 mod book;
 mod inputs;
 mod writer;
 mod lease_thread;
-pub mod lease_terms;
-pub mod ledger;
-pub mod queue;
-pub mod decisions;
-pub mod settings;
-pub mod records;
+pub(crate) mod lease_terms;
+pub(crate) mod ledger;
+pub(crate) mod queue;
+pub(crate) mod decisions;
+pub(crate) mod settings;
+pub(crate) mod records;
 mod reload;
 
 use std::sync::Arc;
@@ -47,12 +47,12 @@ use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotRx};
 use crate::store::{Store, StoreError};
 use crate::time::now_unix;
-pub use access::{Caller, Credentials};
+pub(crate) use access::Caller;
+pub use access::Credentials;
 use book::Book;
 use decisions::Decisions;
-pub use error::{OpenError, ServiceError};
+pub(crate) use error::{OpenError, ServiceError};
 use inputs::Inputs;
-pub use inputs::{Live, View};
 use lease_thread::LeaseThread;
 use ledger::Ledger;
 use queue::Queue;

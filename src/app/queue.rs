@@ -126,7 +126,7 @@ pub struct Queue {
 
 /// Whole seconds a refused waiter is told to wait before asking again: its place in the queue,
 /// at least 1 and at most 60, so retries of a long queue spread out.
-pub fn retry_after_seconds(queue_position: Option<usize>) -> u64 {
+pub(crate) fn retry_after_seconds(queue_position: Option<usize>) -> u64 {
     queue_position.map_or(1, |p| p.clamp(1, 60) as u64)
 }
 

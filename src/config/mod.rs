@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
-pub use duration::Dur;
+pub(crate) use duration::Dur;
 pub use pipeline::*;
-pub use sections::*;
+pub(crate) use sections::*;
 
 /// The whole configuration file. Every section is optional; what is left out takes its default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -68,7 +68,7 @@ pub struct Config {
 }
 
 /// Name of the profile given by the `workload` key.
-pub const DEFAULT_WORKLOAD: &str = "default";
+pub(crate) const DEFAULT_WORKLOAD: &str = "default";
 
 impl Default for Config {
     fn default() -> Self {

@@ -194,7 +194,7 @@ impl Workload {
 
 /// Checks constraint ranges and the warning ≤ critical rule; returns (field, sentence) on error.
 /// Shared by the config loader and the constraints API so both accept exactly the same values.
-pub fn validate_constraints(c: &Constraints) -> Result<(), (&'static str, String)> {
+pub(crate) fn validate_constraints(c: &Constraints) -> Result<(), (&'static str, String)> {
     limits::check_concurrency(c.max_concurrent_generations).map_err(|m| ("max_concurrent_generations", m))?;
     for (field, value) in [
         ("vram_warning_threshold", c.vram_warning_threshold),
@@ -217,7 +217,7 @@ pub fn validate_constraints(c: &Constraints) -> Result<(), (&'static str, String
 }
 
 /// Checks optimization ranges; `max_budget_gb` is the largest GPU's VRAM (or 1024 without one).
-pub fn validate_optimization(o: &Optimization, max_budget_gb: f64) -> Result<(), (&'static str, String)> {
+pub(crate) fn validate_optimization(o: &Optimization, max_budget_gb: f64) -> Result<(), (&'static str, String)> {
     limits::check_tile_size(o.vae_tile_size).map_err(|m| ("vae_tile_size", m))?;
     limits::check_budget_gb(o.max_vram_usage_gb, max_budget_gb).map_err(|m| ("max_vram_usage_gb", m))
 }

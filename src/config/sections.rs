@@ -218,7 +218,7 @@ impl Role {
 }
 
 /// The name `auth.token_file`'s token goes by.
-pub const ADMIN_TOKEN_NAME: &str = "admin";
+pub(crate) const ADMIN_TOKEN_NAME: &str = "admin";
 
 impl Default for GpuConfig {
     fn default() -> Self {

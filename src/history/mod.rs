@@ -11,7 +11,7 @@
 //! whole (the seed's nine fields) and each GPU's own utilization and VRAM % ([`GpuHistoryPoint`]),
 //! bucketed alike.
 
-pub mod prometheus;
+pub(crate) mod prometheus;
 
 use serde::Serialize;
 use utoipa::ToSchema;

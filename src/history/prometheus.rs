@@ -17,7 +17,7 @@ const MIN_WINDOW_SECONDS: u64 = 15;
 
 /// Where and how to ask.
 #[derive(Debug, Clone)]
-pub struct PrometheusSource {
+pub(crate) struct PrometheusSource {
     client: reqwest::Client,
     base: String,
     selector: String,
@@ -152,7 +152,7 @@ impl Figures {
 
 impl PrometheusSource {
     /// A source for `base` (e.g. `http://127.0.0.1:9090`) and label matchers without braces.
-    pub fn new(base: &str, selector: &str, timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(base: &str, selector: &str, timeout: Duration) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -161,7 +161,7 @@ impl PrometheusSource {
     }
 
     /// History between `start` and `end` (Unix seconds) in at most `max_points` points.
-    pub async fn query(&self, start: f64, end: f64, max_points: u32) -> Result<HistorySeries, String> {
+    pub(crate) async fn query(&self, start: f64, end: f64, max_points: u32) -> Result<HistorySeries, String> {
         let span = (end - start).max(1.0);
         let step = (span / f64::from(max_points)).ceil().max(1.0) as u64;
         let window = format!("{}s", step.max(MIN_WINDOW_SECONDS));

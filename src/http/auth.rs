@@ -32,7 +32,7 @@ enum Need {
 /// Identifies the caller and refuses what its token may not do (401 without a valid token, 403
 /// for a role that may not); the answer to send instead, if so. Run by [`super::edge`] before
 /// any handler, which finds the [`Caller`] in the request's extensions.
-pub fn identify(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
+pub(crate) fn identify(state: &AppState, req: &Request) -> Result<Caller, ApiError> {
     let credentials = state.credentials();
     if credentials.is_open() {
         return Ok(Caller::Open);
@@ -143,7 +143,7 @@ const MIN_TOKEN_CHARS: usize = 16;
 
 /// Reads every token `auth` names: `token_file` as the admin, then `tokens`. The error starts
 /// with the config key of the file that cannot be used.
-pub fn read_credentials(auth: &AuthConfig) -> Result<Credentials, String> {
+pub(crate) fn read_credentials(auth: &AuthConfig) -> Result<Credentials, String> {
     let mut tokens = Vec::new();
     if let Some(path) = &auth.token_file {
         let secret = read_token(path).map_err(|e| format!("auth.token_file: {e}"))?;
@@ -158,7 +158,7 @@ pub fn read_credentials(auth: &AuthConfig) -> Result<Credentials, String> {
 
 /// Reads the token file: the first line, trimmed. Refused, as OpenSSH refuses loose keys: a file
 /// that group or others may read, and a token shorter than 16 characters.
-pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+pub(crate) fn read_token(path: &std::path::Path) -> Result<String, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

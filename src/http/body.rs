@@ -13,7 +13,7 @@ use crate::limits::BODY_LIMIT;
 
 /// A JSON object body deserialised into `T` (which should deny unknown fields).
 #[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
@@ -80,13 +80,13 @@ impl<S: Send + Sync, T: DeserializeOwned + Allowed> OptionalFromRequest<S> for J
 }
 
 /// Fields of a request type and the sentence saying what each allows, for error details.
-pub trait Allowed {
+pub(crate) trait Allowed {
     /// `(field, allowed values)` pairs.
     const FIELDS: &'static [(&'static str, &'static str)];
 }
 
 /// Deserialises a JSON value, naming the offending field and what it allows on failure.
-pub fn from_value<T: DeserializeOwned + Allowed>(value: serde_json::Value) -> Result<T, ApiError> {
+pub(crate) fn from_value<T: DeserializeOwned + Allowed>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -106,7 +106,7 @@ pub fn from_value<T: DeserializeOwned + Allowed>(value: serde_json::Value) -> Re
 
 /// Query parameters deserialised into `T`, with unknown parameters rejected.
 #[derive(Debug)]
-pub struct QueryParams<T>(pub T);
+pub(crate) struct QueryParams<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequestParts<S> for QueryParams<T> {
     type Rejection = ApiError;
@@ -118,7 +118,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequestParts<S> for Quer
 
 /// Parses a query string into `T`: each parameter at most once, values as strings for `T`'s
 /// fields to parse, unknown parameters named with the allowed ones.
-pub fn parse_query<T: DeserializeOwned + Allowed>(query: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_query<T: DeserializeOwned + Allowed>(query: &str) -> Result<T, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
     let mut map = serde_json::Map::new();
@@ -138,11 +138,11 @@ pub fn parse_query<T: DeserializeOwned + Allowed>(query: &str) -> Result<T, ApiE
 }
 
 /// Helpers for query fields, which arrive as strings.
-pub mod de {
+pub(crate) mod de {
     use serde::{Deserialize, Deserializer};
 
     /// Parses an optional number from a query string value, rejecting NaN and infinities.
-    pub fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    pub(crate) fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
         let s = String::deserialize(d)?;
         let v: f64 = s.trim().parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number")))?;
         if !v.is_finite() {
@@ -152,13 +152,13 @@ pub mod de {
     }
 
     /// Parses an optional non-negative integer from a query string value.
-    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    pub(crate) fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         let s = String::deserialize(d)?;
         s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number")))
     }
 
     /// Parses an optional boolean (`true`/`false`, `1`/`0`) from a query string value.
-    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    pub(crate) fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
         let s = String::deserialize(d)?;
         match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" => Ok(Some(true)),

@@ -20,7 +20,7 @@ use crate::policy::health::Health;
 #[utoipa::path(get, path = "/api/v1/system/health", tag = "policy",
     responses((status = 200, body = Health),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn get_health(State(state): State<AppState>) -> Json<Health> {
+pub(crate) async fn get_health(State(state): State<AppState>) -> Json<Health> {
     Json(state.decisions().health())
 }
 
@@ -28,7 +28,7 @@ pub async fn get_health(State(state): State<AppState>) -> Json<Health> {
 #[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct ResourceCheckQuery {
+pub(crate) struct ResourceCheckQuery {
     /// VRAM the job needs, GiB (above 0, at most 1024); default: the workload estimate.
     #[serde(default, deserialize_with = "de::opt_f64")]
     #[param(value_type = Option<f64>, exclusive_minimum = 0.0, maximum = 1024.0)]
@@ -55,7 +55,10 @@ impl Allowed for ResourceCheckQuery {
     params(ResourceCheckQuery),
     responses((status = 200, body = ResourceCheck), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn resource_check(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub(crate) async fn resource_check(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let json = state.decisions().resource_check_json(query.as_deref().unwrap_or(""), || {
         let q: ResourceCheckQuery =
             parse_query(query.as_deref().unwrap_or("")).map_err(|e| ServiceError::Invalid(e.detail))?;

@@ -17,14 +17,14 @@ use crate::app::AppState;
 
 /// Adds [`Edge`] in front of a service.
 #[derive(Clone)]
-pub struct EdgeLayer {
+pub(crate) struct EdgeLayer {
     state: AppState,
     hosts: AllowedHosts,
 }
 
 impl EdgeLayer {
     /// The layer for `state`, with the host names its configuration allows.
-    pub fn new(state: AppState) -> Self {
+    pub(crate) fn new(state: AppState) -> Self {
         let hosts = AllowedHosts::from_config(&state.config());
         Self { state, hosts }
     }
@@ -40,7 +40,7 @@ impl<S> Layer<S> for EdgeLayer {
 
 /// Answers a refused request itself; passes the others on with their [`crate::app::Caller`].
 #[derive(Clone)]
-pub struct Edge<S> {
+pub(crate) struct Edge<S> {
     inner: S,
     state: AppState,
     hosts: AllowedHosts,

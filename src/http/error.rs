@@ -9,11 +9,11 @@ use serde::Serialize;
 use crate::app::ServiceError;
 
 /// `Retry-After` of a 503, seconds.
-pub const RETRY_AFTER_SECONDS: &str = "5";
+pub(crate) const RETRY_AFTER_SECONDS: &str = "5";
 
 /// A rejected request, with the sentence the client sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// What was wrong and what is allowed.
@@ -22,19 +22,19 @@ pub struct ApiError {
 
 /// The JSON body of every error response.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// What was wrong and what is allowed.
     pub detail: String,
 }
 
 impl ApiError {
     /// 400 with a detail.
-    pub fn bad_request(detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(detail: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, detail: detail.into() }
     }
 
     /// 404 with a detail.
-    pub fn not_found(detail: impl Into<String>) -> Self {
+    pub(crate) fn not_found(detail: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, detail: detail.into() }
     }
 }
@@ -72,12 +72,12 @@ impl IntoResponse for ApiError {
 }
 
 /// Fallback for unknown paths.
-pub async fn not_found(uri: Uri) -> ApiError {
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no endpoint at {}; see / for the list", uri.path()))
 }
 
 /// Fallback for a known path with the wrong method.
-pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         detail: format!("method {method} is not allowed on {}", uri.path()),

@@ -23,12 +23,13 @@ use crate::units::round2;
 /// A process id, as the OpenAPI document describes it (Linux hands out at most 2^22).
 #[derive(ToSchema)]
 #[schema(value_type = u32, minimum = 1, maximum = 4194304)]
-pub struct Pid(pub u32);
+#[allow(dead_code)] // a schema only: never built, its field never read
+pub(crate) struct Pid(pub u32);
 
 /// Body of `POST /generations`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LeaseRequest {
+pub(crate) struct LeaseRequest {
     /// VRAM the job needs, GiB; default: the workload estimate.
     #[schema(exclusive_minimum = 0.0, maximum = 1024.0)]
     pub vram_required_gb: Option<f64>,
@@ -71,7 +72,7 @@ impl Allowed for LeaseRequest {
 /// Body of a heartbeat: optionally a new lifetime.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct HeartbeatRequest {
+pub(crate) struct HeartbeatRequest {
     /// New lifetime from now, seconds (10–86400); default: the lease's own.
     #[schema(minimum = 10, maximum = 86400)]
     pub ttl_seconds: Option<u64>,
@@ -89,7 +90,7 @@ impl Allowed for HeartbeatRequest {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct ReleaseQuery {
+pub(crate) struct ReleaseQuery {
     /// The job's own measured peak VRAM, GiB (e.g. `torch.cuda.max_memory_reserved()`),
     /// recorded as an observation with `source: "client"`.
     #[serde(default, deserialize_with = "de::opt_f64")]
@@ -103,7 +104,7 @@ impl Allowed for ReleaseQuery {
 
 /// The GPU a lease is placed on.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LeaseGpu {
+pub(crate) struct LeaseGpu {
     /// NVML index.
     pub index: u32,
     /// NVML UUID.
@@ -112,7 +113,7 @@ pub struct LeaseGpu {
 
 /// A lease as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LeaseBody {
+pub(crate) struct LeaseBody {
     /// Lease id: 32 hex digits. In the listing, null unless the caller owns the lease or holds
     /// an admin token (the id is what heartbeats and releases it).
     pub id: Option<String>,
@@ -177,14 +178,14 @@ impl LeaseBody {
 
 /// 202: released in memory, not yet in the store.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ReleasePending {
+pub(crate) struct ReleasePending {
     /// That the slot is free, why the release is not durable yet, and that it is retried.
     pub detail: String,
 }
 
 /// 201: the lease and the resource-check it passed.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LeaseGranted {
+pub(crate) struct LeaseGranted {
     /// The lease, as the listing shows it.
     #[serde(flatten)]
     pub lease: LeaseBody,
@@ -194,7 +195,7 @@ pub struct LeaseGranted {
 
 /// 409: why not, with the decision.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LeaseRefused {
+pub(crate) struct LeaseRefused {
     /// The blocking issues in one sentence.
     pub detail: String,
     /// The decision that refused it (for a request that waited: the last one).
@@ -206,7 +207,7 @@ pub struct LeaseRefused {
 
 /// One waiting request.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct WaitingBody {
+pub(crate) struct WaitingBody {
     /// 1-based place in the queue.
     pub position: usize,
     /// Who asked.
@@ -224,7 +225,7 @@ pub struct WaitingBody {
 
 /// Answer of `GET /generations/queue`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct QueueList {
+pub(crate) struct QueueList {
     /// `fifo` or `backfill` (config `queue.policy`).
     pub policy: &'static str,
     /// Waiting requests, first in line first.
@@ -233,7 +234,7 @@ pub struct QueueList {
 
 /// Answer of `GET /generations`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LeaseList {
+pub(crate) struct LeaseList {
     /// Live leases, oldest first.
     pub leases: Vec<LeaseBody>,
     /// How many there are.
@@ -255,7 +256,7 @@ pub struct LeaseList {
         (status = 503, body = ErrorBody,
             description = "The admission queue is full, or the state store cannot record the lease (Retry-After)"),
     ))]
-pub async fn acquire(
+pub(crate) async fn acquire(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<LeaseRequest>,
@@ -310,7 +311,7 @@ pub async fn acquire(
 #[utoipa::path(get, path = "/api/v1/system/generations/queue", tag = "leases",
     responses((status = 200, body = QueueList),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
+pub(crate) async fn queue(State(state): State<AppState>) -> Json<QueueList> {
     let waiting = state
         .queue()
         .waiting_list()
@@ -331,7 +332,7 @@ pub async fn queue(State(state): State<AppState>) -> Json<QueueList> {
 #[utoipa::path(get, path = "/api/v1/system/generations", tag = "leases",
     responses((status = 200, body = LeaseList),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<LeaseList> {
+pub(crate) async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<LeaseList> {
     let leases: Vec<LeaseBody> = state.ledger().live_leases().iter().map(|l| LeaseBody::seen_by(l, &caller)).collect();
     Json(LeaseList {
         active_generations: leases.len() as u32,
@@ -352,7 +353,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
         (status = 503, body = ErrorBody,
             description = "The state store cannot record the extension; the lease is unchanged (Retry-After)"),
     ))]
-pub async fn heartbeat(
+pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -375,7 +376,7 @@ pub async fn heartbeat(
         (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "Another client's lease, or a reader token")))]
-pub async fn release(
+pub(crate) async fn release(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,

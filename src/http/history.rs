@@ -17,7 +17,7 @@ use crate::time::{now_unix, rfc3339_unix};
 #[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     /// How far back, hours (above 0, at most the retention; default 24 or the retention if shorter).
     #[serde(default, deserialize_with = "de::opt_f64")]
     #[param(value_type = Option<f64>, exclusive_minimum = 0.0)]
@@ -35,7 +35,7 @@ impl Allowed for HistoryQuery {
 
 /// The time range a history answer covers.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct TimeRange {
+pub(crate) struct TimeRange {
     /// Start (RFC 3339 UTC).
     pub start: String,
     /// End: now (RFC 3339 UTC).
@@ -46,7 +46,7 @@ pub struct TimeRange {
 
 /// One point of the history answer: the seed's nine fields, then each GPU's own figures.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct HistoryPointBody {
+pub(crate) struct HistoryPointBody {
     /// The nine seed fields (sums over GPUs; `gpu_percent` is the mean).
     #[serde(flatten)]
     pub point: HistoryPoint,
@@ -67,7 +67,7 @@ impl From<HistoryPoint> for HistoryPointBody {
 
 /// Answer of the history query.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct HistoryBody {
+pub(crate) struct HistoryBody {
     /// Points, oldest first.
     pub stats: Vec<HistoryPointBody>,
     /// Samples in the range before bucketing.
@@ -85,7 +85,7 @@ pub struct HistoryBody {
 
 /// Answer of `stats/save`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SavedBody {
+pub(crate) struct SavedBody {
     /// "System stats saved successfully".
     pub message: String,
     /// What was saved.
@@ -97,7 +97,7 @@ pub struct SavedBody {
     params(HistoryQuery),
     responses((status = 200, body = HistoryBody), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn get_history(
+pub(crate) async fn get_history(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<HistoryQuery>,
 ) -> Result<Json<HistoryBody>, ApiError> {
@@ -137,7 +137,7 @@ pub async fn get_history(
         (status = 503, body = ErrorBody,
             description = "No sample yet, or the state store cannot take writes now; nothing was changed (Retry-After)"),
     ))]
-pub async fn save(State(state): State<AppState>) -> Result<Json<SavedBody>, ApiError> {
+pub(crate) async fn save(State(state): State<AppState>) -> Result<Json<SavedBody>, ApiError> {
     let snapshot = state.records().save_snapshot().await?;
     Ok(Json(SavedBody {
         message: "System stats saved successfully".to_owned(),

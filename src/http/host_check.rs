@@ -21,11 +21,11 @@ use crate::limits::BODY_LIMIT;
 
 /// The host names vramguard answers to, lowercase, without ports.
 #[derive(Debug, Clone)]
-pub struct AllowedHosts(Arc<BTreeSet<String>>);
+pub(crate) struct AllowedHosts(Arc<BTreeSet<String>>);
 
 impl AllowedHosts {
     /// Loopback names, the listen address, the machine's hostname and `http.allowed_hosts`.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         let mut names: BTreeSet<String> = ["localhost", "127.0.0.1", "::1"].into_iter().map(str::to_owned).collect();
         let ip = config.listen.ip();
         if !ip.is_unspecified() {
@@ -39,7 +39,7 @@ impl AllowedHosts {
     }
 
     /// Whether `authority` (`name`, `name:port`, `[v6]:port`) names an allowed host.
-    pub fn allows(&self, authority: &str) -> bool {
+    pub(crate) fn allows(&self, authority: &str) -> bool {
         let host = host_of(authority);
         // Allocates only for a name with capitals (rare: clients send what they were given).
         let host: std::borrow::Cow<'_, str> =
@@ -93,7 +93,7 @@ fn forbidden(detail: String) -> ApiError {
 
 /// Refuses a request from a foreign `Host`, a cross-origin write or WebSocket, and a body
 /// declared over the limit; the answer to send instead, if so. Run first by [`super::edge`].
-pub fn check(allowed: &AllowedHosts, req: &Request) -> Result<(), ApiError> {
+pub(crate) fn check(allowed: &AllowedHosts, req: &Request) -> Result<(), ApiError> {
     let headers = req.headers();
     // HTTP/1.1 requires Host; a request without one comes from no browser.
     if let Some(host) = headers.get(header::HOST) {

@@ -32,27 +32,27 @@
 //! The files below are declared lowest first: each uses only the ones declared before it, and none
 //! uses this file (`tests/architecture.rs` checks it).
 
-pub mod error;
-pub mod body;
-pub mod host_check;
-pub mod auth;
-pub mod edge;
-pub mod stats;
-pub mod stream;
-pub mod history;
-pub mod decisions;
-pub mod generations;
-pub mod observations;
-pub mod settings;
-pub mod admin;
-pub mod page;
-pub mod openapi;
+pub(crate) mod error;
+pub(crate) mod body;
+pub(crate) mod host_check;
+pub(crate) mod auth;
+pub(crate) mod edge;
+pub(crate) mod stats;
+pub(crate) mod stream;
+pub(crate) mod history;
+pub(crate) mod decisions;
+pub(crate) mod generations;
+pub(crate) mod observations;
+pub(crate) mod settings;
+pub(crate) mod admin;
+pub(crate) mod page;
+pub(crate) mod openapi;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
-pub use crate::app::AppState;
+pub(crate) use crate::app::AppState;
 use crate::limits::BODY_LIMIT;
 
 /// The router with every endpoint.

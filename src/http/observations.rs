@@ -15,7 +15,7 @@ use crate::units::round2;
 
 /// One observed peak.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ObservationBody {
+pub(crate) struct ObservationBody {
     /// Workload profile name.
     pub workload: String,
     /// Quantization in force at grant time.
@@ -36,7 +36,7 @@ pub struct ObservationBody {
 
 /// Answer of `GET /observations`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ObservationList {
+pub(crate) struct ObservationList {
     /// Newest first.
     pub observations: Vec<ObservationBody>,
 }
@@ -45,7 +45,7 @@ pub struct ObservationList {
 #[utoipa::path(get, path = "/api/v1/system/observations", tag = "leases",
     responses((status = 200, body = ObservationList),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>, ApiError> {
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>, ApiError> {
     let observations = state
         .records()
         .observations()
@@ -69,7 +69,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>
 #[utoipa::path(delete, path = "/api/v1/system/observations", tag = "leases",
     responses((status = 204, description = "Cleared"), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
-pub async fn clear(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn clear(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
     state.records().clear_observations().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -27,7 +27,7 @@ use crate::app::AppState;
 struct ApiDoc;
 
 /// The JSON API routes together with their OpenAPI description.
-pub fn api_router() -> OpenApiRouter<AppState> {
+pub(crate) fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(stats::get_stats))
         .routes(routes!(history::get_history))
@@ -44,7 +44,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 }
 
 /// `GET /api/v1/openapi.json`.
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     Json(DOC.get_or_init(|| api_router().split_for_parts().1).clone())
 }

@@ -19,17 +19,15 @@ use axum::routing::get;
 use crate::app::AppState;
 
 /// The policy of every page answer; the browser test checks that it is sent.
-pub const CONTENT_SECURITY_POLICY: &str =
+pub(crate) const CONTENT_SECURITY_POLICY: &str =
     "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// Most bytes all embedded files may weigh together (the budget, uncompressed).
-pub const MAX_PAGE_BYTES: usize = 200 * 1024;
-
 /// One embedded file and where it is served.
-pub struct Asset {
+pub(crate) struct Asset {
     /// URL path.
     pub path: &'static str,
-    /// File under `web/`.
+    /// File under `web/` (read by the unit tests, which check every file there is embedded).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub file: &'static str,
     /// `Content-Type` header.
     pub content_type: &'static str,
@@ -55,7 +53,7 @@ macro_rules! asset {
 }
 
 /// Every file of the page. A file added to `web/` must be listed here (a test says so).
-pub const ASSETS: &[Asset] = &[
+pub(crate) const ASSETS: &[Asset] = &[
     asset!("/", "index.html", HTML),
     asset!("/assets/app.js", "app.js", JS),
     asset!("/assets/app.css", "app.css", CSS),
@@ -84,7 +82,7 @@ static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
 });
 
 /// The routes of the page and its assets.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     ASSETS.iter().enumerate().fold(Router::new(), |router, (i, asset)| {
         router.route(asset.path, get(move |headers: HeaderMap| async move { serve(i, asset, &headers) }))
     })
@@ -112,6 +110,9 @@ fn serve(i: usize, asset: &'static Asset, request: &HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Most bytes all embedded files may weigh together (the budget, uncompressed).
+    const MAX_PAGE_BYTES: usize = 200 * 1024;
 
     #[test]
     fn the_page_weighs_at_most_200_kib() {

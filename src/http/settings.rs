@@ -13,7 +13,7 @@ use super::body::{Allowed, JsonBody};
 use super::error::{ApiError, ErrorBody};
 use crate::app::AppState;
 use crate::app::settings::OptimizationSummary;
-pub use crate::app::settings::{ConstraintsPatch, OptimizationPatch};
+pub(crate) use crate::app::settings::{ConstraintsPatch, OptimizationPatch};
 use crate::config::{Constraints, Optimization};
 use crate::limits;
 use crate::units::round2;
@@ -39,7 +39,7 @@ impl Allowed for ConstraintsPatch {
 
 /// Answer of a settings update.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct OptimizationUpdated {
+pub(crate) struct OptimizationUpdated {
     /// "Optimization settings updated successfully" (or reset).
     pub message: String,
     /// The settings now in force.
@@ -60,7 +60,7 @@ pub struct OptimizationUpdated {
 
 /// Answer of `GET /constraints`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ConstraintsBody {
+pub(crate) struct ConstraintsBody {
     /// The constraints now in force.
     pub constraints: Constraints,
     /// A sentence per field.
@@ -69,7 +69,7 @@ pub struct ConstraintsBody {
 
 /// Answer of a constraints update.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ConstraintsUpdated {
+pub(crate) struct ConstraintsUpdated {
     /// "Resource constraints updated successfully" (or reset).
     pub message: String,
     /// All five constraints now in force.
@@ -80,7 +80,7 @@ pub struct ConstraintsUpdated {
 #[utoipa::path(get, path = "/api/v1/system/optimization", tag = "settings",
     responses((status = 200, body = Optimization),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn get_optimization(State(state): State<AppState>) -> Json<Optimization> {
+pub(crate) async fn get_optimization(State(state): State<AppState>) -> Json<Optimization> {
     Json(state.settings().live().settings)
 }
 
@@ -93,7 +93,7 @@ pub async fn get_optimization(State(state): State<AppState>) -> Json<Optimizatio
         (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
-pub async fn post_optimization(
+pub(crate) async fn post_optimization(
     State(state): State<AppState>,
     JsonBody(patch): JsonBody<OptimizationPatch>,
 ) -> Result<Json<OptimizationUpdated>, ApiError> {
@@ -105,7 +105,7 @@ pub async fn post_optimization(
 #[utoipa::path(delete, path = "/api/v1/system/optimization", tag = "settings",
     responses((status = 200, body = OptimizationUpdated), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
-pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<OptimizationUpdated>, ApiError> {
+pub(crate) async fn delete_optimization(State(state): State<AppState>) -> Result<Json<OptimizationUpdated>, ApiError> {
     let summary = state.settings().reset_optimization().await?;
     Ok(Json(optimization_answer(summary, "Optimization settings reset to config.yaml")))
 }
@@ -114,7 +114,7 @@ pub async fn delete_optimization(State(state): State<AppState>) -> Result<Json<O
 #[utoipa::path(get, path = "/api/v1/system/constraints", tag = "settings",
     responses((status = 200, body = ConstraintsBody),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub async fn get_constraints(State(state): State<AppState>) -> Json<ConstraintsBody> {
+pub(crate) async fn get_constraints(State(state): State<AppState>) -> Json<ConstraintsBody> {
     let c = state.settings().live().constraints;
     let concurrency =
         format!("Generation leases allowed at once ({}-{}).", limits::CONCURRENCY.start(), limits::CONCURRENCY.end());
@@ -143,7 +143,7 @@ pub async fn get_constraints(State(state): State<AppState>) -> Json<ConstraintsB
         (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
     ))]
-pub async fn post_constraints(
+pub(crate) async fn post_constraints(
     State(state): State<AppState>,
     JsonBody(patch): JsonBody<ConstraintsPatch>,
 ) -> Result<Json<ConstraintsUpdated>, ApiError> {
@@ -158,7 +158,7 @@ pub async fn post_constraints(
 #[utoipa::path(delete, path = "/api/v1/system/constraints", tag = "settings",
     responses((status = 200, body = ConstraintsUpdated), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "The token's role may not make this write"), (status = 503, body = ErrorBody, description = "The state store cannot take writes now; nothing was changed (Retry-After)")))]
-pub async fn delete_constraints(State(state): State<AppState>) -> Result<Json<ConstraintsUpdated>, ApiError> {
+pub(crate) async fn delete_constraints(State(state): State<AppState>) -> Result<Json<ConstraintsUpdated>, ApiError> {
     let live = state.settings().reset_constraints().await?;
     Ok(Json(ConstraintsUpdated {
         message: "Resource constraints reset to config.yaml".to_owned(),

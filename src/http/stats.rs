@@ -16,7 +16,7 @@ use crate::units::{MIB, round1};
 
 /// One GPU in the stats answer.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct GpuStatsBody {
+pub(crate) struct GpuStatsBody {
     /// NVML index.
     pub index: u32,
     /// NVML UUID.
@@ -45,7 +45,7 @@ pub struct GpuStatsBody {
 
 /// The stats answer: the seed's nine fields, then `gpu_count` and `gpus`.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct StatsBody {
+pub(crate) struct StatsBody {
     /// The nine seed fields (sums over GPUs; `gpu_percent` is the mean), as a history point.
     #[serde(flatten)]
     pub summary: HistoryPoint,
@@ -84,7 +84,7 @@ impl From<&Snapshot> for StatsBody {
 /// `stats` takes no query parameters; any is rejected, as on every other endpoint.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NoQuery {}
+pub(crate) struct NoQuery {}
 
 impl Allowed for NoQuery {
     const FIELDS: &'static [(&'static str, &'static str)] = &[];
@@ -102,7 +102,7 @@ impl Allowed for NoQuery {
         (status = 503, description = "No sample has been taken yet", body = ErrorBody),
     )
 )]
-pub async fn get_stats(
+pub(crate) async fn get_stats(
     State(state): State<AppState>,
     QueryParams(NoQuery {}): QueryParams<NoQuery>,
 ) -> Result<Json<StatsBody>, ApiError> {

@@ -21,7 +21,7 @@ use crate::app::AppState;
 const STALLED_CLIENT: Duration = Duration::from_secs(30);
 
 /// Upgrades to a WebSocket, or 503 past `stream.max_subscribers`.
-pub async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+pub(crate) async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let max = state.config().stream.max_subscribers;
     let taken = state.subscribers().fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
     if taken.is_err() {

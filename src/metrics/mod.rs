@@ -28,12 +28,13 @@ use std::sync::{Arc, Mutex};
 use prometheus::{Gauge as GaugeMetric, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::snapshot::Snapshot;
-pub use policy::{LeaseFigures, PolicyText};
+pub use policy::LeaseFigures;
+pub(crate) use policy::PolicyText;
 
 /// Version and revision for `vramguard_build_info`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Git revision the binary was built from.
-pub const REVISION: &str = env!("VRAMGUARD_REVISION");
+pub(crate) const REVISION: &str = env!("VRAMGUARD_REVISION");
 
 /// Process metrics and other registered collectors, plus the snapshot renderer.
 pub struct Metrics {

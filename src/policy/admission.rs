@@ -419,13 +419,13 @@ fn check_slots(ctx: &Context<'_>, f: &mut Findings) -> Option<bool> {
 
 /// Most generations [`generations_that_fit`] counts: above any `max_concurrent_generations`, so
 /// it only bounds a GPU-less host with no VRAM to run out of.
-pub const FIT_COUNT_CAP: u32 = 1024;
+pub(crate) const FIT_COUNT_CAP: u32 = 1024;
 
 /// How many more generations of the context's workload (its current estimate, model not loaded)
 /// would be admitted right now: each one placed where admission would put it, its VRAM then
 /// owed on that GPU and its slot taken, until a decision refuses. 0 when CPU or RAM refuse or the
 /// estimate exceeds `max_vram_usage_gb`.
-pub fn generations_that_fit(ctx: &Context<'_>) -> u32 {
+pub(crate) fn generations_that_fit(ctx: &Context<'_>) -> u32 {
     let mut outstanding: Vec<(u32, f64)> = ctx.outstanding.to_vec();
     let mut active = ctx.active_generations;
     let request = CheckRequest::default();

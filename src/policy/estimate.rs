@@ -17,7 +17,7 @@ use crate::units::GIB;
 
 /// Bytes a parameter takes in VRAM. bf16 and fp16 are both 2 bytes: bf16 trades mantissa for
 /// exponent range, not memory (the seed claimed otherwise).
-pub fn bytes_per_param(q: Quantization) -> f64 {
+pub(crate) fn bytes_per_param(q: Quantization) -> f64 {
     match q {
         Quantization::Fp16 | Quantization::Bf16 => 2.0,
         Quantization::Int8 => 1.0,
@@ -25,7 +25,7 @@ pub fn bytes_per_param(q: Quantization) -> f64 {
 }
 
 /// Weights of the components left on the GPU, GiB.
-pub fn weights_gb(workload: &Workload, settings: &Optimization) -> f64 {
+pub(crate) fn weights_gb(workload: &Workload, settings: &Optimization) -> f64 {
     workload
         .components
         .iter()
@@ -35,14 +35,14 @@ pub fn weights_gb(workload: &Workload, settings: &Optimization) -> f64 {
 }
 
 /// VAE decode memory at the configured tile size, GiB (scales with tile area).
-pub fn vae_gb(workload: &Workload, settings: &Optimization) -> f64 {
+pub(crate) fn vae_gb(workload: &Workload, settings: &Optimization) -> f64 {
     let ratio = f64::from(settings.vae_tile_size) / f64::from(workload.vae_reference_tile_size);
     workload.vae_decode_gb * ratio * ratio
 }
 
 /// VRAM one generation needs, GiB. A worker that already holds its model (`model_loaded`)
 /// needs only activations, VAE decode and overhead.
-pub fn need_gb(workload: &Workload, settings: &Optimization, model_loaded: bool) -> f64 {
+pub(crate) fn need_gb(workload: &Workload, settings: &Optimization, model_loaded: bool) -> f64 {
     let weights = if model_loaded { 0.0 } else { weights_gb(workload, settings) };
     weights + workload.activations_gb + vae_gb(workload, settings) + workload.overhead_gb
 }
@@ -114,7 +114,7 @@ pub struct Estimate {
 }
 
 /// The estimate for `key` from `observed` (key and peak, newest first), else the model.
-pub fn estimate(
+pub(crate) fn estimate(
     workload: &Workload,
     key: &EstimateKey,
     observed: &[(EstimateKey, f64)],
@@ -132,12 +132,12 @@ pub fn estimate(
 }
 
 /// The settings that savings are measured against: fp16, no offload, tile 512.
-pub fn baseline(settings: &Optimization) -> Optimization {
+pub(crate) fn baseline(settings: &Optimization) -> Optimization {
     Optimization { quantization: Quantization::Fp16, enable_offload: false, vae_tile_size: 512, ..*settings }
 }
 
 /// How much the current settings save against the baseline, GiB.
-pub fn savings_gb(workload: &Workload, settings: &Optimization) -> f64 {
+pub(crate) fn savings_gb(workload: &Workload, settings: &Optimization) -> f64 {
     need_gb(workload, &baseline(settings), false) - need_gb(workload, settings, false)
 }
 
@@ -215,7 +215,7 @@ pub fn search(
 }
 
 /// [`search`] with the model's savings multiplied by `scale` (observed / model).
-pub fn search_scaled(
+pub(crate) fn search_scaled(
     workload: &Workload,
     settings: &Optimization,
     model_loaded: bool,

@@ -18,7 +18,7 @@ use crate::snapshot::{GpuFaults, GpuHealth, Remedy, Snapshot, THROTTLE_REASONS};
 const SLOWDOWNS: [&str; 4] = ["hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "sw_thermal_slowdown"];
 
 /// Judges one GPU's faults at `now`.
-pub fn judge(f: &GpuFaults, cfg: &GpuHealthConfig, now: SystemTime) -> GpuHealth {
+pub(crate) fn judge(f: &GpuFaults, cfg: &GpuHealthConfig, now: SystemTime) -> GpuHealth {
     let mut health = GpuHealth::default();
     let mut unhealthy = |what: String, remedy: Remedy| {
         health.reasons.push(format!("{what}, {}", remedy_text(remedy)));
@@ -91,12 +91,12 @@ fn remedy_text(r: Remedy) -> &'static str {
 }
 
 /// "GPU 0 unhealthy: row remap pending, reset the GPU": the text admission and health show.
-pub fn describe(index: u32, h: &GpuHealth) -> String {
+pub(crate) fn describe(index: u32, h: &GpuHealth) -> String {
     format!("GPU {index} unhealthy: {}", h.reasons.join("; "))
 }
 
 /// What the operator should do with an unhealthy GPU, as a health recommendation.
-pub fn recommendation(index: u32, h: &GpuHealth) -> Option<String> {
+pub(crate) fn recommendation(index: u32, h: &GpuHealth) -> Option<String> {
     let text = match h.remedy? {
         Remedy::Drain => format!(
             "GPU {index} takes no new work: let its running jobs finish, then check the kernel log \
@@ -114,7 +114,7 @@ pub fn recommendation(index: u32, h: &GpuHealth) -> Option<String> {
 }
 
 /// The GPUs that must not take new work, with the text saying why, lowest index first.
-pub fn out_of_placement(snapshot: Option<&Snapshot>) -> Vec<(u32, String)> {
+pub(crate) fn out_of_placement(snapshot: Option<&Snapshot>) -> Vec<(u32, String)> {
     snapshot
         .map(|s| s.gpus.iter().filter(|g| !g.health.healthy).map(|g| (g.index, describe(g.index, &g.health))).collect())
         .unwrap_or_default()

@@ -134,7 +134,7 @@ impl Findings {
 }
 
 /// Judges the latest snapshot against the live constraints.
-pub fn health(ctx: &Context<'_>) -> Health {
+pub(crate) fn health(ctx: &Context<'_>) -> Health {
     let mut found = Findings::default();
     let Some(snapshot) = ctx.snapshot else {
         found.issue(HealthStatus::Warning, "No resource sample yet".to_owned());

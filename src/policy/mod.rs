@@ -8,13 +8,13 @@
 //! - [`verdict`]: the per-resource verdicts both of them use; the boundary rule (a usage at or
 //!   above a threshold counts as over it) is written there once.
 
-pub mod admission;
-pub mod estimate;
-pub mod gpu_health;
-pub mod health;
+pub(crate) mod admission;
+pub(crate) mod estimate;
+pub(crate) mod gpu_health;
+pub(crate) mod health;
 #[cfg(test)]
 mod tests;
-pub mod verdict;
+pub(crate) mod verdict;
 
 use crate::config::{Constraints, LearningConfig, Optimization, Workload};
 use crate::snapshot::Snapshot;
@@ -78,7 +78,7 @@ pub fn gpu_views(snapshot: &Snapshot, reserved: impl Fn(u32) -> f64) -> Vec<GpuV
 
 /// The GPU with the most free VRAM after reservations (so also after any job); ties go to the
 /// lower index, so placement is stable.
-pub fn best_gpu(gpus: &[GpuView]) -> Option<&GpuView> {
+pub(crate) fn best_gpu(gpus: &[GpuView]) -> Option<&GpuView> {
     gpus.iter().fold(None, |best: Option<&GpuView>, g| match best {
         Some(b) if b.free_gb() >= g.free_gb() => Some(b),
         _ => Some(g),
@@ -144,7 +144,7 @@ impl Context<'_> {
 }
 
 /// The compute processes holding the most VRAM, as a sentence, when any are known.
-pub fn top_holders(snapshot: &Snapshot, n: usize) -> Option<String> {
+pub(crate) fn top_holders(snapshot: &Snapshot, n: usize) -> Option<String> {
     let mut procs: Vec<(u32, &str, u64, u32)> = snapshot
         .gpus
         .iter()

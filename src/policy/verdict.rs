@@ -7,18 +7,18 @@ use crate::config::Constraints;
 use crate::snapshot::HostStats;
 
 /// The one boundary rule.
-pub fn at_or_above(value: f64, threshold: f64) -> bool {
+pub(crate) fn at_or_above(value: f64, threshold: f64) -> bool {
     value >= threshold
 }
 
 /// Whether a projected VRAM fraction stays under the critical threshold.
-pub fn fits_under(projected: f64, critical: f64) -> bool {
+pub(crate) fn fits_under(projected: f64, critical: f64) -> bool {
     !at_or_above(projected, critical)
 }
 
 /// A host reading against its threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HostVerdict {
+pub(crate) struct HostVerdict {
     /// The fraction read, `None` when the host collector failed.
     pub value: Option<f64>,
     /// The threshold it is judged against.
@@ -27,23 +27,23 @@ pub struct HostVerdict {
 
 impl HostVerdict {
     /// Known and at or above the threshold.
-    pub fn over(&self) -> bool {
+    pub(crate) fn over(&self) -> bool {
         self.value.is_some_and(|v| at_or_above(v, self.threshold))
     }
 
     /// Known and under the threshold: what admission needs (an unknown reading fails closed).
-    pub fn allows(&self) -> bool {
+    pub(crate) fn allows(&self) -> bool {
         self.value.is_some_and(|v| !at_or_above(v, self.threshold))
     }
 }
 
 /// CPU busy fraction against `cpu_warning_threshold`.
-pub fn cpu(ctx: &Context<'_>) -> HostVerdict {
+pub(crate) fn cpu(ctx: &Context<'_>) -> HostVerdict {
     HostVerdict { value: host(ctx).map(|h| h.cpu_usage_ratio), threshold: ctx.constraints.cpu_warning_threshold }
 }
 
 /// RAM used fraction against `ram_warning_threshold`.
-pub fn ram(ctx: &Context<'_>) -> HostVerdict {
+pub(crate) fn ram(ctx: &Context<'_>) -> HostVerdict {
     HostVerdict { value: host(ctx).map(HostStats::memory_used_ratio), threshold: ctx.constraints.ram_warning_threshold }
 }
 
@@ -52,13 +52,13 @@ fn host<'a>(ctx: &Context<'a>) -> Option<&'a HostStats> {
 }
 
 /// Whether a generation slot is free; `None` where leases are not tracked.
-pub fn slot_free(ctx: &Context<'_>) -> Option<bool> {
+pub(crate) fn slot_free(ctx: &Context<'_>) -> Option<bool> {
     ctx.active_generations.map(|active| active < ctx.constraints.max_concurrent_generations)
 }
 
 /// How a GPU's VRAM use stands against the thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum VramLevel {
+pub(crate) enum VramLevel {
     /// Under the warning threshold.
     Normal,
     /// At or above warning, under critical.
@@ -68,7 +68,7 @@ pub enum VramLevel {
 }
 
 /// The level of a VRAM fraction.
-pub fn vram_level(usage: f64, c: &Constraints) -> VramLevel {
+pub(crate) fn vram_level(usage: f64, c: &Constraints) -> VramLevel {
     if at_or_above(usage, c.vram_critical_threshold) {
         VramLevel::Critical
     } else if at_or_above(usage, c.vram_warning_threshold) {

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{DB_FILE, StoreError};
 
 /// File name of the identity file inside `state_dir`.
-pub const ID_FILE: &str = "store-id";
+pub(crate) const ID_FILE: &str = "store-id";
 
 /// Files that make up a store, moved aside together by a reset.
 const STORE_FILES: [&str; 4] = [DB_FILE, "vramguard.db-wal", "vramguard.db-shm", ID_FILE];

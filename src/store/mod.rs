@@ -15,22 +15,22 @@
 //! - [`leases`]: leases (written in batches, see [`Store::commit_batch`]) and observed peaks.
 //! - [`history`]: history points with their per-GPU rows, and bucketed queries over them.
 mod history;
-pub mod identity;
+pub(crate) mod identity;
 mod leases;
 mod overrides;
-pub mod status;
+pub(crate) mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::Connection;
 
-pub use identity::{ID_FILE, move_aside};
-pub use leases::Observation;
+pub use identity::move_aside;
+pub(crate) use leases::Observation;
 pub use status::StoreStatus;
 
 /// File name of the database inside `state_dir`.
-pub const DB_FILE: &str = "vramguard.db";
+pub(crate) const DB_FILE: &str = "vramguard.db";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
