@@ -9,8 +9,9 @@
 //!
 //! Asserted: every job finishes exactly once; at no sample of either machine's `/metrics` (every
 //! 100 ms) do used plus outstanding VRAM exceed the critical threshold, nor live leases the limit;
-//! both machines did work. Needs `redis-server`, `redis-cli` and python3 with venv and PyPI; skips
-//! with a `SKIPPED:` line without them, and fails instead when `CI` is set.
+//! both machines did work. Needs `redis-server`, `redis-cli` and python3 with venv and PyPI: without
+//! the programs a plain `cargo test` lists it as ignored with why (build.rs); without PyPI it
+//! prints a `SKIPPED:` line. With `CI` set it runs and fails instead.
 
 mod common;
 

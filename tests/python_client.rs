@@ -1,7 +1,8 @@
 //! The Python client (`clients/python`) against the real binary and the fake NVML: a venv under
 //! `target/tmp` with the client and its dev tools, then `ruff format --check`, `ruff check`,
-//! `mypy --strict` and pytest. Needs python3 with venv and PyPI; skips with a `SKIPPED:` line
-//! without them, and fails instead when `CI` is set.
+//! `mypy --strict` and pytest. Needs python3 with venv and PyPI: without venv a plain `cargo test`
+//! lists it as ignored with why (build.rs); without PyPI it prints a `SKIPPED:` line. With `CI`
+//! set it runs and fails instead.
 
 mod common;
 
