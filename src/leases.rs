@@ -53,7 +53,7 @@ pub struct Lease {
 
 /// What a live lease uses and still owes, from one snapshot.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LeaseUsage {
+pub(crate) struct LeaseUsage {
     /// Lease id.
     pub id: String,
     /// Its GPU.

@@ -330,8 +330,18 @@ fn prometheus_backed_history_agrees_and_falls_back() {
     let store = vramguard::Store::open(&vg.dir.path().join("state")).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let embedded = store.query_history(now - 180.0, now, 10_000, 1.0).unwrap();
-    let e_points: Vec<Value> =
-        embedded.points.into_iter().map(|p| serde_json::to_value(p.rounded()).unwrap()).collect();
+    let e_points: Vec<Value> = embedded
+        .points
+        .into_iter()
+        .map(|p| {
+            let p = p.rounded();
+            json!({
+                "vram_used_mb": p.vram_used_mb, "vram_total_mb": p.vram_total_mb, "vram_percent": p.vram_percent,
+                "gpu_percent": p.gpu_percent, "ram_total_gb": p.ram_total_gb, "ram_used_gb": p.ram_used_gb,
+                "cpu_percent": p.cpu_percent,
+            })
+        })
+        .collect();
     assert!(e_points.len() >= 8);
     for (field, slack) in [
         ("vram_used_mb", 0.1),

@@ -89,7 +89,7 @@ impl Harness {
         let opt = self.get("/api/v1/system/optimization").await.1;
         let con = self.get("/api/v1/system/constraints").await.1["constraints"].clone();
         // A second connection reads what the service committed.
-        let store = Store::open(&self.state.config().state_dir).unwrap();
+        let store = Store::open(self._dir.path()).unwrap();
         (opt, con, store.load_override("optimization").unwrap(), store.load_override("constraints").unwrap())
     }
 }

@@ -12,7 +12,7 @@ use super::error::ServiceError;
 use super::inputs::Inputs;
 use super::queue::Queue;
 use crate::metrics::{LeaseFigures, Metrics, PolicyText};
-use crate::policy::admission::{CheckRequest, generations_that_fit};
+use crate::policy::admission::{CheckRequest, ResourceCheck, generations_that_fit};
 use crate::policy::health::{Health, health};
 use crate::snapshot::Snapshot;
 
@@ -25,7 +25,7 @@ pub(crate) struct CheckAnswer {
 
 /// Health, resource-check and the exposition, with the decisions kept between changes of
 /// their inputs.
-pub struct Decisions {
+pub(crate) struct Decisions {
     inputs: Arc<Inputs>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
@@ -41,19 +41,21 @@ impl Decisions {
     }
 
     /// The health report now.
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         let view = self.inputs.view();
         health(&view.context(&self.inputs.config()))
     }
 
     /// The resource-check answer to `question` (the raw query string) as JSON, counted. The
     /// same question under the same inputs gets the kept answer; otherwise `parse` turns the
-    /// question into a request and a checked workload (or the refusal of a bad one, which is
-    /// not kept) and the policy decides.
-    pub fn resource_check_json(
+    /// question into a request and a workload name (or the refusal of a bad one, which is not
+    /// kept), the policy decides, and `render` writes the answer's JSON (the HTTP edge owns its
+    /// shape).
+    pub(crate) fn resource_check_json(
         &self,
         question: &str,
         parse: impl FnOnce() -> Result<(CheckRequest, Option<String>), ServiceError>,
+        render: impl FnOnce(&ResourceCheck) -> Result<Vec<u8>, serde_json::Error>,
     ) -> Result<Bytes, ServiceError> {
         let stamp = self.inputs.stamp();
         if let Some(kept) = self.kept_checks.get(&stamp, question) {
@@ -65,7 +67,7 @@ impl Decisions {
         // Before deciding: the first expiry among the leases the decision may see.
         let valid_until = self.inputs.book.valid_until(crate::time::now_unix());
         let check = self.inputs.decide(&request, &workload);
-        let json = Bytes::from(serde_json::to_vec(&check).map_err(|e| ServiceError::failed("resource-check", e))?);
+        let json = Bytes::from(render(&check).map_err(|e| ServiceError::failed("resource-check", e))?);
         let counter = self.metrics.decision_counter(check.can_start_generation, check.primary_reason());
         self.metrics.count(&counter);
         self.kept_checks.put(stamp, question, CheckAnswer { json: json.clone(), counter }, valid_until);
@@ -73,7 +75,7 @@ impl Decisions {
     }
 
     /// The `/metrics` exposition of the latest snapshot and the live policy values.
-    pub fn render_metrics(&self) -> Bytes {
+    pub(crate) fn render_metrics(&self) -> Bytes {
         let stamp = self.inputs.stamp();
         let status = &self.inputs.store_status;
         // Health also follows the store, and the queue's length is not a decision input.

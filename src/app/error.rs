@@ -18,7 +18,7 @@ pub enum OpenError {
 
 /// A service call that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ServiceError {
+pub(crate) enum ServiceError {
     /// The request is not acceptable: the sentence names the field and what is allowed.
     #[error("{0}")]
     Invalid(String),
@@ -45,14 +45,14 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// A failure of vramguard itself, logged once here with its cause.
-    pub fn failed(context: &'static str, cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn failed(context: &'static str, cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "{context}");
         Self::Failed { context }
     }
 
     /// A write the store did not take. The store's status logs the failure once; the answer
     /// says what happened, since the client can do nothing but ask again later.
-    pub fn store(cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn store(cause: impl std::fmt::Display) -> Self {
         Self::StoreUnavailable(format!(
             "the state store cannot take writes now, so nothing was changed ({cause}); try again later"
         ))

@@ -22,7 +22,7 @@ use crate::time::now_unix;
 
 /// The settings the API can change, as they are now.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Live {
+pub(crate) struct Live {
     /// Optimization settings.
     pub settings: Optimization,
     /// Resource constraints.

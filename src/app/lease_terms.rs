@@ -11,7 +11,7 @@ use crate::store::Observation;
 
 /// What a client asks for when it takes a lease.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LeaseAsk {
+pub(crate) struct LeaseAsk {
     /// VRAM the job needs, GiB; `None` uses the workload estimate.
     pub vram_required_gb: Option<f64>,
     /// The worker already holds its model.
@@ -37,7 +37,7 @@ impl LeaseAsk {
     }
 
     /// Checks every field against its limit; the error names the field.
-    pub fn validate(&self) -> Result<(), ServiceError> {
+    pub(crate) fn validate(&self) -> Result<(), ServiceError> {
         if let Some(v) = self.vram_required_gb {
             limits::check_required_gb(v).map_err(|m| invalid("vram_required_gb", m))?;
         }
@@ -54,7 +54,7 @@ impl LeaseAsk {
 
 /// How a release ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Released {
+pub(crate) enum Released {
     /// Out of the book and out of the store.
     Durable,
     /// Out of the book (its slot is free), but the store did not take the write, for the reason
@@ -64,7 +64,7 @@ pub enum Released {
 
 /// The outcome of a lease request.
 #[derive(Debug, Clone)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     /// Admitted: the lease and the decision that admitted it.
     Granted(Box<Lease>, ResourceCheck),
     /// Refused: the decision that refused it.

@@ -29,7 +29,7 @@ use crate::time::now_unix;
 /// The lease ledger: its operations, the critical section they run in, and the thread that runs
 /// it. A clone shares the same ledger (a handful of reference counts).
 #[derive(Clone)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     inputs: Arc<Inputs>,
     writer: Arc<Writer>,
     thread: Arc<LeaseThread>,
@@ -64,7 +64,7 @@ impl Ledger {
     }
 
     /// Reaps lapsed leases; run by the server on a timer (decisions also reap first).
-    pub async fn reap_expired(&self) {
+    pub(crate) async fn reap_expired(&self) {
         // Expiries free their slots in memory whether or not the batch commits (a failed one
         // leaves them pending, retried on the next tick).
         match self.batched("reaping leases failed", |l, store| Ok(l.reap(store, now_unix()))).await {
@@ -155,7 +155,7 @@ impl Ledger {
     }
 
     /// Takes a generation lease if resources allow. A refusal is an answer, not an error.
-    pub async fn acquire(&self, ask: LeaseAsk) -> Result<Acquired, ServiceError> {
+    pub(crate) async fn acquire(&self, ask: LeaseAsk) -> Result<Acquired, ServiceError> {
         ask.validate()?;
         let workload = self.inputs.check_workload(ask.workload.as_deref())?;
         // A refusal needs no lock: decided on the live view it is the answer the request would
@@ -239,7 +239,7 @@ impl Ledger {
 
     /// Extends a live lease by its TTL (or `ttl`, which becomes its TTL) from now, and adds
     /// `pids` (a worker's children) to its processes. Only its owner or an admin may.
-    pub async fn heartbeat(
+    pub(crate) async fn heartbeat(
         &self,
         id: String,
         ttl: Option<u64>,
@@ -279,7 +279,7 @@ impl Ledger {
     /// Releases a live lease; `peak_vram_gb` is the client's own measured peak, if it sent one.
     /// Only its owner or an admin may. The slot is free once this returns, even when the store
     /// did not take the write ([`Released::InMemory`]).
-    pub async fn release(
+    pub(crate) async fn release(
         &self,
         id: String,
         peak_vram_gb: Option<f64>,
@@ -324,12 +324,12 @@ impl Ledger {
     }
 
     /// Live leases, oldest first, with what each uses and still owes.
-    pub fn live_leases(&self) -> Vec<(Lease, LeaseUsage)> {
+    pub(crate) fn live_leases(&self) -> Vec<(Lease, LeaseUsage)> {
         self.inputs.view().leases
     }
 
     /// One live lease with its usage, now.
-    pub fn lease_now(&self, id: &str) -> Option<(Lease, LeaseUsage)> {
+    pub(crate) fn lease_now(&self, id: &str) -> Option<(Lease, LeaseUsage)> {
         self.inputs.view().leases.into_iter().find(|(l, _)| l.id == id)
     }
 }

@@ -155,74 +155,72 @@ impl AppState {
     }
 
     /// Generation leases.
-    pub fn ledger(&self) -> &Ledger {
+    pub(crate) fn ledger(&self) -> &Ledger {
         &self.0.ledger
     }
 
     /// Waiting admission.
-    pub fn queue(&self) -> &Arc<Queue> {
+    pub(crate) fn queue(&self) -> &Arc<Queue> {
         &self.0.queue
     }
 
     /// Health, resource-check and the exposition.
-    pub fn decisions(&self) -> &Decisions {
+    pub(crate) fn decisions(&self) -> &Decisions {
         &self.0.decisions
     }
 
     /// The optimization settings and constraints.
-    pub fn settings(&self) -> &Settings {
+    pub(crate) fn settings(&self) -> &Settings {
         &self.0.settings
     }
 
     /// History and observed peaks.
-    pub fn records(&self) -> &Records {
+    pub(crate) fn records(&self) -> &Records {
         &self.0.records
     }
 
     /// Counters, histograms and the exposition renderer.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.0.metrics
     }
 
     /// WebSocket subscribers now.
-    pub fn subscribers(&self) -> &AtomicU32 {
+    pub(crate) fn subscribers(&self) -> &AtomicU32 {
         &self.0.subscribers
     }
 
     /// Flips to true when the server shuts down.
-    pub fn shutdown(&self) -> watch::Receiver<bool> {
+    pub(crate) fn shutdown(&self) -> watch::Receiver<bool> {
         self.0.shutdown.clone()
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.0.inputs.config()
     }
 
     /// The tokens in force.
-    pub fn credentials(&self) -> Arc<Credentials> {
+    pub(crate) fn credentials(&self) -> Arc<Credentials> {
         self.0.inputs.credentials()
     }
 
     /// The latest snapshot.
-    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+    pub(crate) fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.0.inputs.snapshot()
     }
 
     /// New snapshots as they come.
-    pub fn snapshots(&self) -> SnapshotRx {
+    pub(crate) fn snapshots(&self) -> SnapshotRx {
         self.0.inputs.snapshots.clone()
-    }
-
-    /// A workload profile name checked: `None` is `default`; an unknown name lists the known
-    /// ones.
-    pub fn check_workload(&self, name: Option<&str>) -> Result<String, ServiceError> {
-        self.0.inputs.check_workload(name)
     }
 
     /// Puts `next` (validated) and its tokens in force. Returns the keys that changed but need a
     /// restart; those keep their running values.
-    pub async fn reload(&self, next: Config, credentials: Credentials) -> Result<Vec<&'static str>, ServiceError> {
+    pub(crate) async fn reload(
+        &self,
+        next: Config,
+        credentials: Credentials,
+    ) -> Result<Vec<&'static str>, ServiceError> {
         reload::reload(&self.0.inputs, &self.0.writer, next, credentials).await
     }
 }

@@ -34,7 +34,7 @@ use crate::time::now_unix;
 
 /// The answer to a lease request that may wait.
 #[derive(Debug)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Admitted: the lease and the decision that admitted it.
     Granted(Box<Lease>, ResourceCheck),
     /// Refused: the last decision; with the place it held when it stopped waiting, if it waited.
@@ -55,7 +55,7 @@ pub enum Admission {
 
 /// One waiting request as `GET /generations/queue` shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WaitingView {
+pub(crate) struct WaitingView {
     /// 1-based.
     pub position: usize,
     /// Who asked.
@@ -117,7 +117,7 @@ impl Drop for Leave {
 }
 
 /// The admission queue: requests waiting for room, and the passes that admit them.
-pub struct Queue {
+pub(crate) struct Queue {
     waiters: Mutex<WaitQueue>,
     ledger: Ledger,
     inputs: Arc<Inputs>,
@@ -145,12 +145,12 @@ impl Queue {
     }
 
     /// Requests waiting now.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.lock().waiters.len()
     }
 
     /// The waiting requests in order.
-    pub fn waiting_list(&self) -> Vec<WaitingView> {
+    pub(crate) fn waiting_list(&self) -> Vec<WaitingView> {
         let now = Instant::now();
         self.lock()
             .waiters
@@ -168,7 +168,7 @@ impl Queue {
     }
 
     /// Takes a lease, waiting up to `wait_seconds` for room when the refusal can clear.
-    pub async fn acquire_waiting(
+    pub(crate) async fn acquire_waiting(
         self: &Arc<Self>,
         ask: LeaseAsk,
         wait_seconds: f64,

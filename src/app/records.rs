@@ -17,7 +17,7 @@ use crate::time::now_unix;
 
 /// Where a history answer came from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HistoryAnswer {
+pub(crate) struct HistoryAnswer {
     /// The points.
     pub series: HistorySeries,
     /// `embedded` or `prometheus`.
@@ -28,7 +28,7 @@ pub struct HistoryAnswer {
 
 /// History points and observed peaks: recorded through the writer, read on a connection of
 /// their own.
-pub struct Records {
+pub(crate) struct Records {
     inputs: Arc<Inputs>,
     writer: Arc<Writer>,
     /// A second connection to the store for reads.
@@ -58,7 +58,7 @@ impl Records {
     }
 
     /// Records the current snapshot now (`stats/save`) and returns it.
-    pub async fn save_snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
+    pub(crate) async fn save_snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
         let snapshot = self.inputs.snapshot().ok_or(ServiceError::NotReady)?;
         self.record(HistoryPoint::from_snapshot(&snapshot)).await?;
         Ok(snapshot)
@@ -66,7 +66,12 @@ impl Records {
 
     /// History between `start` and `end` (Unix seconds) in at most `max_points` points: from
     /// Prometheus when that backend is configured and answers, else from the embedded store.
-    pub async fn query_history(&self, start: f64, end: f64, max_points: u32) -> Result<HistoryAnswer, ServiceError> {
+    pub(crate) async fn query_history(
+        &self,
+        start: f64,
+        end: f64,
+        max_points: u32,
+    ) -> Result<HistoryAnswer, ServiceError> {
         let mut warning = None;
         if let Some(source) = &self.prometheus {
             match source.query(start, end, max_points).await {
@@ -83,12 +88,12 @@ impl Records {
     }
 
     /// Every observation, newest first.
-    pub async fn observations(&self) -> Result<Vec<Observation>, ServiceError> {
+    pub(crate) async fn observations(&self) -> Result<Vec<Observation>, ServiceError> {
         self.read(|store| store.load_observations()).await
     }
 
     /// Forgets every observation: estimates are the model's again.
-    pub async fn clear_observations(&self) -> Result<(), ServiceError> {
+    pub(crate) async fn clear_observations(&self) -> Result<(), ServiceError> {
         let inputs = Arc::clone(&self.inputs);
         self.writer
             .write("clearing observations failed", move |store| {

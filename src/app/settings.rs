@@ -2,9 +2,6 @@
 //! after the merge, written to the state store in one transaction, and only then published. A
 //! rejected update changes nothing.
 
-use serde::Deserialize;
-use utoipa::ToSchema;
-
 use std::sync::Arc;
 
 use super::error::ServiceError;
@@ -24,45 +21,36 @@ pub(crate) const OPTIMIZATION_KEY: &str = "optimization";
 pub(crate) const CONSTRAINTS_KEY: &str = "constraints";
 
 /// A partial update of the optimization settings; omitted fields keep their value.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizationPatch {
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OptimizationPatch {
     /// fp16, bf16 or int8.
     pub quantization: Option<Quantization>,
     /// Move offloadable components to the CPU.
     pub enable_offload: Option<bool>,
     /// VAE decode tile edge, pixels.
-    #[schema(minimum = 128, maximum = 512)]
     pub vae_tile_size: Option<u32>,
     /// Most VRAM one generation may use, GiB (at most the largest GPU's VRAM).
-    #[schema(exclusive_minimum = 0.0, maximum = 1024.0)]
     pub max_vram_usage_gb: Option<f64>,
 }
 
 /// A partial update of the constraints; omitted fields keep their value.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConstraintsPatch {
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConstraintsPatch {
     /// Generation leases allowed at once.
-    #[schema(minimum = 1, maximum = 10)]
     pub max_concurrent_generations: Option<u32>,
     /// VRAM fraction at which health warns.
-    #[schema(minimum = 0.1, maximum = 1.0)]
     pub vram_warning_threshold: Option<f64>,
     /// VRAM fraction at which health is critical and admission refuses.
-    #[schema(minimum = 0.1, maximum = 1.0)]
     pub vram_critical_threshold: Option<f64>,
     /// CPU busy fraction at which health warns and admission refuses.
-    #[schema(minimum = 0.1, maximum = 1.0)]
     pub cpu_warning_threshold: Option<f64>,
     /// RAM used fraction at which health warns and admission refuses.
-    #[schema(minimum = 0.1, maximum = 1.0)]
     pub ram_warning_threshold: Option<f64>,
 }
 
 /// What the optimization settings mean now, for the answer of an update.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OptimizationSummary {
+pub(crate) struct OptimizationSummary {
     /// The settings now in force.
     pub settings: Optimization,
     /// VRAM allocated over all GPUs now, GiB.
@@ -90,7 +78,7 @@ fn rejected((field, message): (&str, String)) -> ServiceError {
 }
 
 /// The live settings and constraints, as the API changes them.
-pub struct Settings {
+pub(crate) struct Settings {
     inputs: Arc<Inputs>,
     writer: Arc<Writer>,
 }
@@ -101,12 +89,15 @@ impl Settings {
     }
 
     /// The live settings and constraints now.
-    pub fn live(&self) -> Live {
+    pub(crate) fn live(&self) -> Live {
         self.inputs.live()
     }
 
     /// Merges `patch` into the optimization settings.
-    pub async fn update_optimization(&self, patch: OptimizationPatch) -> Result<OptimizationSummary, ServiceError> {
+    pub(crate) async fn update_optimization(
+        &self,
+        patch: OptimizationPatch,
+    ) -> Result<OptimizationSummary, ServiceError> {
         let max_budget = self.largest_gpu_gb();
         let live = self
             .update(move |live| {
@@ -123,7 +114,7 @@ impl Settings {
     }
 
     /// Puts the optimization settings back to config.yaml.
-    pub async fn reset_optimization(&self) -> Result<OptimizationSummary, ServiceError> {
+    pub(crate) async fn reset_optimization(&self) -> Result<OptimizationSummary, ServiceError> {
         let defaults = self.inputs.config().optimization;
         let live = self
             .update(move |live| {
@@ -135,7 +126,7 @@ impl Settings {
     }
 
     /// Merges `patch` into the constraints; VRAM warning must stay at or below critical.
-    pub async fn update_constraints(&self, patch: ConstraintsPatch) -> Result<Live, ServiceError> {
+    pub(crate) async fn update_constraints(&self, patch: ConstraintsPatch) -> Result<Live, ServiceError> {
         self.update(move |live| {
             let c = &mut live.constraints;
             c.max_concurrent_generations = patch.max_concurrent_generations.unwrap_or(c.max_concurrent_generations);
@@ -150,7 +141,7 @@ impl Settings {
     }
 
     /// Puts the constraints back to config.yaml.
-    pub async fn reset_constraints(&self) -> Result<Live, ServiceError> {
+    pub(crate) async fn reset_constraints(&self) -> Result<Live, ServiceError> {
         let defaults = self.inputs.config().constraints;
         self.update(move |live| {
             live.constraints = defaults;

@@ -8,7 +8,7 @@ use crate::error::ConfigError;
 use crate::limits;
 
 /// Resource constraints: thresholds are fractions 0.1–1.0.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Constraints {
     /// Generation leases allowed at once (1–10).
@@ -24,7 +24,7 @@ pub struct Constraints {
 }
 
 /// Weight precision of the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quantization {
     /// 2 bytes a parameter.
@@ -36,7 +36,7 @@ pub enum Quantization {
 }
 
 /// Optimization settings of the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Optimization {
     /// Weight precision.

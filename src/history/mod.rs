@@ -13,9 +13,6 @@
 
 pub(crate) mod prometheus;
 
-use serde::Serialize;
-use utoipa::ToSchema;
-
 use crate::snapshot::Snapshot;
 use crate::time::rfc3339;
 use crate::units::{MIB, gib, round1, round2};
@@ -23,7 +20,7 @@ use crate::units::{MIB, gib, round1, round2};
 /// One GPU's figures in a point of history: its own utilization and VRAM %, each the mean of the
 /// readings it had over the point's samples. A reading the GPU lacked is null (and left out of
 /// a bucket's mean), never 0.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GpuHistoryPoint {
     /// NVML index (the `gpu` label of the metrics).
     pub index: u32,
@@ -41,10 +38,9 @@ impl GpuHistoryPoint {
 }
 
 /// One point of history: the seed's nine stats fields, and the GPUs one by one.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HistoryPoint {
-    /// Unix seconds (not serialised; `timestamp` is).
-    #[serde(skip)]
+    /// Unix seconds (the API shows `timestamp`).
     pub ts: f64,
     /// CPU busy, percent.
     pub cpu_percent: Option<f64>,
@@ -67,7 +63,6 @@ pub struct HistoryPoint {
     /// Each GPU's own figures, by index; empty for points recorded before vramguard kept them.
     /// Not serialised with the nine fields: the history answer adds them as its points' `gpus`
     /// (`/stats`, which flattens this point, has a `gpus` of its own, the live breakdown).
-    #[serde(skip)]
     pub gpus: Vec<GpuHistoryPoint>,
 }
 

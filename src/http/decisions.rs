@@ -10,18 +10,18 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::body::{Allowed, de, parse_query};
 use super::error::{ApiError, ErrorBody};
+use super::wire::{Health, ResourceCheck};
 use crate::app::AppState;
 use crate::app::ServiceError;
 use crate::limits;
-use crate::policy::admission::{CheckRequest, ResourceCheck};
-use crate::policy::health::Health;
+use crate::policy::admission::CheckRequest;
 
 /// Health report: always 200 while vramguard can answer.
 #[utoipa::path(get, path = "/api/v1/system/health", tag = "policy",
     responses((status = 200, body = Health),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub(crate) async fn get_health(State(state): State<AppState>) -> Json<Health> {
-    Json(state.decisions().health())
+    Json(state.decisions().health().into())
 }
 
 /// Query of the resource-check.
@@ -59,18 +59,22 @@ pub(crate) async fn resource_check(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let json = state.decisions().resource_check_json(query.as_deref().unwrap_or(""), || {
-        let q: ResourceCheckQuery =
-            parse_query(query.as_deref().unwrap_or("")).map_err(|e| ServiceError::Invalid(e.detail))?;
-        if let Some(v) = q.vram_required_gb {
-            limits::check_required_gb(v).map_err(|m| ServiceError::Invalid(format!("vram_required_gb: {m}")))?;
-        }
-        let request = CheckRequest {
-            vram_required_gb: q.vram_required_gb,
-            model_loaded: q.model_loaded.unwrap_or(false),
-            gpu: None,
-        };
-        Ok((request, q.workload))
-    })?;
+    let json = state.decisions().resource_check_json(
+        query.as_deref().unwrap_or(""),
+        || {
+            let q: ResourceCheckQuery =
+                parse_query(query.as_deref().unwrap_or("")).map_err(|e| ServiceError::Invalid(e.detail))?;
+            if let Some(v) = q.vram_required_gb {
+                limits::check_required_gb(v).map_err(|m| ServiceError::Invalid(format!("vram_required_gb: {m}")))?;
+            }
+            let request = CheckRequest {
+                vram_required_gb: q.vram_required_gb,
+                model_loaded: q.model_loaded.unwrap_or(false),
+                gpu: None,
+            };
+            Ok((request, q.workload))
+        },
+        |check| serde_json::to_vec(&ResourceCheck::from(check)),
+    )?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response())
 }

@@ -11,12 +11,12 @@ use utoipa::ToSchema;
 
 use super::body::{Allowed, JsonBody, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
+use super::wire::ResourceCheck;
 use crate::app::AppState;
 use crate::app::Caller;
 use crate::app::lease_terms::{LeaseAsk, Released};
 use crate::app::queue::{Admission, retry_after_seconds};
 use crate::leases::{Lease, LeaseUsage};
-use crate::policy::admission::ResourceCheck;
 use crate::time::rfc3339_unix;
 use crate::units::round2;
 
@@ -282,12 +282,12 @@ pub(crate) async fn acquire(
                 };
                 (*lease, owed)
             });
-            let granted = LeaseGranted { lease: LeaseBody::from(&with_usage), resource_check: check };
+            let granted = LeaseGranted { lease: LeaseBody::from(&with_usage), resource_check: (&check).into() };
             (StatusCode::CREATED, Json(granted)).into_response()
         }
         Admission::Refused { check, queue_position } => {
             let detail = format!("generation refused: {}", check.blocking_issues.join("; "));
-            let body = Json(LeaseRefused { detail, resource_check: check, queue_position });
+            let body = Json(LeaseRefused { detail, resource_check: (&check).into(), queue_position });
             match queue_position {
                 Some(_) => {
                     let retry = retry_after_seconds(queue_position).to_string();

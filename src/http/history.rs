@@ -8,8 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::body::{Allowed, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
 use super::stats::StatsBody;
+use super::wire::{GpuHistoryPoint, HistoryPoint};
 use crate::app::AppState;
-use crate::history::{GpuHistoryPoint, HistoryPoint};
 use crate::limits::{self, HISTORY_DEFAULT_POINTS, HISTORY_MAX_POINTS};
 use crate::time::{now_unix, rfc3339_unix};
 
@@ -56,12 +56,12 @@ pub(crate) struct HistoryPointBody {
     pub gpus: Vec<GpuHistoryPoint>,
 }
 
-impl From<HistoryPoint> for HistoryPointBody {
+impl From<crate::history::HistoryPoint> for HistoryPointBody {
     /// The point rounded for display, its GPUs moved out into `gpus`.
-    fn from(point: HistoryPoint) -> Self {
+    fn from(point: crate::history::HistoryPoint) -> Self {
         let mut point = point.rounded();
-        let gpus = std::mem::take(&mut point.gpus);
-        Self { point, gpus }
+        let gpus = std::mem::take(&mut point.gpus).into_iter().map(GpuHistoryPoint::from).collect();
+        Self { point: HistoryPoint::from(&point), gpus }
     }
 }
 

@@ -34,6 +34,7 @@
 
 pub(crate) mod error;
 pub(crate) mod body;
+pub(crate) mod wire;
 pub(crate) mod host_check;
 pub(crate) mod auth;
 pub(crate) mod edge;

@@ -8,8 +8,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
+use super::wire::Quantization;
 use crate::app::AppState;
-use crate::config::Quantization;
 use crate::time::rfc3339_unix;
 use crate::units::round2;
 
@@ -53,7 +53,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Observati
         .into_iter()
         .map(|o| ObservationBody {
             workload: o.key.workload,
-            quantization: o.key.settings.quantization,
+            quantization: o.key.settings.quantization.into(),
             enable_offload: o.key.settings.enable_offload,
             vae_tile_size: o.key.settings.vae_tile_size,
             model_loaded: o.key.model_loaded,

@@ -6,17 +6,76 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::body::{Allowed, JsonBody};
 use super::error::{ApiError, ErrorBody};
+use super::wire::{Constraints, Optimization, Quantization};
 use crate::app::AppState;
 use crate::app::settings::OptimizationSummary;
-pub(crate) use crate::app::settings::{ConstraintsPatch, OptimizationPatch};
-use crate::config::{Constraints, Optimization};
 use crate::limits;
 use crate::units::round2;
+
+/// A partial update of the optimization settings; omitted fields keep their value.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OptimizationPatch {
+    /// fp16, bf16 or int8.
+    pub quantization: Option<Quantization>,
+    /// Move offloadable components to the CPU.
+    pub enable_offload: Option<bool>,
+    /// VAE decode tile edge, pixels.
+    #[schema(minimum = 128, maximum = 512)]
+    pub vae_tile_size: Option<u32>,
+    /// Most VRAM one generation may use, GiB (at most the largest GPU's VRAM).
+    #[schema(exclusive_minimum = 0.0, maximum = 1024.0)]
+    pub max_vram_usage_gb: Option<f64>,
+}
+
+impl From<OptimizationPatch> for crate::app::settings::OptimizationPatch {
+    fn from(p: OptimizationPatch) -> Self {
+        Self {
+            quantization: p.quantization.map(Into::into),
+            enable_offload: p.enable_offload,
+            vae_tile_size: p.vae_tile_size,
+            max_vram_usage_gb: p.max_vram_usage_gb,
+        }
+    }
+}
+
+/// A partial update of the constraints; omitted fields keep their value.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConstraintsPatch {
+    /// Generation leases allowed at once.
+    #[schema(minimum = 1, maximum = 10)]
+    pub max_concurrent_generations: Option<u32>,
+    /// VRAM fraction at which health warns.
+    #[schema(minimum = 0.1, maximum = 1.0)]
+    pub vram_warning_threshold: Option<f64>,
+    /// VRAM fraction at which health is critical and admission refuses.
+    #[schema(minimum = 0.1, maximum = 1.0)]
+    pub vram_critical_threshold: Option<f64>,
+    /// CPU busy fraction at which health warns and admission refuses.
+    #[schema(minimum = 0.1, maximum = 1.0)]
+    pub cpu_warning_threshold: Option<f64>,
+    /// RAM used fraction at which health warns and admission refuses.
+    #[schema(minimum = 0.1, maximum = 1.0)]
+    pub ram_warning_threshold: Option<f64>,
+}
+
+impl From<ConstraintsPatch> for crate::app::settings::ConstraintsPatch {
+    fn from(p: ConstraintsPatch) -> Self {
+        Self {
+            max_concurrent_generations: p.max_concurrent_generations,
+            vram_warning_threshold: p.vram_warning_threshold,
+            vram_critical_threshold: p.vram_critical_threshold,
+            cpu_warning_threshold: p.cpu_warning_threshold,
+            ram_warning_threshold: p.ram_warning_threshold,
+        }
+    }
+}
 
 impl Allowed for OptimizationPatch {
     const FIELDS: &'static [(&'static str, &'static str)] = &[
@@ -81,7 +140,7 @@ pub(crate) struct ConstraintsUpdated {
     responses((status = 200, body = Optimization),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub(crate) async fn get_optimization(State(state): State<AppState>) -> Json<Optimization> {
-    Json(state.settings().live().settings)
+    Json(state.settings().live().settings.into())
 }
 
 /// Updates any subset of the optimization settings.
@@ -97,7 +156,7 @@ pub(crate) async fn post_optimization(
     State(state): State<AppState>,
     JsonBody(patch): JsonBody<OptimizationPatch>,
 ) -> Result<Json<OptimizationUpdated>, ApiError> {
-    let summary = state.settings().update_optimization(patch).await?;
+    let summary = state.settings().update_optimization(patch.into()).await?;
     Ok(Json(optimization_answer(summary, "Optimization settings updated successfully")))
 }
 
@@ -131,7 +190,7 @@ pub(crate) async fn get_constraints(State(state): State<AppState>) -> Json<Const
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    Json(ConstraintsBody { constraints: c, description })
+    Json(ConstraintsBody { constraints: c.into(), description })
 }
 
 /// Updates any subset of the constraints; VRAM warning must stay at or below critical.
@@ -147,10 +206,10 @@ pub(crate) async fn post_constraints(
     State(state): State<AppState>,
     JsonBody(patch): JsonBody<ConstraintsPatch>,
 ) -> Result<Json<ConstraintsUpdated>, ApiError> {
-    let live = state.settings().update_constraints(patch).await?;
+    let live = state.settings().update_constraints(patch.into()).await?;
     Ok(Json(ConstraintsUpdated {
         message: "Resource constraints updated successfully".to_owned(),
-        updated_constraints: live.constraints,
+        updated_constraints: live.constraints.into(),
     }))
 }
 
@@ -162,14 +221,14 @@ pub(crate) async fn delete_constraints(State(state): State<AppState>) -> Result<
     let live = state.settings().reset_constraints().await?;
     Ok(Json(ConstraintsUpdated {
         message: "Resource constraints reset to config.yaml".to_owned(),
-        updated_constraints: live.constraints,
+        updated_constraints: live.constraints.into(),
     }))
 }
 
 fn optimization_answer(s: OptimizationSummary, message: &str) -> OptimizationUpdated {
     OptimizationUpdated {
         message: message.to_owned(),
-        settings: s.settings,
+        settings: s.settings.into(),
         current_vram_usage_gb: round2(s.current_vram_usage_gb),
         estimated_vram_need_gb: round2(s.estimated_vram_need_gb),
         estimated_vram_savings_gb: round2(s.estimated_vram_savings_gb),

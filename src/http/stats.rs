@@ -8,9 +8,9 @@ use utoipa::ToSchema;
 
 use super::body::{Allowed, QueryParams};
 use super::error::{ApiError, ErrorBody};
+use super::wire::HistoryPoint;
 use crate::app::AppState;
 use crate::app::ServiceError;
-use crate::history::HistoryPoint;
 use crate::snapshot::Snapshot;
 use crate::units::{MIB, round1};
 
@@ -77,7 +77,11 @@ impl From<&Snapshot> for StatsBody {
                 health_reasons: g.health.reasons.clone(),
             })
             .collect();
-        Self { summary: HistoryPoint::from_snapshot(s).rounded(), gpu_count: s.gpus.len(), gpus }
+        Self {
+            summary: (&crate::history::HistoryPoint::from_snapshot(s).rounded()).into(),
+            gpu_count: s.gpus.len(),
+            gpus,
+        }
     }
 }
 

@@ -10,9 +10,6 @@
 //! candidate, and when no healthy GPU is left (or the pinned one is unhealthy) the refusal says
 //! which GPU and why.
 
-use serde::Serialize;
-use utoipa::ToSchema;
-
 use super::verdict::{self, HostVerdict, VramLevel, at_or_above, fits_under};
 use super::{Context, GpuView, best_gpu, estimate, gpu_health, top_holders};
 use crate::units::{gib, round1, round2};
@@ -60,7 +57,7 @@ impl Reason {
 }
 
 /// Which resources allow the job.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ResourceStatus {
     /// Some GPU fits the job within the budget.
     pub vram_available: bool,
@@ -69,12 +66,11 @@ pub struct ResourceStatus {
     /// RAM under its warning threshold.
     pub ram_available: bool,
     /// A generation slot is free (reported where leases are tracked).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency_available: Option<bool>,
 }
 
 /// Usage the decision saw.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CurrentUsage {
     /// VRAM use of the GPU in `gpu` (the chosen one, or the best candidate), percent.
     pub vram_percent: f64,
@@ -83,12 +79,11 @@ pub struct CurrentUsage {
     /// RAM used, percent; null when the host collector failed.
     pub ram_percent: Option<f64>,
     /// Generation leases held now (reported where leases are tracked).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub active_generations: Option<u32>,
 }
 
 /// The GPU a job goes to, or the best candidate when none fits.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChosenGpu {
     /// NVML index.
     pub index: u32,
@@ -101,7 +96,7 @@ pub struct ChosenGpu {
 }
 
 /// The answer of `GET /api/v1/system/resource-check` (and the heart of a lease decision).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ResourceCheck {
     /// All resources allow the job.
     pub can_start_generation: bool,
@@ -124,15 +119,12 @@ pub struct ResourceCheck {
     pub estimate_source: &'static str,
     /// Observations behind the estimate (0 for the model).
     pub estimate_samples: usize,
-    /// The same, unrounded: what a lease reserves (not serialised).
-    #[serde(skip)]
+    /// The same, unrounded: what a lease reserves.
     pub required_gb: f64,
-    /// Why it refused, first reason first (not serialised; feeds the decision counter).
-    #[serde(skip)]
+    /// Why it refused, first reason first (feeds the decision counter).
     pub reasons: Vec<Reason>,
     /// The refusal cannot clear by waiting (no GPU, an unknown pinned GPU, a job larger than
     /// every GPU or than `max_vram_usage_gb`): a waiting request is refused at once.
-    #[serde(skip)]
     pub lasting: bool,
 }
 

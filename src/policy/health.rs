@@ -2,9 +2,6 @@
 //! VRAM at or above warning or critical, GPU faults (an unhealthy GPU is an issue, critical once
 //! no healthy GPU is left; a hardware slowdown is a warning), and failing collectors.
 
-use serde::Serialize;
-use utoipa::ToSchema;
-
 use super::verdict::{self, HostVerdict, VramLevel};
 use super::{Context, estimate, gpu_health};
 use crate::config::Constraints;
@@ -12,8 +9,7 @@ use crate::time::{rfc3339, rfc3339_unix};
 use crate::units::round1;
 
 /// Overall status, worst first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HealthStatus {
     /// Nothing at or above a threshold.
     #[default]
@@ -40,8 +36,8 @@ impl HealthStatus {
 }
 
 /// Details of the report.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct SystemInfo {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SystemInfo {
     /// CPU busy, percent; null when the host collector failed.
     pub cpu_percent: Option<f64>,
     /// RAM used, percent; null when the host collector failed.
@@ -57,17 +53,15 @@ pub struct SystemInfo {
     /// The live constraints the report was judged against.
     pub resource_constraints: Constraints,
     /// Generation leases held now (where leases are tracked).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub active_generations: Option<u32>,
     /// Whether a generation slot is free (where leases are tracked). All slots taken is not a
     /// health problem, so it does not change the status.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency_available: Option<bool>,
 }
 
 /// The answer of `GET /api/v1/system/health`.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct Health {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Health {
     /// healthy, warning or critical.
     pub status: HealthStatus,
     /// One sentence.
