@@ -147,7 +147,28 @@ hm_pid=$!
 pids+=("$hm_pid")
 hm_addr=$(listen_addr "$work/hello-metrics.log")
 read -r hm_p50 hm_p99 hm_rps hm_cpu < <(wrk_run 1 1 "http://$hm_addr/api/v1/system/resource-check" "$hm_pid")
+
+# What a real Prometheus does: one scrape per sample on a kept-alive connection. vramguard samples
+# every second; wrk waits 1.1 s between requests (its latency excludes the wait), so every scrape
+# follows a new sample and renders a new exposition. Against node_exporter (which renders every
+# scrape) and the hello-world serving a body of the exposition's size, each for 26 s (at least 20
+# scrapes).
+cat >"$work/per-sample.lua" <<'LUA'
+function delay() return 1100 end
+LUA
+per_sample() { # url -> "p50_ms p99_ms requests"
+  wrk -t1 -c1 -d26s --latency -s "$work/per-sample.lua" "$1" | awk '
+    /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} / requests in / {n=$1}
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    END {printf "%.3f %.3f %d\n", ms(p50), ms(p99), n}'
+}
+echo "== /metrics, one scrape per new sample (26 s each: vramguard, node_exporter, hello-world)" >&2
+read -r ns_vg_p50 ns_vg_p99 ns_vg_n < <(per_sample "http://$addr/metrics")
+read -r ns_ne_p50 ns_ne_p99 ns_ne_n < <(per_sample "http://127.0.0.1:19101/metrics")
+read -r ns_hm_p50 ns_hm_p99 ns_hm_n < <(per_sample "http://$hm_addr/api/v1/system/resource-check")
 kill "$hm_pid"; wait "$hm_pid" 2>/dev/null || true
+ns_floor=$(awk -v a="$ns_vg_p50" -v f="$ns_hm_p50" 'BEGIN {printf "%.2f", a / f}')
+ns_above=$(awk -v a="$ns_vg_p50" -v n="$ns_ne_p50" -v f="$ns_hm_p50" 'BEGIN {d = n - f; printf "%.3f", d > 0 ? (a - f) / d : 0}')
 
 # resource-check against the hello-world limit: the same wrk settings, in turn, BENCH_ROUNDS times.
 # One wrk thread for 50 connections: on a 2-core machine a second wrk thread takes the core the
@@ -162,6 +183,39 @@ pids+=("$hello_pid")
 hello_addr=$(listen_addr "$work/hello.log")
 hello_head=$(curl -s -D - -o /dev/null "http://$hello_addr$rc_path" | wc -c)
 body_bytes=$(wc -c <"$work/rc-body.json")
+# What pipelines ask: many distinct questions (1,200: 300 job sizes x model loaded or not x the
+# default workload and the same by name), each connection walking the list from its own place,
+# so the kept answers (64 questions per input stamp) almost never hold the next one. Against the
+# hello-world's fixed answer of the same size, wrk -t1 -c50 -d10s.
+cat >"$work/distinct.lua" <<'LUA'
+local paths = {}
+for i = 1, 300 do
+  for _, loaded in ipairs({"false", "true"}) do
+    for _, w in ipairs({"", "&workload=default"}) do
+      paths[#paths + 1] = string.format("/api/v1/system/resource-check?vram_required_gb=%.2f&model_loaded=%s%s",
+        0.25 * i, loaded, w)
+    end
+  end
+end
+local n = 0
+function init(args) n = math.random(#paths) end
+function request()
+  n = n % #paths + 1
+  return wrk.format("GET", paths[n])
+end
+LUA
+distinct() { # url pid -> "p50_ms p99_ms rps"
+  wrk -t1 -c50 -d10s --latency -s "$work/distinct.lua" "$1" | awk '
+    /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /^Requests\/sec/ {rps=$2}
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    END {printf "%.3f %.3f %s\n", ms(p50), ms(p99), rps}'
+}
+echo "== resource-check, 1,200 distinct questions: vramguard, then hello-world (wrk -t1 -c50 -d10s)" >&2
+read -r dq_vg_p50 dq_vg_p99 dq_vg_rps < <(distinct "http://$addr")
+read -r dq_hw_p50 dq_hw_p99 dq_hw_rps < <(distinct "http://$hello_addr")
+dq_ratio=$(awk -v a="$dq_vg_rps" -v b="$dq_hw_rps" 'BEGIN {printf "%.3f", a / b}')
+dq_p99_over=$(awk -v a="$dq_vg_p99" -v b="$dq_hw_p99" 'BEGIN {printf "%.3f", a - b}')
+
 : >"$work/rounds.txt"
 for r in $(seq 1 "$rounds"); do
   echo "== resource-check round $r/$rounds: vramguard, then hello-world (wrk -t1 -c50 -d10s)" >&2
@@ -191,8 +245,8 @@ write the response: writev, the kernel's TCP send and loopback delivery|incl|__G
 read the request: recv|incl|__libc_recv
 parse the HTTP request (hyper, httparse)|incl|Http1Transaction>::parse
 query string into the request type (urlencoded, serde_json::Value, serde_path_to_error)|incl|serde_path_to_error::de::deserialize;serde_urlencoded::de
-the decision: AppState::resource_check (view, policy, counter)|incl|AppState>::resource_check
-… the live view (AppState::view_at: leases, outstanding VRAM)|incl|AppState::view_at
+the decision: Decisions::resource_check_json (view, policy, counter, JSON)|incl|Decisions::resource_check_json;Decisions>::resource_check_json
+… the live view (Inputs::view_at: leases, outstanding VRAM)|incl|Inputs::view_at;Inputs>::view_at
 … the pure decision (policy::admission::resource_check)|incl|vramguard::policy::admission::resource_check
 the JSON answer (Json::into_response, serde_json)|incl|axum::json::Json<T> as axum_core::response::into_response::IntoResponse>::into_response;Serialize for vramguard::policy::admission::ResourceCheck>::serialize
 AppState clone + drop, self (one per extractor and middleware)|self|<vramguard::app::AppState as core::clone::Clone>::clone;drop_in_place<vramguard::app::AppState>
@@ -203,13 +257,13 @@ malloc and free, self|self|malloc;_int_free;cfree@;unlink_chunk;realloc
 scheduler: context switches and wake-ups (kernel; cpu-clock samples taken with interrupts off land here too), self|self|finish_task_switch;_raw_spin_unlock_irqrestore;__schedule;try_to_wake_up
 CAT
 cat >"$work/metrics.categories" <<'CAT'
-the whole exposition: AppState::render_metrics|incl|AppState>::render_metrics
+the whole exposition: Decisions::render_metrics|incl|Decisions::render_metrics;Decisions>::render_metrics
 … health for the state set|incl|vramguard::policy::health::health
 … generations_that_fit (one resource_check per slot and profile)|incl|generations_that_fit
-… Metrics::render (and render_cached, when present)|incl|vramguard::metrics::Metrics::render
+… Metrics::render_cached (the whole text from its parts)|incl|Metrics>::render_cached;Metrics::render_cached
 … … registry.gather (counters, histogram, process collector)|incl|prometheus::registry::Registry::gather
 … … … the process collector (reads /proc/self)|incl|ProcessCollector as prometheus::metrics::Collector>::collect
-… … snapshot_families (the snapshot's series, built)|incl|vramguard::metrics::snapshot_families
+… … snapshot_families (the snapshot's series, built)|incl|snapshot_families
 … … text encoding (prometheus TextEncoder)|incl|TextEncoder::encode_impl
 write the response: writev, the kernel's TCP send and loopback delivery|incl|__GI___writev
 read the request: recv|incl|__libc_recv
@@ -422,15 +476,29 @@ cat <<TABLE
 
 vramguard benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), revision $(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)')
 
+Headline: the cases users hit.
+
+| measure | vramguard | peer in the same run | target | met |
+|---|---|---|---|---|
+| /metrics after a new sample: p50 / p99 (ms), one scrape per sample on a kept-alive connection, 8 GPUs × 32 processes, $ns_vg_n scrapes | $ns_vg_p50 / $ns_vg_p99 | node_exporter $ns_ne_p50 / $ns_ne_p99 ($ns_ne_n); hello-world with a body of the same size $ns_hm_p50 / $ns_hm_p99 ($ns_hm_n) | | |
+| … vramguard's p50 / the hello-world floor's | $ns_floor | | ≤ 1.5 (#26) | $(met "$ns_floor" "<=" 1.5) |
+| … vramguard above the floor / node_exporter above the floor (p50) | $ns_above | | ≤ 0.05 (1/20, #26) | $(met "$ns_above" "<=" 0.05) |
+| resource-check over 1,200 distinct questions, wrk -t1 -c50 -d10s: requests/s | $dq_vg_rps | hello-world $dq_hw_rps | | |
+| … vramguard / hello-world requests/s | $dq_ratio | | ≥ 0.8 (#26) | $(met "$dq_ratio" ">=" 0.8) |
+| … p50 / p99 (ms); p99 above the hello-world's | $dq_vg_p50 / $dq_vg_p99; $dq_p99_over | hello-world $dq_hw_p50 / $dq_hw_p99 | p99 ≤ hello-world + 0.5 (#26) | $(met "$dq_p99_over" "<=" 0.5) |
+
+Kept answers (second rows): /metrics scraped back to back reuses the previous bytes (at most 1 s);
+resource-check asked one question over and over is answered from the kept JSON.
+
 | measure | vramguard | peer in the same run | target (#16) | met |
 |---|---|---|---|---|
-| /metrics p50 latency, 1 connection, 8 GPUs × 32 processes (ms) | $vg_p50 | node_exporter $ne_p50; hello-world with the same body $hm_p50 | ≤ 0.100 | $(met "$vg_p50" "<=" 0.100) |
-| /metrics p50, vramguard / node_exporter | $ratio | | ≤ 0.020 (1/50) | $(met "$ratio" "<=" 0.020) |
+| /metrics back to back (kept exposition) p50 latency, 1 connection, 8 GPUs × 32 processes (ms) | $vg_p50 | node_exporter $ne_p50; hello-world with the same body $hm_p50 | ≤ 0.100 | $(met "$vg_p50" "<=" 0.100) |
+| /metrics back to back p50, vramguard / node_exporter | $ratio | | ≤ 0.020 (1/50) | $(met "$ratio" "<=" 0.020) |
 | /metrics p99 latency, 1 connection (ms) | $vg_p99 | node_exporter $ne_p99; hello-world $hm_p99 | | |
 | /metrics requests/s, 1 connection | $vg_rps | node_exporter $ne_rps; hello-world $hm_rps | | |
 | /metrics server CPU per request (µs) | $vg_cpu | node_exporter $ne_cpu; hello-world $hm_cpu | | |
 | /metrics body (bytes) | $metrics_bytes | | | |
-| resource-check requests/s, wrk -t1 -c50 -d10s, mean of $rounds rounds | $rc_rps | hello-world $hw_rps | | |
+| resource-check, one repeated question (kept answer), requests/s, wrk -t1 -c50 -d10s, mean of $rounds rounds | $rc_rps | hello-world $hw_rps | | |
 | resource-check / hello-world requests/s | $rc_ratio | | ≥ 0.8 | $(met "$rc_ratio" ">=" 0.8) |
 | resource-check p99 latency, 50 connections, worst round (ms) | $rc_p99 | hello-world $hw_p99 | ≤ 2 | $(met "$rc_p99" "<=" 2) |
 | resource-check p50 latency, mean of rounds (ms) | $rc_p50 | hello-world $hw_p50 | | |
