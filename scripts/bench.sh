@@ -168,7 +168,7 @@ read -r ns_ne_p50 ns_ne_p99 ns_ne_n < <(per_sample "http://127.0.0.1:19101/metri
 read -r ns_hm_p50 ns_hm_p99 ns_hm_n < <(per_sample "http://$hm_addr/api/v1/system/resource-check")
 kill "$hm_pid"; wait "$hm_pid" 2>/dev/null || true
 ns_floor=$(awk -v a="$ns_vg_p50" -v f="$ns_hm_p50" 'BEGIN {printf "%.2f", a / f}')
-ns_above=$(awk -v a="$ns_vg_p50" -v n="$ns_ne_p50" -v f="$ns_hm_p50" 'BEGIN {d = n - f; printf "%.3f", d > 0 ? (a - f) / d : 0}')
+ns_above=$(awk -v a="$ns_vg_p50" -v n="$ns_ne_p50" -v f="$ns_hm_p50" 'BEGIN {d = n - f; printf "%.3f", (d > 0 ? (a - f) / d : 0)}')
 
 # resource-check against the hello-world limit: the same wrk settings, in turn, BENCH_ROUNDS times.
 # One wrk thread for 50 connections: on a 2-core machine a second wrk thread takes the core the
