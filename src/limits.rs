@@ -18,6 +18,23 @@ pub(crate) const CONCURRENCY: RangeInclusive<u32> = 1..=10;
 pub(crate) const CONCURRENCY_WORDS: &str = "integers 1 to 10";
 /// VAE decode tile edge, pixels.
 pub(crate) const TILE_SIZE: RangeInclusive<u32> = 128..=512;
+/// The sentences of the API's field lists (`&'static`, so written out; the unit test
+/// `written_out_ranges_match_their_ranges` holds each to its range).
+pub(crate) const REQUIRED_GB_WORDS: &str = "a number above 0 up to 1024 (GiB)";
+/// [`TTL_SECONDS`] in the API's field lists.
+pub(crate) const TTL_WORDS: &str = "integers 10 to 86400";
+/// [`MAX_PIDS`] and [`MAX_PID`] in the API's field lists.
+pub(crate) const PIDS_WORDS: &str = "a list of 1 to 64 process ids (integers 1 to 4194304)";
+/// [`WAIT_SECONDS`] in the API's field lists.
+pub(crate) const WAIT_SECONDS_WORDS: &str = "a number 0 to 300 (seconds, decimals allowed)";
+/// [`TILE_SIZE`] in the API's field lists.
+pub(crate) const TILE_SIZE_WORDS: &str = "integers 128 to 512";
+/// [`THRESHOLD`] in the API's field lists.
+pub(crate) const THRESHOLD_WORDS: &str = "fractions 0.1 to 1.0";
+/// The VRAM warning threshold in the API's field lists: [`THRESHOLD_WORDS`] and its order.
+pub(crate) const VRAM_WARNING_WORDS: &str = "fractions 0.1 to 1.0, not above vram_critical_threshold";
+/// The VRAM critical threshold in the API's field lists: [`THRESHOLD_WORDS`] and its order.
+pub(crate) const VRAM_CRITICAL_WORDS: &str = "fractions 0.1 to 1.0, not below vram_warning_threshold";
 /// Longest lease `client` name, characters.
 pub(crate) const CLIENT_MAX_CHARS: usize = 128;
 /// Largest accepted request body, bytes.
@@ -251,6 +268,16 @@ mod tests {
     #[test]
     fn written_out_ranges_match_their_ranges() {
         assert_eq!(CONCURRENCY_WORDS, integers(&CONCURRENCY));
+        assert_eq!(REQUIRED_GB_WORDS, format!("a number above 0 up to {MAX_VRAM_GB} (GiB)"));
+        assert_eq!(TTL_WORDS, integers(&TTL_SECONDS));
+        assert_eq!(PIDS_WORDS, format!("a list of 1 to {MAX_PIDS} process ids (integers 1 to {MAX_PID})"));
+        assert_eq!(
+            WAIT_SECONDS_WORDS,
+            format!("a number {} to {} (seconds, decimals allowed)", WAIT_SECONDS.start(), WAIT_SECONDS.end())
+        );
+        assert_eq!(TILE_SIZE_WORDS, integers(&TILE_SIZE));
+        assert_eq!(THRESHOLD_WORDS, format!("fractions {:.1} to {:.1}", THRESHOLD.start(), THRESHOLD.end()));
+        assert!(VRAM_WARNING_WORDS.starts_with(THRESHOLD_WORDS) && VRAM_CRITICAL_WORDS.starts_with(THRESHOLD_WORDS));
         assert_eq!(HISTORY_MAX_POINTS_WORDS, integers(&HISTORY_MAX_POINTS));
         assert_eq!(DEFAULT_TTL.range, Duration::from_secs(10)..=Duration::from_secs(86_400));
         assert!(SUBSCRIBERS.contains(&10_000) && !SUBSCRIBERS.contains(&10_001));

@@ -43,7 +43,7 @@ pub(crate) struct ResourceCheckQuery {
 
 impl Allowed for ResourceCheckQuery {
     const FIELDS: &'static [(&'static str, &'static str)] = &[
-        ("vram_required_gb", "a number above 0 up to 1024 (GiB)"),
+        ("vram_required_gb", limits::REQUIRED_GB_WORDS),
         ("model_loaded", "true or false"),
         ("workload", "the name of a workload profile"),
     ];

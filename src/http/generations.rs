@@ -17,6 +17,7 @@ use crate::app::Caller;
 use crate::app::lease_terms::{LeaseAsk, Released};
 use crate::app::queue::{Admission, retry_after_seconds};
 use crate::leases::{Lease, LeaseUsage};
+use crate::limits;
 use crate::time::rfc3339_unix;
 use crate::units::round2;
 
@@ -58,14 +59,14 @@ pub(crate) struct LeaseRequest {
 
 impl Allowed for LeaseRequest {
     const FIELDS: &'static [(&'static str, &'static str)] = &[
-        ("vram_required_gb", "a number above 0 up to 1024 (GiB)"),
+        ("vram_required_gb", limits::REQUIRED_GB_WORDS),
         ("model_loaded", "true or false"),
         ("gpu", "a GPU index (integer)"),
-        ("ttl_seconds", "integers 10 to 86400"),
+        ("ttl_seconds", limits::TTL_WORDS),
         ("client", "a string of at most 128 characters"),
-        ("pids", "a list of 1 to 64 process ids (integers 1 to 4194304)"),
+        ("pids", limits::PIDS_WORDS),
         ("workload", "the name of a workload profile"),
-        ("wait_seconds", "a number 0 to 300 (seconds, decimals allowed)"),
+        ("wait_seconds", limits::WAIT_SECONDS_WORDS),
     ];
 }
 
@@ -83,7 +84,7 @@ pub(crate) struct HeartbeatRequest {
 
 impl Allowed for HeartbeatRequest {
     const FIELDS: &'static [(&'static str, &'static str)] =
-        &[("ttl_seconds", "integers 10 to 86400"), ("pids", "a list of 1 to 64 process ids (integers 1 to 4194304)")];
+        &[("ttl_seconds", limits::TTL_WORDS), ("pids", limits::PIDS_WORDS)];
 }
 
 /// Query of a release.
@@ -99,7 +100,7 @@ pub(crate) struct ReleaseQuery {
 }
 
 impl Allowed for ReleaseQuery {
-    const FIELDS: &'static [(&'static str, &'static str)] = &[("peak_vram_gb", "a number above 0 up to 1024 (GiB)")];
+    const FIELDS: &'static [(&'static str, &'static str)] = &[("peak_vram_gb", limits::REQUIRED_GB_WORDS)];
 }
 
 /// The GPU a lease is placed on.

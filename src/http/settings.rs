@@ -81,7 +81,7 @@ impl Allowed for OptimizationPatch {
     const FIELDS: &'static [(&'static str, &'static str)] = &[
         ("quantization", "one of fp16, bf16, int8"),
         ("enable_offload", "true or false"),
-        ("vae_tile_size", "integers 128 to 512"),
+        ("vae_tile_size", limits::TILE_SIZE_WORDS),
         ("max_vram_usage_gb", "a number above 0 up to the largest GPU's VRAM in GiB"),
     ];
 }
@@ -89,10 +89,10 @@ impl Allowed for OptimizationPatch {
 impl Allowed for ConstraintsPatch {
     const FIELDS: &'static [(&'static str, &'static str)] = &[
         ("max_concurrent_generations", limits::CONCURRENCY_WORDS),
-        ("vram_warning_threshold", "fractions 0.1 to 1.0, not above vram_critical_threshold"),
-        ("vram_critical_threshold", "fractions 0.1 to 1.0, not below vram_warning_threshold"),
-        ("cpu_warning_threshold", "fractions 0.1 to 1.0"),
-        ("ram_warning_threshold", "fractions 0.1 to 1.0"),
+        ("vram_warning_threshold", limits::VRAM_WARNING_WORDS),
+        ("vram_critical_threshold", limits::VRAM_CRITICAL_WORDS),
+        ("cpu_warning_threshold", limits::THRESHOLD_WORDS),
+        ("ram_warning_threshold", limits::THRESHOLD_WORDS),
     ];
 }
 
