@@ -97,6 +97,8 @@ pub(crate) const WAITING: RangeInclusive<u32> = 1..=100_000;
 pub(crate) const LEARNING_SAMPLES: RangeInclusive<u32> = 1..=1000;
 /// `learning.margin`: the fraction added to an observed peak.
 pub(crate) const LEARNING_MARGIN: RangeInclusive<f64> = 0.0..=1.0;
+/// `learning.oom_margin`: how much more than its peak an out-of-memory job is taken to need.
+pub(crate) const OOM_MARGIN: RangeInclusive<f64> = 0.0..=4.0;
 /// A workload component's size, billions of parameters.
 pub(crate) const PARAMS_BILLIONS_MAX: f64 = 10_000.0;
 /// Longest host name in `http.allowed_hosts` (DNS).
@@ -204,6 +206,26 @@ pub(crate) fn check_pids(pids: &[u32]) -> Result<(), String> {
         return Err(format!("{bad} is not a process id; allowed a list of 1 to {MAX_PIDS} integers 1 to {MAX_PID}"));
     }
     Ok(())
+}
+
+/// `pid_namespace` in the API's field lists.
+pub(crate) const PID_NAMESPACE_WORDS: &str = "a positive integer: the inode of the caller's /proc/self/ns/pid";
+/// `pid_start_times` in the API's field lists.
+pub(crate) const PID_START_TIMES_WORDS: &str =
+    "a list of integers 0 or more, one per pid in `pids`: field 22 of /proc/<pid>/stat";
+
+/// A pid namespace's inode: never 0.
+pub(crate) fn check_pid_namespace(ns: u64) -> Result<(), String> {
+    if ns == 0 { Err(format!("0 is not a namespace; allowed {PID_NAMESPACE_WORDS}")) } else { Ok(()) }
+}
+
+/// Start times of `pids`: one each.
+pub(crate) fn check_pid_start_times(times: &[u64], pids: Option<&[u32]>) -> Result<(), String> {
+    match pids {
+        Some(p) if p.len() == times.len() => Ok(()),
+        Some(p) => Err(format!("{} start times for {} pids; allowed {PID_START_TIMES_WORDS}", times.len(), p.len())),
+        None => Err(format!("sent without pids; allowed {PID_START_TIMES_WORDS}")),
+    }
 }
 
 /// A lease's `client` name.

@@ -169,12 +169,48 @@ pub struct GpuMemory {
 /// A compute process holding VRAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuProcess {
-    /// Process id (in vramguard's pid namespace when visible).
+    /// Process id as NVML reports it (in vramguard's pid namespace when vramguard sees the host's
+    /// processes).
     pub pid: u32,
     /// Command name from /proc, when readable.
     pub name: Option<String>,
     /// VRAM it holds, bytes.
     pub used_bytes: u64,
+    /// The process itself, then its parent, its parent's parent, ... as far as `/proc` shows
+    /// them: what a lease's pids are matched against. Just the process (its `pid`, nothing
+    /// else known) when `/proc` has no entry for it.
+    pub lineage: Vec<ProcessIdentity>,
+}
+
+impl GpuProcess {
+    /// A process `/proc` says nothing about (a scripted one, or one in a pid namespace vramguard
+    /// cannot see): known by its pid only.
+    pub fn unresolved(pid: u32, name: Option<String>, used_bytes: u64) -> Self {
+        Self { pid, name, used_bytes, lineage: vec![ProcessIdentity::bare(pid)] }
+    }
+}
+
+/// Who one process is, in the terms a client in any pid namespace can name it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// Its pid in vramguard's namespace.
+    pub pid: u32,
+    /// Its pid in its own, innermost pid namespace (the last `NSpid:` entry); what a job in a
+    /// container calls itself.
+    pub ns_pid: u32,
+    /// The inode of that namespace (`/proc/<pid>/ns/pid`); `None` when it could not be read
+    /// (another user's process, without root or `CAP_SYS_PTRACE`).
+    pub pid_namespace: Option<u64>,
+    /// When it started, clock ticks after boot (field 22 of `/proc/<pid>/stat`): the same figure
+    /// in every namespace, so it tells a pid apart from a reused one.
+    pub start_time: Option<u64>,
+}
+
+impl ProcessIdentity {
+    /// A process known only by its pid in vramguard's namespace.
+    pub fn bare(pid: u32) -> Self {
+        Self { pid, ns_pid: pid, pid_namespace: None, start_time: None }
+    }
 }
 
 /// Outcome of one collector in one sample.

@@ -67,7 +67,7 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
             memory: Some(GpuMemory { total_bytes: 16 * GIB, used_bytes: 2 * GIB, free_bytes: 14 * GIB }),
             temperature_celsius: Some(50.0),
             power_watts: Some(100.0),
-            processes: Some(vec![GpuProcess { pid: 1, name: Some("p".to_owned()), used_bytes: GIB }]),
+            processes: Some(vec![GpuProcess::unresolved(1, Some("p".to_owned()), GIB)]),
             faults: GpuFaults {
                 ecc_corrected: Some(1),
                 ecc_uncorrected: Some(0),

@@ -7,12 +7,12 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::decision_memo::Version;
 use crate::leases::LeaseBook;
-use crate::policy::estimate::EstimateKey;
+use crate::policy::estimate::{EstimateKey, Peak};
 use crate::store::Observation;
 
 /// Observed peaks (key, GiB), newest first; replaced whole on every change so a view holds a
 /// cheap `Arc` of it.
-pub(crate) type Observed = Arc<Vec<(EstimateKey, f64)>>;
+pub(crate) type Observed = Arc<Vec<(EstimateKey, Peak)>>;
 
 /// Observed peaks kept in memory: far more than any `learning.window` needs.
 const OBSERVED_IN_MEMORY: usize = 10_000;
@@ -51,8 +51,7 @@ impl Book {
             return;
         }
         let mut guard = self.observed.write().unwrap_or_else(PoisonError::into_inner);
-        let mut next: Vec<(EstimateKey, f64)> =
-            observations.iter().rev().map(|o| (o.key.clone(), o.peak_vram_gb)).collect();
+        let mut next: Vec<(EstimateKey, Peak)> = observations.iter().rev().map(|o| (o.key.clone(), o.peak())).collect();
         next.extend(guard.iter().cloned());
         next.truncate(OBSERVED_IN_MEMORY);
         *guard = Arc::new(next);
@@ -74,8 +73,9 @@ impl Book {
 }
 
 /// The newest `OBSERVED_IN_MEMORY` of `observations` (newest first), as decisions read them.
-fn in_memory(observations: Vec<Observation>) -> Vec<(EstimateKey, f64)> {
-    let mut observed: Vec<(EstimateKey, f64)> = observations.into_iter().map(|o| (o.key, o.peak_vram_gb)).collect();
+fn in_memory(observations: Vec<Observation>) -> Vec<(EstimateKey, Peak)> {
+    let mut observed: Vec<(EstimateKey, Peak)> =
+        observations.into_iter().map(|o| (o.peak(), o.key)).map(|(p, k)| (k, p)).collect();
     observed.truncate(OBSERVED_IN_MEMORY);
     observed
 }

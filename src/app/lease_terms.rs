@@ -4,7 +4,7 @@
 
 use super::access::Caller;
 use super::error::ServiceError;
-use crate::leases::{Lease, is_valid_id};
+use crate::leases::{Lease, Outcome, is_valid_id};
 use crate::limits;
 use crate::policy::admission::{CheckRequest, ResourceCheck};
 use crate::store::Observation;
@@ -22,8 +22,8 @@ pub(crate) struct LeaseAsk {
     pub ttl_seconds: Option<u64>,
     /// Who holds the lease.
     pub client: Option<String>,
-    /// Processes doing the job (1-64 positive integers), or none.
-    pub pids: Option<Vec<u32>>,
+    /// Processes doing the job, as the client names them.
+    pub processes: Processes,
     /// Workload profile name; `None` is `default`.
     pub workload: Option<String>,
     /// The name of the token asking (recorded as the lease's owner); `None` without tokens.
@@ -45,10 +45,68 @@ impl LeaseAsk {
         if let Some(c) = &self.client {
             limits::check_client(c).map_err(|m| invalid("client", m))?;
         }
+        self.processes.validate()
+    }
+}
+
+/// The processes a client names for its job, in a lease request or a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Processes {
+    /// Process ids (1-64 positive integers), or none.
+    pub pids: Option<Vec<u32>>,
+    /// The pid namespace they are numbered in (its inode); `None`: vramguard's own.
+    pub pid_namespace: Option<u64>,
+    /// Each pid's start time (field 22 of `/proc/<pid>/stat`), in the order of `pids`.
+    pub pid_start_times: Option<Vec<u64>>,
+}
+
+impl Processes {
+    /// Checks every field against its limit; the error names the field.
+    pub(crate) fn validate(&self) -> Result<(), ServiceError> {
         if let Some(p) = &self.pids {
             limits::check_pids(p).map_err(|m| invalid("pids", m))?;
         }
+        if let Some(ns) = self.pid_namespace {
+            limits::check_pid_namespace(ns).map_err(|m| invalid("pid_namespace", m))?;
+        }
+        if let Some(t) = &self.pid_start_times {
+            limits::check_pid_start_times(t, self.pids.as_deref()).map_err(|m| invalid("pid_start_times", m))?;
+        }
         Ok(())
+    }
+
+    /// Adds these processes to `lease`'s (a heartbeat adds a worker's children). One lease's
+    /// pids share one namespace: a lease without pids takes the namespace given; one with pids
+    /// keeps its own, and a different one is refused. Pids sent without a namespace are
+    /// numbered in the lease's.
+    pub(crate) fn add_to(self, lease: &mut Lease) -> Result<(), ServiceError> {
+        if let Some(ns) = self.pid_namespace
+            && lease.pid_namespace != Some(ns)
+        {
+            if !lease.pids.is_empty() {
+                let theirs = lease.pid_namespace.map_or_else(|| "vramguard's own".to_owned(), |n| n.to_string());
+                return Err(invalid(
+                    "pid_namespace",
+                    format!(
+                        "{ns} differs from the namespace of the lease's pids ({theirs}); one lease's pids share one namespace"
+                    ),
+                ));
+            }
+            lease.pid_namespace = Some(ns);
+        }
+        let pids = self.pids.unwrap_or_default();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for (i, pid) in pids.iter().enumerate() {
+            if !lease.pids.contains(pid) {
+                lease.pids.push(*pid);
+            }
+            if let Some(t) = self.pid_start_times.as_ref().and_then(|t| t.get(i)) {
+                lease.pid_start_times.insert(*pid, *t);
+            }
+        }
+        limits::check_pids(&lease.pids).map_err(|m| invalid("pids", format!("with the lease's own: {m}")))
     }
 }
 
@@ -82,24 +140,55 @@ pub(super) fn check_ttl(ttl: Option<u64>) -> Result<(), ServiceError> {
     }
 }
 
-/// Why a lease ended, for the observation it leaves.
+/// How a lease ended, for the observation it leaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum End {
-    /// Released, with the client's own peak if it sent one.
-    Released(Option<f64>),
+    /// Released with the job's outcome and the client's own peak, if it sent one.
+    Released(Outcome, Option<f64>),
     /// Expired without a release.
     Expired,
 }
 
-/// The observation a lease's end records: the client's peak when given, else vramguard's NVML
-/// peak of its pids; nothing for a lease without either.
-pub(super) fn observation(lease: &Lease, end: End, now: f64) -> Option<Observation> {
+impl End {
+    /// How the job ended.
+    pub(super) fn outcome(self) -> Outcome {
+        match self {
+            End::Released(outcome, _) => outcome,
+            End::Expired => Outcome::Expired,
+        }
+    }
+}
+
+/// What a lease's end teaches: an observation of its peak, or why there is none (the
+/// `reason` label of `vramguard_observations_skipped_total`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Learned {
+    Observed(Observation),
+    Skipped(&'static str),
+}
+
+/// The observation a lease's end records: the client's peak when given, else the peak
+/// vramguard saw its processes hold. Only from a job that finished or died of out-of-memory:
+/// one that failed otherwise or was stopped says nothing of its size, and an expired lease only
+/// how far its job got before it stopped heartbeating. Never from a lease whose processes were
+/// not seen holding VRAM: their zero is not the job's need.
+pub(super) fn observation(lease: &Lease, end: End, now: f64) -> Learned {
+    let outcome = end.outcome();
+    if !matches!(outcome, Outcome::Ok | Outcome::Oom) {
+        return Learned::Skipped(outcome.as_str());
+    }
     let (peak, source) = match (end, lease.vram_peak_gb) {
-        (End::Released(Some(p)), _) => (p, "client"),
-        (_, Some(p)) if !lease.pids.is_empty() => (p, "nvml"),
-        _ => return None,
+        (End::Released(_, Some(p)), _) => (p, "client"),
+        (_, Some(p)) if lease.seen && !lease.pids.is_empty() => (p, "nvml"),
+        _ => return Learned::Skipped("not_seen"),
     };
-    Some(Observation { key: lease.grant.clone(), peak_vram_gb: peak, source: source.to_owned(), recorded_at: now })
+    Learned::Observed(Observation {
+        key: lease.grant.clone(),
+        peak_vram_gb: peak,
+        source: source.to_owned(),
+        outcome,
+        recorded_at: now,
+    })
 }
 
 pub(super) fn check_id(id: &str) -> Result<(), ServiceError> {

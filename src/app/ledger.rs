@@ -13,12 +13,12 @@ use super::access::Caller;
 use super::error::ServiceError;
 use super::inputs::Inputs;
 use super::lease_terms::{
-    Acquired, End, LeaseAsk, Released, check_id, check_owner, check_ttl, invalid, no_live_lease, observation,
-    store_failed,
+    Acquired, End, Learned, LeaseAsk, Processes, Released, check_id, check_owner, check_ttl, invalid, no_live_lease,
+    observation, store_failed,
 };
 use super::lease_thread::{Finish, Job, LeaseThread};
 use super::writer::Writer;
-use crate::leases::{Lease, LeaseUsage, gpu_used_gb, new_id};
+use crate::leases::{Attribution, Lease, LeaseUsage, Outcome, gpu_used_gb, new_id};
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::policy::admission::resource_check;
@@ -56,11 +56,25 @@ impl Ledger {
         let observations: Vec<Observation> = {
             let mut book = self.inputs.book.write();
             let ended: Vec<Lease> = expired.iter().filter_map(|id| book.remove(id)).collect();
-            ended.iter().filter_map(|l| observation(l, End::Expired, now)).collect()
+            ended.iter().filter_map(|l| self.learn(l, End::Expired, now)).collect()
         };
         // A failure is recorded in the store's status and retried on the next call.
         let _ = self.writer.end_durably(store, expired.clone(), observations);
         expired.len()
+    }
+
+    /// What a lease's end teaches, counted: its outcome, and why it taught nothing if so.
+    fn learn(&self, lease: &Lease, end: End, now: f64) -> Option<Observation> {
+        match observation(lease, end, now) {
+            Learned::Observed(o) => {
+                self.metrics.record_finished(end.outcome(), None);
+                Some(o)
+            }
+            Learned::Skipped(reason) => {
+                self.metrics.record_finished(end.outcome(), Some(reason));
+                None
+            }
+        }
     }
 
     /// Reaps lapsed leases; run by the server on a timer (decisions also reap first).
@@ -195,7 +209,7 @@ impl Ledger {
             return Ok(Acquired::Refused(check));
         }
         let ttl = ask.ttl_seconds.unwrap_or_else(|| config.leases.default_ttl.0.as_secs());
-        let lease = Lease {
+        let mut lease = Lease {
             id: new_id(),
             gpu_index: check.gpu.as_ref().map(|g| g.index),
             gpu_uuid: check.gpu.as_ref().map(|g| g.uuid.clone()),
@@ -204,13 +218,16 @@ impl Ledger {
             expires_at: now + ttl as f64,
             ttl_seconds: ttl,
             client: ask.client.clone(),
-            pids: ask.pids.clone().unwrap_or_default(),
+            pids: Vec::new(),
+            pid_namespace: None,
+            pid_start_times: Default::default(),
+            seen: false,
             unattributed_used_at_grant_gb: check.gpu.as_ref().and_then(|g| {
                 let used = gpu_used_gb(view.snapshot.as_deref()?, g.index)?;
                 let attributed: f64 = view
                     .leases
                     .iter()
-                    .filter(|(l, _)| l.gpu_index == Some(g.index))
+                    .filter(|(l, u)| l.gpu_index == Some(g.index) && u.attribution == Attribution::Pids)
                     .filter_map(|(_, u)| u.used_gb)
                     .sum();
                 Some((used - attributed).max(0.0))
@@ -224,6 +241,7 @@ impl Ledger {
             },
             owner: ask.owner.clone(),
         };
+        ask.processes.clone().add_to(&mut lease)?;
         store.put_lease(&lease).map_err(store_failed)?;
         self.inputs.book.write().insert(lease.clone());
         Ok(Acquired::Granted(Box::new(lease), check))
@@ -238,19 +256,17 @@ impl Ledger {
     }
 
     /// Extends a live lease by its TTL (or `ttl`, which becomes its TTL) from now, and adds
-    /// `pids` (a worker's children) to its processes. Only its owner or an admin may.
+    /// `processes` (a worker's children) to its own. Only its owner or an admin may.
     pub(crate) async fn heartbeat(
         &self,
         id: String,
         ttl: Option<u64>,
-        pids: Option<Vec<u32>>,
+        processes: Processes,
         caller: Caller,
     ) -> Result<Lease, ServiceError> {
         check_id(&id)?;
         check_ttl(ttl)?;
-        if let Some(p) = &pids {
-            limits::check_pids(p).map_err(|m| invalid("pids", m))?;
-        }
+        processes.validate()?;
         self.critical("heartbeat failed", move |l, store, now| {
             // The tracker may raise the peak while the store writes; only the fields a heartbeat
             // owns are merged back into the book, so its update is never overwritten.
@@ -259,29 +275,23 @@ impl Ledger {
             if let Some(t) = ttl {
                 lease.ttl_seconds = t;
             }
-            if let Some(more) = pids {
-                for pid in more {
-                    if !lease.pids.contains(&pid) {
-                        lease.pids.push(pid);
-                    }
-                }
-                limits::check_pids(&lease.pids).map_err(|m| invalid("pids", format!("with the lease's own: {m}")))?;
-            }
+            processes.add_to(&mut lease)?;
             lease.expires_at = now + lease.ttl_seconds as f64;
             store.put_lease(&lease).map_err(store_failed)?;
             let mut book = l.inputs.book.write();
-            let merged = book.renew(&id, lease.expires_at, lease.ttl_seconds, &lease.pids).unwrap_or(lease);
+            let merged = book.renew(&lease).unwrap_or(lease);
             Ok(merged)
         })
         .await
     }
 
-    /// Releases a live lease; `peak_vram_gb` is the client's own measured peak, if it sent one.
-    /// Only its owner or an admin may. The slot is free once this returns, even when the store
-    /// did not take the write ([`Released::InMemory`]).
+    /// Releases a live lease; `outcome` is how its job ended, `peak_vram_gb` the client's own
+    /// measured peak, if it sent one. Only its owner or an admin may. The slot is free once this
+    /// returns, even when the store did not take the write ([`Released::InMemory`]).
     pub(crate) async fn release(
         &self,
         id: String,
+        outcome: Outcome,
         peak_vram_gb: Option<f64>,
         caller: Caller,
     ) -> Result<Released, ServiceError> {
@@ -302,7 +312,7 @@ impl Ledger {
                     book.remove(&id).ok_or_else(|| no_live_lease(&id))?
                 };
                 let observations: Vec<Observation> =
-                    observation(&lease, End::Released(peak_vram_gb), now).into_iter().collect();
+                    l.learn(&lease, End::Released(outcome, peak_vram_gb), now).into_iter().collect();
                 Ok(match l.writer.end_durably(store, vec![id], observations) {
                     Ok(()) => Released::Durable,
                     Err(problem) => Released::InMemory(problem),

@@ -106,11 +106,14 @@ pub struct LearningConfig {
     pub window: u32,
     /// Safety margin on the highest observed peak (0.10 = +10 %).
     pub margin: f64,
+    /// How much more than its peak a job that died of out-of-memory is taken to need (0.25 =
+    /// +25 %): it needed more than it got, by an amount nobody measured.
+    pub oom_margin: f64,
 }
 
 impl Default for LearningConfig {
     fn default() -> Self {
-        Self { min_samples: 3, window: 20, margin: 0.10 }
+        Self { min_samples: 3, window: 20, margin: 0.10, oom_margin: 0.25 }
     }
 }
 

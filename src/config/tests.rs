@@ -55,6 +55,7 @@ fn out_of_range_values_are_rejected_with_key() {
         ("workloads: { default: {} }", "workloads.default", "taken"),
         ("workloads: { i2v: { activations_gb: -1 } }", "workloads.i2v.activations_gb", "0 to 1024"),
         ("learning: { margin: 2 }", "learning.margin", "0 to 1"),
+        ("learning: { oom_margin: 5 }", "learning.oom_margin", "0 to 4"),
         ("queue: { max_waiting: 0 }", "queue.max_waiting", "1 to 100000"),
         ("queue: { max_bypass: 2d }", "queue.max_bypass", "0s to 24h"),
         ("queue: { policy: lifo }", "queue.policy", "fifo"),

@@ -14,9 +14,9 @@ use super::error::{ApiError, ErrorBody};
 use super::wire::ResourceCheck;
 use crate::app::AppState;
 use crate::app::Caller;
-use crate::app::lease_terms::{LeaseAsk, Released};
+use crate::app::lease_terms::{LeaseAsk, Processes, Released};
 use crate::app::queue::{Admission, retry_after_seconds};
-use crate::leases::{Lease, LeaseUsage};
+use crate::leases::{Attribution, Lease, LeaseUsage, Outcome};
 use crate::limits;
 use crate::time::rfc3339_unix;
 use crate::units::round2;
@@ -49,6 +49,13 @@ pub(crate) struct LeaseRequest {
     /// attributed to the lease.
     #[schema(value_type = Option<Vec<Pid>>, min_items = 1, max_items = 64)]
     pub pids: Option<Vec<u32>>,
+    /// The pid namespace `pids` are numbered in: the inode of the caller's `/proc/self/ns/pid`
+    /// (`os.stat("/proc/self/ns/pid").st_ino`). Default: vramguard's own namespace.
+    #[schema(minimum = 1)]
+    pub pid_namespace: Option<u64>,
+    /// Each pid's start time, in the order of `pids`: field 22 of `/proc/<pid>/stat`. Matches a
+    /// process whose namespace vramguard cannot read (it runs unprivileged).
+    pub pid_start_times: Option<Vec<u64>>,
     /// Workload profile name (config `workloads`; default `default`).
     pub workload: Option<String>,
     /// Seconds to wait for room when the refusal can clear (0–300, decimals allowed; default 0:
@@ -65,6 +72,8 @@ impl Allowed for LeaseRequest {
         ("ttl_seconds", limits::TTL_WORDS),
         ("client", "a string of at most 128 characters"),
         ("pids", limits::PIDS_WORDS),
+        ("pid_namespace", limits::PID_NAMESPACE_WORDS),
+        ("pid_start_times", limits::PID_START_TIMES_WORDS),
         ("workload", "the name of a workload profile"),
         ("wait_seconds", limits::WAIT_SECONDS_WORDS),
     ];
@@ -80,11 +89,21 @@ pub(crate) struct HeartbeatRequest {
     /// More processes of the job (a worker's children), added to the lease's.
     #[schema(value_type = Option<Vec<Pid>>, min_items = 1, max_items = 64)]
     pub pids: Option<Vec<u32>>,
+    /// The pid namespace `pids` are numbered in (as in a lease request); must be the lease's
+    /// once it has pids. Default: the lease's.
+    #[schema(minimum = 1)]
+    pub pid_namespace: Option<u64>,
+    /// Each pid's start time, in the order of `pids` (as in a lease request).
+    pub pid_start_times: Option<Vec<u64>>,
 }
 
 impl Allowed for HeartbeatRequest {
-    const FIELDS: &'static [(&'static str, &'static str)] =
-        &[("ttl_seconds", limits::TTL_WORDS), ("pids", limits::PIDS_WORDS)];
+    const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("ttl_seconds", limits::TTL_WORDS),
+        ("pids", limits::PIDS_WORDS),
+        ("pid_namespace", limits::PID_NAMESPACE_WORDS),
+        ("pid_start_times", limits::PID_START_TIMES_WORDS),
+    ];
 }
 
 /// Query of a release.
@@ -97,10 +116,16 @@ pub(crate) struct ReleaseQuery {
     #[serde(default, deserialize_with = "de::opt_f64")]
     #[param(value_type = Option<f64>, exclusive_minimum = 0.0, maximum = 1024.0)]
     pub peak_vram_gb: Option<f64>,
+    /// How the job ended: `ok` (default), `oom` (out of memory: it needed more than its peak,
+    /// which is learned with `learning.oom_margin`), `error` or `cancelled` (nothing is
+    /// learned).
+    #[param(value_type = Option<String>, pattern = "^(ok|oom|error|cancelled)$")]
+    pub outcome: Option<String>,
 }
 
 impl Allowed for ReleaseQuery {
-    const FIELDS: &'static [(&'static str, &'static str)] = &[("peak_vram_gb", limits::REQUIRED_GB_WORDS)];
+    const FIELDS: &'static [(&'static str, &'static str)] =
+        &[("peak_vram_gb", limits::REQUIRED_GB_WORDS), ("outcome", Outcome::RELEASED_WORDS)];
 }
 
 /// The GPU a lease is placed on.
@@ -142,6 +167,16 @@ pub(crate) struct LeaseBody {
     pub vram_outstanding_gb: f64,
     /// Its pids used more than it reserved.
     pub overrun: bool,
+    /// How its use is counted: `pids` once any of its processes (the listed pids and their
+    /// descendants) was seen holding VRAM on its GPU, else `growth` (the GPU's used VRAM since
+    /// its grant).
+    pub attribution: &'static str,
+    /// The value for `CUDA_VISIBLE_DEVICES` that makes the lease's GPU the job's device 0: its
+    /// UUID, which CUDA accepts whatever its device order (NVML's index, `gpu.index`, is PCI
+    /// bus order; CUDA's default order is fastest first). Null on a host without GPUs.
+    pub cuda_visible_devices: Option<String>,
+    /// The pid namespace its pids are numbered in (inode); null: vramguard's own.
+    pub pid_namespace: Option<u64>,
 }
 
 impl From<&(Lease, LeaseUsage)> for LeaseBody {
@@ -161,6 +196,9 @@ impl From<&(Lease, LeaseUsage)> for LeaseBody {
             vram_peak_gb: if with_pids { l.vram_peak_gb.map(round2) } else { None },
             vram_outstanding_gb: round2(u.outstanding_gb),
             overrun: l.overrun || u.used_gb.is_some_and(|used| used > l.vram_reserved_gb + 0.01),
+            attribution: u.attribution.as_str(),
+            cuda_visible_devices: l.gpu_uuid.clone(),
+            pid_namespace: l.pid_namespace,
         }
     }
 }
@@ -268,7 +306,7 @@ pub(crate) async fn acquire(
         gpu: req.gpu,
         ttl_seconds: req.ttl_seconds,
         client: req.client,
-        pids: req.pids,
+        processes: Processes { pids: req.pids, pid_namespace: req.pid_namespace, pid_start_times: req.pid_start_times },
         workload: req.workload,
         owner: caller.owner().map(str::to_owned),
     };
@@ -280,6 +318,7 @@ pub(crate) async fn acquire(
                     gpu_index: lease.gpu_index,
                     used_gb: None,
                     outstanding_gb: lease.vram_reserved_gb,
+                    attribution: Attribution::Growth,
                 };
                 (*lease, owed)
             });
@@ -360,8 +399,14 @@ pub(crate) async fn heartbeat(
     Path(id): Path<String>,
     body: Option<JsonBody<HeartbeatRequest>>,
 ) -> Result<Json<LeaseBody>, ApiError> {
-    let (ttl, pids) = body.map(|JsonBody(b)| (b.ttl_seconds, b.pids)).unwrap_or_default();
-    let lease = state.ledger().heartbeat(id, ttl, pids, caller).await?;
+    let (ttl, processes) = body
+        .map(|JsonBody(b)| {
+            let processes =
+                Processes { pids: b.pids, pid_namespace: b.pid_namespace, pid_start_times: b.pid_start_times };
+            (b.ttl_seconds, processes)
+        })
+        .unwrap_or_default();
+    let lease = state.ledger().heartbeat(id, ttl, processes, caller).await?;
     let with_usage =
         state.ledger().lease_now(&lease.id).ok_or_else(|| ApiError::not_found("the lease expired just now"))?;
     Ok(Json(LeaseBody::from(&with_usage)))
@@ -383,7 +428,13 @@ pub(crate) async fn release(
     Path(id): Path<String>,
     QueryParams(q): QueryParams<ReleaseQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(match state.ledger().release(id.clone(), q.peak_vram_gb, caller).await? {
+    let outcome = match q.outcome.as_deref() {
+        None => Outcome::Ok,
+        Some(word) => Outcome::of_release(word).ok_or_else(|| {
+            ApiError::bad_request(format!("outcome: {word:?} is not an outcome; allowed {}", Outcome::RELEASED_WORDS))
+        })?,
+    };
+    Ok(match state.ledger().release(id.clone(), outcome, q.peak_vram_gb, caller).await? {
         Released::Durable => StatusCode::NO_CONTENT.into_response(),
         Released::InMemory(problem) => {
             let detail = format!(

@@ -30,6 +30,9 @@ pub(crate) struct ObservationBody {
     pub peak_vram_gb: f64,
     /// `nvml` (vramguard's reading of the lease's pids) or `client` (the client's own figure).
     pub source: String,
+    /// How the generation ended: `ok`, or `oom` (it died of out-of-memory at this peak, so it
+    /// counts as peak × (1 + `learning.oom_margin`)).
+    pub outcome: &'static str,
     /// When it was recorded (RFC 3339 UTC).
     pub recorded_at: String,
 }
@@ -59,6 +62,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Observati
             model_loaded: o.key.model_loaded,
             peak_vram_gb: round2(o.peak_vram_gb),
             source: o.source,
+            outcome: o.outcome.as_str(),
             recorded_at: rfc3339_unix(o.recorded_at),
         })
         .collect();

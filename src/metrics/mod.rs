@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::{Gauge as GaugeMetric, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
+use crate::leases::Outcome;
 use crate::snapshot::Snapshot;
 pub use policy::LeaseFigures;
 pub(crate) use policy::PolicyText;
@@ -41,6 +42,8 @@ pub struct Metrics {
     registry: Registry,
     decisions: IntCounterVec,
     overruns: IntCounter,
+    finished: IntCounterVec,
+    skipped: IntCounterVec,
     waits: HistogramVec,
     reload_ok: GaugeMetric,
     reload_at: GaugeMetric,
@@ -88,6 +91,20 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(overruns.clone())).expect("fresh registry accepts the overrun counter");
+        let finished = counter_vec(
+            &registry,
+            "vramguard_generations_finished_total",
+            "Generation leases ended, by how the job ended: ok, oom (out of memory), error, cancelled (as its release said) or expired (no release).",
+            "outcome",
+            &Outcome::ALL.map(Outcome::as_str),
+        );
+        let skipped = counter_vec(
+            &registry,
+            "vramguard_observations_skipped_total",
+            "Lease ends that taught the estimates nothing, by reason: not_seen (its processes were never seen holding VRAM and the client sent no peak), error, cancelled, expired.",
+            "reason",
+            &SKIP_REASONS,
+        );
         let waits = HistogramVec::new(
             HistogramOpts::new(
                 "vramguard_admission_wait_seconds",
@@ -115,6 +132,8 @@ impl Metrics {
             registry,
             decisions,
             overruns,
+            finished,
+            skipped,
             waits,
             reload_ok,
             reload_at,
@@ -157,6 +176,15 @@ impl Metrics {
         self.changed();
     }
 
+    /// Counts one generation's end: how it ended, and why it taught nothing if it did not.
+    pub fn record_finished(&self, outcome: Outcome, skipped: Option<&str>) {
+        self.finished.with_label_values(&[outcome.as_str()]).inc();
+        if let Some(reason) = skipped {
+            self.skipped.with_label_values(&[reason]).inc();
+        }
+        self.changed();
+    }
+
     /// Counts one admission decision.
     pub fn record_decision(&self, admitted: bool, reason: &str) {
         self.count(&self.decision_counter(admitted, reason));
@@ -173,4 +201,19 @@ impl Metrics {
         let result = if admitted { "admitted" } else { "refused" };
         self.decisions.with_label_values(&[result, reason])
     }
+}
+
+/// Why a lease's end may teach nothing (the `reason` label of
+/// `vramguard_observations_skipped_total`).
+pub(crate) const SKIP_REASONS: [&str; 4] = ["not_seen", "error", "cancelled", "expired"];
+
+/// A registered counter family with one label, its `values` started at 0 so `rate()` and
+/// `increase()` work from the first event.
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+    let counters = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric definition");
+    registry.register(Box::new(counters.clone())).expect("a fresh registry accepts each family once");
+    for v in values {
+        counters.with_label_values(&[v]);
+    }
+    counters
 }

@@ -6,6 +6,9 @@
 //! `learning.min_samples` observations of the same key (profile, quantization, offload, tile,
 //! `model_loaded`) among the newest `learning.window`, the estimate is the highest observed peak
 //! plus `learning.margin`; recommendations then scale the model's savings by observed / model.
+//! A job that died of out-of-memory needed more than its peak: it counts as peak ×
+//! (1 + `learning.oom_margin`), and one such observation in the window is enough, never below
+//! the model.
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +84,15 @@ impl EstimateKey {
     }
 }
 
+/// One observed peak of a finished generation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Peak {
+    /// GiB.
+    pub gb: f64,
+    /// The job died of out-of-memory at this peak.
+    pub oom: bool,
+}
+
 /// Where an estimate came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EstimateSource {
@@ -117,16 +129,22 @@ pub struct Estimate {
 pub(crate) fn estimate(
     workload: &Workload,
     key: &EstimateKey,
-    observed: &[(EstimateKey, f64)],
+    observed: &[(EstimateKey, Peak)],
     learning: &LearningConfig,
 ) -> Estimate {
     let model = need_gb(workload, &key.settings, key.model_loaded);
-    let peaks: Vec<f64> =
+    let peaks: Vec<Peak> =
         observed.iter().filter(|(k, _)| k.same(key)).take(learning.window as usize).map(|(_, p)| *p).collect();
-    if peaks.len() < learning.min_samples as usize || peaks.is_empty() {
+    let oom = peaks.iter().any(|p| p.oom);
+    if (peaks.len() < learning.min_samples as usize && !oom) || peaks.is_empty() {
         return Estimate { gb: model, source: EstimateSource::Model, samples: peaks.len(), scale: 1.0 };
     }
-    let gb = peaks.iter().copied().fold(0.0_f64, f64::max) * (1.0 + learning.margin);
+    let top = peaks.iter().map(|p| if p.oom { p.gb * (1.0 + learning.oom_margin) } else { p.gb }).fold(0.0, f64::max);
+    let mut gb = top * (1.0 + learning.margin);
+    if oom {
+        // Out of memory says "more than this", not how much: the model's figure stands if larger.
+        gb = gb.max(model);
+    }
     let scale = if model > 0.0 { gb / model } else { 1.0 };
     Estimate { gb, source: EstimateSource::Observed, samples: peaks.len(), scale }
 }
@@ -353,11 +371,11 @@ mod tests {
             EstimateKey { workload: "default".to_owned(), settings: Optimization::default(), model_loaded: false };
         let learning = LearningConfig::default();
         let other = EstimateKey { model_loaded: true, ..key.clone() };
-        let mut seen = vec![(key.clone(), 13.0), (other.clone(), 30.0), (key.clone(), 10.0)];
+        let mut seen = vec![(key.clone(), ok(13.0)), (other.clone(), ok(30.0)), (key.clone(), ok(10.0))];
         let e = estimate(&w, &key, &seen, &learning);
         assert_eq!((e.source, e.samples), (EstimateSource::Model, 2));
         assert_eq!(e.gb, need_gb(&w, &key.settings, false));
-        seen.push((key.clone(), 9.5));
+        seen.push((key.clone(), ok(9.5)));
         let e = estimate(&w, &key, &seen, &learning);
         assert_eq!((e.source, e.samples), (EstimateSource::Observed, 3));
         assert!((e.gb - 14.3).abs() < 1e-9, "{}", e.gb);
@@ -366,11 +384,35 @@ mod tests {
         let e = estimate(
             &w,
             &key,
-            &[(key.clone(), 5.0), (key.clone(), 6.0), (key.clone(), 7.0), (key.clone(), 20.0)],
+            &[(key.clone(), ok(5.0)), (key.clone(), ok(6.0)), (key.clone(), ok(7.0)), (key.clone(), ok(20.0))],
             &narrow,
         );
         assert_eq!(e.samples, 3);
         assert!((e.gb - 7.7).abs() < 1e-9);
+    }
+
+    fn ok(gb: f64) -> Peak {
+        Peak { gb, oom: false }
+    }
+
+    /// Issue #22: one out-of-memory end at 10 GiB lifts the estimate to at least 12.5 GiB at once,
+    /// and never below the model.
+    #[test]
+    fn one_out_of_memory_end_raises_the_estimate_at_once() {
+        let w = workload();
+        let key =
+            EstimateKey { workload: "default".to_owned(), settings: Optimization::default(), model_loaded: false };
+        let learning = LearningConfig { margin: 0.0, ..LearningConfig::default() };
+        let model = need_gb(&w, &key.settings, false);
+        let big = model + 10.0;
+        let e = estimate(&w, &key, &[(key.clone(), Peak { gb: big, oom: true })], &learning);
+        assert_eq!((e.source, e.samples), (EstimateSource::Observed, 1));
+        assert!((e.gb - big * 1.25).abs() < 1e-9, "{}", e.gb);
+        let small = estimate(&w, &key, &[(key.clone(), Peak { gb: 1.0, oom: true })], &learning);
+        assert_eq!(small.gb, model, "an OOM at a low peak does not talk the model down");
+        // Among finished runs, the OOM's peak counts with its margin.
+        let mixed = [(key.clone(), ok(big + 1.0)), (key.clone(), Peak { gb: big, oom: true }), (key.clone(), ok(2.0))];
+        assert!((estimate(&w, &key, &mixed, &learning).gb - big * 1.25).abs() < 1e-9);
     }
 
     #[test]

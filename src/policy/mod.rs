@@ -99,7 +99,7 @@ pub struct Context<'a> {
     /// Its name.
     pub workload_name: &'a str,
     /// Observed peaks of finished generations, newest first.
-    pub observed: &'a [(EstimateKey, f64)],
+    pub observed: &'a [(EstimateKey, estimate::Peak)],
     /// How observations become estimates.
     pub learning: &'a LearningConfig,
     /// `gpu.enabled` from config: false means no GPU on purpose (VRAM does not fail closed).

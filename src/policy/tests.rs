@@ -21,7 +21,7 @@ fn gpu(index: u32, total_gib: u64, used_bytes: u64) -> GpuStats {
         memory: Some(GpuMemory { total_bytes: total_gib * G, used_bytes, free_bytes: total_gib * G - used_bytes }),
         temperature_celsius: None,
         power_watts: None,
-        processes: Some(vec![GpuProcess { pid: 4242, name: Some("python3".to_owned()), used_bytes }]),
+        processes: Some(vec![GpuProcess::unresolved(4242, Some("python3".to_owned()), used_bytes)]),
         faults: Default::default(),
         health: Default::default(),
     }

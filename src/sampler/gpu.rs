@@ -8,7 +8,6 @@
 //! fell off the bus, so a recovered driver or GPU comes back without a restart. GPUs that still
 //! answer keep being served while another one is lost.
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 
+use super::procfs::ProcReader;
 use super::xid::XidWatcher;
 use super::{Collector, GpuReading, Reading, faults};
 use crate::snapshot::{GpuHealth, GpuMemory, GpuProcess, GpuStats};
@@ -34,7 +34,7 @@ pub(crate) struct GpuCollector {
     backoff: Duration,
     last_init_error: Option<String>,
     xids: XidWatcher,
-    names: ProcessNames,
+    procs: ProcReader,
 }
 
 impl GpuCollector {
@@ -47,7 +47,7 @@ impl GpuCollector {
             backoff: BACKOFF_START,
             last_init_error: None,
             xids: XidWatcher::new(library.clone()),
-            names: ProcessNames::default(),
+            procs: ProcReader::new("/proc"),
             library,
         }
     }
@@ -76,7 +76,7 @@ impl GpuCollector {
                 return Err(format!("nvmlDeviceGetCount failed: {e}"));
             }
         };
-        let mut reading = read_all(nvml, count, self.per_process, &mut self.names);
+        let mut reading = read_all(nvml, count, self.per_process, &mut self.procs);
         if reading.partial_error.is_none() {
             self.backoff = BACKOFF_START;
             self.next_attempt = Instant::now();
@@ -89,7 +89,7 @@ impl GpuCollector {
                 self.nvml = Some(fresh);
                 let nvml = self.nvml.as_ref().expect("set just now");
                 if let Ok(count) = nvml.device_count() {
-                    reading = read_all(nvml, count, self.per_process, &mut self.names);
+                    reading = read_all(nvml, count, self.per_process, &mut self.procs);
                 }
             }
         }
@@ -140,17 +140,16 @@ impl GpuCollector {
     }
 }
 
-fn read_all(nvml: &Nvml, count: u32, per_process: bool, names: &mut ProcessNames) -> GpuReading {
+fn read_all(nvml: &Nvml, count: u32, per_process: bool, procs: &mut ProcReader) -> GpuReading {
     let mut reading = GpuReading { driver_version: nvml.sys_driver_version().ok(), ..GpuReading::default() };
     let mut failed = Vec::new();
-    names.begin_pass();
+    procs.begin_pass();
     for index in 0..count {
-        match read_device(nvml, index, per_process, names) {
+        match read_device(nvml, index, per_process, procs) {
             Ok(gpu) => reading.gpus.push(gpu),
             Err(e) => failed.push(format!("GPU {index}: {e}")),
         }
     }
-    names.end_pass();
     if !failed.is_empty() {
         reading.partial_error = Some(failed.join("; "));
     }
@@ -159,7 +158,7 @@ fn read_all(nvml: &Nvml, count: u32, per_process: bool, names: &mut ProcessNames
 
 /// Reads one device. Identity or a lost GPU fails the device; any single reading that is not
 /// supported is left out and the rest is kept.
-fn read_device(nvml: &Nvml, index: u32, per_process: bool, names: &mut ProcessNames) -> Result<GpuStats, NvmlError> {
+fn read_device(nvml: &Nvml, index: u32, per_process: bool, procs: &mut ProcReader) -> Result<GpuStats, NvmlError> {
     let device = nvml.device_by_index(index)?;
     let uuid = device.uuid()?;
     let memory = optional(device.memory_info())?.map(|m| GpuMemory {
@@ -168,12 +167,13 @@ fn read_device(nvml: &Nvml, index: u32, per_process: bool, names: &mut ProcessNa
         free_bytes: m.free,
     });
     let processes = if per_process {
-        optional(device.running_compute_processes())?.map(|procs| {
-            procs
+        optional(device.running_compute_processes())?.map(|running| {
+            running
                 .into_iter()
                 .filter_map(|p| match p.used_gpu_memory {
                     UsedGpuMemory::Used(bytes) => {
-                        Some(GpuProcess { pid: p.pid, name: names.get(p.pid), used_bytes: bytes })
+                        let (name, lineage) = procs.lineage(p.pid);
+                        Some(GpuProcess { pid: p.pid, name, used_bytes: bytes, lineage })
                     }
                     // NVML cannot see this process's memory (e.g. under some virtualisation):
                     // omit it rather than report 0.
@@ -218,51 +218,6 @@ pub(super) fn optional<T>(r: Result<T, NvmlError>) -> Result<Option<T>, NvmlErro
             Ok(None)
         }
     }
-}
-
-/// Names of the processes on the GPUs, from `/proc/PID/comm`. Reading the file is most of what a
-/// sample costs per process, and a name rarely changes, so a pid's name is read when it first
-/// appears and again every [`NAME_REREAD_PASSES`] passes (an `exec` renames a process); a pid
-/// missing from a pass is forgotten, so a reused pid is read afresh.
-#[derive(Debug, Default)]
-struct ProcessNames {
-    names: HashMap<u32, (Option<String>, u32)>,
-    pass: u32,
-    seen: HashSet<u32>,
-}
-
-/// Passes a cached process name is trusted for (at `sample_interval: 1s`, half a minute).
-const NAME_REREAD_PASSES: u32 = 30;
-
-impl ProcessNames {
-    fn begin_pass(&mut self) {
-        self.pass = self.pass.wrapping_add(1);
-        self.seen.clear();
-    }
-
-    fn get(&mut self, pid: u32) -> Option<String> {
-        self.seen.insert(pid);
-        let pass = self.pass;
-        match self.names.get(&pid) {
-            Some((name, read_at)) if pass.wrapping_sub(*read_at) < NAME_REREAD_PASSES => name.clone(),
-            _ => {
-                let name = process_name(pid);
-                self.names.insert(pid, (name.clone(), pass));
-                name
-            }
-        }
-    }
-
-    fn end_pass(&mut self) {
-        let seen = &self.seen;
-        self.names.retain(|pid, _| seen.contains(pid));
-    }
-}
-
-fn process_name(pid: u32) -> Option<String> {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    let name = comm.trim();
-    (!name.is_empty()).then(|| name.to_owned())
 }
 
 /// NVML reports utilization in whole percent.

@@ -16,6 +16,7 @@ mod cgroup;
 mod faults;
 mod gpu;
 mod host;
+mod procfs;
 mod scripted;
 mod xid;
 

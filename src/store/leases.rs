@@ -1,12 +1,14 @@
 //! Leases and observed peaks. Lease writes join the open batch (group commit, see
 //! [`Store::commit_batch`]); observations are written with the lease ends that produce them.
 
+use std::collections::BTreeMap;
+
 use rusqlite::params;
 
 use super::{Store, StoreError};
 use crate::config::{Optimization, Quantization};
-use crate::leases::Lease;
-use crate::policy::estimate::EstimateKey;
+use crate::leases::{Lease, Outcome};
+use crate::policy::estimate::{EstimateKey, Peak};
 
 /// The lease fields kept as JSON in `leases.details`.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -21,6 +23,13 @@ struct LeaseDetails {
     vram_peak_gb: Option<f64>,
     #[serde(default)]
     overrun: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid_namespace: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pid_start_times: BTreeMap<u32, u64>,
+    // Leases of wave 2 and before: counted by their pids whenever they had some.
+    #[serde(default)]
+    seen: bool,
     grant: Option<EstimateKey>,
     // Leases taken before tokens had names have no owner: only an admin acts on them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +60,9 @@ impl Store {
                         ttl_seconds: r.get(6)?,
                         client: r.get(7)?,
                         pids: Vec::new(),
+                        pid_namespace: None,
+                        pid_start_times: BTreeMap::new(),
+                        seen: false,
                         unattributed_used_at_grant_gb: None,
                         vram_peak_gb: None,
                         overrun: false,
@@ -71,6 +83,9 @@ impl Store {
                     message: e.to_string(),
                 })?;
                 lease.pids = d.pids;
+                lease.pid_namespace = d.pid_namespace;
+                lease.pid_start_times = d.pid_start_times;
+                lease.seen = d.seen;
                 lease.unattributed_used_at_grant_gb = d.unattributed_used_at_grant_gb;
                 lease.vram_peak_gb = d.vram_peak_gb;
                 lease.overrun = d.overrun;
@@ -91,6 +106,9 @@ impl Store {
             unattributed_used_at_grant_gb: l.unattributed_used_at_grant_gb,
             vram_peak_gb: l.vram_peak_gb,
             overrun: l.overrun,
+            pid_namespace: l.pid_namespace,
+            pid_start_times: l.pid_start_times.clone(),
+            seen: l.seen,
             grant: Some(l.grant.clone()),
             owner: l.owner.clone(),
         })
@@ -122,8 +140,8 @@ impl Store {
             for o in observations {
                 tx.prepare_cached(
                     "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
-                                               peak_vram_gb, source, recorded_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                               peak_vram_gb, source, recorded_at, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?
                 .execute(params![
                     o.key.workload,
@@ -133,7 +151,8 @@ impl Store {
                     o.key.model_loaded,
                     o.peak_vram_gb,
                     o.source,
-                    o.recorded_at
+                    o.recorded_at,
+                    o.outcome.as_str()
                 ])?;
             }
             tx.commit()
@@ -146,7 +165,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT workload, quantization, enable_offload, vae_tile_size, model_loaded, peak_vram_gb, source,
-                        recorded_at
+                        recorded_at, outcome
                  FROM observations ORDER BY recorded_at DESC, id DESC",
             )
             .map_err(|e| self.sql(e))?;
@@ -166,6 +185,8 @@ impl Store {
                     },
                     peak_vram_gb: r.get(5)?,
                     source: r.get(6)?,
+                    // Observations from before outcomes were all of finished runs.
+                    outcome: Outcome::parse(&r.get::<_, String>(8)?).unwrap_or(Outcome::Ok),
                     recorded_at: r.get(7)?,
                 })
             })
@@ -188,8 +209,17 @@ pub struct Observation {
     pub peak_vram_gb: f64,
     /// `nvml` (vramguard's reading of its pids) or `client` (the client's own figure).
     pub source: String,
+    /// How the generation ended: `ok`, or `oom` (it needed more than this peak).
+    pub outcome: Outcome,
     /// When it was recorded, Unix seconds.
     pub recorded_at: f64,
+}
+
+impl Observation {
+    /// The peak as estimates read it.
+    pub(crate) fn peak(&self) -> Peak {
+        Peak { gb: self.peak_vram_gb, oom: self.outcome == Outcome::Oom }
+    }
 }
 
 fn quantization_name(q: Quantization) -> &'static str {
@@ -225,6 +255,9 @@ mod tests {
             ttl_seconds: 900,
             client: Some("worker-1".to_owned()),
             pids: vec![4242, 4243],
+            pid_namespace: Some(4_026_532_175),
+            pid_start_times: BTreeMap::from([(4242, 987_654)]),
+            seen: true,
             unattributed_used_at_grant_gb: Some(2.5),
             vram_peak_gb: Some(8.25),
             overrun: false,

@@ -175,12 +175,17 @@ fn limit_cache(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Brings a store written by an earlier version up to date. Leases gained a `details` column
-/// (JSON: pids, baseline, peak, overrun, grant key) in wave 2.
+/// (JSON: pids, baseline, peak, overrun, grant key) in wave 2; observations an `outcome` in
+/// wave 3 (earlier ones were all of finished runs).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_details: bool =
-        conn.prepare("SELECT 1 FROM pragma_table_info('leases') WHERE name = 'details'")?.exists([])?;
-    if !has_details {
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?.exists([table, column])
+    };
+    if !has("leases", "details")? {
         conn.execute_batch("ALTER TABLE leases ADD COLUMN details TEXT")?;
+    }
+    if !has("observations", "outcome")? {
+        conn.execute_batch("ALTER TABLE observations ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok'")?;
     }
     Ok(())
 }
