@@ -42,6 +42,8 @@
 //! 12. [`server`]: wiring and graceful shutdown; [`server::run`] serves on a bound listener
 //!     through vramguard's own accept loop (connection cap, timeouts, optional TLS), reloads
 //!     the configuration on SIGHUP and hands freed heap memory back to the system.
+//! 13. `runner`: `vramguard run`, a client of the HTTP API: takes a lease, runs a command on
+//!     its GPU, follows it to its end and releases with the job's outcome.
 
 pub(crate) mod units;
 pub(crate) mod time;
@@ -58,6 +60,7 @@ pub(crate) mod metrics;
 pub(crate) mod app;
 pub(crate) mod http;
 pub(crate) mod server;
+pub(crate) mod runner;
 
 // The façade: everything outside `src/` may use. Only [`snapshot`] is a public module (the plain
 // data the tests and benches build snapshots from); the rest is named here, one item at a time,
@@ -66,6 +69,7 @@ pub(crate) mod server;
 /// The binary: configuration, start-up and the state store's reset (`main.rs`).
 pub use app::AppState;
 pub use config::Config;
+pub use runner::{RunArgs, run as run_command};
 pub use server::{Reload, SetLogFilter, bind, run, run_with, runtime};
 pub use store::{StoreError, move_aside};
 

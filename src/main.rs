@@ -40,6 +40,9 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Run a command under a generation lease: wait for room, start it on the lease's GPU
+    /// (CUDA_VISIBLE_DEVICES is the GPU's UUID), release with its outcome, exit with its status.
+    Run(vramguard::RunArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,7 +52,10 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Run(args)) = cli.command.take() {
+        return ExitCode::from(vramguard::run_command(args));
+    }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return match Config::load(file) {
             Ok(_) => {

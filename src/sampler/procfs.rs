@@ -123,6 +123,15 @@ fn start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// How a client names one of its own processes to vramguard: the inode of the pid namespace it
+/// sees processes in (its own `/proc/self/ns/pid`) and `pid`'s start time, each `None` when
+/// `/proc` does not say (`vramguard run` sends them with its child's pid).
+pub(crate) fn client_identity(pid: u32) -> (Option<u64>, Option<u64>) {
+    let ns = namespace_inode(Path::new("/proc/self/ns/pid"));
+    let start = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(start_time);
+    (ns, start)
+}
+
 /// The inode a namespace link (`pid:[4026531836]`) names.
 fn namespace_inode(link: &Path) -> Option<u64> {
     let target = std::fs::read_link(link).ok()?;
