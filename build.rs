@@ -78,7 +78,7 @@ fn detect_test_tools() {
                 .is_ok_and(|s| s.success())
         })
     };
-    let tools: [(&str, bool); 7] = [
+    let tools: [(&str, bool); 8] = [
         ("has_promtool", on_path("promtool")),
         ("has_amtool", on_path("amtool")),
         ("has_prometheus", on_path("prometheus")),
@@ -86,6 +86,15 @@ fn detect_test_tools() {
         ("has_redis", on_path("redis-server") && on_path("redis-cli")),
         ("has_python_venv", python_venv()),
         ("has_mount_namespace", mount_namespace()),
+        // tests/python_client.rs runs a job in its own pid namespace, as a container does.
+        (
+            "has_pid_namespace",
+            Command::new("unshare")
+                .args(["--pid", "--fork", "--mount-proc", "true"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        ),
     ];
     for (cfg, found) in tools {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
