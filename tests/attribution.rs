@@ -29,7 +29,10 @@ fn scenario(procs: &[(u32, f64)]) -> String {
         used += bytes;
         lines.push_str(&format!("process {pid} {bytes}\n"));
     }
-    format!("[gpu]\nuuid GPU-aaaaaaaa-2222-3333-4444-555555555555\nmemory_total {}\nmemory_used {used}\n{lines}", 24 * GIB)
+    format!(
+        "[gpu]\nuuid GPU-aaaaaaaa-2222-3333-4444-555555555555\nmemory_total {}\nmemory_used {used}\n{lines}",
+        24 * GIB
+    )
 }
 
 /// Sets the scenario and waits until vramguard's stats show its used VRAM.
@@ -51,10 +54,12 @@ fn observations(vg: &Vramguard) -> Vec<Value> {
 }
 
 /// A shell (the job's listed pid) whose child `sleep` is what holds VRAM; the child's pid.
+// The shell is handed to the caller, which kills and waits for it (`kill_tree`).
+#[allow(clippy::zombie_processes)]
 fn job_with_a_child() -> (Child, u32) {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("child.pid");
-    let shell = Command::new("sh")
+    let mut shell = Command::new("sh")
         .arg("-c")
         .arg("sleep 60 & echo $! > \"$0\"; wait")
         .arg(&pidfile)
@@ -66,7 +71,11 @@ fn job_with_a_child() -> (Child, u32) {
         if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse().ok()) {
             return (shell, pid);
         }
-        assert!(std::time::Instant::now() < deadline, "the job's child did not start");
+        if std::time::Instant::now() > deadline {
+            let _ = shell.kill();
+            let _ = shell.wait();
+            panic!("the job's child did not start");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -114,7 +123,8 @@ fn a_child_of_a_listed_pid_is_attributed_to_the_lease() {
 fn leases_whose_processes_never_hold_vram_teach_nothing_and_are_not_counted_twice() {
     let vg = start();
     for round in 0..3 {
-        let body = json!({"vram_required_gb": 12, "pids": [1], "pid_namespace": 4_026_599_999u64, "client": "in a container"});
+        let body =
+            json!({"vram_required_gb": 12, "pids": [1], "pid_namespace": 4_026_599_999u64, "client": "in a container"});
         let (status, a) = vg.post_json(LEASES, &body);
         assert_eq!(status, 201, "round {round}: {a}");
         let id = a["id"].as_str().unwrap().to_owned();
