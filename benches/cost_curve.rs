@@ -154,6 +154,7 @@ fn decision(c: &mut Criterion, name: &str, required_gb: f64, refused: bool) {
         quantization: Quantization::Fp16,
         enable_offload: false,
         vae_tile_size: 512,
+        vae_tiling: true,
         max_vram_usage_gb: f64::from(TOTAL_GIB as u32),
     };
     let reservations = [(0u32, 10.0)];

@@ -78,10 +78,14 @@ fn benches(c: &mut Criterion) {
         quantization: vramguard::Quantization::Fp16,
         enable_offload: false,
         vae_tile_size: 512,
+        vae_tiling: true,
         max_vram_usage_gb: 80.0,
     };
-    c.bench_function("recommendation search (3 changes + 3 pairs, 8 GPUs)", |b| {
-        b.iter(|| black_box(recommendation_search(&config.workload, &settings, false, 60.0, &views, 0.95)))
+    // A request that named its size: the settings and a smaller video (5 changes, 10 pairs).
+    let geometry = vramguard::Geometry { width: 1280, height: 720, frames: 81 };
+    let job = vramguard::Job { settings, geometry, sized: true };
+    c.bench_function("recommendation search (5 changes + 10 pairs, 8 GPUs)", |b| {
+        b.iter(|| black_box(recommendation_search(&config.workload, &job, false, 60.0, &views, 0.95)))
     });
 }
 

@@ -208,6 +208,31 @@ pub(crate) fn check_pids(pids: &[u32]) -> Result<(), String> {
     Ok(())
 }
 
+/// A video's width and height, pixels: multiples of 16 (the VAEs' and patches' strides).
+pub(crate) const SIDE: RangeInclusive<u32> = 16..=4096;
+/// `width` and `height` in the API's field lists.
+pub(crate) const SIDE_WORDS: &str = "integers 16 to 4096, multiples of 16";
+/// A video's frame count.
+pub(crate) const FRAMES: RangeInclusive<u32> = 1..=1001;
+/// `frames` in the API's field lists.
+pub(crate) const FRAMES_WORDS: &str = "integers 1 to 1001";
+
+/// One side of a video.
+pub(crate) fn check_side(v: u32) -> Result<(), String> {
+    if SIDE.contains(&v) && v.is_multiple_of(16) {
+        Ok(())
+    } else {
+        Err(format!("{v} is out of range; allowed {SIDE_WORDS}"))
+    }
+}
+
+/// A video's size: the field at fault and why.
+pub(crate) fn check_geometry(width: u32, height: u32, frames: u32) -> Result<(), (&'static str, String)> {
+    check_side(width).map_err(|m| ("width", m))?;
+    check_side(height).map_err(|m| ("height", m))?;
+    in_range(frames, &FRAMES).map_err(|m| ("frames", m))
+}
+
 /// `pid_namespace` in the API's field lists.
 pub(crate) const PID_NAMESPACE_WORDS: &str = "a positive integer: the inode of the caller's /proc/self/ns/pid";
 /// `pid_start_times` in the API's field lists.
@@ -290,6 +315,8 @@ mod tests {
     #[test]
     fn written_out_ranges_match_their_ranges() {
         assert_eq!(CONCURRENCY_WORDS, integers(&CONCURRENCY));
+        assert_eq!(FRAMES_WORDS, integers(&FRAMES));
+        assert_eq!(SIDE_WORDS, format!("{}, multiples of 16", integers(&SIDE)));
         assert_eq!(REQUIRED_GB_WORDS, format!("a number above 0 up to {MAX_VRAM_GB} (GiB)"));
         assert_eq!(TTL_WORDS, integers(&TTL_SECONDS));
         assert_eq!(PIDS_WORDS, format!("a list of 1 to {MAX_PIDS} process ids (integers 1 to {MAX_PID})"));

@@ -13,8 +13,27 @@ use super::inputs::Inputs;
 use super::queue::Queue;
 use crate::metrics::{LeaseFigures, Metrics, PolicyText};
 use crate::policy::admission::{CheckRequest, ResourceCheck, generations_that_fit};
+use crate::policy::estimate::Estimate;
 use crate::policy::health::{Health, health};
+use crate::policy::phases::{self, Geometry};
 use crate::snapshot::Snapshot;
+
+/// One workload profile as `GET /workloads` lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkloadSummary {
+    /// The name requests select it by.
+    pub name: String,
+    /// What it describes.
+    pub description: String,
+    /// It is one of vramguard's built-in profiles, unchanged.
+    pub built_in: bool,
+    /// Its default video size.
+    pub geometry: Geometry,
+    /// vramguard's estimate of one generation at that size under the live settings.
+    pub estimate: Estimate,
+    /// Host RAM offloading needs under the live settings, GiB (0 without offload).
+    pub offload_host_ram_gb: f64,
+}
 
 /// A resource-check answer as it is sent: its JSON, and the decision counter it counts under.
 #[derive(Clone)]
@@ -38,6 +57,30 @@ pub(crate) struct Decisions {
 impl Decisions {
     pub(crate) fn new(inputs: Arc<Inputs>, queue: Arc<Queue>, metrics: Arc<Metrics>) -> Self {
         Self { inputs, queue, metrics, kept_checks: Kept::default(), kept_policy: Kept::default() }
+    }
+
+    /// Every workload profile with its default job and vramguard's estimate of it under the
+    /// live settings, `default` first.
+    pub(crate) fn workloads(&self) -> Vec<WorkloadSummary> {
+        let view = self.inputs.view();
+        let config = self.inputs.config();
+        config
+            .profile_names()
+            .into_iter()
+            .filter_map(|name| {
+                let profile = config.profile(name)?;
+                let ctx = view.context_for(&config, name);
+                let estimate = ctx.estimate(false, None);
+                Some(WorkloadSummary {
+                    name: name.to_owned(),
+                    description: profile.name.clone(),
+                    built_in: crate::config::profiles::get(name).is_some_and(|b| b == profile),
+                    geometry: Geometry::of(profile),
+                    estimate,
+                    offload_host_ram_gb: phases::host_ram_gb(profile, ctx.settings),
+                })
+            })
+            .collect()
     }
 
     /// The health report now.
@@ -104,7 +147,7 @@ impl Decisions {
             .profile_names()
             .into_iter()
             .map(|name| {
-                let e = view.context_for(&config, name).estimate(false);
+                let e = view.context_for(&config, name).estimate(false, None);
                 (name.to_owned(), e.source.as_str(), e.gb)
             })
             .collect();

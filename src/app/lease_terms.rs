@@ -7,6 +7,7 @@ use super::error::ServiceError;
 use crate::leases::{Lease, Outcome, is_valid_id};
 use crate::limits;
 use crate::policy::admission::{CheckRequest, ResourceCheck};
+use crate::policy::phases::SizeAsk;
 use crate::store::Observation;
 
 /// What a client asks for when it takes a lease.
@@ -26,6 +27,8 @@ pub(crate) struct LeaseAsk {
     pub processes: Processes,
     /// Workload profile name; `None` is `default`.
     pub workload: Option<String>,
+    /// The video's size; what is left out is the profile's.
+    pub size: SizeAsk,
     /// The name of the token asking (recorded as the lease's owner); `None` without tokens.
     pub owner: Option<String>,
 }
@@ -33,7 +36,12 @@ pub(crate) struct LeaseAsk {
 impl LeaseAsk {
     /// The resource-check question this request asks.
     pub(crate) fn request(&self) -> CheckRequest {
-        CheckRequest { vram_required_gb: self.vram_required_gb, model_loaded: self.model_loaded, gpu: self.gpu }
+        CheckRequest {
+            vram_required_gb: self.vram_required_gb,
+            model_loaded: self.model_loaded,
+            gpu: self.gpu,
+            size: self.size,
+        }
     }
 
     /// Checks every field against its limit; the error names the field.
@@ -42,6 +50,7 @@ impl LeaseAsk {
             limits::check_required_gb(v).map_err(|m| invalid("vram_required_gb", m))?;
         }
         check_ttl(self.ttl_seconds)?;
+        self.size.validate().map_err(ServiceError::Invalid)?;
         if let Some(c) = &self.client {
             limits::check_client(c).map_err(|m| invalid("client", m))?;
         }

@@ -22,7 +22,6 @@ use crate::leases::{Attribution, Lease, LeaseUsage, Outcome, gpu_used_gb, new_id
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::policy::admission::resource_check;
-use crate::policy::estimate::EstimateKey;
 use crate::store::{Observation, Store};
 use crate::time::now_unix;
 
@@ -204,7 +203,9 @@ impl Ledger {
     ) -> Result<Acquired, ServiceError> {
         let view = self.inputs.view_at(now);
         let config = self.inputs.config();
-        let check = resource_check(&view.context_for(&config, workload), &ask.request());
+        let ctx = view.context_for(&config, workload);
+        let check = resource_check(&ctx, &ask.request());
+        let grant = ctx.key(ask.model_loaded, Some(ask.size.resolve(ctx.workload)));
         if !check.can_start_generation {
             return Ok(Acquired::Refused(check));
         }
@@ -234,11 +235,7 @@ impl Ledger {
             }),
             vram_peak_gb: None,
             overrun: false,
-            grant: EstimateKey {
-                workload: workload.to_owned(),
-                settings: view.live.settings,
-                model_loaded: ask.model_loaded,
-            },
+            grant,
             owner: ask.owner.clone(),
         };
         ask.processes.clone().add_to(&mut lease)?;

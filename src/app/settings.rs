@@ -29,6 +29,8 @@ pub(crate) struct OptimizationPatch {
     pub enable_offload: Option<bool>,
     /// VAE decode tile edge, pixels.
     pub vae_tile_size: Option<u32>,
+    /// Decode the VAE in tiles.
+    pub vae_tiling: Option<bool>,
     /// Most VRAM one generation may use, GiB (at most the largest GPU's VRAM).
     pub max_vram_usage_gb: Option<f64>,
 }
@@ -105,8 +107,12 @@ impl Settings {
                 s.quantization = patch.quantization.unwrap_or(s.quantization);
                 s.enable_offload = patch.enable_offload.unwrap_or(s.enable_offload);
                 s.vae_tile_size = patch.vae_tile_size.unwrap_or(s.vae_tile_size);
+                s.vae_tiling = patch.vae_tiling.unwrap_or(s.vae_tiling);
                 s.max_vram_usage_gb = patch.max_vram_usage_gb.unwrap_or(s.max_vram_usage_gb);
-                validate_optimization(s, max_budget).map_err(rejected)?;
+                // A budget sent now must fit the largest GPU; one kept from before (the
+                // configured default, 80 GiB) is not judged again against this machine's GPUs.
+                let cap = if patch.max_vram_usage_gb.is_some() { max_budget } else { MAX_VRAM_GB };
+                validate_optimization(s, cap).map_err(rejected)?;
                 Ok(Persist::Save(OPTIMIZATION_KEY, serde_json::to_value(*s).expect("settings serialise")))
             })
             .await?;
@@ -188,12 +194,13 @@ impl Settings {
         let config = self.inputs.config();
         let ctx = view.context(&config);
         let check = resource_check(&ctx, &CheckRequest::default());
-        let est = ctx.estimate(false);
+        let est = ctx.estimate(false, None);
+        let size = crate::policy::phases::Geometry::of(&config.workload);
         OptimizationSummary {
             settings: live.settings,
             current_vram_usage_gb: gib(used),
             estimated_vram_need_gb: est.gb,
-            estimated_vram_savings_gb: est.scale * estimate::savings_gb(&config.workload, &live.settings),
+            estimated_vram_savings_gb: est.scale * estimate::savings_gb(&config.workload, &live.settings, size),
             estimate_source: est.source.as_str(),
             estimate_samples: est.samples,
             recommendations: check.recommendations,

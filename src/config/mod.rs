@@ -4,10 +4,12 @@
 
 mod duration;
 mod pipeline;
+pub(crate) mod profiles;
 mod sections;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod workload;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use crate::error::ConfigError;
 pub(crate) use duration::Dur;
 pub use pipeline::*;
 pub(crate) use sections::*;
+pub(crate) use workload::Workload;
 
 /// The whole configuration file. Every section is optional; what is left out takes its default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -44,9 +47,12 @@ pub struct Config {
     /// Default optimization settings (the API can override them).
     pub optimization: Optimization,
     /// The VRAM profile of one generation, for estimates and recommendations: the profile named
-    /// `default`.
+    /// `default`. A built-in profile's name, or a whole profile.
+    #[serde(deserialize_with = "workload::deserialize_profile")]
     pub workload: Workload,
-    /// More workload profiles by name, selected per request with `workload`.
+    /// More workload profiles by name, selected per request with `workload` (the built-in
+    /// profiles are selectable too, unless a profile here takes their name).
+    #[serde(deserialize_with = "workload::deserialize_profiles")]
     pub workloads: BTreeMap<String, Workload>,
     /// Estimates learned from observed peaks.
     pub learning: LearningConfig,
@@ -97,14 +103,19 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The workload profile called `name` (`default` is the `workload` key).
+    /// The workload profile called `name`: `default` is the `workload` key, then `workloads`,
+    /// then the built-in profiles.
     pub fn profile(&self, name: &str) -> Option<&Workload> {
-        if name == DEFAULT_WORKLOAD { Some(&self.workload) } else { self.workloads.get(name) }
+        if name == DEFAULT_WORKLOAD {
+            return Some(&self.workload);
+        }
+        self.workloads.get(name).or_else(|| profiles::get(name))
     }
 
-    /// Every profile name, `default` first.
+    /// Every profile name: `default`, the configured ones, then the built-in ones.
     pub fn profile_names(&self) -> Vec<&str> {
-        std::iter::once(DEFAULT_WORKLOAD).chain(self.workloads.keys().map(String::as_str)).collect()
+        let built_in = profiles::NAMES.into_iter().filter(|n| !self.workloads.contains_key(*n));
+        std::iter::once(DEFAULT_WORKLOAD).chain(self.workloads.keys().map(String::as_str)).chain(built_in).collect()
     }
 
     /// Reads, parses and validates a config file.

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::Dur;
-use crate::error::ConfigError;
 use crate::limits;
 
 /// Resource constraints: thresholds are fractions 0.1–1.0.
@@ -43,40 +42,13 @@ pub struct Optimization {
     pub quantization: Quantization,
     /// Move offloadable components (the text encoder) to the CPU.
     pub enable_offload: bool,
-    /// VAE decode tile edge in pixels (128–512).
+    /// VAE decode tile edge in pixels (128–512), while `vae_tiling` is on.
     pub vae_tile_size: u32,
+    /// Decode the VAE in tiles of `vae_tile_size` (diffusers' `enable_tiling`); off: whole
+    /// frames, as Wan's own scripts decode.
+    pub vae_tiling: bool,
     /// Most VRAM one generation may use, GiB.
     pub max_vram_usage_gb: f64,
-}
-
-/// One model component whose weights sit in VRAM.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Component {
-    /// What it is, for messages.
-    pub name: String,
-    /// Parameter count in billions.
-    pub params_billions: f64,
-    /// Whether `enable_offload` moves it to the CPU.
-    pub offloadable: bool,
-}
-
-/// The VRAM profile of one generation (SPEC §4.3).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Workload {
-    /// What the profile describes.
-    pub name: String,
-    /// Components kept on the GPU.
-    pub components: Vec<Component>,
-    /// Peak activation memory of a denoising step, GiB.
-    pub activations_gb: f64,
-    /// VAE decode memory at `vae_reference_tile_size`, GiB; scales with tile area.
-    pub vae_decode_gb: f64,
-    /// Tile edge at which `vae_decode_gb` was measured.
-    pub vae_reference_tile_size: u32,
-    /// CUDA context, allocator slack and other fixed cost, GiB.
-    pub overhead_gb: f64,
 }
 
 /// Generation leases.
@@ -131,23 +103,12 @@ impl Default for Constraints {
 
 impl Default for Optimization {
     fn default() -> Self {
-        Self { quantization: Quantization::Bf16, enable_offload: true, vae_tile_size: 256, max_vram_usage_gb: 12.0 }
-    }
-}
-
-impl Default for Workload {
-    /// Wan2.2 TI2V-5B at 720p; the sources of each figure are in config.yaml.
-    fn default() -> Self {
         Self {
-            name: "Wan2.2 TI2V-5B, 1280x704, 121 frames".to_owned(),
-            components: vec![
-                Component { name: "transformer".to_owned(), params_billions: 5.0, offloadable: false },
-                Component { name: "umt5-xxl text encoder".to_owned(), params_billions: 5.7, offloadable: true },
-            ],
-            activations_gb: 1.0,
-            vae_decode_gb: 0.75,
-            vae_reference_tile_size: 256,
-            overhead_gb: 0.75,
+            quantization: Quantization::Bf16,
+            enable_offload: true,
+            vae_tile_size: 256,
+            vae_tiling: true,
+            max_vram_usage_gb: 80.0,
         }
     }
 }
@@ -155,43 +116,6 @@ impl Default for Workload {
 impl Default for LeasesConfig {
     fn default() -> Self {
         Self { default_ttl: Dur::secs(900), reservation_grace: None }
-    }
-}
-
-impl Workload {
-    pub(super) fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
-        let bad = |key: String, message: String| Err(ConfigError::Invalid { key, message });
-        for (i, c) in self.components.iter().enumerate() {
-            if !(c.params_billions.is_finite()
-                && c.params_billions > 0.0
-                && c.params_billions <= limits::PARAMS_BILLIONS_MAX)
-            {
-                return bad(
-                    format!("{prefix}.components[{i}].params_billions"),
-                    format!(
-                        "{} is out of range; allowed above 0 up to {}",
-                        c.params_billions,
-                        limits::PARAMS_BILLIONS_MAX
-                    ),
-                );
-            }
-        }
-        for (key, value) in [
-            ("activations_gb", self.activations_gb),
-            ("vae_decode_gb", self.vae_decode_gb),
-            ("overhead_gb", self.overhead_gb),
-        ] {
-            if !(value.is_finite() && (0.0..=limits::MAX_VRAM_GB).contains(&value)) {
-                return bad(
-                    format!("{prefix}.{key}"),
-                    format!("{value} is out of range; allowed 0 to {}", limits::MAX_VRAM_GB),
-                );
-            }
-        }
-        if let Err(message) = limits::check_tile_size(self.vae_reference_tile_size) {
-            return bad(format!("{prefix}.vae_reference_tile_size"), message);
-        }
-        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use crate::app::AppState;
 use crate::app::ServiceError;
 use crate::limits;
 use crate::policy::admission::CheckRequest;
+use crate::policy::phases::SizeAsk;
 
 /// Health report: always 200 while vramguard can answer.
 #[utoipa::path(get, path = "/api/v1/system/health", tag = "policy",
@@ -37,8 +38,20 @@ pub(crate) struct ResourceCheckQuery {
     #[serde(default, deserialize_with = "de::opt_bool")]
     #[param(value_type = Option<bool>)]
     pub model_loaded: Option<bool>,
-    /// Workload profile name (config `workloads`; default `default`).
+    /// Workload profile name (config `workloads` or a built-in profile; default `default`).
     pub workload: Option<String>,
+    /// Video width, pixels (16–4096, multiples of 16); default: the profile's.
+    #[serde(default, deserialize_with = "de::opt_u32")]
+    #[param(value_type = Option<u32>, minimum = 16, maximum = 4096, multiple_of = 16)]
+    pub width: Option<u32>,
+    /// Video height, pixels (16–4096, multiples of 16); default: the profile's.
+    #[serde(default, deserialize_with = "de::opt_u32")]
+    #[param(value_type = Option<u32>, minimum = 16, maximum = 4096, multiple_of = 16)]
+    pub height: Option<u32>,
+    /// Frames (1–1001); default: the profile's.
+    #[serde(default, deserialize_with = "de::opt_u32")]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1001)]
+    pub frames: Option<u32>,
 }
 
 impl Allowed for ResourceCheckQuery {
@@ -46,6 +59,9 @@ impl Allowed for ResourceCheckQuery {
         ("vram_required_gb", limits::REQUIRED_GB_WORDS),
         ("model_loaded", "true or false"),
         ("workload", "the name of a workload profile"),
+        ("width", limits::SIDE_WORDS),
+        ("height", limits::SIDE_WORDS),
+        ("frames", limits::FRAMES_WORDS),
     ];
 }
 
@@ -67,10 +83,13 @@ pub(crate) async fn resource_check(
             if let Some(v) = q.vram_required_gb {
                 limits::check_required_gb(v).map_err(|m| ServiceError::Invalid(format!("vram_required_gb: {m}")))?;
             }
+            let size = SizeAsk { width: q.width, height: q.height, frames: q.frames };
+            size.validate().map_err(ServiceError::Invalid)?;
             let request = CheckRequest {
                 vram_required_gb: q.vram_required_gb,
                 model_loaded: q.model_loaded.unwrap_or(false),
                 gpu: None,
+                size,
             };
             Ok((request, q.workload))
         },

@@ -18,6 +18,7 @@ use crate::app::lease_terms::{LeaseAsk, Processes, Released};
 use crate::app::queue::{Admission, retry_after_seconds};
 use crate::leases::{Attribution, Lease, LeaseUsage, Outcome};
 use crate::limits;
+use crate::policy::phases::SizeAsk;
 use crate::time::rfc3339_unix;
 use crate::units::round2;
 
@@ -56,8 +57,17 @@ pub(crate) struct LeaseRequest {
     /// Each pid's start time, in the order of `pids`: field 22 of `/proc/<pid>/stat`. Matches a
     /// process whose namespace vramguard cannot read (it runs unprivileged).
     pub pid_start_times: Option<Vec<u64>>,
-    /// Workload profile name (config `workloads`; default `default`).
+    /// Workload profile name (config `workloads` or a built-in profile; default `default`).
     pub workload: Option<String>,
+    /// Video width, pixels (16–4096, multiples of 16); default: the profile's.
+    #[schema(minimum = 16, maximum = 4096, multiple_of = 16)]
+    pub width: Option<u32>,
+    /// Video height, pixels (16–4096, multiples of 16); default: the profile's.
+    #[schema(minimum = 16, maximum = 4096, multiple_of = 16)]
+    pub height: Option<u32>,
+    /// Frames (1–1001); default: the profile's.
+    #[schema(minimum = 1, maximum = 1001)]
+    pub frames: Option<u32>,
     /// Seconds to wait for room when the refusal can clear (0–300, decimals allowed; default 0:
     /// answer at once).
     #[schema(minimum = 0.0, maximum = 300.0)]
@@ -75,6 +85,9 @@ impl Allowed for LeaseRequest {
         ("pid_namespace", limits::PID_NAMESPACE_WORDS),
         ("pid_start_times", limits::PID_START_TIMES_WORDS),
         ("workload", "the name of a workload profile"),
+        ("width", limits::SIDE_WORDS),
+        ("height", limits::SIDE_WORDS),
+        ("frames", limits::FRAMES_WORDS),
         ("wait_seconds", limits::WAIT_SECONDS_WORDS),
     ];
 }
@@ -308,6 +321,7 @@ pub(crate) async fn acquire(
         client: req.client,
         processes: Processes { pids: req.pids, pid_namespace: req.pid_namespace, pid_start_times: req.pid_start_times },
         workload: req.workload,
+        size: SizeAsk { width: req.width, height: req.height, frames: req.frames },
         owner: caller.owner().map(str::to_owned),
     };
     Ok(match state.queue().acquire_waiting(ask, req.wait_seconds.unwrap_or(0.0)).await? {

@@ -22,6 +22,7 @@
 //! | POST | `/api/v1/system/generations/{id}/heartbeat` | [`generations::heartbeat`] | extend a lease |
 //! | DELETE | `/api/v1/system/generations/{id}` | [`generations::release`] | release a lease (`?peak_vram_gb=`) |
 //! | GET, DELETE | `/api/v1/system/observations` | [`observations`] | observed peaks behind learned estimates |
+//! | GET | `/api/v1/system/workloads` | [`workloads::list`] | workload profiles with their defaults and estimates |
 //! | GET | `/api/v1/openapi.json` | [`openapi`] | OpenAPI 3.1 document of the JSON API |
 //!
 //! Everything else answers 404 (or 405 for a known path) with a JSON `detail`. Before routing,
@@ -44,6 +45,7 @@ pub(crate) mod history;
 pub(crate) mod decisions;
 pub(crate) mod generations;
 pub(crate) mod observations;
+pub(crate) mod workloads;
 pub(crate) mod settings;
 pub(crate) mod admin;
 pub(crate) mod page;

@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{decisions, generations, history, observations, settings, stats};
+use super::{decisions, generations, history, observations, settings, stats, workloads};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -41,6 +41,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(generations::heartbeat))
         .routes(routes!(generations::release))
         .routes(routes!(observations::list, observations::clear))
+        .routes(routes!(workloads::list))
 }
 
 /// `GET /api/v1/openapi.json`.

@@ -28,6 +28,8 @@ pub(crate) struct OptimizationPatch {
     /// VAE decode tile edge, pixels.
     #[schema(minimum = 128, maximum = 512)]
     pub vae_tile_size: Option<u32>,
+    /// Decode the VAE in tiles of `vae_tile_size`; false: whole frames (Wan's own decode).
+    pub vae_tiling: Option<bool>,
     /// Most VRAM one generation may use, GiB (at most the largest GPU's VRAM).
     #[schema(exclusive_minimum = 0.0, maximum = 1024.0)]
     pub max_vram_usage_gb: Option<f64>,
@@ -39,6 +41,7 @@ impl From<OptimizationPatch> for crate::app::settings::OptimizationPatch {
             quantization: p.quantization.map(Into::into),
             enable_offload: p.enable_offload,
             vae_tile_size: p.vae_tile_size,
+            vae_tiling: p.vae_tiling,
             max_vram_usage_gb: p.max_vram_usage_gb,
         }
     }
@@ -82,6 +85,7 @@ impl Allowed for OptimizationPatch {
         ("quantization", "one of fp16, bf16, int8"),
         ("enable_offload", "true or false"),
         ("vae_tile_size", limits::TILE_SIZE_WORDS),
+        ("vae_tiling", "true or false"),
         ("max_vram_usage_gb", "a number above 0 up to the largest GPU's VRAM in GiB"),
     ];
 }

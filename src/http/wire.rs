@@ -83,8 +83,11 @@ pub(crate) struct Optimization {
     pub quantization: Quantization,
     /// Move offloadable components (the text encoder) to the CPU.
     pub enable_offload: bool,
-    /// VAE decode tile edge in pixels (128–512).
+    /// VAE decode tile edge in pixels (128–512), while `vae_tiling` is on.
     pub vae_tile_size: u32,
+    /// Decode the VAE in tiles of `vae_tile_size` (diffusers' tiling); false: whole frames, as
+    /// Wan's own scripts decode.
+    pub vae_tiling: bool,
     /// Most VRAM one generation may use, GiB.
     pub max_vram_usage_gb: f64,
 }
@@ -101,6 +104,7 @@ impl From<config::Optimization> for Optimization {
             quantization: o.quantization.into(),
             enable_offload: o.enable_offload,
             vae_tile_size: o.vae_tile_size,
+            vae_tiling: o.vae_tiling,
             max_vram_usage_gb: o.max_vram_usage_gb,
         }
     }
@@ -171,6 +175,28 @@ pub(crate) struct ResourceCheck {
     pub estimate_source: &'static str,
     /// Observations behind the estimate (0 for the model).
     pub estimate_samples: usize,
+    /// The job the decision was about and vramguard's estimate of it.
+    pub estimate: EstimateBody,
+}
+
+/// vramguard's estimate of one job: its profile, its video size (what the request gave, the
+/// profile's where left out), and the estimate with where it comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub(crate) struct EstimateBody {
+    /// Workload profile.
+    pub workload: String,
+    /// Video width, pixels.
+    pub width: u32,
+    /// Video height, pixels.
+    pub height: u32,
+    /// Frames.
+    pub frames: u32,
+    /// vramguard's estimate, GiB (the decision used the request's own figure when it gave one).
+    pub vram_required_gb: f64,
+    /// `model` or `observed`.
+    pub source: &'static str,
+    /// Observations behind it (0 for the model).
+    pub samples: usize,
 }
 
 impl From<&policy::admission::ResourceCheck> for ResourceCheck {
@@ -202,6 +228,15 @@ impl From<&policy::admission::ResourceCheck> for ResourceCheck {
             vram_required_gb: c.vram_required_gb,
             estimate_source: c.estimate_source,
             estimate_samples: c.estimate_samples,
+            estimate: EstimateBody {
+                workload: c.estimate.workload.clone(),
+                width: c.estimate.geometry.width,
+                height: c.estimate.geometry.height,
+                frames: c.estimate.geometry.frames,
+                vram_required_gb: crate::units::round2(c.estimate.gb),
+                source: c.estimate_source,
+                samples: c.estimate_samples,
+            },
         }
     }
 }
@@ -373,6 +408,11 @@ mod tests {
             vram_required_gb: 9.5,
             estimate_source: "model",
             estimate_samples: 0,
+            estimate: domain::JobEstimate {
+                workload: "default".to_owned(),
+                geometry: crate::policy::phases::Geometry { width: 832, height: 480, frames: 81 },
+                gb: 11.234,
+            },
             required_gb: 9.4999,
             reasons: vec![],
             lasting: false,
@@ -386,7 +426,12 @@ mod tests {
             assert!(json.get(internal).is_none(), "{internal} went out: {json}");
         }
         let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 10, "{keys:?}");
+        assert_eq!(keys.len(), 11, "{keys:?}");
+        assert_eq!(
+            json["estimate"],
+            serde_json::json!({"workload": "default", "width": 832, "height": 480, "frames": 81,
+                               "vram_required_gb": 11.23, "source": "model", "samples": 0})
+        );
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! candidate, and when no healthy GPU is left (or the pinned one is unhealthy) the refusal says
 //! which GPU and why.
 
+use super::phases::{self, SizeAsk};
 use super::verdict::{self, HostVerdict, VramLevel, at_or_above, fits_under};
 use super::{Context, GpuView, best_gpu, estimate, gpu_health, top_holders};
+use crate::config::{Optimization, Quantization};
 use crate::units::{gib, round1, round2};
 
 /// What the client asked for.
@@ -23,6 +25,26 @@ pub struct CheckRequest {
     pub model_loaded: bool,
     /// Only this GPU may be used.
     pub gpu: Option<u32>,
+    /// The video's size; what is left out is the profile's.
+    pub size: SizeAsk,
+}
+
+impl CheckRequest {
+    /// The job this request asks about under the live settings.
+    pub(crate) fn job(&self, ctx: &Context<'_>) -> estimate::Job {
+        estimate::Job { settings: *ctx.settings, geometry: self.size.resolve(ctx.workload), sized: self.size.given() }
+    }
+}
+
+/// vramguard's estimate for the job a decision was about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEstimate {
+    /// The profile's name.
+    pub workload: String,
+    /// The video's size.
+    pub geometry: phases::Geometry,
+    /// The estimate, GiB (model or observed, as `estimate_source` says).
+    pub gb: f64,
 }
 
 /// Why a decision refused, for `vramguard_admission_decisions_total{reason}`.
@@ -119,6 +141,8 @@ pub struct ResourceCheck {
     pub estimate_source: &'static str,
     /// Observations behind the estimate (0 for the model).
     pub estimate_samples: usize,
+    /// The job the estimate is of: its profile and video size, and the estimate, GiB.
+    pub estimate: JobEstimate,
     /// The same, unrounded: what a lease reserves.
     pub required_gb: f64,
     /// Why it refused, first reason first (feeds the decision counter).
@@ -166,14 +190,15 @@ impl Findings {
 
 /// Decides whether a generation can start now.
 pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
-    let est = ctx.estimate(req.model_loaded);
+    let est = ctx.estimate(req.model_loaded, Some(req.size.resolve(ctx.workload)));
     let required = req.vram_required_gb.unwrap_or(est.gb);
     let mut f = Findings::default();
     let (vram_available, chosen) = check_vram(ctx, req, required, est.scale, &mut f);
     let cpu = verdict::cpu(ctx);
     let ram = verdict::ram(ctx);
     let cpu_available = check_cpu(ctx, &cpu, &mut f);
-    let ram_available = check_ram(ctx, &ram, &mut f);
+    // Offloading's own need is judged once RAM is under its threshold (one RAM refusal at a time).
+    let ram_available = check_ram(ctx, &ram, &mut f) && check_offload_ram(ctx, req, &mut f);
     let concurrency_available = check_slots(ctx, &mut f);
 
     let can_start = vram_available && cpu_available && ram_available && concurrency_available.unwrap_or(true);
@@ -204,6 +229,11 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
         vram_required_gb: round2(required),
         estimate_source: est.source.as_str(),
         estimate_samples: est.samples,
+        estimate: JobEstimate {
+            workload: ctx.workload_name.to_owned(),
+            geometry: req.size.resolve(ctx.workload),
+            gb: est.gb,
+        },
         required_gb: required,
         reasons: f.reasons,
         lasting: f.lasting,
@@ -338,7 +368,7 @@ fn recommend_changes(
 ) {
     let critical = ctx.constraints.vram_critical_threshold;
     let found =
-        estimate::search_scaled(ctx.workload, ctx.settings, req.model_loaded, required, candidates, critical, scale);
+        estimate::search_scaled(ctx.workload, &req.job(ctx), req.model_loaded, required, candidates, critical, scale);
     let any_fits = found.iter().any(|r| r.fits);
     f.recommendations.extend(found.into_iter().map(|r| r.text));
     // Naming the processes that hold VRAM only helps if the job fits an emptier GPU.
@@ -393,6 +423,36 @@ fn check_ram(ctx: &Context<'_>, ram: &HostVerdict, f: &mut Findings) -> bool {
         }
         _ => {}
     }
+    false
+}
+
+/// Host RAM for what offloading moves off the GPU (every weight but the VAE, while another
+/// phase runs): it must fit in available RAM, or the cgroup's limit where lower. A worker that
+/// holds its model already holds that RAM.
+fn check_offload_ram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings) -> bool {
+    let Some(host) = ctx.snapshot.and_then(|s| s.host.as_ref()) else { return true };
+    if req.model_loaded || !ctx.settings.enable_offload {
+        return true;
+    }
+    let need = phases::host_ram_gb(ctx.workload, ctx.settings);
+    let available = gib(host.memory_available_bytes.min(host.cgroup_memory_limit_bytes.unwrap_or(u64::MAX)));
+    if need <= available {
+        return true;
+    }
+    f.block(Reason::Ram, format!("Offloading needs ~{need:.1} GB of host RAM; {available:.1} GB available"));
+    if ctx.settings.quantization != Quantization::Int8 {
+        let int8 = Optimization { quantization: Quantization::Int8, ..*ctx.settings };
+        let smaller = phases::host_ram_gb(ctx.workload, &int8);
+        let verdict = if smaller <= available { "fits" } else { "does not fit" };
+        f.recommendations.push(format!(
+            "Switch to int8 quantization: offloading then needs ~{smaller:.1} GB of host RAM ({verdict})"
+        ));
+    }
+    let resident = Optimization { enable_offload: false, ..*ctx.settings };
+    let vram = phases::need_gb(ctx.workload, &resident, false, req.size.resolve(ctx.workload));
+    f.recommendations.push(format!(
+        "Disable model offloading on a GPU that can hold every weight: the job then needs ~{vram:.1} GB of VRAM and no host RAM for weights"
+    ));
     false
 }
 

@@ -2,6 +2,7 @@
 //! VRAM at or above warning or critical, GPU faults (an unhealthy GPU is an issue, critical once
 //! no healthy GPU is left; a hardware slowdown is a warning), and failing collectors.
 
+use super::admission::CheckRequest;
 use super::verdict::{self, HostVerdict, VramLevel};
 use super::{Context, estimate, gpu_health};
 use crate::config::Constraints;
@@ -196,16 +197,10 @@ fn vram(ctx: &Context<'_>, found: &mut Findings) -> f64 {
         VramLevel::Normal => {}
     }
     if level >= VramLevel::Warning {
-        let est = ctx.estimate(false);
-        let savings = estimate::search_scaled(
-            ctx.workload,
-            ctx.settings,
-            false,
-            est.gb,
-            &gpus,
-            c.vram_critical_threshold,
-            est.scale,
-        );
+        let est = ctx.estimate(false, None);
+        let job = CheckRequest::default().job(ctx);
+        let savings =
+            estimate::search_scaled(ctx.workload, &job, false, est.gb, &gpus, c.vram_critical_threshold, est.scale);
         found.recommendations.extend(savings.into_iter().map(|r| r.text));
     }
     worst

@@ -12,6 +12,7 @@ pub(crate) mod admission;
 pub(crate) mod estimate;
 pub(crate) mod gpu_health;
 pub(crate) mod health;
+pub(crate) mod phases;
 #[cfg(test)]
 mod tests;
 pub(crate) mod verdict;
@@ -136,10 +137,20 @@ impl Context<'_> {
         }
     }
 
+    /// The key of one generation of this context's workload under the live settings, at
+    /// `geometry` (`None`: the profile's own size).
+    pub fn key(&self, model_loaded: bool, geometry: Option<phases::Geometry>) -> EstimateKey {
+        EstimateKey {
+            workload: self.workload_name.to_owned(),
+            settings: *self.settings,
+            model_loaded,
+            geometry: Some(geometry.unwrap_or_else(|| phases::Geometry::of(self.workload))),
+        }
+    }
+
     /// The estimate of one generation of this context's workload under the live settings.
-    pub fn estimate(&self, model_loaded: bool) -> Estimate {
-        let key = EstimateKey { workload: self.workload_name.to_owned(), settings: *self.settings, model_loaded };
-        estimate::estimate(self.workload, &key, self.observed, self.learning)
+    pub fn estimate(&self, model_loaded: bool, geometry: Option<phases::Geometry>) -> Estimate {
+        estimate::estimate(self.workload, &self.key(model_loaded, geometry), self.observed, self.learning)
     }
 }
 

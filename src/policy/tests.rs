@@ -187,7 +187,8 @@ fn job_that_does_not_fit_says_how_much_room_there_is() {
 
 #[test]
 fn over_budget_is_blocking_even_when_the_gpu_has_room() {
-    let f = Fixture::new();
+    let mut f = Fixture::new();
+    f.settings.max_vram_usage_gb = 12.0;
     let s = snapshot(0.2, 0.3, vec![gpu(0, 80, 0)]);
     let r = resource_check(&f.ctx(&s), &need(13.8));
     assert!(!r.can_start_generation);
@@ -266,7 +267,8 @@ fn default_requirement_is_the_workload_estimate() {
     let f = Fixture::new();
     let s = snapshot(0.2, 0.3, vec![gpu(0, 24, 0)]);
     let r = resource_check(&f.ctx(&s), &CheckRequest::default());
-    let expected = super::estimate::need_gb(&f.config.workload, &f.settings, false);
+    let size = super::phases::Geometry::of(&f.config.workload);
+    let expected = super::estimate::need_gb(&f.config.workload, &f.settings, false, size);
     assert_eq!(r.vram_required_gb, crate::units::round2(expected));
     let loaded = resource_check(&f.ctx(&s), &CheckRequest { model_loaded: true, ..CheckRequest::default() });
     assert!(loaded.vram_required_gb < r.vram_required_gb - 9.0);
@@ -287,15 +289,18 @@ fn failing_collector_is_a_health_issue() {
     assert_eq!(h.system_info.issues, vec!["Collector gpu failing: GPU 1: GPU is lost"]);
 }
 
-/// A workload of exactly 5 GiB: no weights, 5 GiB of activations.
+/// A workload of exactly 5 GiB: no weights, 5 GiB of activations (its decoded video, 1.2 GiB,
+/// is the smaller phase).
 fn five_gib_job() -> crate::config::Workload {
-    crate::config::Workload {
-        components: Vec::new(),
-        activations_gb: 5.0,
-        vae_decode_gb: 0.0,
-        overhead_gb: 0.0,
-        ..crate::config::Workload::default()
-    }
+    let mut w = crate::config::Workload::default();
+    w.text_encoder.params_billions = 0.0;
+    w.transformer.params_billions = 0.0;
+    w.vae.params_billions = 0.0;
+    w.vae.decode_bytes_per_pixel = 0.0;
+    w.overhead_gb = 0.0;
+    let tokens = super::phases::tokens(&w, super::phases::Geometry::of(&w));
+    w.transformer.activation_bytes = 5.0 * crate::units::GIB / (tokens * f64::from(w.transformer.dim));
+    w
 }
 
 /// GPU 0: 24 GiB, 2 used → 2 + 5k < 22.8 holds for k ≤ 4. GPU 1: 16 GiB, empty → 5k < 15.2

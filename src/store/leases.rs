@@ -9,6 +9,7 @@ use super::{Store, StoreError};
 use crate::config::{Optimization, Quantization};
 use crate::leases::{Lease, Outcome};
 use crate::policy::estimate::{EstimateKey, Peak};
+use crate::policy::phases::Geometry;
 
 /// The lease fields kept as JSON in `leases.details`.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -140,8 +141,9 @@ impl Store {
             for o in observations {
                 tx.prepare_cached(
                     "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
-                                               peak_vram_gb, source, recorded_at, outcome)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                               peak_vram_gb, source, recorded_at, outcome, vae_tiling, width,
+                                               height, frames)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?
                 .execute(params![
                     o.key.workload,
@@ -152,7 +154,11 @@ impl Store {
                     o.peak_vram_gb,
                     o.source,
                     o.recorded_at,
-                    o.outcome.as_str()
+                    o.outcome.as_str(),
+                    o.key.settings.vae_tiling,
+                    o.key.geometry.map(|g| g.width),
+                    o.key.geometry.map(|g| g.height),
+                    o.key.geometry.map(|g| g.frames)
                 ])?;
             }
             tx.commit()
@@ -165,7 +171,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT workload, quantization, enable_offload, vae_tile_size, model_loaded, peak_vram_gb, source,
-                        recorded_at, outcome
+                        recorded_at, outcome, vae_tiling, width, height, frames
                  FROM observations ORDER BY recorded_at DESC, id DESC",
             )
             .map_err(|e| self.sql(e))?;
@@ -179,9 +185,15 @@ impl Store {
                             quantization: quantization_from(&q),
                             enable_offload: r.get(2)?,
                             vae_tile_size: r.get(3)?,
+                            vae_tiling: r.get(9)?,
                             ..Optimization::default()
                         },
                         model_loaded: r.get(4)?,
+                        // Observations from before sizes were asked for are of the profile's own.
+                        geometry: match (r.get(10)?, r.get(11)?, r.get(12)?) {
+                            (Some(width), Some(height), Some(frames)) => Some(Geometry { width, height, frames }),
+                            _ => None,
+                        },
                     },
                     peak_vram_gb: r.get(5)?,
                     source: r.get(6)?,
@@ -265,6 +277,7 @@ mod tests {
                 workload: "i2v".to_owned(),
                 settings: Optimization { quantization: Quantization::Int8, ..Optimization::default() },
                 model_loaded: true,
+                geometry: Some(Geometry { width: 832, height: 480, frames: 49 }),
             },
             owner: Some("worker-1".to_owned()),
         };

@@ -187,6 +187,15 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has("observations", "outcome")? {
         conn.execute_batch("ALTER TABLE observations ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok'")?;
     }
+    // Wave 3 again: the VAE decode's tiling and the video's size are part of an observation's key.
+    if !has("observations", "vae_tiling")? {
+        conn.execute_batch(
+            "ALTER TABLE observations ADD COLUMN vae_tiling INTEGER NOT NULL DEFAULT 1;
+             ALTER TABLE observations ADD COLUMN width INTEGER;
+             ALTER TABLE observations ADD COLUMN height INTEGER;
+             ALTER TABLE observations ADD COLUMN frames INTEGER;",
+        )?;
+    }
     Ok(())
 }
 
