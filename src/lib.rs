@@ -83,9 +83,9 @@ pub use http::app as router;
 pub use history::{GpuHistoryPoint, HistoryPoint};
 pub use metrics::{LeaseFigures, Metrics};
 pub use policy::admission::{CheckRequest, resource_check};
-pub use policy::estimate::{Job, search as recommendation_search};
 pub use policy::health::HealthStatus;
 pub use policy::phases::{Geometry, SizeAsk};
+pub use policy::search::{Job, search as recommendation_search};
 pub use policy::{Context, gpu_views};
 pub use store::{Store, StoreStatus};
 

@@ -14,8 +14,15 @@ const LEASES: &str = "/api/v1/system/generations";
 /// One 24 GiB GPU with 2 GiB used; samples every hour, so the first snapshot stays unless the
 /// test asks for a new one.
 fn start() -> Vramguard {
+    start_on(24)
+}
+
+/// One GPU of `total_gib`, 2 GiB used, sampled once.
+fn start_on(total_gib: u64) -> Vramguard {
     let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\", per_process: true }}\n", common::fake_nvml());
-    let vg = Vramguard::start(&format!("sample_interval: \"1h\"\n{gpu}"), Some(&scenario(2)), &[]);
+    let scenario =
+        format!("[gpu]\nname NVIDIA GeForce RTX 4090\nmemory_total {}\nmemory_used {}\n", total_gib * GIB, 2 * GIB);
+    let vg = Vramguard::start(&format!("sample_interval: \"1h\"\n{gpu}"), Some(&scenario), &[]);
     vg.wait_ready();
     vg
 }
@@ -107,7 +114,8 @@ fn a_bad_question_is_refused_every_time_and_never_kept() {
 
 #[test]
 fn every_input_change_shows_in_the_next_scrape() {
-    let vg = start();
+    // 48 GiB: the default profile's estimate (~19.8 GiB) fits twice, and once beside a lease.
+    let vg = start_on(48);
     let scrape = || vg.get("/metrics").1;
     let first = scrape();
     let second = scrape();

@@ -182,15 +182,19 @@ fn observed_peaks_become_the_estimate() {
 /// peaks are 400s that change nothing.
 #[test]
 fn workloads_and_bad_input() {
+    // Exactly 5 GiB: 256 bytes × 4,096 tokens (1024×1024 / 8 / 2, one frame) × width 5120; and
+    // a built-in profile under a name of the operator's.
     let vg = start(
-        "workloads:\n  small:\n    components: [{ name: t, params_billions: 1.0, offloadable: false }]\n    activations_gb: 0.5\n    vae_decode_gb: 0.25\n    vae_reference_tile_size: 256\n    overhead_gb: 0.25\n",
+        "workloads:\n  small: { name: five, width: 1024, height: 1024, frames: 1, text_encoder: { params_billions: 0 }, transformer: { params_billions: 0, dim: 5120, patch: [1, 2, 2], activation_bytes: 256 }, vae: { params_billions: 0, temporal_stride: 4, spatial_stride: 8, decode_bytes_per_pixel: 0 }, overhead_gb: 0 }\n  a14b: wan2.2-t2v-a14b\n",
     );
     let (_, small) = vg.get_json("/api/v1/system/resource-check?workload=small");
-    // 1B params at 2 bytes (bf16) = 1.86 GiB + 0.5 + 0.25 + 0.25.
-    assert_eq!(small["vram_required_gb"], json!(2.86));
+    assert_eq!(small["vram_required_gb"], json!(5.0));
+    let (_, a14b) = vg.get_json("/api/v1/system/resource-check?workload=a14b");
+    let (_, builtin) = vg.get_json("/api/v1/system/resource-check?workload=wan2.2-t2v-a14b");
+    assert_eq!(a14b["estimate"]["vram_required_gb"], builtin["estimate"]["vram_required_gb"]);
     let (status, bad) = vg.get_json("/api/v1/system/resource-check?workload=huge");
     assert_eq!(status, 400);
-    assert!(bad["detail"].as_str().unwrap().contains("known profiles: default, small"), "{bad}");
+    assert!(bad["detail"].as_str().unwrap().contains("known profiles: default, a14b, small, wan2.2-ti2v-5b"), "{bad}");
     for body in [
         json!({"pids": []}),
         json!({"pids": [0]}),

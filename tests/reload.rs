@@ -36,11 +36,7 @@ fn sighup_reloads_and_survives_a_bad_file() {
     assert_eq!(vg.get_json("/api/v1/system/health").1["status"], json!("healthy"));
 
     // A lower default threshold takes effect without a restart.
-    rewrite(
-        &vg,
-        &base,
-        "constraints: { vram_warning_threshold: 0.5 }\nworkloads: { small: { activations_gb: 1.0 } }\n",
-    );
+    rewrite(&vg, &base, "constraints: { vram_warning_threshold: 0.5 }\nworkloads: { small: wan2.1-t2v-1.3b }\n");
     std::thread::sleep(Duration::from_millis(1100));
     signal(vg.pid(), "HUP");
     vg.wait_until("the new threshold", Duration::from_secs(10), || {

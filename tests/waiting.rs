@@ -195,6 +195,8 @@ fn deadline_and_lasting_refusals() {
     assert_eq!(m.value("vramguard_admission_wait_seconds_count", &[("result", "timed_out")]), Some(1.0));
     // Larger than the GPU can ever hold below critical (22.8 GiB), an unknown GPU, over budget:
     // refused at once though they asked to wait.
+    let (status, _) = vg.post_json("/api/v1/system/optimization", &json!({"max_vram_usage_gb": 12.0}));
+    assert_eq!(status, 200);
     for (body, text) in [
         (json!({"vram_required_gb": 23, "wait_seconds": 10}), "more than max_vram_usage_gb"),
         (json!({"vram_required_gb": 1, "gpu": 5, "wait_seconds": 10}), "GPU 5 is not visible"),
@@ -242,7 +244,8 @@ fn generations_that_fit_is_exact_on_two_gpus() {
         2 * GIB,
         16 * GIB
     );
-    let five = "workloads: { five: { name: five, components: [], activations_gb: 5.0, vae_decode_gb: 0.0, overhead_gb: 0.0 } }\n";
+    // Exactly 5 GiB: 256 bytes × 4,096 tokens (1024×1024 / 8 / 2, one frame) × width 5120.
+    let five = "workloads: { five: { name: five, width: 1024, height: 1024, frames: 1, text_encoder: { params_billions: 0 }, transformer: { params_billions: 0, dim: 5120, patch: [1, 2, 2], activation_bytes: 256 }, vae: { params_billions: 0, temporal_stride: 4, spatial_stride: 8, decode_bytes_per_pixel: 0 }, overhead_gb: 0 } }\n";
     let vg = start(&format!("constraints: {{ max_concurrent_generations: 10 }}\n{five}"), &scenario);
     let (_, check) = vg.get_json("/api/v1/system/resource-check?workload=five");
     assert_eq!(check["vram_required_gb"], json!(5.0), "{check}");

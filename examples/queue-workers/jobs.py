@@ -42,7 +42,7 @@ def generate(vram_gb: float, seconds: float) -> Dict[str, Any]:
     job = get_current_job()
     assert job is not None, "generate runs inside an RQ worker"
     placed: Dict[str, Any] = job.meta["vramguard"]  # the worker's lease: GPU, lease id, machine
-    with hold_vram(placed["gpu"], vram_gb):
+    with hold_vram(placed["gpu"], placed.get("cuda_visible_devices"), vram_gb):
         time.sleep(seconds)
     record = dict(placed, job=job.id, pid=os.getpid(), vram_gb=vram_gb, finished=time.time())
     job.connection.rpush(DONE_KEY, json.dumps(record))
@@ -50,7 +50,7 @@ def generate(vram_gb: float, seconds: float) -> Dict[str, Any]:
 
 
 @contextmanager
-def hold_vram(gpu: Optional[int], vram_gb: float) -> Iterator[None]:
+def hold_vram(gpu: Optional[int], uuid: Optional[str], vram_gb: float) -> Iterator[None]:
     scenario = os.environ.get("FAKE_NVML_SCENARIO")
     if scenario:
         with fake_vram(Path(scenario), gpu or 0, os.getpid(), int(vram_gb * GIB)):
@@ -58,7 +58,19 @@ def hold_vram(gpu: Optional[int], vram_gb: float) -> Iterator[None]:
         return
     import torch  # a real GPU: really allocate it
 
-    block = torch.empty(int(vram_gb * GIB), dtype=torch.uint8, device=f"cuda:{gpu or 0}")
+    # By UUID: the lease's index is NVML's (PCI bus order), CUDA's own order is fastest first.
+    want = (uuid or "").lower().removeprefix("gpu-")
+    index = next(
+        (
+            i
+            for i in range(torch.cuda.device_count())
+            if str(torch.cuda.get_device_properties(i).uuid) == want
+        ),
+        None,
+    )
+    if index is None:
+        raise RuntimeError(f"the lease's GPU {uuid} is not visible to torch (CUDA_VISIBLE_DEVICES?)")
+    block = torch.empty(int(vram_gb * GIB), dtype=torch.uint8, device=f"cuda:{index}")
     try:
         yield
     finally:

@@ -58,6 +58,7 @@ class LeasingWorker(SimpleWorker):  # runs jobs in this process: the lease's pid
                             continue  # another worker took the last one while we waited
                         taken[0].meta["vramguard"] = {
                             "gpu": lease.gpu_index,
+                            "cuda_visible_devices": lease.cuda_visible_devices,
                             "lease": lease.id,
                             "machine": MACHINE,
                         }

@@ -143,8 +143,9 @@ impl Decisions {
         // Health is a pure function of what is rendered anyway; computing it here keeps the
         // state set consistent with the snapshot in the same scrape.
         let status = view.snapshot.as_ref().map(|_| health(&view.context(&config)).status);
+        // The profiles the operator set up; a built-in one joins once `workloads` names it.
         let estimates = config
-            .profile_names()
+            .configured_profile_names()
             .into_iter()
             .map(|name| {
                 let e = view.context_for(&config, name).estimate(false, None);
@@ -153,7 +154,7 @@ impl Decisions {
             .collect();
         let that_fit = match view.snapshot {
             Some(_) => config
-                .profile_names()
+                .configured_profile_names()
                 .into_iter()
                 .map(|name| (name.to_owned(), generations_that_fit(&view.context_for(&config, name))))
                 .collect(),

@@ -118,6 +118,12 @@ impl Config {
         std::iter::once(DEFAULT_WORKLOAD).chain(self.workloads.keys().map(String::as_str)).chain(built_in).collect()
     }
 
+    /// The profiles this configuration sets up: `default`, then `workloads` (what metrics
+    /// follow; the built-in ones are selectable without being listed).
+    pub fn configured_profile_names(&self) -> Vec<&str> {
+        std::iter::once(DEFAULT_WORKLOAD).chain(self.workloads.keys().map(String::as_str)).collect()
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_owned(), source: e })?;

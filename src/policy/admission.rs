@@ -12,7 +12,7 @@
 
 use super::phases::{self, SizeAsk};
 use super::verdict::{self, HostVerdict, VramLevel, at_or_above, fits_under};
-use super::{Context, GpuView, best_gpu, estimate, gpu_health, top_holders};
+use super::{Context, GpuView, best_gpu, gpu_health, search, top_holders};
 use crate::config::{Optimization, Quantization};
 use crate::units::{gib, round1, round2};
 
@@ -31,8 +31,8 @@ pub struct CheckRequest {
 
 impl CheckRequest {
     /// The job this request asks about under the live settings.
-    pub(crate) fn job(&self, ctx: &Context<'_>) -> estimate::Job {
-        estimate::Job { settings: *ctx.settings, geometry: self.size.resolve(ctx.workload), sized: self.size.given() }
+    pub(crate) fn job(&self, ctx: &Context<'_>) -> search::Job {
+        search::Job { settings: *ctx.settings, geometry: self.size.resolve(ctx.workload), sized: self.size.given() }
     }
 }
 
@@ -368,7 +368,7 @@ fn recommend_changes(
 ) {
     let critical = ctx.constraints.vram_critical_threshold;
     let found =
-        estimate::search_scaled(ctx.workload, &req.job(ctx), req.model_loaded, required, candidates, critical, scale);
+        search::search_scaled(ctx.workload, &req.job(ctx), req.model_loaded, required, candidates, critical, scale);
     let any_fits = found.iter().any(|r| r.fits);
     f.recommendations.extend(found.into_iter().map(|r| r.text));
     // Naming the processes that hold VRAM only helps if the job fits an emptier GPU.

@@ -4,7 +4,7 @@
 
 use super::admission::CheckRequest;
 use super::verdict::{self, HostVerdict, VramLevel};
-use super::{Context, estimate, gpu_health};
+use super::{Context, gpu_health};
 use crate::config::Constraints;
 use crate::time::{rfc3339, rfc3339_unix};
 use crate::units::round1;
@@ -199,8 +199,15 @@ fn vram(ctx: &Context<'_>, found: &mut Findings) -> f64 {
     if level >= VramLevel::Warning {
         let est = ctx.estimate(false, None);
         let job = CheckRequest::default().job(ctx);
-        let savings =
-            estimate::search_scaled(ctx.workload, &job, false, est.gb, &gpus, c.vram_critical_threshold, est.scale);
+        let savings = super::search::search_scaled(
+            ctx.workload,
+            &job,
+            false,
+            est.gb,
+            &gpus,
+            c.vram_critical_threshold,
+            est.scale,
+        );
         found.recommendations.extend(savings.into_iter().map(|r| r.text));
     }
     worst

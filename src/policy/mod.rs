@@ -13,6 +13,7 @@ pub(crate) mod estimate;
 pub(crate) mod gpu_health;
 pub(crate) mod health;
 pub(crate) mod phases;
+pub(crate) mod search;
 #[cfg(test)]
 mod tests;
 pub(crate) mod verdict;

@@ -117,9 +117,45 @@ def test_pid_attribution(server: Server) -> None:
                 break
             time.sleep(0.1)
         assert body["pids"] == [me]
+        assert body["pid_namespace"] == os.stat("/proc/self/ns/pid").st_ino
+        assert body["attribution"] == "pids"
         assert body["vram_used_gb"] == 6.0
         assert body["vram_outstanding_gb"] == 4.0
         assert body["overrun"] is False
+        gpu = requests.get(server.url + "/api/v1/system/stats", timeout=5).json()["gpus"][0]["uuid"]
+        assert lease.cuda_visible_devices == gpu
+
+
+def _observations(server: Server) -> List[Json]:
+    obs: List[Json] = requests.get(server.url + "/api/v1/system/observations", timeout=5).json()[
+        "observations"
+    ]
+    return obs
+
+
+def test_the_release_says_how_the_block_ended(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    vg = Vramguard(server.url)
+    gpu = requests.get(server.url + "/api/v1/system/stats", timeout=5).json()["gpus"][0]["uuid"]
+    torch = _fake_torch(initialized=True, peak_bytes=10 * GIB, gpu_uuid=gpu)
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    torch.cuda.OutOfMemoryError = OutOfMemoryError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    # Any other exception: released, nothing learned (the run says nothing of the job's size).
+    with pytest.raises(ValueError):
+        with vg.generation(vram_gb=8):
+            raise ValueError("bad prompt")
+    assert listed(server) == []
+    assert _observations(server) == []
+    # torch's out-of-memory: the peak is learned as an OOM.
+    with pytest.raises(OutOfMemoryError):
+        with vg.generation(vram_gb=8):
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert listed(server) == []
+    obs = _observations(server)
+    assert [(o["outcome"], o["peak_vram_gb"], o["source"]) for o in obs] == [("oom", 10.0, "client")]
 
 
 def _fake_torch(initialized: bool, peak_bytes: int, gpu_uuid: str) -> types.ModuleType:

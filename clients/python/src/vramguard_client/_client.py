@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import importlib
 import math
 import os
 import sys
@@ -71,7 +73,12 @@ class Unauthorized(VramguardError):
 
 
 class Lease:
-    """A granted generation lease. ``gpu_index``/``gpu_uuid`` are None on a host without GPUs."""
+    """A granted generation lease. ``gpu_index``/``gpu_uuid`` are None on a host without GPUs.
+
+    Use the GPU by UUID (``cuda_visible_devices``, :meth:`torch_device`), never by ``gpu_index``:
+    that is NVML's index (PCI bus order), while CUDA numbers GPUs fastest first, so on a box
+    with mixed GPUs an index can name another GPU.
+    """
 
     def __init__(self, body: Json) -> None:
         #: The raw 201 answer.
@@ -80,6 +87,9 @@ class Lease:
         gpu = body.get("gpu")
         self.gpu_index: Optional[int] = gpu["index"] if gpu else None
         self.gpu_uuid: Optional[str] = gpu["uuid"] if gpu else None
+        #: The value for ``CUDA_VISIBLE_DEVICES`` that makes the lease's GPU device 0 of a
+        #: process started with it: the GPU's UUID (None on a host without GPUs).
+        self.cuda_visible_devices: Optional[str] = body.get("cuda_visible_devices", self.gpu_uuid)
         self.vram_reserved_gb: float = body["vram_reserved_gb"]
         #: True once a heartbeat found the lease gone (expired or released elsewhere); the
         #: heartbeat thread then stops.
@@ -89,6 +99,84 @@ class Lease:
         return (
             f"Lease(id={self.id!r}, gpu_index={self.gpu_index!r}, vram_reserved_gb={self.vram_reserved_gb!r})"
         )
+
+    def torch_device(self) -> Any:
+        """The ``torch.device`` of the lease's GPU among the GPUs torch sees, found by UUID.
+
+        Raises :class:`VramguardError` when the lease has no GPU, torch has no CUDA, or no
+        visible GPU has the lease's UUID (``CUDA_VISIBLE_DEVICES`` may hide it: set it to
+        ``lease.cuda_visible_devices`` before CUDA initialises, or leave it unset).
+        """
+        torch: Any = importlib.import_module("torch")
+        if self.gpu_uuid is None:
+            raise VramguardError(f"lease {self.id} has no GPU (vramguard runs on a GPU-less host)")
+        if not torch.cuda.is_available():
+            raise VramguardError("torch has no CUDA here: the lease's GPU cannot be used")
+        index = _torch_index(torch, self.gpu_uuid)
+        if index is None:
+            raise VramguardError(
+                f"no GPU torch sees has the lease's UUID {self.gpu_uuid}; CUDA_VISIBLE_DEVICES may hide it "
+                f"(set CUDA_VISIBLE_DEVICES={self.cuda_visible_devices} before CUDA initialises)"
+            )
+        return torch.device(f"cuda:{index}")
+
+
+def _torch_index(torch: Any, gpu_uuid: str) -> Optional[int]:
+    """The index torch gives the GPU with ``gpu_uuid`` (NVML's ``GPU-…`` form), if it sees it."""
+    want = gpu_uuid.lower().removeprefix("gpu-")
+    for i in range(torch.cuda.device_count()):
+        if str(torch.cuda.get_device_properties(i).uuid).lower().removeprefix("gpu-") == want:
+            return i
+    return None
+
+
+def outcome_of(exc: Optional[BaseException]) -> str:
+    """How a block that raised ``exc`` (None: it did not) ended, as vramguard's release takes it:
+    ``oom`` for CUDA out-of-memory, ``cancelled`` for ``KeyboardInterrupt`` and a cancelled
+    task, ``error`` for any other exception, ``ok`` otherwise. Never imports torch."""
+    if exc is None:
+        return "ok"
+    torch = sys.modules.get("torch")
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    if isinstance(oom_type, type) and isinstance(exc, oom_type):
+        return "oom"
+    if isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc):
+        return "oom"
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return "cancelled"
+    return "error"
+
+
+def _start_time(pid: int) -> Optional[int]:
+    """Field 22 of ``/proc/PID/stat`` (clock ticks after boot), counted after the command name's
+    last ``)``, which may hold spaces; None where ``/proc`` does not say."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(")") + 1 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_namespace() -> Optional[int]:
+    """The inode of this process's pid namespace: the namespace ``os.getpid()`` is counted in."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _processes(pid: int) -> Json:
+    """How a lease names process ``pid``: its pid, the namespace it is counted in and its start
+    time, so vramguard finds it by the host pid NVML reports even from inside a container."""
+    named: Json = {"pids": [pid]}
+    namespace = _pid_namespace()
+    if namespace is not None:
+        named["pid_namespace"] = namespace
+    start = _start_time(pid)
+    if start is not None:
+        named["pid_start_times"] = [start]
+    return named
 
 
 def _torch_peak_gb(gpu_uuid: Optional[str]) -> Optional[float]:
@@ -102,18 +190,10 @@ def _torch_peak_gb(gpu_uuid: Optional[str]) -> Optional[float]:
     torch = sys.modules.get("torch")
     if torch is None or gpu_uuid is None:
         return None
-    want = gpu_uuid.lower().removeprefix("gpu-")
     try:
         if not torch.cuda.is_initialized():
             return None
-        device = next(
-            (
-                i
-                for i in range(torch.cuda.device_count())
-                if str(torch.cuda.get_device_properties(i).uuid).lower().removeprefix("gpu-") == want
-            ),
-            None,
-        )
+        device = _torch_index(torch, gpu_uuid)
         if device is None:
             return None
         peak = float(torch.cuda.max_memory_reserved(device)) / 2**30
@@ -173,7 +253,7 @@ class Generation:
         if self.lease is None:
             return
         try:
-            self._vg._release(self.lease.id, _torch_peak_gb(self.lease.gpu_uuid))
+            self._vg._release(self.lease.id, _torch_peak_gb(self.lease.gpu_uuid), outcome_of(exc))
         except VramguardError as e:
             if exc_type is None:
                 raise
@@ -207,7 +287,9 @@ class Vramguard:
         """A context manager that holds a lease for the block; raises :class:`Refused` if not admitted.
 
         ``vram_gb`` defaults to vramguard's estimate for ``workload``; ``gpu`` pins a GPU index.
-        The lease names this process (``pids=[os.getpid()]``) so vramguard can see its VRAM.
+        The lease names this process (``pids=[os.getpid()]``, with the pid namespace it is
+        counted in and its start time) so vramguard can see its VRAM, also from a container.
+        Leaving the block releases the lease with its outcome (:func:`outcome_of`).
 
         ``wait_seconds`` > 0 waits in vramguard's admission queue until the generation is
         admitted or that time has passed (``math.inf``: until admitted). vramguard holds one
@@ -217,7 +299,7 @@ class Vramguard:
         """
         if not wait_seconds >= 0:  # also refuses NaN
             raise ValueError(f"wait_seconds must be 0 or more, got {wait_seconds!r}")
-        body: Json = {"ttl_seconds": ttl_seconds, "model_loaded": model_loaded, "pids": [os.getpid()]}
+        body: Json = {"ttl_seconds": ttl_seconds, "model_loaded": model_loaded, **_processes(os.getpid())}
         if vram_gb is not None:
             body["vram_required_gb"] = vram_gb
         if client is not None:
@@ -313,11 +395,14 @@ class Vramguard:
             raise VramguardError(f"heartbeat: {r.status_code} {_detail(r)}", r.status_code, _body(r))
         return True
 
-    def _release(self, lease_id: str, peak_gb: Optional[float]) -> None:
-        params = {"peak_vram_gb": repr(peak_gb)} if peak_gb is not None else None
+    def _release(self, lease_id: str, peak_gb: Optional[float], outcome: str = "ok") -> None:
+        params = {"outcome": outcome}
+        if peak_gb is not None:
+            params["peak_vram_gb"] = repr(peak_gb)
         r = self._request("DELETE", f"{_LEASES}/{lease_id}", params=params)
-        if r.status_code == 400 and params is not None:
-            # A peak vramguard will not take (out of its range) must not keep the lease held.
+        if r.status_code == 400:
+            # A peak vramguard will not take (out of its range), or a vramguard older than
+            # outcomes: the lease must not stay held.
             r = self._request("DELETE", f"{_LEASES}/{lease_id}")
         # 404: already expired; nothing is held. 202: the slot is free, vramguard retries
         # writing the release to its store.

@@ -1,0 +1,257 @@
+//! The search for changes that make a job fit: each setting change (offload, VAE tiling or a
+//! smaller tile, int8) and, for a request that named its video's size, a smaller video, alone and
+//! in pairs, each with what it saves, what it costs and whether the job would then fit.
+
+use super::GpuView;
+use super::estimate::need_gb;
+use super::phases::Geometry;
+use super::verdict::fits_under;
+use crate::config::{Optimization, Quantization, Workload};
+
+/// What a job is: the settings it runs under and the video it renders.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Job {
+    /// The live optimization settings.
+    pub settings: Optimization,
+    /// The video's size.
+    pub geometry: Geometry,
+    /// The request named the size: the search may then offer a smaller video too.
+    pub sized: bool,
+}
+
+/// One change the search may propose: a setting, or (for a request that named its size) the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Offload,
+    SmallerTile(u32),
+    Tiling,
+    Int8,
+    Resolution(u32, u32),
+    Frames(u32),
+}
+
+impl Change {
+    fn label(self, job: &Job) -> String {
+        match self {
+            Change::Offload => "Enable model offloading".to_owned(),
+            Change::SmallerTile(t) => format!("Reduce VAE tile size to {t}"),
+            Change::Tiling => format!("Enable VAE tiling (tile {})", job.settings.vae_tile_size),
+            Change::Int8 => "Switch to int8 quantization".to_owned(),
+            Change::Resolution(w, h) => format!("Render at {w}×{h}"),
+            Change::Frames(f) => format!("Render {f} frames instead of {}", job.geometry.frames),
+        }
+    }
+
+    fn cost(self) -> Option<&'static str> {
+        match self {
+            Change::Offload => Some("slower steps"),
+            Change::SmallerTile(_) | Change::Tiling => Some("slower VAE decode"),
+            Change::Int8 => Some("possible quality loss"),
+            Change::Resolution(..) | Change::Frames(_) => None,
+        }
+    }
+
+    /// A smaller video costs what the job was for: offered after every setting.
+    fn changes_the_job(self) -> bool {
+        matches!(self, Change::Resolution(..) | Change::Frames(_))
+    }
+
+    fn apply(self, job: &mut Job) {
+        match self {
+            Change::Offload => job.settings.enable_offload = true,
+            Change::SmallerTile(t) => job.settings.vae_tile_size = t,
+            Change::Tiling => job.settings.vae_tiling = true,
+            Change::Int8 => job.settings.quantization = Quantization::Int8,
+            Change::Resolution(w, h) => (job.geometry.width, job.geometry.height) = (w, h),
+            Change::Frames(f) => job.geometry.frames = f,
+        }
+    }
+}
+
+/// 480P, Wan's smaller size: 832×480 (or 480×832 upright).
+const SMALLER_SIDES: (u32, u32) = (832, 480);
+
+fn available_changes(job: &Job) -> Vec<Change> {
+    let s = &job.settings;
+    let mut out = Vec::new();
+    if !s.enable_offload {
+        out.push(Change::Offload);
+    }
+    if !s.vae_tiling {
+        out.push(Change::Tiling);
+    } else if s.vae_tile_size > 128 {
+        out.push(Change::SmallerTile((s.vae_tile_size / 2).max(128)));
+    }
+    if s.quantization != Quantization::Int8 {
+        out.push(Change::Int8);
+    }
+    if job.sized {
+        let g = job.geometry;
+        let (long, short) = SMALLER_SIDES;
+        let (w, h) = if g.width >= g.height { (long, short) } else { (short, long) };
+        if u64::from(w) * u64::from(h) < u64::from(g.width) * u64::from(g.height) {
+            out.push(Change::Resolution(w, h));
+        }
+        // About five eighths of the frames, kept at 4k + 1 as Wan's VAE takes them (81 → 49).
+        let target = (g.frames * 5).div_ceil(8);
+        let fewer = (target.saturating_sub(1) / 4) * 4 + 1;
+        if fewer < g.frames {
+            out.push(Change::Frames(fewer));
+        }
+    }
+    out
+}
+
+/// What the search found for one candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recommendation {
+    /// The sentence shown to the client.
+    pub text: String,
+    /// VRAM it saves, GiB.
+    pub saves_gb: f64,
+    /// Whether the job would then fit (GPU under the critical threshold and within the budget).
+    pub fits: bool,
+}
+
+/// Tries each single change and each pair against the live GPUs and says what each saves, what
+/// it costs and whether the job would then fit. `required_gb` is what the job needs now (the
+/// estimate, or the client's own figure, from which a change's saving is subtracted).
+pub fn search(
+    workload: &Workload,
+    job: &Job,
+    model_loaded: bool,
+    required_gb: f64,
+    gpus: &[GpuView],
+    critical: f64,
+) -> Vec<Recommendation> {
+    search_scaled(workload, job, model_loaded, required_gb, gpus, critical, 1.0)
+}
+
+/// [`search`] with the model's savings multiplied by `scale` (observed / model).
+pub(crate) fn search_scaled(
+    workload: &Workload,
+    job: &Job,
+    model_loaded: bool,
+    required_gb: f64,
+    gpus: &[GpuView],
+    critical: f64,
+    scale: f64,
+) -> Vec<Recommendation> {
+    let need = |j: &Job| need_gb(workload, &j.settings, model_loaded, j.geometry);
+    let current = need(job);
+    let singles = available_changes(job);
+    let mut combos: Vec<Vec<Change>> = singles.iter().map(|c| vec![*c]).collect();
+    for (i, a) in singles.iter().enumerate() {
+        for b in &singles[i + 1..] {
+            combos.push(vec![*a, *b]);
+        }
+    }
+    let max_gb = job.settings.max_vram_usage_gb;
+    let mut found: Vec<(bool, usize, Recommendation)> = Vec::new();
+    for combo in combos {
+        let mut changed = *job;
+        for c in &combo {
+            c.apply(&mut changed);
+        }
+        let saves = scale * (current - need(&changed));
+        if saves < 0.05 {
+            continue;
+        }
+        let after = (required_gb - saves).max(0.0);
+        let within_budget = after <= max_gb;
+        let label = combo.iter().map(|c| c.label(job)).collect::<Vec<_>>().join(" + ");
+        let costs: Vec<&str> = combo.iter().filter_map(|c| c.cost()).collect();
+        let cost = if costs.is_empty() { String::new() } else { format!(", {}", costs.join(" and ")) };
+        let (fits, outcome) = match super::best_gpu(gpus) {
+            Some(g) => {
+                let projected = g.projected(after);
+                let gpu_fits = fits_under(projected, critical);
+                let verdict = match (gpu_fits, within_budget) {
+                    (true, true) => "fits".to_owned(),
+                    (true, false) => format!("over max_vram_usage_gb {max_gb:.1}"),
+                    _ => "does not fit".to_owned(),
+                };
+                (gpu_fits && within_budget, format!("projected VRAM {:.0}% ({verdict})", projected * 100.0))
+            }
+            None => (false, format!("needs {after:.1} GB (no GPU visible)")),
+        };
+        let smaller_job = combo.iter().any(|c| c.changes_the_job());
+        found.push((
+            smaller_job,
+            combo.len(),
+            Recommendation { text: format!("{label}: saves ~{saves:.1} GB{cost}; {outcome}"), saves_gb: saves, fits },
+        ));
+    }
+    // What fits first; then settings before a smaller video (cheaper in quality last); then
+    // the fewest changes (least cost), then the biggest saving.
+    found.sort_by(|(ja, na, a), (jb, nb, b)| {
+        b.fits.cmp(&a.fits).then(ja.cmp(jb)).then(na.cmp(nb)).then(b.saves_gb.total_cmp(&a.saves_gb))
+    });
+    found.into_iter().map(|(_, _, r)| r).take(4).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::profiles;
+
+    fn workload() -> Workload {
+        profiles::builtin("wan2.2-ti2v-5b").unwrap()
+    }
+
+    fn size() -> Geometry {
+        Geometry::of(&workload())
+    }
+
+    fn settings(q: Quantization, offload: bool, tile: u32) -> Optimization {
+        Optimization { quantization: q, enable_offload: offload, vae_tile_size: tile, ..Optimization::default() }
+    }
+
+    fn gpu(total_gb: f64, used_gb: f64) -> GpuView {
+        GpuView { index: 0, uuid: "GPU-0".to_owned(), total_gb, used_gb, reserved_gb: 0.0 }
+    }
+
+    fn job(s: Optimization, sized: bool) -> Job {
+        Job { settings: s, geometry: size(), sized }
+    }
+
+    #[test]
+    fn search_reports_savings_costs_and_fit() {
+        let w = workload();
+        let s = settings(Quantization::Fp16, false, 512);
+        let need = need_gb(&w, &s, false, size());
+        let recs = search(&w, &job(s, false), false, need, &[gpu(24.0, 2.0)], 0.95);
+        assert!(!recs.is_empty());
+        assert!(recs[0].fits, "{recs:?}");
+        let offload = recs.iter().find(|r| r.text.starts_with("Enable model offloading")).expect("offload");
+        assert!(offload.text.contains("slower steps; projected VRAM"), "{}", offload.text);
+        assert!(recs.iter().all(|r| !r.text.contains("Render")), "no smaller video unless the size was asked");
+    }
+
+    /// A request that named its size may be offered a smaller video, after every setting.
+    #[test]
+    fn a_smaller_video_is_offered_last() {
+        let w = profiles::builtin("wan2.2-t2v-a14b").unwrap();
+        let s = Optimization { vae_tiling: false, ..Optimization::default() };
+        let j = Job { settings: s, geometry: Geometry::of(&w), sized: true };
+        let need = need_gb(&w, &s, false, j.geometry);
+        let recs = search(&w, &j, false, need, &[gpu(48.0, 0.0)], 0.95);
+        let at480 = recs.iter().position(|r| r.text.starts_with("Render at 832×480: saves ~")).expect("480P");
+        assert!(recs[at480].fits && recs[at480].text.ends_with("(fits)"), "{recs:?}");
+        assert!(recs[..at480].iter().all(|r| !r.text.contains("Render") && r.fits), "{recs:?}");
+        let frames = available_changes(&j);
+        assert!(frames.contains(&Change::Frames(49)), "{frames:?}");
+    }
+
+    #[test]
+    fn search_says_when_nothing_fits() {
+        let w = workload();
+        let s = settings(Quantization::Bf16, true, 128);
+        let need = need_gb(&w, &s, false, size());
+        let recs = search(&w, &job(s, false), false, need, &[gpu(8.0, 6.0)], 0.95);
+        assert_eq!(recs.len(), 1, "{recs:?}"); // only int8 is left to try
+        assert!(recs[0].text.starts_with("Switch to int8 quantization: saves ~"), "{}", recs[0].text);
+        assert!(recs[0].text.ends_with("(does not fit)"), "{}", recs[0].text);
+        assert!(!recs[0].fits);
+    }
+}
