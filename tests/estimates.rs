@@ -162,3 +162,29 @@ fn a_size_out_of_range_is_refused_naming_it() {
     assert_eq!(names[0], "default");
     assert!(names.contains(&"wan2.2-t2v-a14b") && names.contains(&"wan2.1-i2v-14b"), "{names:?}");
 }
+
+/// Must show 5: the new fields are in the OpenAPI document: the request's size, the answer's
+/// estimate, the optimization's tiling, the workloads list.
+#[test]
+fn the_openapi_document_describes_sizes_estimates_and_tiling() {
+    let vg = start(24, 0, 64);
+    let (_, doc) = vg.get_json("/api/v1/openapi.json");
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("ResourceCheck", "estimate"),
+        ("EstimateBody", "frames"),
+        ("Optimization", "vae_tiling"),
+        ("OptimizationPatch", "vae_tiling"),
+        ("LeaseRequest", "width"),
+        ("LeaseRequest", "frames"),
+        ("LeaseBody", "cuda_visible_devices"),
+        ("LeaseBody", "attribution"),
+    ] {
+        assert!(schemas[schema]["properties"].get(field).is_some(), "{schema}.{field} missing");
+    }
+    let params = doc["paths"]["/api/v1/system/resource-check"]["get"]["parameters"].to_string();
+    for name in ["\"width\"", "\"height\"", "\"frames\""] {
+        assert!(params.contains(name), "{name} not a resource-check parameter: {params}");
+    }
+    assert!(doc["paths"].get("/api/v1/system/workloads").is_some());
+}
