@@ -242,6 +242,13 @@ def test_resource_check_and_stats(server: Server) -> None:
 
 def test_workload_names_a_profile(server: Server) -> None:
     vg = Vramguard(server.url)
+    sized = vg.resource_check(workload="wan2.1-t2v-1.3b", width=480, height=832, frames=49)
+    assert sized["estimate"]["workload"] == "wan2.1-t2v-1.3b"
+    assert (sized["estimate"]["width"], sized["estimate"]["height"], sized["estimate"]["frames"]) == (
+        480,
+        832,
+        49,
+    )
     assert vg.resource_check(vram_gb=2, workload="default")["can_start_generation"] is True
     with vg.generation(vram_gb=2, workload="default") as lease:
         assert lease.gpu_index == 0

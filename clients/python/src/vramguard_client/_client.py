@@ -166,6 +166,12 @@ def _pid_namespace() -> Optional[int]:
         return None
 
 
+def _size(width: Optional[int], height: Optional[int], frames: Optional[int]) -> Dict[str, int]:
+    """The video's size as a request gives it: the parts given (vramguard takes the workload
+    profile's for the rest)."""
+    return {k: v for k, v in (("width", width), ("height", height), ("frames", frames)) if v is not None}
+
+
 def _processes(pid: int) -> Json:
     """How a lease names process ``pid``: its pid, the namespace it is counted in and its start
     time, so vramguard finds it by the host pid NVML reports even from inside a container."""
@@ -283,10 +289,14 @@ class Vramguard:
         model_loaded: bool = False,
         gpu: Optional[int] = None,
         wait_seconds: float = 0.0,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        frames: Optional[int] = None,
     ) -> Generation:
         """A context manager that holds a lease for the block; raises :class:`Refused` if not admitted.
 
-        ``vram_gb`` defaults to vramguard's estimate for ``workload``; ``gpu`` pins a GPU index.
+        ``vram_gb`` defaults to vramguard's estimate for ``workload`` at ``width`` × ``height`` ×
+        ``frames`` (each defaulting to the profile's); ``gpu`` pins a GPU index.
         The lease names this process (``pids=[os.getpid()]``, with the pid namespace it is
         counted in and its start time) so vramguard can see its VRAM, also from a container.
         Leaving the block releases the lease with its outcome (:func:`outcome_of`).
@@ -308,17 +318,27 @@ class Vramguard:
             body["workload"] = workload
         if gpu is not None:
             body["gpu"] = gpu
+        body.update(_size(width, height, frames))
         return Generation(self, body, ttl_seconds, wait_seconds)
 
     def resource_check(
-        self, vram_gb: Optional[float] = None, model_loaded: bool = False, workload: Optional[str] = None
+        self,
+        vram_gb: Optional[float] = None,
+        model_loaded: bool = False,
+        workload: Optional[str] = None,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        frames: Optional[int] = None,
     ) -> Json:
-        """May a generation start now? The ``resource_check`` dict (read-only, reserves nothing)."""
+        """May a generation start now? The ``resource_check`` dict (read-only, reserves nothing).
+        Its ``estimate`` is vramguard's estimate for the job (the profile's video where
+        ``width``/``height``/``frames`` are left out)."""
         params: Dict[str, str] = {"model_loaded": "true" if model_loaded else "false"}
         if vram_gb is not None:
             params["vram_required_gb"] = repr(float(vram_gb))
         if workload is not None:
             params["workload"] = workload
+        params.update({k: str(v) for k, v in _size(width, height, frames).items()})
         return self._json("GET", "/api/v1/system/resource-check", params=params)
 
     def stats(self) -> Json:
