@@ -184,3 +184,47 @@ fn an_out_of_memory_end_raises_the_estimate_and_errors_teach_nothing() {
     assert!(body["detail"].as_str().unwrap().starts_with("outcome: "), "{body}");
     assert_eq!(vg.get_json(LEASES).1["active_generations"], json!(1));
 }
+
+/// Issue #27, item 1: a process counts for one live lease. A second lease (or a heartbeat of
+/// another lease) that lists a pid a live lease lists is a 409 naming that lease, so the 8 GiB
+/// the process holds is never counted twice (on main: B owed 0 and C over-admitted 7.2 GiB).
+#[test]
+fn a_pid_listed_by_a_live_lease_cannot_be_listed_again() {
+    let vg = start();
+    set(&vg, &[(4242, 8.0)]);
+    let (status, a) = vg.post_json(LEASES, &json!({"vram_required_gb": 12, "pids": [4242], "client": "A"}));
+    assert_eq!(status, 201, "{a}");
+    assert_eq!(lease(&vg, a["id"].as_str().unwrap())["vram_outstanding_gb"], json!(4.0));
+    let (status, b) = vg.post_json(LEASES, &json!({"vram_required_gb": 8, "pids": [4242], "client": "B"}));
+    assert_eq!(status, 409, "{b}");
+    let detail = b["detail"].as_str().unwrap();
+    assert!(detail.starts_with("pids: process 4242 is already listed by the live lease A"), "{detail}");
+    let (status, c) = vg.post_json(LEASES, &json!({"vram_required_gb": 4, "client": "C"}));
+    assert_eq!(status, 201, "{c}");
+    let (status, hb) =
+        vg.post_json(&format!("{LEASES}/{}/heartbeat", c["id"].as_str().unwrap()), &json!({"pids": [4242]}));
+    assert_eq!(status, 409, "{hb}");
+    assert_eq!(lease(&vg, c["id"].as_str().unwrap())["pids"], json!([]), "the refused heartbeat changed nothing");
+    // Once A is released the pid is free to list.
+    assert_eq!(vg.delete(&format!("{LEASES}/{}", a["id"].as_str().unwrap())).0, 204);
+    let (status, b) = vg.post_json(LEASES, &json!({"vram_required_gb": 8, "pids": [4242], "client": "B"}));
+    assert_eq!(status, 201, "{b}");
+}
+
+/// Issue #27, item 4: health names an overrunning lease by its client, else its owner, else its
+/// GPU, never by its id (which the listing hides from the same callers).
+#[test]
+fn health_never_names_a_lease_by_its_id() {
+    let vg = start();
+    let (status, a) = vg.post_json(LEASES, &json!({"vram_required_gb": 4, "pids": [4242]}));
+    assert_eq!(status, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_owned();
+    set(&vg, &[(4242, 6.0)]);
+    vg.wait_until("the overrun", Duration::from_secs(10), || {
+        vg.get_json("/api/v1/system/health").1.to_string().contains("more than the 4.0 GB it reserved")
+    });
+    let health = vg.get_json("/api/v1/system/health").1.to_string();
+    assert!(!health.contains(&id) && !health.contains(&id[..8]), "{health}");
+    assert!(health.contains("Generation lease (unnamed) on GPU 0 uses 6.0 GB"), "{health}");
+    assert!(!vg.logs().contains(&id), "the id is in the log at info level");
+}

@@ -31,6 +31,9 @@ pub(crate) enum ServiceError {
     /// The caller's token may not do this (another client's lease).
     #[error("{0}")]
     Forbidden(String),
+    /// The request contradicts the state: a pid another live lease already lists.
+    #[error("{0}")]
+    Conflict(String),
     /// The state store cannot make this write durable now, so nothing was changed; the sentence
     /// says why. Worth asking again later.
     #[error("{0}")]

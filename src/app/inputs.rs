@@ -157,7 +157,7 @@ impl Inputs {
                 // Health warns while the job holds more than it reserved; the lease's `overrun`
                 // flag keeps the history, so a past overrun does not keep the warning up.
                 (used_gb > l.vram_reserved_gb + 0.01).then(|| Overrun {
-                    label: l.label().to_owned(),
+                    label: l.label(),
                     used_gb,
                     reserved_gb: l.vram_reserved_gb,
                 })

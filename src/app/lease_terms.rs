@@ -200,6 +200,22 @@ pub(super) fn observation(lease: &Lease, end: End, now: f64) -> Learned {
     })
 }
 
+/// A process counts for one live lease at a time, the one that listed it first: `lease` may not
+/// list a pid (in its namespace) that another of `live` lists.
+pub(super) fn check_unshared(lease: &Lease, live: &[&Lease]) -> Result<(), ServiceError> {
+    let own = crate::sampler::own_pid_namespace();
+    for (ns, pid) in lease.listed(own) {
+        if let Some(other) = live.iter().find(|o| o.id != lease.id && o.listed(own).any(|p| p == (ns, pid))) {
+            return Err(ServiceError::Conflict(format!(
+                "pids: process {pid} is already listed by the live lease {}; a process counts for one lease at a time \
+                 (release that lease first, or list the processes of this job only)",
+                other.label()
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn check_id(id: &str) -> Result<(), ServiceError> {
     if is_valid_id(id) {
         Ok(())

@@ -13,8 +13,8 @@ use super::access::Caller;
 use super::error::ServiceError;
 use super::inputs::Inputs;
 use super::lease_terms::{
-    Acquired, End, Learned, LeaseAsk, Processes, Released, check_id, check_owner, check_ttl, invalid, no_live_lease,
-    observation, store_failed,
+    Acquired, End, Learned, LeaseAsk, Processes, Released, check_id, check_owner, check_ttl, check_unshared, invalid,
+    no_live_lease, observation, store_failed,
 };
 use super::lease_thread::{Finish, Job, LeaseThread};
 use super::writer::Writer;
@@ -185,7 +185,8 @@ impl Ledger {
         match &outcome {
             Acquired::Granted(lease, check) => {
                 self.metrics.record_decision(true, check.primary_reason());
-                tracing::info!(id = %lease.id, gpu = ?lease.gpu_index, gb = lease.vram_reserved_gb, client = ?lease.client, "generation lease granted");
+                tracing::debug!(id = %lease.id, "generation lease granted");
+                tracing::info!(lease = %lease.label(), gpu = ?lease.gpu_index, gb = lease.vram_reserved_gb, "generation lease granted");
             }
             Acquired::Refused(check) => self.metrics.record_decision(false, check.primary_reason()),
         }
@@ -239,6 +240,7 @@ impl Ledger {
             owner: ask.owner.clone(),
         };
         ask.processes.clone().add_to(&mut lease)?;
+        check_unshared(&lease, &self.inputs.book.read().live(now))?;
         store.put_lease(&lease).map_err(store_failed)?;
         self.inputs.book.write().insert(lease.clone());
         Ok(Acquired::Granted(Box::new(lease), check))
@@ -273,6 +275,7 @@ impl Ledger {
                 lease.ttl_seconds = t;
             }
             processes.add_to(&mut lease)?;
+            check_unshared(&lease, &l.inputs.book.read().live(now))?;
             lease.expires_at = now + lease.ttl_seconds as f64;
             store.put_lease(&lease).map_err(store_failed)?;
             let mut book = l.inputs.book.write();
@@ -323,8 +326,8 @@ impl Ledger {
         };
         self.inputs.room_may_have_freed();
         match &released {
-            Released::Durable => tracing::info!(id = %id_for_log, "generation lease released"),
-            Released::InMemory(problem) => tracing::warn!(id = %id_for_log, %problem,
+            Released::Durable => tracing::debug!(id = %id_for_log, "generation lease released"),
+            Released::InMemory(problem) => tracing::warn!(%problem,
                 "generation lease released in memory; the store write is retried until it succeeds"),
         }
         Ok(released)
@@ -366,7 +369,7 @@ pub(crate) async fn tracker(ledger: Ledger, mut stop: tokio::sync::watch::Receiv
         let overran = ledger.inputs.book.write().observe(&snapshot, now_unix());
         for l in overran {
             ledger.metrics.record_overrun();
-            tracing::warn!(id = %l.id, client = ?l.client, reserved_gb = l.vram_reserved_gb, peak_gb = ?l.vram_peak_gb,
+            tracing::warn!(lease = %l.label(), reserved_gb = l.vram_reserved_gb, peak_gb = ?l.vram_peak_gb,
                 "generation lease overran its reservation");
         }
     }

@@ -397,7 +397,8 @@ fn deliver(ledger: &Ledger, metrics: &Metrics, answers: Vec<(Waiter, Admission)>
 fn waited(answer: Result<Admission, oneshot::error::RecvError>) -> Result<Admission, ServiceError> {
     let answer = answer.map_err(|e| ServiceError::failed("waiting admission failed", e))?;
     if let Admission::Granted(lease, _) = &answer {
-        tracing::info!(id = %lease.id, "waiting generation lease granted");
+        tracing::debug!(id = %lease.id, "waiting generation lease granted");
+        tracing::info!(lease = %lease.label(), "waiting generation lease granted");
     }
     Ok(answer)
 }

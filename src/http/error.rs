@@ -47,6 +47,7 @@ impl From<ServiceError> for ApiError {
             // Starting, not failing.
             ServiceError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
             // Not the client's fault, and not for good: the store may take writes again.
             ServiceError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -113,9 +113,23 @@ impl Lease {
         self.expires_at > now
     }
 
-    /// The name health and logs use: its client, else its id.
-    pub fn label(&self) -> &str {
-        self.client.as_deref().unwrap_or(&self.id)
+    /// The name health, the page and logs use: its client, else its owner's token, else its
+    /// GPU; never its id, which only its owner and admins may see (with no tokens the id is all
+    /// a release needs).
+    pub fn label(&self) -> String {
+        match (&self.client, &self.owner, self.gpu_index) {
+            (Some(c), _, _) => c.clone(),
+            (None, Some(o), _) => format!("of token {o:?}"),
+            (None, None, Some(g)) => format!("(unnamed) on GPU {g}"),
+            (None, None, None) => "(unnamed)".to_owned(),
+        }
+    }
+
+    /// The processes it lists, each as (pid namespace, pid); `own` is vramguard's namespace,
+    /// which a lease without one counts in.
+    pub(crate) fn listed(&self, own: Option<u64>) -> impl Iterator<Item = (Option<u64>, u32)> + '_ {
+        let ns = self.pid_namespace.or(own);
+        self.pids.iter().map(move |p| (ns, *p))
     }
 }
 

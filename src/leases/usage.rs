@@ -46,14 +46,14 @@ impl Attribution {
 
 /// VRAM the processes of each of `leases` hold on GPU `gpu_index` in `snapshot`, GiB, in the
 /// order of `leases` (oldest first); `None` when the GPU or its process list is not in the
-/// snapshot. A process counts once: for the lease listing its nearest ancestor (itself first),
-/// the oldest of them on a tie.
+/// snapshot. A process counts once: for the oldest lease that lists it or one of its ancestors
+/// (the lease that listed it first).
 pub(crate) fn held_gb(snapshot: &Snapshot, gpu_index: u32, leases: &[&Lease]) -> Option<Vec<f64>> {
     let gpu = snapshot.gpus.iter().find(|g| g.index == gpu_index)?;
     let procs = gpu.processes.as_ref()?;
     let mut bytes = vec![0u64; leases.len()];
     for p in procs {
-        let owner = p.lineage.iter().find_map(|who| leases.iter().position(|l| !l.pids.is_empty() && l.lists(who)));
+        let owner = leases.iter().position(|l| !l.pids.is_empty() && p.lineage.iter().any(|who| l.lists(who)));
         if let Some(i) = owner {
             bytes[i] += p.used_bytes;
         }

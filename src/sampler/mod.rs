@@ -31,7 +31,7 @@ use crate::snapshot::{CollectorStatus, GpuStats, HostStats, Snapshot, SnapshotRx
 
 pub(crate) use gpu::GpuCollector;
 pub(crate) use host::HostCollector;
-pub(crate) use procfs::client_identity;
+pub(crate) use procfs::{client_identity, own_pid_namespace};
 pub(crate) use scripted::ScriptedHost;
 
 /// One source of readings. `collect` runs on a blocking thread and may block (NVML does).

@@ -132,6 +132,12 @@ pub(crate) fn client_identity(pid: u32) -> (Option<u64>, Option<u64>) {
     (ns, start)
 }
 
+/// vramguard's own pid namespace, read once: the namespace of a lease's pids when it names none.
+pub(crate) fn own_pid_namespace() -> Option<u64> {
+    static OWN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| namespace_inode(Path::new("/proc/self/ns/pid")))
+}
+
 /// The inode a namespace link (`pid:[4026531836]`) names.
 fn namespace_inode(link: &Path) -> Option<u64> {
     let target = std::fs::read_link(link).ok()?;
