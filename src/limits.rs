@@ -97,6 +97,8 @@ pub(crate) const WAITING: RangeInclusive<u32> = 1..=100_000;
 pub(crate) const LEARNING_SAMPLES: RangeInclusive<u32> = 1..=1000;
 /// `learning.margin`: the fraction added to an observed peak.
 pub(crate) const LEARNING_MARGIN: RangeInclusive<f64> = 0.0..=1.0;
+/// `learning.min_ratio`: the least fraction of the model a learned estimate may be.
+pub(crate) const MIN_RATIO: RangeInclusive<f64> = 0.0..=1.0;
 /// `learning.oom_margin`: how much more than its peak an out-of-memory job is taken to need.
 pub(crate) const OOM_MARGIN: RangeInclusive<f64> = 0.0..=4.0;
 /// A workload component's size, billions of parameters.

@@ -155,8 +155,9 @@ fn leases_whose_processes_never_hold_vram_teach_nothing_and_are_not_counted_twic
 fn an_out_of_memory_end_raises_the_estimate_and_errors_teach_nothing() {
     let vg = start();
     let model = vg.get_json("/api/v1/system/resource-check").1["vram_required_gb"].as_f64().unwrap();
+    // Jobs that reserved 8 GiB (a client peak above twice the reservation would need NVML evidence).
     for (outcome, peak) in [("error", 20.0), ("cancelled", 20.0), ("oom", 10.0)] {
-        let (status, a) = vg.post_json(LEASES, &json!({"vram_required_gb": 4}));
+        let (status, a) = vg.post_json(LEASES, &json!({"vram_required_gb": 8}));
         assert_eq!(status, 201, "{a}");
         let path = format!("{LEASES}/{}?outcome={outcome}&peak_vram_gb={peak}", a["id"].as_str().unwrap());
         assert_eq!(vg.delete(&path).0, 204, "{outcome}");
@@ -227,4 +228,40 @@ fn health_never_names_a_lease_by_its_id() {
     assert!(!health.contains(&id) && !health.contains(&id[..8]), "{health}");
     assert!(health.contains("Generation lease (unnamed) on GPU 0 uses 6.0 GB"), "{health}");
     assert!(!vg.logs().contains(&id), "the id is in the log at info level");
+}
+
+/// Issue #27, items 2 and 7a: client peaks the evidence does not bear out are kept unused.
+/// Three releases at 0.01 GiB leave the estimate at or above half the model and count three
+/// `implausible`; a 1024 GiB peak leaves it within twice the model.
+#[test]
+fn client_peaks_cannot_talk_the_estimate_down_or_up() {
+    let vg = start();
+    let model = vg.get_json("/api/v1/system/resource-check").1["vram_required_gb"].as_f64().unwrap();
+    for _ in 0..3 {
+        let (status, a) = vg.post_json(LEASES, &json!({"client": "liar"}));
+        assert_eq!(status, 201, "{a}");
+        assert_eq!(vg.delete(&format!("{LEASES}/{}?peak_vram_gb=0.01", a["id"].as_str().unwrap())).0, 204);
+    }
+    let (_, check) = vg.get_json("/api/v1/system/resource-check");
+    let gb = check["vram_required_gb"].as_f64().unwrap();
+    assert!(gb >= 0.5 * model, "talked down to {gb} (model {model})");
+    let m = vg.metrics();
+    assert_eq!(m.value("vramguard_observations_skipped_total", &[("reason", "implausible")]), Some(3.0));
+    let seen = observations(&vg);
+    assert_eq!(seen.len(), 3, "kept, for the record");
+    assert!(seen.iter().all(|o| o["used"] == json!(false) && o["peak_vram_gb"] == json!(0.01)), "{seen:?}");
+    // Upward: one release claiming 1024 GiB.
+    let (_, a) = vg.post_json(LEASES, &json!({"vram_required_gb": 4}));
+    assert_eq!(vg.delete(&format!("{LEASES}/{}?peak_vram_gb=1024", a["id"].as_str().unwrap())).0, 204);
+    let (_, check) = vg.get_json("/api/v1/system/resource-check");
+    let gb = check["vram_required_gb"].as_f64().unwrap();
+    assert!(gb <= 2.0 * model, "talked up to {gb} (model {model})");
+    // A plausible figure still counts: what vramguard saw of the job, or more.
+    set(&vg, &[(4242, 6.0)]);
+    let (_, a) = vg.post_json(LEASES, &json!({"vram_required_gb": 8, "pids": [4242]}));
+    let id = a["id"].as_str().unwrap().to_owned();
+    vg.wait_until("the job seen", Duration::from_secs(10), || lease(&vg, &id)["attribution"] == json!("pids"));
+    assert_eq!(vg.delete(&format!("{LEASES}/{id}?peak_vram_gb=6.5")).0, 204);
+    let seen = observations(&vg);
+    assert_eq!((seen[0]["peak_vram_gb"].clone(), seen[0]["used"].clone()), (json!(6.5), json!(true)));
 }

@@ -51,7 +51,8 @@ impl Book {
             return;
         }
         let mut guard = self.observed.write().unwrap_or_else(PoisonError::into_inner);
-        let mut next: Vec<(EstimateKey, Peak)> = observations.iter().rev().map(|o| (o.key.clone(), o.peak())).collect();
+        let mut next: Vec<(EstimateKey, Peak)> =
+            observations.iter().rev().filter(|o| o.used).map(|o| (o.key.clone(), o.peak())).collect();
         next.extend(guard.iter().cloned());
         next.truncate(OBSERVED_IN_MEMORY);
         *guard = Arc::new(next);
@@ -75,7 +76,7 @@ impl Book {
 /// The newest `OBSERVED_IN_MEMORY` of `observations` (newest first), as decisions read them.
 fn in_memory(observations: Vec<Observation>) -> Vec<(EstimateKey, Peak)> {
     let mut observed: Vec<(EstimateKey, Peak)> =
-        observations.into_iter().map(|o| (o.peak(), o.key)).map(|(p, k)| (k, p)).collect();
+        observations.into_iter().filter(|o| o.used).map(|o| (o.peak(), o.key)).map(|(p, k)| (k, p)).collect();
     observed.truncate(OBSERVED_IN_MEMORY);
     observed
 }

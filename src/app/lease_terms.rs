@@ -169,11 +169,40 @@ impl End {
 }
 
 /// What a lease's end teaches: an observation of its peak, or why there is none (the
-/// `reason` label of `vramguard_observations_skipped_total`).
+/// `reason` label of `vramguard_observations_skipped_total`). An implausible client peak is
+/// both: recorded (with `used: false`) and counted as skipped.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Learned {
     Observed(Observation),
     Skipped(&'static str),
+    Implausible(Observation),
+}
+
+/// What a client's own peak is held against.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(super) struct Evidence {
+    /// The model's estimate for the lease's key, GiB.
+    pub model_gb: Option<f64>,
+    /// `learning.min_ratio`.
+    pub min_ratio: f64,
+    /// The lease's GPU's memory, GiB.
+    pub gpu_total_gb: Option<f64>,
+}
+
+impl Evidence {
+    /// Whether a client's `peak` may count: not below what NVML saw of the job's processes (or,
+    /// with nothing seen, below `min_ratio` of the model); above twice the reservation or the
+    /// GPU's memory only when NVML saw about as much.
+    fn plausible(&self, peak: f64, lease: &Lease) -> bool {
+        let seen = lease.vram_peak_gb.filter(|_| lease.seen);
+        let low = match seen {
+            Some(n) => peak >= n - 0.01,
+            None => self.model_gb.is_none_or(|m| peak >= self.min_ratio * m),
+        };
+        let ceiling = (2.0 * lease.vram_reserved_gb).min(self.gpu_total_gb.unwrap_or(f64::INFINITY));
+        let high = peak <= ceiling || seen.is_some_and(|n| peak <= n * 1.1 + 0.01);
+        low && high
+    }
 }
 
 /// The observation a lease's end records: the client's peak when given, else the peak
@@ -181,7 +210,7 @@ pub(super) enum Learned {
 /// one that failed otherwise or was stopped says nothing of its size, and an expired lease only
 /// how far its job got before it stopped heartbeating. Never from a lease whose processes were
 /// not seen holding VRAM: their zero is not the job's need.
-pub(super) fn observation(lease: &Lease, end: End, now: f64) -> Learned {
+pub(super) fn observation(lease: &Lease, end: End, now: f64, evidence: &Evidence) -> Learned {
     let outcome = end.outcome();
     if !matches!(outcome, Outcome::Ok | Outcome::Oom) {
         return Learned::Skipped(outcome.as_str());
@@ -191,13 +220,16 @@ pub(super) fn observation(lease: &Lease, end: End, now: f64) -> Learned {
         (_, Some(p)) if lease.seen && !lease.pids.is_empty() => (p, "nvml"),
         _ => return Learned::Skipped("not_seen"),
     };
-    Learned::Observed(Observation {
+    let used = source == "nvml" || evidence.plausible(peak, lease);
+    let o = Observation {
         key: lease.grant.clone(),
         peak_vram_gb: peak,
         source: source.to_owned(),
         outcome,
+        used,
         recorded_at: now,
-    })
+    };
+    if used { Learned::Observed(o) } else { Learned::Implausible(o) }
 }
 
 /// A process counts for one live lease at a time, the one that listed it first: `lease` may not

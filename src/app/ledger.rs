@@ -13,8 +13,8 @@ use super::access::Caller;
 use super::error::ServiceError;
 use super::inputs::Inputs;
 use super::lease_terms::{
-    Acquired, End, Learned, LeaseAsk, Processes, Released, check_id, check_owner, check_ttl, check_unshared, invalid,
-    no_live_lease, observation, store_failed,
+    Acquired, End, Evidence, Learned, LeaseAsk, Processes, Released, check_id, check_owner, check_ttl, check_unshared,
+    invalid, no_live_lease, observation, store_failed,
 };
 use super::lease_thread::{Finish, Job, LeaseThread};
 use super::writer::Writer;
@@ -22,6 +22,7 @@ use crate::leases::{Attribution, Lease, LeaseUsage, Outcome, gpu_used_gb, new_id
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::policy::admission::resource_check;
+use crate::policy::estimate::need_gb;
 use crate::store::{Observation, Store};
 use crate::time::now_unix;
 
@@ -64,9 +65,13 @@ impl Ledger {
 
     /// What a lease's end teaches, counted: its outcome, and why it taught nothing if so.
     fn learn(&self, lease: &Lease, end: End, now: f64) -> Option<Observation> {
-        match observation(lease, end, now) {
+        match observation(lease, end, now, &self.evidence(lease)) {
             Learned::Observed(o) => {
                 self.metrics.record_finished(end.outcome(), None);
+                Some(o)
+            }
+            Learned::Implausible(o) => {
+                self.metrics.record_finished(end.outcome(), Some("implausible"));
                 Some(o)
             }
             Learned::Skipped(reason) => {
@@ -74,6 +79,21 @@ impl Ledger {
                 None
             }
         }
+    }
+
+    /// What a client's peak for `lease` is held against: the model's estimate for its key, and
+    /// its GPU's memory now.
+    fn evidence(&self, lease: &Lease) -> Evidence {
+        let config = self.inputs.config();
+        let model_gb = config
+            .profile(&lease.grant.workload)
+            .map(|w| need_gb(w, &lease.grant.settings, lease.grant.model_loaded, lease.grant.size(w)));
+        let gpu_total_gb = lease.gpu_index.and_then(|g| {
+            let snapshot = self.inputs.snapshot()?;
+            let m = snapshot.gpus.iter().find(|x| x.index == g)?.memory?;
+            Some(crate::units::gib(m.total_bytes))
+        });
+        Evidence { model_gb, min_ratio: config.learning.min_ratio, gpu_total_gb }
     }
 
     /// Reaps lapsed leases; run by the server on a timer (decisions also reap first).
@@ -306,6 +326,11 @@ impl Ledger {
                 // misses; no decision runs meanwhile (this is the critical section). It stays out
                 // if the store does not take the write: a lease that cannot be released would
                 // hold its slot for its whole TTL.
+                // What the latest sample shows of the job counts too: the tracker may not have seen
+                // it yet (a lease taken after that sample was published).
+                if let Some(snapshot) = l.inputs.snapshot() {
+                    l.observe(&snapshot, now);
+                }
                 let lease = {
                     let mut book = l.inputs.book.write();
                     check_owner(&caller, book.get_live(&id, now).ok_or_else(|| no_live_lease(&id))?, "release")?;
@@ -366,9 +391,17 @@ pub(crate) async fn tracker(ledger: Ledger, mut stop: tokio::sync::watch::Receiv
             changed = snapshots.changed() => if changed.is_err() { return },
         }
         let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
-        let overran = ledger.inputs.book.write().observe(&snapshot, now_unix());
+        ledger.observe(&snapshot, now_unix());
+    }
+}
+
+impl Ledger {
+    /// Follows live leases' processes on `snapshot` (peaks, seen, overruns, each overrun
+    /// counted once).
+    fn observe(&self, snapshot: &crate::snapshot::Snapshot, now: f64) {
+        let overran = self.inputs.book.write().observe(snapshot, now);
         for l in overran {
-            ledger.metrics.record_overrun();
+            self.metrics.record_overrun();
             tracing::warn!(lease = %l.label(), reserved_gb = l.vram_reserved_gb, peak_gb = ?l.vram_peak_gb,
                 "generation lease overran its reservation");
         }

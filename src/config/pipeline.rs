@@ -81,11 +81,17 @@ pub struct LearningConfig {
     /// How much more than its peak a job that died of out-of-memory is taken to need (0.25 =
     /// +25 %): it needed more than it got, by an amount nobody measured.
     pub oom_margin: f64,
+    /// The least fraction of the model's estimate a learned estimate may be, and a client's own
+    /// peak must reach to count when vramguard saw none of the job's VRAM.
+    pub min_ratio: f64,
+    /// Workload profiles whose learned estimates may go below `min_ratio` of the model (an
+    /// admin's word that the model overstates them).
+    pub below_min_ratio: Vec<String>,
 }
 
 impl Default for LearningConfig {
     fn default() -> Self {
-        Self { min_samples: 3, window: 20, margin: 0.10, oom_margin: 0.25 }
+        Self { min_samples: 3, window: 20, margin: 0.10, oom_margin: 0.25, min_ratio: 0.5, below_min_ratio: Vec::new() }
     }
 }
 

@@ -2,10 +2,14 @@
 //! calibrated against their authors' published peaks.
 //!
 //! Sources (each constant below names its own):
-//! - [W22] Wan-Video/Wan2.2, `wan/configs/wan_ti2v_5B.py`, `wan_t2v_A14B.py`, `wan_i2v_A14B.py`,
-//!   `shared_config.py`: transformer `dim`, `ffn_dim`, `num_layers`, `patch_size`, `vae_stride`,
-//!   `frame_num`, the checkpoints.
-//! - [W21] Wan-Video/Wan2.1, `wan/configs/wan_t2v_1_3B.py`, `wan_t2v_14B.py`, `wan_i2v_14B.py`.
+//! - [W22] Wan-Video/Wan2.2 @ 42bf4cfa, `wan/configs/wan_ti2v_5B.py` (dim 3072 :21, ffn_dim 14336
+//!   :22, num_layers 30 :25, patch_size :20, vae_stride (4, 16, 16) :17, frame_num 121 :36),
+//!   `wan_t2v_A14B.py` (dim 5120 :21, ffn_dim 13824 :22, num_layers 40 :25, low/high-noise
+//!   experts :30-31), `wan_i2v_A14B.py`, `shared_config.py` (umt5_xxl in bf16 :9-10, frame_num
+//!   81 :20); `wan/modules/model.py` (the block's layers :101-217; no image cross-attention for
+//!   Wan2.2 I2V, which concatenates latent channels :444-445).
+//! - [W21] Wan-Video/Wan2.1 @ 9737cba9, `wan/configs/wan_t2v_1_3B.py`, `wan_t2v_14B.py`,
+//!   `wan_i2v_14B.py` (image cross-attention k_img/v_img, `wan/modules/model.py:187-200`).
 //! - [T22] the Wan2.2 README's table "Computational Efficiency on Different GPUs" (single GPU:
 //!   TI2V-5B 1280×704×121 22.9, T2V-A14B 832×480×81 41.3 and 1280×720×81 59.8, I2V-A14B 41.0 and
 //!   59.7; see `../shared/research/wan22-published-peaks.md`), read as GiB: the figures are
@@ -28,8 +32,12 @@
 //!   differ by 18.5 with the same weights resident, over 75,600 − 32,760 tokens of width 5120.
 //!   The same constant predicts T2V-1.3B at 480P at 8.11 against [R21]'s 8.19.
 //! - `WAN22_DECODE_BYTES_PER_PIXEL` = 5,451: TI2V-5B's 22.9 is its VAE decode (the step users
-//!   report running out of memory in on 24 GB cards): 22.9 less the CUDA overhead, the VAE's
-//!   weights and the decoded video (fp32), over one latent frame of whole 1280×704 frames.
+//!   report running out of memory in on 24 GB cards; the denoising phase at the constant above
+//!   is 19.8): 22.9 less the CUDA overhead, the VAE's weights and the decoded video (fp32), over
+//!   one latent frame of whole 1280×704 frames. The decoder's own tensors, counted on a CPU
+//!   (its causal-conv cache 7,137.5 bytes per frame pixel plus a 1.85 GB chunk), are about half
+//!   of that; the rest is taken to be the GPU's convolution workspaces and allocator slack,
+//!   which only a GPU run shows.
 //! - `WAN21_DECODE_BYTES_PER_PIXEL` = 2,044: no published peak is a Wan2.1-VAE decode, so it is
 //!   Wan2.2's figure scaled by the decoders' base widths (96 / 256), within the bound [R21] sets
 //!   (at most 4,447, or T2V-1.3B would peak above 8.19 at 480P).

@@ -57,6 +57,7 @@ fn out_of_range_values_are_rejected_with_key() {
         ("workload: wan3", "workload", "not a built-in profile; built in: wan2.2-ti2v-5b"),
         ("learning: { margin: 2 }", "learning.margin", "0 to 1"),
         ("learning: { oom_margin: 5 }", "learning.oom_margin", "0 to 4"),
+        ("learning: { min_ratio: 2 }", "learning.min_ratio", "0 to 1"),
         ("queue: { max_waiting: 0 }", "queue.max_waiting", "1 to 100000"),
         ("queue: { max_bypass: 2d }", "queue.max_bypass", "0s to 24h"),
         ("queue: { policy: lifo }", "queue.policy", "fifo"),

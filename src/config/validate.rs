@@ -113,7 +113,8 @@ impl LearningConfig {
             ));
         }
         limits::within(self.margin, &limits::LEARNING_MARGIN).map_err(|m| bad("learning.margin", m))?;
-        limits::within(self.oom_margin, &limits::OOM_MARGIN).map_err(|m| bad("learning.oom_margin", m))
+        limits::within(self.oom_margin, &limits::OOM_MARGIN).map_err(|m| bad("learning.oom_margin", m))?;
+        limits::within(self.min_ratio, &limits::MIN_RATIO).map_err(|m| bad("learning.min_ratio", m))
     }
 }
 

@@ -33,6 +33,10 @@ pub(crate) struct ObservationBody {
     /// How the generation ended: `ok`, or `oom` (it died of out-of-memory at this peak, so it
     /// counts as peak × (1 + `learning.oom_margin`)).
     pub outcome: &'static str,
+    /// It counts for estimates: false for a client's figure the evidence did not bear out (below
+    /// what vramguard saw, or below `learning.min_ratio` of the model with nothing seen; above
+    /// twice the reservation without vramguard's own reading).
+    pub used: bool,
     /// When it was recorded (RFC 3339 UTC).
     pub recorded_at: String,
 }
@@ -63,6 +67,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Observati
             peak_vram_gb: round2(o.peak_vram_gb),
             source: o.source,
             outcome: o.outcome.as_str(),
+            used: o.used,
             recorded_at: rfc3339_unix(o.recorded_at),
         })
         .collect();

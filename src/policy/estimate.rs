@@ -139,6 +139,10 @@ pub(crate) fn estimate(
         // Out of memory says "more than this", not how much: the model's figure stands if larger.
         gb = gb.max(model);
     }
+    if !learning.below_min_ratio.contains(&key.workload) {
+        // Evidence may lower the model's figure, not talk it down to nothing.
+        gb = gb.max(learning.min_ratio * model);
+    }
     let scale = if model > 0.0 { gb / model } else { 1.0 };
     Estimate { gb, source: EstimateSource::Observed, samples: peaks.len(), scale }
 }
@@ -226,8 +230,8 @@ mod tests {
         let e = estimate(&w, &key, &seen, &learning);
         assert_eq!((e.source, e.samples), (EstimateSource::Observed, 3));
         assert!((e.gb - 14.3).abs() < 1e-9, "{}", e.gb);
-        // Only the newest `window` count.
-        let narrow = LearningConfig { window: 3, min_samples: 2, ..learning };
+        // Only the newest `window` count (with no floor under the learned figure).
+        let narrow = LearningConfig { window: 3, min_samples: 2, min_ratio: 0.0, ..learning };
         let e = estimate(
             &w,
             &key,
@@ -252,6 +256,20 @@ mod tests {
         assert_eq!(e480.gb, need_gb(&w, &key().settings, false, p480));
         let e720 = estimate(&w, &EstimateKey { geometry: None, ..key() }, &runs, &learning);
         assert_eq!(e720.source, EstimateSource::Observed);
+    }
+
+    /// Issue #27: peaks talked down (three of 0.01 GiB) leave the estimate at `min_ratio` of the
+    /// model, unless an admin lets that profile go below it.
+    #[test]
+    fn a_learned_estimate_is_never_below_min_ratio_of_the_model() {
+        let w = workload();
+        let key = key();
+        let model = need_gb(&w, &key.settings, false, size());
+        let tiny = vec![(key.clone(), ok(0.01)); 3];
+        let learning = LearningConfig::default();
+        assert_eq!(estimate(&w, &key, &tiny, &learning).gb, 0.5 * model);
+        let trusted = LearningConfig { below_min_ratio: vec!["default".to_owned()], ..learning };
+        assert!(estimate(&w, &key, &tiny, &trusted).gb < 0.1);
     }
 
     fn ok(gb: f64) -> Peak {

@@ -142,8 +142,8 @@ impl Store {
                 tx.prepare_cached(
                     "INSERT INTO observations (workload, quantization, enable_offload, vae_tile_size, model_loaded,
                                                peak_vram_gb, source, recorded_at, outcome, vae_tiling, width,
-                                               height, frames)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                               height, frames, used)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )?
                 .execute(params![
                     o.key.workload,
@@ -158,7 +158,8 @@ impl Store {
                     o.key.settings.vae_tiling,
                     o.key.geometry.map(|g| g.width),
                     o.key.geometry.map(|g| g.height),
-                    o.key.geometry.map(|g| g.frames)
+                    o.key.geometry.map(|g| g.frames),
+                    o.used
                 ])?;
             }
             tx.commit()
@@ -171,7 +172,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT workload, quantization, enable_offload, vae_tile_size, model_loaded, peak_vram_gb, source,
-                        recorded_at, outcome, vae_tiling, width, height, frames
+                        recorded_at, outcome, vae_tiling, width, height, frames, used
                  FROM observations ORDER BY recorded_at DESC, id DESC",
             )
             .map_err(|e| self.sql(e))?;
@@ -199,6 +200,7 @@ impl Store {
                     source: r.get(6)?,
                     // Observations from before outcomes were all of finished runs.
                     outcome: Outcome::parse(&r.get::<_, String>(8)?).unwrap_or(Outcome::Ok),
+                    used: r.get(13)?,
                     recorded_at: r.get(7)?,
                 })
             })
@@ -223,6 +225,8 @@ pub struct Observation {
     pub source: String,
     /// How the generation ended: `ok`, or `oom` (it needed more than this peak).
     pub outcome: Outcome,
+    /// It counts for estimates: false for a client's figure the evidence did not bear out.
+    pub used: bool,
     /// When it was recorded, Unix seconds.
     pub recorded_at: f64,
 }

@@ -196,6 +196,10 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              ALTER TABLE observations ADD COLUMN frames INTEGER;",
         )?;
     }
+    // Issue #27: a client's figure the evidence did not bear out is kept, unused.
+    if !has("observations", "used")? {
+        conn.execute_batch("ALTER TABLE observations ADD COLUMN used INTEGER NOT NULL DEFAULT 1")?;
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -123,7 +124,41 @@ def test_pid_attribution(server: Server) -> None:
         assert body["vram_outstanding_gb"] == 4.0
         assert body["overrun"] is False
         gpu = requests.get(server.url + "/api/v1/system/stats", timeout=5).json()["gpus"][0]["uuid"]
+        assert body["cuda_visible_devices"] == gpu
+        assert lease.body["cuda_visible_devices"] == gpu
         assert lease.cuda_visible_devices == gpu
+
+
+UUID = "GPU-11111111-2222-3333-4444-555555555555"
+
+
+def test_the_lease_names_this_process_and_its_gpu_by_uuid() -> None:
+    server = Server(gpu_uuid=UUID)
+    try:
+        me = os.getpid()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        vg = Vramguard(server.url)
+        with vg.generation(vram_gb=4, client="named") as lease:
+            # The 201 answer: the GPU by UUID (not the fake's default), the caller's namespace.
+            assert lease.body["cuda_visible_devices"] == UUID
+            assert lease.body["pid_namespace"] == namespace
+            assert lease.body["attribution"] == "growth"
+            assert (lease.gpu_uuid, lease.cuda_visible_devices) == (UUID, UUID)
+            body = listed(server)[0]
+            assert (body["pids"], body["pid_namespace"]) == ([me], namespace)
+            assert body["cuda_visible_devices"] == UUID
+            assert body["attribution"] == "growth"  # this process holds no VRAM yet
+            # Once NVML reports this process on the GPU, its use is counted by pid.
+            server.set_scenario(scenario([(me, 3 * GIB)], uuid=UUID))
+            deadline = time.monotonic() + 3
+            while body["attribution"] != "pids" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                body = listed(server)[0]
+            assert body["attribution"] == "pids"
+            assert body["vram_used_gb"] == 3.0
+        assert listed(server) == []
+    finally:
+        server.cleanup()
 
 
 def _observations(server: Server) -> List[Json]:
@@ -141,7 +176,7 @@ def test_the_release_says_how_the_block_ended(server: Server, monkeypatch: pytes
     class OutOfMemoryError(RuntimeError):
         pass
 
-    torch.cuda.OutOfMemoryError = OutOfMemoryError  # type: ignore[attr-defined]
+    torch.cuda.OutOfMemoryError = OutOfMemoryError
     monkeypatch.setitem(sys.modules, "torch", torch)
     # Any other exception: released, nothing learned (the run says nothing of the job's size).
     with pytest.raises(ValueError):
@@ -149,13 +184,30 @@ def test_the_release_says_how_the_block_ended(server: Server, monkeypatch: pytes
             raise ValueError("bad prompt")
     assert listed(server) == []
     assert _observations(server) == []
+    # Ctrl-C and a cancelled task: released as cancelled, nothing learned either.
+    with pytest.raises(KeyboardInterrupt):
+        with vg.generation(vram_gb=8):
+            raise KeyboardInterrupt
+    with pytest.raises(asyncio.CancelledError):
+        with vg.generation(vram_gb=8):
+            raise asyncio.CancelledError
+    assert listed(server) == []
+    assert _observations(server) == []
     # torch's out-of-memory: the peak is learned as an OOM.
     with pytest.raises(OutOfMemoryError):
         with vg.generation(vram_gb=8):
-            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise OutOfMemoryError("no words: the type says it")
     assert listed(server) == []
     obs = _observations(server)
     assert [(o["outcome"], o["peak_vram_gb"], o["source"]) for o in obs] == [("oom", 10.0, "client")]
+    # The RuntimeError older torch raises is an OOM too; a block that ends normally is ok.
+    with pytest.raises(RuntimeError):
+        with vg.generation(vram_gb=8):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with vg.generation(vram_gb=8):
+        pass
+    assert listed(server) == []
+    assert sorted(o["outcome"] for o in _observations(server)) == ["ok", "oom", "oom"]
 
 
 def _fake_torch(initialized: bool, peak_bytes: int, gpu_uuid: str) -> types.ModuleType:

@@ -32,12 +32,17 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def scenario(procs: Optional[List[Tuple[int, int]]] = None, total: int = 24 * GIB) -> str:
+def scenario(
+    procs: Optional[List[Tuple[int, int]]] = None, total: int = 24 * GIB, uuid: Optional[str] = None
+) -> str:
     """The fake NVML scenario: one 24 GiB GPU where another process holds 2 GiB; `procs` are
-    more (pid, bytes) on it."""
+    more (pid, bytes) on it. `uuid` is the GPU's (default: the fake's
+    GPU-00000000-0000-0000-0000-000000000000)."""
     procs = procs or []
     used = 2 * GIB + sum(b for _, b in procs)
     lines = [f"process 7 {2 * GIB}"] + [f"process {p} {b}" for p, b in procs]
+    if uuid is not None:
+        lines.append(f"uuid {uuid}")
     return "[gpu]\nname Fake GPU\nmemory_total {}\nmemory_used {}\n{}\n".format(total, used, "\n".join(lines))
 
 
@@ -67,11 +72,17 @@ def listen_addr(line: str) -> str:
 class Server:
     """One vramguard process on a free loopback port; ``url`` is its base URL."""
 
-    def __init__(self, token: Optional[str] = None, limit: int = 2, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        token: Optional[str] = None,
+        limit: int = 2,
+        extra_config: str = "",
+        gpu_uuid: Optional[str] = None,
+    ) -> None:
         assert BIN is not None and FAKE_NVML is not None, f"{MISSING} not set"
         self.dir = Path(tempfile.mkdtemp(prefix="vramguard-py-"))
         self.scenario = self.dir / "scenario.txt"
-        write_atomic(self.scenario, scenario())
+        write_atomic(self.scenario, scenario(uuid=gpu_uuid))
         write_atomic(
             self.dir / "host.txt",
             "cpu_usage_ratio 0.1\nmemory_total_bytes 68719476736\nmemory_available_bytes 51539607552\n",

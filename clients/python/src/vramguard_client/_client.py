@@ -107,9 +107,9 @@ class Lease:
         visible GPU has the lease's UUID (``CUDA_VISIBLE_DEVICES`` may hide it: set it to
         ``lease.cuda_visible_devices`` before CUDA initialises, or leave it unset).
         """
-        torch: Any = importlib.import_module("torch")
         if self.gpu_uuid is None:
             raise VramguardError(f"lease {self.id} has no GPU (vramguard runs on a GPU-less host)")
+        torch: Any = importlib.import_module("torch")
         if not torch.cuda.is_available():
             raise VramguardError("torch has no CUDA here: the lease's GPU cannot be used")
         index = _torch_index(torch, self.gpu_uuid)
