@@ -322,3 +322,62 @@ fn remote_listen_without_a_token_refuses_to_start() {
     assert!(err.contains("reachable from other machines and no token is set"), "{err}");
     assert!(err.contains("auth.allow_unauthenticated_remote"), "{err}");
 }
+
+/// Issue #27, item 5: framing the RFCs forbid is a 400, not the first header winning.
+#[test]
+fn malformed_framing_is_refused() {
+    let vg = start("");
+    let host = format!("Host: {}", vg.addr);
+    for (head, what) in [
+        (format!("GET /api/v1/system/health HTTP/1.1\r\n{host}\r\n{host}"), "more than one host header"),
+        ("GET /api/v1/system/health HTTP/1.1".to_owned(), "must carry a Host header"),
+        (
+            format!("GET http://evil.example/api/v1/system/health HTTP/1.1\r\n{host}"),
+            "the request target names \\\"evil.example\\\"",
+        ),
+        (
+            format!(
+                "GET /api/v1/system/health HTTP/1.1\r\n{host}\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b"
+            ),
+            "more than one authorization header",
+        ),
+        (
+            format!(
+                "POST /api/v1/system/stats/save HTTP/1.1\r\n{host}\r\nOrigin: http://{0}\r\nOrigin: http://{0}\r\nContent-Length: 0",
+                vg.addr
+            ),
+            "more than one origin header",
+        ),
+    ] {
+        let (status, answer) = raw(&vg, &head, "");
+        assert_eq!(status, 400, "{head}: {answer}");
+        assert!(answer.contains(what), "{head}: {answer}");
+    }
+    // HTTP/1.0 may leave Host out; an absolute-form target naming the Host is fine.
+    assert_eq!(raw(&vg, "GET /api/v1/system/health HTTP/1.0", "").0, 200);
+    assert_eq!(raw(&vg, &format!("GET http://{0}/api/v1/system/health HTTP/1.1\r\n{host}", vg.addr), "").0, 200);
+}
+
+/// Issue #27, item 6: origins are compared as origins (another local port is another origin),
+/// and the WebSocket subprotocol carries a token only on the stats WebSocket's upgrade.
+#[test]
+fn another_port_is_another_origin_and_the_subprotocol_token_is_for_the_websocket_only() {
+    let token = "correct-horse-battery-staple";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, token).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let vg = start(&format!("auth: {{ token_file: \"{}\" }}\n", file.display()));
+    let host = format!("Host: {}", vg.addr);
+    let save = |extra: &str| {
+        raw(&vg, &format!("POST /api/v1/system/stats/save HTTP/1.1\r\n{host}\r\n{extra}Content-Length: 0"), "")
+    };
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let (status, answer) = save(&format!("{auth}Origin: http://localhost:3000\r\n"));
+    assert_eq!(status, 403, "{answer}");
+    let port = vg.addr.rsplit(':').next().unwrap();
+    let (status, answer) = save(&format!("{auth}Origin: http://localhost:{port}\r\n"));
+    assert_eq!(status, 200, "the page's own origin: {answer}");
+    let (status, answer) = save(&format!("Sec-WebSocket-Protocol: vramguard, bearer.{token}\r\n"));
+    assert_eq!(status, 401, "the subprotocol is no credential for a POST: {answer}");
+}

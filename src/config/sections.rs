@@ -25,6 +25,9 @@ pub struct HttpConfig {
     /// Host names accepted besides loopback names, the listen address and the machine's
     /// hostname (DNS-rebinding defence): e.g. `gpu-box.lan`.
     pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) besides vramguard's own whose pages may write and open
+    /// WebSockets: e.g. a dashboard served from another port.
+    pub allowed_origins: Vec<String>,
     /// Most connections open at once; past it the longest-idle connection is closed.
     pub max_connections: u32,
     /// How long a client may take to send a request's headers (from connecting, or from its
@@ -38,6 +41,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             max_connections: 512,
             header_read_timeout: Dur::secs(10),
             idle_timeout: Dur::secs(60),

@@ -46,7 +46,13 @@ pub(crate) fn identify(state: &AppState, req: &Request) -> Result<Caller, ApiErr
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
         .map(str::trim)
-        .or_else(|| websocket_bearer(req.headers()));
+        // The subprotocol carries a token only where a browser cannot send a header: the stats
+        // WebSocket's upgrade.
+        .or_else(|| {
+            (path == "/api/v1/system/stats/ws" && is_upgrade(req.headers()))
+                .then(|| websocket_bearer(req.headers()))
+                .flatten()
+        });
     let caller = match presented.map(|p| credentials.identify(p)) {
         None => Caller::Anonymous,
         Some(Some(caller)) => caller,
@@ -130,6 +136,10 @@ fn websocket_bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .find_map(|p| p.trim().strip_prefix("bearer."))
+}
+
+fn is_upgrade(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// The credentials of a `Bearer` authorization; the scheme is case-insensitive (RFC 9110 §11.1).

@@ -91,6 +91,121 @@ fn forbidden(detail: String) -> ApiError {
     ApiError { status: StatusCode::FORBIDDEN, detail }
 }
 
+/// What the server answers as: its scheme and port, for comparing origins exactly.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The port the listener is bound to.
+    pub port: u16,
+    /// `http.allowed_origins`, lowercase, without a trailing slash.
+    pub allowed_origins: Arc<BTreeSet<String>>,
+}
+
+impl Served {
+    /// The scheme and port served, with the configured extra origins.
+    pub(crate) fn new(scheme: &'static str, port: u16, config: &Config) -> Self {
+        let allowed_origins =
+            config.http.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+        Self { scheme, port, allowed_origins: Arc::new(allowed_origins) }
+    }
+
+    /// Whether `origin` is vramguard's own (its scheme, an allowed host and its port) or listed.
+    fn allows(&self, hosts: &AllowedHosts, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if self.allowed_origins.contains(&origin) {
+            return true;
+        }
+        let Some((scheme, authority)) = origin.split_once("://") else { return false };
+        let default = if scheme == "https" { 443 } else { 80 };
+        let port: Option<u16> = match authority.strip_prefix('[') {
+            Some(rest) => {
+                rest.split_once(']').and_then(|(_, p)| p.strip_prefix(':')).map_or(Some(default), |p| p.parse().ok())
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => p.parse().ok(),
+                _ => Some(default),
+            },
+        };
+        scheme == self.scheme && port == Some(self.port) && hosts.allows(authority)
+    }
+}
+
+/// What the server checks in front of the router: the allowed hosts and what it serves as.
+#[derive(Debug, Clone)]
+pub(crate) struct FrontDoor {
+    hosts: AllowedHosts,
+    served: Served,
+}
+
+impl FrontDoor {
+    /// The checks for a listener serving `scheme` on `port` under `config`.
+    pub(crate) fn new(config: &Config, scheme: &'static str, port: u16) -> Self {
+        Self { hosts: AllowedHosts::from_config(config), served: Served::new(scheme, port, config) }
+    }
+}
+
+/// [`check_connection`] as a middleware: the server layers it over the router, so the router
+/// itself (driven in-process by tests) keeps only the checks that need no connection.
+pub(crate) async fn front_door(
+    axum::extract::State(front): axum::extract::State<Arc<FrontDoor>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match check_connection(&front.hosts, &front.served, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn bad_request(detail: String) -> ApiError {
+    ApiError { status: StatusCode::BAD_REQUEST, detail }
+}
+
+/// The checks only a real connection can need, run by the server before routing: one `Host`,
+/// `Authorization`, `Origin` and `Content-Length` each; `Host` on HTTP/1.1; an absolute-form
+/// target naming the same authority as `Host` (RFC 9112 §3.2); and a cross-origin write or
+/// WebSocket refused unless its origin is vramguard's own scheme, host and port (or listed in
+/// `http.allowed_origins`).
+pub(crate) fn check_connection<B>(
+    hosts: &AllowedHosts,
+    served: &Served,
+    req: &axum::http::Request<B>,
+) -> Result<(), ApiError> {
+    let headers = req.headers();
+    for name in [header::HOST, header::AUTHORIZATION, header::ORIGIN, header::CONTENT_LENGTH] {
+        if headers.get_all(&name).iter().nth(1).is_some() {
+            return Err(bad_request(format!("more than one {name} header; a request carries it once")));
+        }
+    }
+    let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or(""));
+    if req.version() == axum::http::Version::HTTP_11 && host.is_none() {
+        return Err(bad_request("an HTTP/1.1 request must carry a Host header".to_owned()));
+    }
+    if let Some(target) = req.uri().authority()
+        && !host.is_some_and(|h| h.eq_ignore_ascii_case(target.as_str()))
+    {
+        return Err(bad_request(format!(
+            "the request target names {:?} but Host is {:?}; they must be the same",
+            target.as_str(),
+            host.unwrap_or("")
+        )));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let guarded = changes_state(req.method()) || is_websocket_upgrade(headers);
+        let origin = origin.to_str().unwrap_or("");
+        if guarded && !served.allows(hosts, origin) {
+            return Err(forbidden(format!(
+                "cross-origin request from {origin:?} refused: writes and WebSockets are accepted only from \
+                 vramguard's own origin ({}://<allowed host>:{}) or http.allowed_origins",
+                served.scheme, served.port
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a request from a foreign `Host`, a cross-origin write or WebSocket, and a body
 /// declared over the limit; the answer to send instead, if so. Run first by [`super::edge`].
 pub(crate) fn check(allowed: &AllowedHosts, req: &Request) -> Result<(), ApiError> {
@@ -159,6 +274,28 @@ mod tests {
         for bad in ["evil.example", "evil.example:9842", "127.0.0.1.evil.example", "", "10.1.2.4"] {
             assert!(!a.allows(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn origins_are_compared_by_scheme_host_and_port() {
+        let hosts = allowed(&[]);
+        let c = Config {
+            http: crate::config::HttpConfig {
+                allowed_origins: vec!["https://dash.example/".to_owned()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let served = Served::new("http", 9842, &c);
+        for ok in ["http://127.0.0.1:9842", "http://localhost:9842", "http://[::1]:9842", "https://dash.example"] {
+            assert!(served.allows(&hosts, ok), "{ok}");
+        }
+        for bad in
+            ["http://localhost:3000", "https://localhost:9842", "http://localhost", "http://evil.example:9842", "null"]
+        {
+            assert!(!served.allows(&hosts, bad), "{bad}");
+        }
+        assert!(Served::new("http", 80, &c).allows(&hosts, "http://localhost"));
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub async fn run_with(
         header_read_timeout: config.http.header_read_timeout.0,
         idle_timeout: config.http.idle_timeout.0,
     };
+    let front = std::sync::Arc::new(crate::http::host_check::FrontDoor::new(&config, scheme, addr.port()));
     let (sampler, snapshots) = Sampler::new(&config);
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState::open(config, snapshots, credentials, stop_rx.clone())?;
@@ -124,7 +125,13 @@ pub async fn run_with(
         tracing::info!("shutdown signal received; draining requests");
         let _ = stop_for_server.send(true);
     });
-    let server = listener::serve(listener, app(state.clone()), limits, tls, stop_rx.clone());
+    let server = listener::serve(
+        listener,
+        app(state.clone()).layer(axum::middleware::from_fn_with_state(front, crate::http::host_check::front_door)),
+        limits,
+        tls,
+        stop_rx.clone(),
+    );
     let mut drain_deadline = stop_rx;
     let result: Result<(), Error> = tokio::select! {
         () = server => Ok(()),

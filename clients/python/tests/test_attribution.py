@@ -29,14 +29,17 @@ class _OutOfMemoryError(RuntimeError):
     pass
 
 
-def _torch(uuids: List[str], available: bool = True) -> types.ModuleType:
-    """A stand-in torch: GPUs with these UUIDs (torch writes them without the ``GPU-``)."""
+def _torch(uuids: List[str], available: bool = True, prefix: bool = False) -> types.ModuleType:
+    """A stand-in torch: GPUs with these UUIDs (torch writes them without the ``GPU-``, unless
+    ``prefix``)."""
     torch = types.ModuleType("torch")
     cuda = types.SimpleNamespace(
         OutOfMemoryError=_OutOfMemoryError,
         is_available=lambda: available,
         device_count=lambda: len(uuids),
-        get_device_properties=lambda i: types.SimpleNamespace(uuid=uuids[i].removeprefix("GPU-")),
+        get_device_properties=lambda i: types.SimpleNamespace(
+            uuid=uuids[i] if prefix else uuids[i].removeprefix("GPU-")
+        ),
     )
     torch.cuda = cuda  # type: ignore[attr-defined]
     torch.device = lambda name: ("device", name)  # type: ignore[attr-defined]
@@ -68,6 +71,13 @@ def test_torch_device_is_found_by_uuid_not_by_index(monkeypatch: pytest.MonkeyPa
     lease = _lease(UUID, index=0)
     assert lease.cuda_visible_devices == UUID
     assert lease.torch_device() == ("device", "cuda:1")
+    # NVML may write the hex in capitals, torch writes it in lower case; either may carry "GPU-".
+    assert _lease(UUID.upper(), index=0).torch_device() == ("device", "cuda:1")
+    monkeypatch.setitem(
+        sys.modules, "torch", _torch(["GPU-ffffffff-0000-0000-0000-000000000000", UUID], prefix=True)
+    )
+    assert lease.torch_device() == ("device", "cuda:1")
+    monkeypatch.setitem(sys.modules, "torch", _torch(["GPU-ffffffff-0000-0000-0000-000000000000", UUID]))
     monkeypatch.setitem(sys.modules, "torch", _torch(["GPU-ffffffff-0000-0000-0000-000000000000"]))
     with pytest.raises(VramguardError, match="CUDA_VISIBLE_DEVICES"):
         lease.torch_device()
@@ -129,8 +139,17 @@ def test_fields_proc_cannot_give_are_left_out(monkeypatch: pytest.MonkeyPatch) -
     assert client._processes(4242) == {"pids": [4242]}
 
 
-def test_an_older_vramguard_without_cuda_visible_devices() -> None:
-    lease = Lease({"id": "b" * 32, "gpu": {"index": 1, "uuid": UUID}, "vram_reserved_gb": 4.0})
+def test_cuda_visible_devices_is_vramguards_value_else_the_gpus_uuid() -> None:
+    mig = "MIG-11111111-2222-3333-4444-555555555555"
+    gpu = {"index": 1, "uuid": UUID}
+    assert (
+        Lease(
+            {"id": "b" * 32, "gpu": gpu, "vram_reserved_gb": 4.0, "cuda_visible_devices": mig}
+        ).cuda_visible_devices
+        == mig
+    )
+    # An older vramguard does not send the field: the GPU's UUID does the same.
+    lease = Lease({"id": "b" * 32, "gpu": gpu, "vram_reserved_gb": 4.0})
     assert lease.cuda_visible_devices == UUID
     gpuless = Lease({"id": "c" * 32, "gpu": None, "vram_reserved_gb": 4.0, "cuda_visible_devices": None})
     assert (gpuless.gpu_uuid, gpuless.cuda_visible_devices) == (None, None)
@@ -208,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def stub() -> Iterator[_Stub]:
     s = _Stub()
-    threading.Thread(target=s.serve_forever, daemon=True).start()
+    threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True).start()
     yield s
     s.shutdown()
     s.server_close()
@@ -256,6 +275,7 @@ def test_the_lease_request_names_the_process(stub: _Stub, monkeypatch: pytest.Mo
         (KeyboardInterrupt(), "cancelled"),
         (asyncio.CancelledError(), "cancelled"),
     ],
+    ids=["ok", "torch-oom", "runtime-oom", "error", "ctrl-c", "cancelled-task"],
 )
 def test_the_release_sends_the_outcome_and_the_peak(
     stub: _Stub, monkeypatch: pytest.MonkeyPatch, raised: Optional[BaseException], outcome: str
@@ -274,7 +294,7 @@ def test_the_release_sends_the_outcome_and_the_peak(
 def test_an_older_vramguard_is_asked_again_without_params(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", _peak_torch(10 * 2**30))
     old = _Stub(old=True)
-    threading.Thread(target=old.serve_forever, daemon=True).start()
+    threading.Thread(target=old.serve_forever, args=(0.05,), daemon=True).start()
     try:
         with pytest.raises(_OutOfMemoryError):
             with Vramguard(old.url).generation(vram_gb=8):
