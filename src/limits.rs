@@ -97,6 +97,12 @@ pub(crate) const WAITING: RangeInclusive<u32> = 1..=100_000;
 pub(crate) const LEARNING_SAMPLES: RangeInclusive<u32> = 1..=1000;
 /// `learning.margin`: the fraction added to an observed peak.
 pub(crate) const LEARNING_MARGIN: RangeInclusive<f64> = 0.0..=1.0;
+/// Observations kept in all, whatever the keys (each key keeps its newest `learning.window`).
+pub(crate) const OBSERVATIONS_KEPT: u32 = 10_000;
+/// `limit` of the observations listing.
+pub(crate) const OBSERVATIONS_LIMIT: RangeInclusive<u32> = 1..=10_000;
+/// The observations listing's `limit` in the API's field lists.
+pub(crate) const OBSERVATIONS_LIMIT_WORDS: &str = "integers 1 to 10000";
 /// `learning.min_ratio`: the least fraction of the model a learned estimate may be.
 pub(crate) const MIN_RATIO: RangeInclusive<f64> = 0.0..=1.0;
 /// `learning.oom_margin`: how much more than its peak an out-of-memory job is taken to need.
@@ -236,18 +242,29 @@ pub(crate) fn check_geometry(width: u32, height: u32, frames: u32) -> Result<(),
 }
 
 /// `pid_namespace` in the API's field lists.
-pub(crate) const PID_NAMESPACE_WORDS: &str = "a positive integer: the inode of the caller's /proc/self/ns/pid";
+pub(crate) const PID_NAMESPACE_WORDS: &str = "an integer 1 to 4294967295: the inode of the caller's /proc/self/ns/pid";
+/// The largest namespace inode (the kernel's are 32-bit).
+pub(crate) const MAX_NAMESPACE: u64 = 4_294_967_295;
 /// `pid_start_times` in the API's field lists.
 pub(crate) const PID_START_TIMES_WORDS: &str =
-    "a list of integers 0 or more, one per pid in `pids`: field 22 of /proc/<pid>/stat";
+    "a list of integers 0 to 9223372036854775807, one per pid in `pids`: field 22 of /proc/<pid>/stat";
+/// The largest start time (what a signed 64-bit JSON integer holds).
+pub(crate) const MAX_START_TIME: u64 = i64::MAX as u64;
 
-/// A pid namespace's inode: never 0.
+/// A pid namespace's inode: 1 to 2^32 − 1.
 pub(crate) fn check_pid_namespace(ns: u64) -> Result<(), String> {
-    if ns == 0 { Err(format!("0 is not a namespace; allowed {PID_NAMESPACE_WORDS}")) } else { Ok(()) }
+    if (1..=MAX_NAMESPACE).contains(&ns) {
+        Ok(())
+    } else {
+        Err(format!("{ns} is not a namespace inode; allowed {PID_NAMESPACE_WORDS}"))
+    }
 }
 
 /// Start times of `pids`: one each.
 pub(crate) fn check_pid_start_times(times: &[u64], pids: Option<&[u32]>) -> Result<(), String> {
+    if let Some(t) = times.iter().find(|t| **t > MAX_START_TIME) {
+        return Err(format!("{t} is out of range; allowed {PID_START_TIMES_WORDS}"));
+    }
     match pids {
         Some(p) if p.len() == times.len() => Ok(()),
         Some(p) => Err(format!("{} start times for {} pids; allowed {PID_START_TIMES_WORDS}", times.len(), p.len())),
@@ -318,6 +335,7 @@ mod tests {
     fn written_out_ranges_match_their_ranges() {
         assert_eq!(CONCURRENCY_WORDS, integers(&CONCURRENCY));
         assert_eq!(FRAMES_WORDS, integers(&FRAMES));
+        assert_eq!(OBSERVATIONS_LIMIT_WORDS, integers(&OBSERVATIONS_LIMIT));
         assert_eq!(SIDE_WORDS, format!("{}, multiples of 16", integers(&SIDE)));
         assert_eq!(REQUIRED_GB_WORDS, format!("a number above 0 up to {MAX_VRAM_GB} (GiB)"));
         assert_eq!(TTL_WORDS, integers(&TTL_SECONDS));

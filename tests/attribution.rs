@@ -265,3 +265,26 @@ fn client_peaks_cannot_talk_the_estimate_down_or_up() {
     let seen = observations(&vg);
     assert_eq!((seen[0]["peak_vram_gb"].clone(), seen[0]["used"].clone()), (json!(6.5), json!(true)));
 }
+
+/// Issue #27, item 7d: observations are pruned to `learning.window` per key, and the listing
+/// takes `limit`.
+#[test]
+fn observations_are_bounded_per_key_and_the_listing_takes_a_limit() {
+    let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\", per_process: true }}\n", common::fake_nvml());
+    let config = format!("sample_interval: \"250ms\"\n{gpu}learning: {{ window: 3, min_samples: 3 }}\n");
+    let vg = Vramguard::start(&config, Some(&scenario(&[])), &[]);
+    vg.wait_ready();
+    for peak in [10.0, 10.5, 11.0, 11.5, 12.0, 12.5] {
+        let (status, a) = vg.post_json(LEASES, &json!({"vram_required_gb": 8}));
+        assert_eq!(status, 201, "{a}");
+        assert_eq!(vg.delete(&format!("{LEASES}/{}?peak_vram_gb={peak}", a["id"].as_str().unwrap())).0, 204);
+    }
+    let peaks: Vec<f64> = observations(&vg).iter().map(|o| o["peak_vram_gb"].as_f64().unwrap()).collect();
+    assert_eq!(peaks, vec![12.5, 12.0, 11.5], "the newest three of the key");
+    let (status, two) = vg.get_json("/api/v1/system/observations?limit=2");
+    assert_eq!(status, 200);
+    assert_eq!(two["observations"].as_array().unwrap().len(), 2);
+    let (status, bad) = vg.get_json("/api/v1/system/observations?limit=0");
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["detail"].as_str().unwrap().starts_with("limit: "), "{bad}");
+}

@@ -197,8 +197,25 @@ impl Ledger {
         // their group commits do not queue behind a crowd of refusals.
         let first = self.inputs.decide(&ask.request(), &workload);
         let outcome = if first.can_start_generation {
-            self.critical("lease decision failed", move |l, store, now| l.grant_or_refuse(store, now, &ask, &workload))
-                .await?
+            // A client that hangs up before its answer gets no lease: not granted once it is gone,
+            // ended again if it left while being granted.
+            let claim = Claim::new(self.clone());
+            let state = Arc::clone(&claim.state);
+            let outcome = self
+                .critical("lease decision failed", move |l, store, now| {
+                    let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if s.gone {
+                        return Err(ServiceError::Invalid("the client left before its lease was granted".to_owned()));
+                    }
+                    let out = l.grant_or_refuse(store, now, &ask, &workload)?;
+                    if let Acquired::Granted(lease, _) = &out {
+                        s.granted = Some(lease.id.clone());
+                    }
+                    Ok(out)
+                })
+                .await?;
+            claim.claimed();
+            outcome
         } else {
             Acquired::Refused(first)
         };
@@ -404,6 +421,43 @@ impl Ledger {
             self.metrics.record_overrun();
             tracing::warn!(lease = %l.label(), reserved_gb = l.vram_reserved_gb, peak_gb = ?l.vram_peak_gb,
                 "generation lease overran its reservation");
+        }
+    }
+}
+
+/// Where a direct lease request stands: whether its client is gone, and the lease granted to it.
+#[derive(Default)]
+struct ClaimState {
+    gone: bool,
+    granted: Option<String>,
+    claimed: bool,
+}
+
+/// Held by a direct lease request while it waits for its decision. Dropped before it is claimed
+/// (the client hung up and axum dropped the handler), it marks the request gone, so the lease
+/// thread does not grant it, or ends the lease granted meanwhile.
+struct Claim {
+    ledger: Ledger,
+    state: Arc<std::sync::Mutex<ClaimState>>,
+}
+
+impl Claim {
+    fn new(ledger: Ledger) -> Self {
+        Self { ledger, state: Arc::default() }
+    }
+
+    /// The answer reached the handler: the lease is the client's.
+    fn claimed(&self) {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).claimed = true;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.gone = true;
+        if let (false, Some(id)) = (s.claimed, s.granted.take()) {
+            self.ledger.submit("ending a lease whose client left", move |l, store| l.end_unclaimed(store, &id));
         }
     }
 }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use super::error::ServiceError;
 use super::inputs::Inputs;
 use crate::leases::LeaseBook;
+use crate::limits;
 use crate::store::{Observation, Store};
 
 /// Lease ends already out of the book whose store write has not succeeded yet.
@@ -87,6 +88,10 @@ impl Writer {
             return Ok(());
         }
         store.end_leases(&pending.ids, &pending.observations).map_err(|e| e.to_string())?;
+        if !pending.observations.is_empty() {
+            let window = self.inputs.config().learning.window;
+            store.prune_observations(window, limits::OBSERVATIONS_KEPT).map_err(|e| e.to_string())?;
+        }
         let done = std::mem::take(&mut *pending);
         drop(pending);
         // In the open batch now; durable (and remembered) once it commits.

@@ -28,6 +28,12 @@ use crate::units::round2;
 #[allow(dead_code)] // a schema only: never built, its field never read
 pub(crate) struct Pid(pub u32);
 
+/// A process's start time, as the OpenAPI document describes it.
+#[derive(ToSchema)]
+#[schema(value_type = u64, minimum = 0, maximum = 9223372036854775807_i64)]
+#[allow(dead_code)] // a schema only: never built, its field never read
+pub(crate) struct StartTime(pub u64);
+
 /// Body of `POST /generations`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -52,10 +58,11 @@ pub(crate) struct LeaseRequest {
     pub pids: Option<Vec<u32>>,
     /// The pid namespace `pids` are numbered in: the inode of the caller's `/proc/self/ns/pid`
     /// (`os.stat("/proc/self/ns/pid").st_ino`). Default: vramguard's own namespace.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 4294967295_i64)]
     pub pid_namespace: Option<u64>,
     /// Each pid's start time, in the order of `pids`: field 22 of `/proc/<pid>/stat`. Matches a
     /// process whose namespace vramguard cannot read (it runs unprivileged).
+    #[schema(value_type = Option<Vec<StartTime>>, max_items = 64)]
     pub pid_start_times: Option<Vec<u64>>,
     /// Workload profile name (config `workloads` or a built-in profile; default `default`).
     pub workload: Option<String>,
@@ -104,9 +111,10 @@ pub(crate) struct HeartbeatRequest {
     pub pids: Option<Vec<u32>>,
     /// The pid namespace `pids` are numbered in (as in a lease request); must be the lease's
     /// once it has pids. Default: the lease's.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 4294967295_i64)]
     pub pid_namespace: Option<u64>,
     /// Each pid's start time, in the order of `pids` (as in a lease request).
+    #[schema(value_type = Option<Vec<StartTime>>, max_items = 64)]
     pub pid_start_times: Option<Vec<u64>>,
 }
 

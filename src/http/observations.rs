@@ -4,12 +4,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::body::{Allowed, QueryParams, de};
 use super::error::{ApiError, ErrorBody};
 use super::wire::Quantization;
 use crate::app::AppState;
+use crate::limits;
 use crate::time::rfc3339_unix;
 use crate::units::round2;
 
@@ -48,16 +50,38 @@ pub(crate) struct ObservationList {
     pub observations: Vec<ObservationBody>,
 }
 
+/// Query of the listing.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ObservationsQuery {
+    /// The newest this many (1–10000; default 1000). vramguard keeps the newest
+    /// `learning.window` of each key and 10000 in all.
+    #[serde(default, deserialize_with = "de::opt_u32")]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
+}
+
+impl Allowed for ObservationsQuery {
+    const FIELDS: &'static [(&'static str, &'static str)] = &[("limit", limits::OBSERVATIONS_LIMIT_WORDS)];
+}
+
 /// Observed peaks, newest first.
-#[utoipa::path(get, path = "/api/v1/system/observations", tag = "leases",
-    responses((status = 200, body = ObservationList),
+#[utoipa::path(get, path = "/api/v1/system/observations", tag = "leases", params(ObservationsQuery),
+    responses((status = 200, body = ObservationList), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<ObservationList>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<ObservationsQuery>,
+) -> Result<Json<ObservationList>, ApiError> {
+    let limit = q.limit.unwrap_or(1000);
+    limits::in_range(limit, &limits::OBSERVATIONS_LIMIT).map_err(|m| ApiError::bad_request(format!("limit: {m}")))?;
     let observations = state
         .records()
         .observations()
         .await?
         .into_iter()
+        .take(limit as usize)
         .map(|o| ObservationBody {
             workload: o.key.workload,
             quantization: o.key.settings.quantization.into(),

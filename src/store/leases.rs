@@ -166,6 +166,32 @@ impl Store {
         })
     }
 
+    /// Keeps, in the open batch, the newest `per_key` observations of each key and the newest
+    /// `cap` in all: estimates read only the newest `learning.window` of a key, and the table
+    /// must not grow with every release for ever.
+    pub fn prune_observations(&mut self, per_key: u32, cap: u32) -> Result<(), StoreError> {
+        self.join_batch()?;
+        self.write_in_batch(|conn| {
+            conn.prepare_cached(
+                "DELETE FROM observations WHERE id IN (
+                     SELECT id FROM (
+                         SELECT id, ROW_NUMBER() OVER (
+                             PARTITION BY workload, quantization, enable_offload, vae_tile_size, vae_tiling,
+                                          model_loaded, width, height, frames
+                             ORDER BY recorded_at DESC, id DESC) AS newest
+                         FROM observations)
+                     WHERE newest > ?1)",
+            )?
+            .execute(params![per_key])?;
+            conn.prepare_cached(
+                "DELETE FROM observations WHERE id NOT IN (
+                     SELECT id FROM observations ORDER BY recorded_at DESC, id DESC LIMIT ?1)",
+            )?
+            .execute(params![cap])
+            .map(drop)
+        })
+    }
+
     /// Every observation, newest first.
     pub fn load_observations(&self) -> Result<Vec<Observation>, StoreError> {
         let mut stmt = self
