@@ -298,3 +298,18 @@ def test_bad_wait_is_refused_before_any_request() -> None:
     for bad in (-1.0, math.nan):
         with pytest.raises(ValueError):
             vg.generation(wait_seconds=bad)
+
+
+def test_a_restart_while_waiting_is_asked_again_within_the_wait(one_slot: Server) -> None:
+    """vramguard restarting drops every waiting request; the client asks again with the time it
+    has left, and the lease held across the restart (durable) still decides when it gets in."""
+    held = take(one_slot)
+    waiter = Waiter(one_slot.url, wait_seconds=20)
+    wait_for_queue(one_slot)
+    one_slot.restart()
+    assert [x["client"] for x in listed(one_slot)] == ["holder"], "the held lease survived the restart"
+    wait_for_queue(one_slot)  # asked again
+    assert waiter.outcome is None
+    requests.delete(f"{one_slot.url}{LEASES}/{held}", timeout=5)
+    waiter.thread.join(10)
+    assert isinstance(waiter.outcome, Lease), waiter.outcome

@@ -46,12 +46,14 @@ def scenario(
     return "[gpu]\nname Fake GPU\nmemory_total {}\nmemory_used {}\n{}\n".format(total, used, "\n".join(lines))
 
 
-def config_text(d: Path, token_file: Optional[Path] = None, limit: int = 2, extra: str = "") -> str:
+def config_text(
+    d: Path, token_file: Optional[Path] = None, limit: int = 2, extra: str = "", listen: str = "127.0.0.1:0"
+) -> str:
     """The one place the server's config.yaml is written; extend it here. ``limit`` is
     ``max_concurrent_generations``; ``extra`` is appended (whole top-level sections)."""
     auth = f'auth: {{ token_file: "{token_file}" }}\n' if token_file else ""
     return (
-        'listen: "127.0.0.1:0"\n'
+        f'listen: "{listen}"\n'
         f'state_dir: "{d / "state"}"\n'
         'sample_interval: "250ms"\n'
         f'gpu: {{ enabled: true, nvml_library: "{FAKE_NVML}", per_process: true }}\n'
@@ -92,7 +94,18 @@ class Server:
             token_file = self.dir / "token"
             token_file.write_text(token + "\n")
             token_file.chmod(0o600)
-        (self.dir / "config.yaml").write_text(config_text(self.dir, token_file, limit, extra_config))
+        self._config = (token_file, limit, extra_config)
+        self.addr = ""
+        self._start("127.0.0.1:0")
+
+    def restart(self) -> None:
+        """Kills vramguard (-9) and starts it again on the same port and state directory."""
+        self.stop()
+        self._start(self.addr)
+
+    def _start(self, listen: str) -> None:
+        token_file, limit, extra_config = self._config
+        (self.dir / "config.yaml").write_text(config_text(self.dir, token_file, limit, extra_config, listen))
         env = dict(os.environ, FAKE_NVML_SCENARIO=str(self.scenario), RUST_LOG="info")
         self.proc = subprocess.Popen(
             [BIN, "--config", str(self.dir / "config.yaml")],
@@ -104,7 +117,6 @@ class Server:
         )
         self.logs: List[str] = []
         found = threading.Event()
-        self.addr = ""
 
         def drain() -> None:  # keeps reading so the server never blocks on a full pipe
             assert self.proc.stderr is not None

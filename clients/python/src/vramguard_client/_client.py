@@ -21,6 +21,8 @@ _LEASES = "/api/v1/system/generations"
 MAX_WAIT_SECONDS = 300.0
 #: Less wait than this left after a piece ends is not asked for again.
 _NOT_WORTH_ASKING = 0.05
+#: Pause before asking again after the connection to vramguard was lost while waiting, seconds.
+_RECONNECT_PAUSE = 0.5
 
 
 class VramguardError(Exception):
@@ -377,7 +379,17 @@ class Vramguard:
             # Without a wait the field stays out, so a vramguard older than waiting admission
             # (which refuses unknown fields) still serves callers that do not wait.
             request = dict(body, wait_seconds=round(wait, 3)) if wait_seconds > 0 else body
-            r = self._request("POST", _LEASES, wait=wait, json=request)
+            try:
+                r = self._request("POST", _LEASES, wait=wait, json=request)
+            except Unauthorized:
+                raise
+            except VramguardError:
+                # The connection was lost (vramguard restarting drops every waiting request):
+                # with time left to wait, ask again, as the restarted vramguard expects.
+                if wait_seconds > 0 and deadline - time.monotonic() > _RECONNECT_PAUSE + _NOT_WORTH_ASKING:
+                    time.sleep(_RECONNECT_PAUSE)
+                    continue
+                raise
             if r.status_code == 201:
                 return Lease(_ok_body(r, "lease request"))
             left = deadline - time.monotonic()
