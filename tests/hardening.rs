@@ -381,3 +381,93 @@ fn another_port_is_another_origin_and_the_subprotocol_token_is_for_the_websocket
     let (status, answer) = save(&format!("Sec-WebSocket-Protocol: vramguard, bearer.{token}\r\n"));
     assert_eq!(status, 401, "the subprotocol is no credential for a POST: {answer}");
 }
+
+/// Issue #27, item 3: 600 requests whose bodies stall half-way against `max_connections: 512`:
+/// a normal request is answered within 3 s (stalled bodies are evictable like idle
+/// connections), every stalled socket is answered 408 or closed, and the descriptors come back.
+#[test]
+fn stalled_request_bodies_do_not_hold_their_connections() {
+    let vg = start("http: { max_connections: 512, body_read_timeout: 2s, header_read_timeout: 5s }\n");
+    let pid = vg.pid();
+    for _ in 0..5 {
+        assert_eq!(vg.get("/metrics").0, 200);
+    }
+    let resting = open_fds(pid);
+    let before = constraints(&vg);
+    let body = r#"{"vram_warning_threshold": 0.5, "max_concurrent_generations": 3}"#;
+    let n = 600.min(open_files_limit().saturating_sub(200));
+    let mut stalled: Vec<TcpStream> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(&vg.addr).unwrap();
+        let head = format!(
+            "POST /api/v1/system/constraints HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            vg.addr,
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&body.as_bytes()[..body.len() / 2]);
+        stalled.push(s);
+    }
+    let asked = Instant::now();
+    assert_eq!(vg.get("/api/v1/system/health").0, 200);
+    assert_eq!(vg.post_json("/api/v1/system/stats/save", &json!({})).0, 200);
+    assert!(asked.elapsed() < Duration::from_secs(3), "a normal client waited {:?}", asked.elapsed());
+    std::thread::sleep(Duration::from_secs(3));
+    let mut ended = 0;
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut answer = String::new();
+        match s.read_to_string(&mut answer) {
+            Ok(_) if answer.is_empty() || answer.starts_with("HTTP/1.1 408") => ended += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ended += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(ended, n, "every stalled body was answered 408 or closed");
+    assert_eq!(constraints(&vg), before, "no half body changed anything");
+    drop(stalled);
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = open_fds(pid);
+    assert!(fds <= resting + 8, "{fds} descriptors open, {resting} at rest");
+}
+
+/// Issue #27, item 7c: connections stalled part-way into their TLS ClientHello are evictable, so
+/// with the cap reached a real HTTPS request is answered within a second.
+#[test]
+fn stalled_tls_handshakes_do_not_delay_a_real_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let tls = format!("tls: {{ cert_file: \"{}\", key_file: \"{}\" }}\n", cert_path.display(), key_path.display());
+    let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\" }}\n", common::fake_nvml());
+    let config =
+        format!("sample_interval: \"250ms\"\n{gpu}{tls}http: {{ max_connections: 16, header_read_timeout: 10s }}\n");
+    let vg = Vramguard::start(&config, Some(&format!("[gpu]\nmemory_total {}\n", 24 * common::GIB)), &[]);
+    let ca = reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap();
+    let https =
+        reqwest::blocking::Client::builder().add_root_certificate(ca).timeout(Duration::from_secs(10)).build().unwrap();
+    let port = vg.addr.rsplit(':').next().unwrap().to_owned();
+    let url = format!("https://localhost:{port}/-/healthy");
+    vg.wait_until("https", Duration::from_secs(10), || https.get(&url).send().is_ok_and(|r| r.status() == 200));
+    // A TLS record header and the start of a ClientHello, then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(&vg.addr).unwrap();
+        let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let fresh = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let asked = Instant::now();
+    assert_eq!(fresh.get(&url).send().unwrap().status(), 200);
+    assert!(asked.elapsed() < Duration::from_secs(1), "an HTTPS request waited {:?}", asked.elapsed());
+    drop(stalled);
+}

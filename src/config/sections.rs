@@ -33,6 +33,9 @@ pub struct HttpConfig {
     /// How long a client may take to send a request's headers (from connecting, or from its
     /// first byte on a kept-alive connection).
     pub header_read_timeout: Dur,
+    /// How long a client may take to send a request's body once its headers are in; a body
+    /// that does not arrive in time is answered 408 and its connection closed.
+    pub body_read_timeout: Dur,
     /// How long a kept-alive connection may sit idle between requests.
     pub idle_timeout: Dur,
 }
@@ -44,6 +47,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             max_connections: 512,
             header_read_timeout: Dur::secs(10),
+            body_read_timeout: Dur::secs(10),
             idle_timeout: Dur::secs(60),
         }
     }

@@ -129,9 +129,11 @@ impl QueueConfig {
 impl HttpConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         limits::in_range(self.max_connections, &limits::CONNECTIONS).map_err(|m| bad("http.max_connections", m))?;
-        for (key, d) in
-            [("http.header_read_timeout", self.header_read_timeout), ("http.idle_timeout", self.idle_timeout)]
-        {
+        for (key, d) in [
+            ("http.header_read_timeout", self.header_read_timeout),
+            ("http.body_read_timeout", self.body_read_timeout),
+            ("http.idle_timeout", self.idle_timeout),
+        ] {
             limits::CONNECTION_TIMEOUT.check(d.0, d).map_err(|m| bad(key, m))?;
         }
         for (i, h) in self.allowed_hosts.iter().enumerate() {

@@ -9,6 +9,11 @@
 //!   counted from connecting, or from the first byte of the next request on a kept-alive
 //!   connection (slowloris).
 //! - **Idle timeout.** A kept-alive connection with no request for `http.idle_timeout` is closed.
+//! - **Body timeout.** A request's body (at most the body limit) is read before the request is
+//!   handed on; one that does not arrive within `http.body_read_timeout` is answered 408 and the
+//!   connection closed. While it arrives the connection counts as idle for eviction.
+//! - **TLS.** A handshake must finish within the header timeout, and a connection still in its
+//!   handshake is evictable.
 //! - A request in flight is never timed out here (a waiting admission may take minutes).
 //!
 //! hyper's own header timer restarts on every idle keep-alive connection, which would make the
@@ -38,6 +43,7 @@ use tower::ServiceExt;
 pub(crate) struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub idle_timeout: Duration,
 }
 
@@ -52,6 +58,8 @@ struct Conn {
     /// When the next request's first byte arrived, ms since the epoch + 1; 0 when none is
     /// being read.
     header_ms: AtomicU64,
+    /// A request's body is being read: its own timeout runs, and the connection is evictable.
+    reading_body: std::sync::atomic::AtomicBool,
     /// Closes the connection now (evicted for a newcomer).
     evict: Notify,
 }
@@ -74,7 +82,7 @@ impl Shared {
     /// When `c` is to be closed unless something happens first; `None` while it has a request
     /// in flight.
     fn deadline(&self, c: &Conn) -> Option<Instant> {
-        if c.inflight.load(Ordering::SeqCst) > 0 {
+        if c.inflight.load(Ordering::SeqCst) > 0 || c.reading_body.load(Ordering::SeqCst) {
             return None;
         }
         let header = c.header_ms.load(Ordering::SeqCst);
@@ -219,6 +227,7 @@ pub(crate) async fn serve(
             served: AtomicU64::new(0),
             last_ms: AtomicU64::new(shared.ms()),
             header_ms: AtomicU64::new(0),
+            reading_body: std::sync::atomic::AtomicBool::new(false),
             evict: Notify::new(),
         });
         shared.conns.lock().unwrap_or_else(PoisonError::into_inner).insert(id, Arc::clone(&conn));
@@ -228,11 +237,16 @@ pub(crate) async fn serve(
             match tls {
                 None => connection(stream, conn, Arc::clone(&shared), router, stop).await,
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+                    // Bounded by the header timeout, and given up when evicted for a newcomer.
+                    let handshake = tokio::select! {
+                        h = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)) => Some(h),
+                        () = conn.evict.notified() => None,
+                    };
                     match handshake {
-                        Ok(Ok(s)) => connection(s, conn, Arc::clone(&shared), router, stop).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                        Some(Ok(Ok(s))) => connection(s, conn, Arc::clone(&shared), router, stop).await,
+                        Some(Ok(Err(e))) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Some(Err(_)) => tracing::debug!("TLS handshake timed out"),
+                        None => tracing::debug!("TLS handshake evicted for a newcomer"),
                     }
                 }
             }
@@ -253,9 +267,14 @@ where
     let service = {
         let (conn, shared) = (Arc::clone(&conn), Arc::clone(&shared));
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let guard = InFlight::begin(&conn, &shared);
+            let (conn, shared) = (Arc::clone(&conn), Arc::clone(&shared));
             let router = router.clone();
             async move {
+                let req = match read_body(req, &conn, &shared).await {
+                    Ok(req) => req,
+                    Err(refusal) => return Ok(refusal),
+                };
+                let guard = InFlight::begin(&conn, &shared);
                 let response = router.oneshot(req).await;
                 drop(guard);
                 response
@@ -284,6 +303,55 @@ where
                 served.as_mut().graceful_shutdown();
                 stopping = true;
             }
+        }
+    }
+}
+
+/// Reads a request's body (at most the body limit) within the body timeout, the connection
+/// evictable meanwhile; the request with its body, or the answer that refuses it (408 closing
+/// the connection, 413, 400).
+async fn read_body(
+    req: hyper::Request<Incoming>,
+    conn: &Conn,
+    shared: &Shared,
+) -> Result<hyper::Request<axum::body::Body>, axum::response::Response> {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let declared =
+        parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > crate::limits::BODY_LIMIT as u64) {
+        // Refused by the router's edge from its headers alone, without reading a byte of it.
+        return Ok(hyper::Request::from_parts(parts, axum::body::Body::empty()));
+    }
+    conn.header_ms.store(0, Ordering::SeqCst);
+    conn.reading_body.store(true, Ordering::SeqCst);
+    let limited = http_body_util::Limited::new(body, crate::limits::BODY_LIMIT);
+    let read = tokio::time::timeout(shared.limits.body_read_timeout, limited.collect()).await;
+    conn.reading_body.store(false, Ordering::SeqCst);
+    conn.last_ms.store(shared.ms(), Ordering::SeqCst);
+    let refuse = |status: axum::http::StatusCode, detail: String| {
+        let mut r = crate::http::error::ApiError { status, detail }.into_response();
+        if status == axum::http::StatusCode::REQUEST_TIMEOUT {
+            r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        r
+    };
+    match read {
+        Ok(Ok(collected)) => Ok(hyper::Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()))),
+        Err(_) => Err(refuse(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within http.body_read_timeout ({} s)",
+                shared.limits.body_read_timeout.as_secs()
+            ),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the limit of {} bytes", crate::limits::BODY_LIMIT),
+        )),
+        Ok(Err(e)) => {
+            Err(refuse(axum::http::StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")))
         }
     }
 }

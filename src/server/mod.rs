@@ -103,6 +103,7 @@ pub async fn run_with(
     let limits = listener::Limits {
         max_connections: config.http.max_connections as usize,
         header_read_timeout: config.http.header_read_timeout.0,
+        body_read_timeout: config.http.body_read_timeout.0,
         idle_timeout: config.http.idle_timeout.0,
     };
     let front = std::sync::Arc::new(crate::http::host_check::FrontDoor::new(&config, scheme, addr.port()));

@@ -104,6 +104,7 @@ class Server:
         self._start(self.addr)
 
     def _start(self, listen: str) -> None:
+        assert BIN is not None, f"{MISSING} not set"
         token_file, limit, extra_config = self._config
         (self.dir / "config.yaml").write_text(config_text(self.dir, token_file, limit, extra_config, listen))
         env = dict(os.environ, FAKE_NVML_SCENARIO=str(self.scenario), RUST_LOG="info")
