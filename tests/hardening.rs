@@ -471,3 +471,29 @@ fn stalled_tls_handshakes_do_not_delay_a_real_client() {
     assert!(asked.elapsed() < Duration::from_secs(1), "an HTTPS request waited {:?}", asked.elapsed());
     drop(stalled);
 }
+
+/// Issue #27, item 7b: a direct lease request whose client hung up right after sending it is
+/// not left holding a slot (on main, ten such requests held every slot for the whole TTL).
+#[test]
+fn a_lease_request_whose_client_hung_up_leaves_no_lease() {
+    let vg = start("constraints: { max_concurrent_generations: 10 }\n");
+    let body = r#"{"vram_required_gb": 1, "client": "gone"}"#;
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(&vg.addr).unwrap();
+        write!(
+            s,
+            "POST /api/v1/system/generations HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            vg.addr,
+            body.len()
+        )
+        .unwrap();
+        s.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    // Give every request time to be decided (a grant would show at once).
+    std::thread::sleep(Duration::from_millis(500));
+    let leases = vg.get_json("/api/v1/system/generations").1;
+    assert_eq!(leases["active_generations"], json!(0), "{leases}\n{}", vg.logs());
+    // A client that stays gets its lease as usual.
+    let (status, lease) = vg.post_json("/api/v1/system/generations", &json!({"vram_required_gb": 1}));
+    assert_eq!(status, 201, "{lease}");
+}

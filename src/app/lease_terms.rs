@@ -31,6 +31,46 @@ pub(crate) struct LeaseAsk {
     pub size: SizeAsk,
     /// The name of the token asking (recorded as the lease's owner); `None` without tokens.
     pub owner: Option<String>,
+    /// Set by the server when the client's connection reached its end: nothing is granted to
+    /// a client that hung up.
+    pub hung_up: Option<HungUp>,
+}
+
+/// Whether a client closed its side of the connection: what the server's reads saw, or what a
+/// look at the socket shows now.
+#[derive(Clone, Default)]
+pub(crate) struct HungUp {
+    seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    probe: Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl HungUp {
+    /// A flag that `probe` (a look at the connection now) may also raise.
+    pub(crate) fn with_probe(probe: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self { seen: Default::default(), probe: Some(std::sync::Arc::new(probe)) }
+    }
+
+    /// Notes that a read found the end of the client's stream.
+    pub(crate) fn set(&self) {
+        self.seen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the client closed its side.
+    pub(crate) fn is_set(&self) -> bool {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst) || self.probe.as_ref().is_some_and(|p| p())
+    }
+}
+
+impl std::fmt::Debug for HungUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HungUp").field("seen", &self.seen).finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for HungUp {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.seen, &other.seen)
+    }
 }
 
 impl LeaseAsk {

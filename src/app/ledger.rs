@@ -13,8 +13,8 @@ use super::access::Caller;
 use super::error::ServiceError;
 use super::inputs::Inputs;
 use super::lease_terms::{
-    Acquired, End, Evidence, Learned, LeaseAsk, Processes, Released, check_id, check_owner, check_ttl, check_unshared,
-    invalid, no_live_lease, observation, store_failed,
+    Acquired, End, Evidence, HungUp, Learned, LeaseAsk, Processes, Released, check_id, check_owner, check_ttl,
+    check_unshared, invalid, no_live_lease, observation, store_failed,
 };
 use super::lease_thread::{Finish, Job, LeaseThread};
 use super::writer::Writer;
@@ -201,10 +201,11 @@ impl Ledger {
             // ended again if it left while being granted.
             let claim = Claim::new(self.clone());
             let state = Arc::clone(&claim.state);
+            let hung_up = ask.hung_up.clone();
             let outcome = self
                 .critical("lease decision failed", move |l, store, now| {
                     let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if s.gone {
+                    if s.gone || ask.hung_up.as_ref().is_some_and(HungUp::is_set) {
                         return Err(ServiceError::Invalid("the client left before its lease was granted".to_owned()));
                     }
                     let out = l.grant_or_refuse(store, now, &ask, &workload)?;
@@ -214,6 +215,12 @@ impl Ledger {
                     Ok(out)
                 })
                 .await?;
+            // One turn of the connection before the answer is claimed: it reads on, and a client
+            // that hung up while its lease was granted is seen (the claim then ends the lease).
+            tokio::task::yield_now().await;
+            if hung_up.as_ref().is_some_and(HungUp::is_set) {
+                return Err(ServiceError::Invalid("the client left while its lease was granted".to_owned()));
+            }
             claim.claimed();
             outcome
         } else {

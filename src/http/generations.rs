@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorBody};
 use super::wire::ResourceCheck;
 use crate::app::AppState;
 use crate::app::Caller;
-use crate::app::lease_terms::{LeaseAsk, Processes, Released};
+use crate::app::lease_terms::{HungUp, LeaseAsk, Processes, Released};
 use crate::app::queue::{Admission, retry_after_seconds};
 use crate::leases::{Attribution, Lease, LeaseUsage, Outcome};
 use crate::limits;
@@ -319,8 +319,10 @@ pub(crate) struct LeaseList {
 pub(crate) async fn acquire(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    hung_up: Option<Extension<HungUp>>,
     JsonBody(req): JsonBody<LeaseRequest>,
 ) -> Result<Response, ApiError> {
+    let hung_up = hung_up.map(|Extension(h)| h);
     let ask = LeaseAsk {
         vram_required_gb: req.vram_required_gb,
         model_loaded: req.model_loaded.unwrap_or(false),
@@ -331,6 +333,7 @@ pub(crate) async fn acquire(
         workload: req.workload,
         size: SizeAsk { width: req.width, height: req.height, frames: req.frames },
         owner: caller.owner().map(str::to_owned),
+        hung_up,
     };
     Ok(match state.queue().acquire_waiting(ask, req.wait_seconds.unwrap_or(0.0)).await? {
         Admission::Granted(lease, check) => {

@@ -58,6 +58,8 @@ struct Conn {
     /// When the next request's first byte arrived, ms since the epoch + 1; 0 when none is
     /// being read.
     header_ms: AtomicU64,
+    /// The client closed its side of the connection (a read found its end).
+    hung_up: crate::app::lease_terms::HungUp,
     /// A request's body is being read: its own timeout runs, and the connection is evictable.
     reading_body: std::sync::atomic::AtomicBool,
     /// Closes the connection now (evicted for a newcomer).
@@ -145,7 +147,12 @@ struct Tracked<I> {
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if room && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            // The end of the stream: the client closed its side.
+            self.conn.hung_up.set();
+        }
         if buf.filled().len() > before
             && self.conn.inflight.load(Ordering::SeqCst) == 0
             && self.conn.header_ms.load(Ordering::SeqCst) == 0
@@ -227,6 +234,7 @@ pub(crate) async fn serve(
             served: AtomicU64::new(0),
             last_ms: AtomicU64::new(shared.ms()),
             header_ms: AtomicU64::new(0),
+            hung_up: hung_up_probe(&stream),
             reading_body: std::sync::atomic::AtomicBool::new(false),
             evict: Notify::new(),
         });
@@ -270,10 +278,11 @@ where
             let (conn, shared) = (Arc::clone(&conn), Arc::clone(&shared));
             let router = router.clone();
             async move {
-                let req = match read_body(req, &conn, &shared).await {
+                let mut req = match read_body(req, &conn, &shared).await {
                     Ok(req) => req,
                     Err(refusal) => return Ok(refusal),
                 };
+                req.extensions_mut().insert(conn.hung_up.clone());
                 let guard = InFlight::begin(&conn, &shared);
                 let response = router.oneshot(req).await;
                 drop(guard);
@@ -354,6 +363,19 @@ async fn read_body(
             Err(refuse(axum::http::StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}")))
         }
     }
+}
+
+/// A hang-up flag for `stream` that can also look at the socket: a peek that finds the end of
+/// the stream (nothing left to read, and the client's FIN in) means the client is gone. The
+/// descriptor stays the connection's while a request on it is being decided.
+fn hung_up_probe(stream: &tokio::net::TcpStream) -> crate::app::lease_terms::HungUp {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    crate::app::lease_terms::HungUp::with_probe(move || {
+        let mut byte = [0u8; 1];
+        matches!(recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT), Ok(0))
+    })
 }
 
 /// Resolves once `stop` is true (the borrow of the value ends here, so callers stay `Send`).
