@@ -169,6 +169,13 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The tests that open hundreds of sockets take turns: together they would run this process out
+/// of file descriptors.
+fn many_sockets() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -178,6 +185,7 @@ fn open_fds(pid: u32) -> usize {
 /// header timeout, and RSS comes back to within 5 MiB of where it was.
 #[test]
 fn idle_and_slow_connections_are_capped_and_closed() {
+    let _turn = many_sockets();
     let vg = start("http: { max_connections: 200, header_read_timeout: 2s, idle_timeout: 3s }\n");
     let pid = vg.pid();
     // Warm up: a few ordinary requests, so the resting size includes a used connection path.
@@ -387,6 +395,7 @@ fn another_port_is_another_origin_and_the_subprotocol_token_is_for_the_websocket
 /// connections), every stalled socket is answered 408 or closed, and the descriptors come back.
 #[test]
 fn stalled_request_bodies_do_not_hold_their_connections() {
+    let _turn = many_sockets();
     let vg = start("http: { max_connections: 512, body_read_timeout: 2s, header_read_timeout: 5s }\n");
     let pid = vg.pid();
     for _ in 0..5 {

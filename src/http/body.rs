@@ -56,13 +56,22 @@ impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequest<S> for JsonBody<
     }
 }
 
-/// An optional JSON body: no body at all (and no Content-Type) is `None`; anything else must be
-/// a valid JSON object, exactly as for [`JsonBody`].
+/// An optional JSON body: no body at all (and no Content-Type) is `None`, and so is a JSON
+/// `null` (what the OpenAPI document's optional body allows); anything else must be a valid JSON
+/// object, exactly as for [`JsonBody`].
 impl<S: Send + Sync, T: DeserializeOwned + Allowed> OptionalFromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
         if req.headers().contains_key(header::CONTENT_TYPE) {
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, crate::limits::BODY_LIMIT)
+                .await
+                .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+            if bytes.trim_ascii() == b"null" {
+                return Ok(None);
+            }
+            let req = Request::from_parts(parts, axum::body::Body::from(bytes));
             return <Self as FromRequest<S>>::from_request(req, state).await.map(Some);
         }
         let bytes = Bytes::from_request(req, state)

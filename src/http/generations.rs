@@ -253,6 +253,27 @@ pub(crate) struct LeaseGranted {
     pub resource_check: ResourceCheck,
 }
 
+/// A 409 of a lease request, as the OpenAPI document describes it: refused by the decision, or a
+/// pid another live lease already lists.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // a schema only: the handlers answer with one of the two bodies directly
+pub(crate) enum LeaseConflict {
+    /// Resources do not allow the job: the decision says why.
+    Refused(Box<LeaseRefused>),
+    /// A listed pid belongs to another live lease: `detail` names it.
+    PidTaken(PidTaken),
+}
+
+/// A 409 for a pid another live lease lists: just the `detail` (no decision was made).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // a schema only: the error edge writes this shape
+pub(crate) struct PidTaken {
+    /// Names the pid and the lease that lists it.
+    pub detail: String,
+}
+
 /// 409: why not, with the decision.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct LeaseRefused {
@@ -309,7 +330,8 @@ pub(crate) struct LeaseList {
 #[utoipa::path(post, path = "/api/v1/system/generations", tag = "leases",
     request_body = LeaseRequest,
     responses(
-        (status = 201, body = LeaseGranted), (status = 409, body = LeaseRefused),
+        (status = 201, body = LeaseGranted),
+        (status = 409, body = LeaseConflict, description = "Refused by the decision (resource_check says why), or a pid another live lease lists (detail names it)"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "A reader token may not take leases"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
@@ -412,6 +434,7 @@ pub(crate) async fn list(State(state): State<AppState>, Extension(caller): Exten
     request_body(content = Option<HeartbeatRequest>, description = "Optional new lifetime"),
     responses(
         (status = 200, body = LeaseBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "A pid another live lease lists"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "Another client's lease, or a reader token"),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),

@@ -44,8 +44,34 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(workloads::list))
 }
 
-/// `GET /api/v1/openapi.json`.
-pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    Json(DOC.get_or_init(|| api_router().split_for_parts().1).clone())
+/// `GET /api/v1/openapi.json`: the document of the annotations, with the bounds only the
+/// configuration knows written in: the workload profiles a request may name and the history's
+/// retention.
+pub(crate) async fn document(axum::extract::State(state): axum::extract::State<AppState>) -> Json<serde_json::Value> {
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    let mut doc = DOC
+        .get_or_init(|| serde_json::to_value(api_router().split_for_parts().1).expect("the document serialises"))
+        .clone();
+    configured(&mut doc, &state.config());
+    Json(doc)
+}
+
+/// Writes the configuration's bounds into `doc`.
+fn configured(doc: &mut serde_json::Value, config: &crate::config::Config) {
+    use serde_json::{Value, json};
+    let names: Vec<Value> = config.profile_names().into_iter().map(|n| json!(n)).collect();
+    let retention_hours = config.history.retention.0.as_secs_f64() / 3600.0;
+    let param = |doc: &mut Value, path: &str, name: &str, f: &dyn Fn(&mut Value)| {
+        if let Some(params) = doc["paths"][path]["get"]["parameters"].as_array_mut() {
+            params.iter_mut().filter(|p| p["name"] == json!(name)).for_each(|p| f(&mut p["schema"]));
+        }
+    };
+    param(doc, "/api/v1/system/resource-check", "workload", &|s| s["enum"] = Value::Array(names.clone()));
+    param(doc, "/api/v1/system/stats/history", "hours", &|s| s["maximum"] = json!(retention_hours));
+    let workload = &mut doc["components"]["schemas"]["LeaseRequest"]["properties"]["workload"];
+    if workload.is_object() {
+        let mut allowed = names.clone();
+        allowed.push(Value::Null);
+        workload["enum"] = Value::Array(allowed);
+    }
 }
