@@ -58,6 +58,11 @@ struct Conn {
     /// When the next request's first byte arrived, ms since the epoch + 1; 0 when none is
     /// being read.
     header_ms: AtomicU64,
+    /// The request being read repeats `Content-Length` (hyper's parser merges identical values,
+    /// so this is seen in the bytes).
+    repeated_length: std::sync::atomic::AtomicBool,
+    /// A response went out: the next bytes are a new request's head, to be scanned.
+    rescan: std::sync::atomic::AtomicBool,
     /// The client closed its side of the connection (a read found its end).
     hung_up: crate::app::lease_terms::HungUp,
     /// A request's body is being read: its own timeout runs, and the connection is evictable.
@@ -134,6 +139,7 @@ impl Drop for InFlight {
         self.conn.last_ms.store(self.shared.ms(), Ordering::SeqCst);
         self.conn.served.fetch_add(1, Ordering::SeqCst);
         self.conn.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.conn.rescan.store(true, Ordering::SeqCst);
     }
 }
 
@@ -142,6 +148,45 @@ struct Tracked<I> {
     inner: I,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
+    head: HeadScan,
+}
+
+/// Scans a request's head as it arrives for a repeated `Content-Length`, which hyper's parser
+/// would merge when the values are identical (RFC 9112 wants such a request refused).
+#[derive(Default)]
+struct HeadScan {
+    done: bool,
+    bytes: Vec<u8>,
+}
+
+/// A head longer than this is hyper's to refuse; the scan gives up.
+const HEAD_SCAN_LIMIT: usize = 16 * 1024;
+
+impl HeadScan {
+    /// Takes newly read bytes; `Some(true)` once the head ended with `Content-Length` twice.
+    fn feed(&mut self, bytes: &[u8]) -> Option<bool> {
+        if self.done {
+            return None;
+        }
+        self.bytes.extend_from_slice(&bytes[..bytes.len().min(HEAD_SCAN_LIMIT.saturating_sub(self.bytes.len()))]);
+        let end = self.bytes.windows(4).position(|w| w == b"\r\n\r\n");
+        if end.is_none() && self.bytes.len() < HEAD_SCAN_LIMIT {
+            return None;
+        }
+        self.done = true;
+        let head = &self.bytes[..end.unwrap_or(self.bytes.len())];
+        let lengths = head
+            .split(|b| *b == b'\n')
+            .filter(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+            .count();
+        self.bytes = Vec::new();
+        Some(lengths > 1)
+    }
+
+    fn restart(&mut self) {
+        self.done = false;
+        self.bytes.clear();
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -152,6 +197,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         if room && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before {
             // The end of the stream: the client closed its side.
             self.conn.hung_up.set();
+        }
+        if self.conn.rescan.swap(false, Ordering::SeqCst) {
+            self.head.restart();
+        }
+        if buf.filled().len() > before {
+            let this = &mut *self;
+            if this.head.feed(&buf.filled()[before..]) == Some(true) {
+                this.conn.repeated_length.store(true, Ordering::SeqCst);
+            }
         }
         if buf.filled().len() > before
             && self.conn.inflight.load(Ordering::SeqCst) == 0
@@ -234,6 +288,8 @@ pub(crate) async fn serve(
             served: AtomicU64::new(0),
             last_ms: AtomicU64::new(shared.ms()),
             header_ms: AtomicU64::new(0),
+            repeated_length: std::sync::atomic::AtomicBool::new(false),
+            rescan: std::sync::atomic::AtomicBool::new(false),
             hung_up: hung_up_probe(&stream),
             reading_body: std::sync::atomic::AtomicBool::new(false),
             evict: Notify::new(),
@@ -271,13 +327,21 @@ async fn connection<I>(io: I, conn: Arc<Conn>, shared: Arc<Shared>, router: Rout
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(Tracked { inner: io, conn: Arc::clone(&conn), shared: Arc::clone(&shared) });
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        conn: Arc::clone(&conn),
+        shared: Arc::clone(&shared),
+        head: HeadScan::default(),
+    });
     let service = {
         let (conn, shared) = (Arc::clone(&conn), Arc::clone(&shared));
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let (conn, shared) = (Arc::clone(&conn), Arc::clone(&shared));
             let router = router.clone();
             async move {
+                if conn.repeated_length.swap(false, Ordering::SeqCst) {
+                    return Ok(repeated_length());
+                }
                 let mut req = match read_body(req, &conn, &shared).await {
                     Ok(req) => req,
                     Err(refusal) => return Ok(refusal),
@@ -314,6 +378,15 @@ where
             }
         }
     }
+}
+
+/// The 400 for a request that repeats `Content-Length`; the connection is closed after it.
+fn repeated_length() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let detail = "more than one content-length header; a request carries it once".to_owned();
+    let mut r = crate::http::error::ApiError { status: axum::http::StatusCode::BAD_REQUEST, detail }.into_response();
+    r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    r
 }
 
 /// Reads a request's body (at most the body limit) within the body timeout, the connection
@@ -381,4 +454,19 @@ fn hung_up_probe(stream: &tokio::net::TcpStream) -> crate::app::lease_terms::Hun
 /// Resolves once `stop` is true (the borrow of the value ends here, so callers stay `Send`).
 async fn until_stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_content_length_is_found_across_reads() {
+        let mut scan = HeadScan::default();
+        assert_eq!(scan.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r"), None);
+        assert_eq!(scan.feed(b"\ncontent-length: 2\r\n\r\n{}"), Some(true));
+        assert_eq!(scan.feed(b"GET / HTTP/1.1\r\n\r\n"), None, "nothing until restarted");
+        scan.restart();
+        assert_eq!(scan.feed(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nContent-Length: 3"), Some(false));
+    }
 }
