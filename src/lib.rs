@@ -84,7 +84,7 @@ pub use history::{GpuHistoryPoint, HistoryPoint};
 pub use metrics::{LeaseFigures, Metrics};
 pub use policy::admission::{CheckRequest, resource_check};
 pub use policy::health::HealthStatus;
-pub use policy::phases::{Geometry, SizeAsk};
+pub use policy::phases::Geometry;
 pub use policy::search::{Job, search as recommendation_search};
 pub use policy::{Context, gpu_views};
 pub use store::{Store, StoreStatus};

@@ -81,14 +81,15 @@ pub(crate) fn usage(live: &[&Lease], snapshot: Option<&Snapshot>) -> Vec<LeaseUs
         on_gpu.sort_by(|a, b| a.granted_at.total_cmp(&b.granted_at).then(a.id.cmp(&b.id)));
         let held = snapshot.and_then(|s| held_gb(s, gpu, &on_gpu));
         let mut attributed_gb = 0.0;
-        let mut unattributed: Vec<&Lease> = Vec::new();
+        // Leases counted by growth, with what their processes hold now.
+        let mut unattributed: Vec<(&Lease, Option<f64>)> = Vec::new();
         for (i, l) in on_gpu.iter().enumerate() {
             let used = held.as_ref().map(|h| h[i]).filter(|_| !l.pids.is_empty());
             // Counted by its processes once they were seen holding VRAM; until then (or never, as
             // for a job vramguard cannot match) by the growth rule, so a job whose VRAM shows
             // under no listed pid is not owed its reservation on top of the GPU's used memory.
             if !(l.seen || used.is_some_and(|u| u > 0.0)) {
-                unattributed.push(l);
+                unattributed.push((l, used));
                 continue;
             }
             attributed_gb += used.unwrap_or(0.0);
@@ -104,17 +105,15 @@ pub(crate) fn usage(live: &[&Lease], snapshot: Option<&Snapshot>) -> Vec<LeaseUs
         }
         // Unattributed leases, oldest first, share the growth of the GPU's unattributed use (used
         // less what attributed leases' processes hold) since the oldest one's grant.
-        let baseline = unattributed.iter().filter_map(|l| l.unattributed_used_at_grant_gb).reduce(f64::min);
+        let baseline = unattributed.iter().filter_map(|(l, _)| l.unattributed_used_at_grant_gb).reduce(f64::min);
         let now_used = snapshot.and_then(|s| gpu_used_gb(s, gpu));
         let mut pool = match (now_used, baseline) {
             (Some(n), Some(b)) => (n - b - attributed_gb).max(0.0),
             _ => 0.0,
         };
-        for l in unattributed {
+        for (l, pids_hold) in unattributed {
             let used = pool.min(l.vram_reserved_gb);
             pool -= used;
-            let position = on_gpu.iter().position(|o| o.id == l.id);
-            let pids_hold = held.as_ref().zip(position).map(|(h, i)| h[i]).filter(|_| !l.pids.is_empty());
             out.push(LeaseUsage {
                 id: l.id.clone(),
                 gpu_index: Some(gpu),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LearningConfig, Optimization, Quantization, Workload};
 
-use super::phases::{self, Geometry};
+use super::phases::Geometry;
 
 /// Bytes a parameter takes in VRAM. bf16 and fp16 are both 2 bytes: bf16 trades mantissa for
 /// exponent range, not memory (the seed claimed otherwise).
@@ -26,10 +26,7 @@ pub(crate) fn bytes_per_param(q: Quantization) -> f64 {
     }
 }
 
-/// VRAM one generation of `workload` at `geometry` needs, GiB (the phase model).
-pub(crate) fn need_gb(workload: &Workload, settings: &Optimization, model_loaded: bool, geometry: Geometry) -> f64 {
-    phases::need_gb(workload, settings, model_loaded, geometry)
-}
+pub(crate) use super::phases::need_gb;
 
 /// What a generation is estimated under: the key of an observation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

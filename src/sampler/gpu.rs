@@ -47,7 +47,7 @@ impl GpuCollector {
             backoff: BACKOFF_START,
             last_init_error: None,
             xids: XidWatcher::new(library.clone()),
-            procs: ProcReader::new("/proc"),
+            procs: ProcReader::default(),
             library,
         }
     }

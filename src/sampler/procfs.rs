@@ -26,23 +26,13 @@ pub(super) struct ProcEntry {
     pub(super) identity: ProcessIdentity,
 }
 
-/// Reads process entries under one `/proc`, remembering each for one pass (GPUs share
-/// ancestors).
-#[derive(Debug)]
+/// Reads process entries under `/proc`, remembering each for one pass (GPUs share ancestors).
+#[derive(Debug, Default)]
 pub(super) struct ProcReader {
-    root: PathBuf,
-    /// vramguard's own pid namespace (`/proc/self/ns/pid`), readable by any user.
-    own_namespace: Option<u64>,
     pass: HashMap<u32, Option<ProcEntry>>,
 }
 
 impl ProcReader {
-    pub(super) fn new(root: impl Into<PathBuf>) -> Self {
-        let root = root.into();
-        let own_namespace = namespace_inode(&root.join("self/ns/pid"));
-        Self { root, own_namespace, pass: HashMap::new() }
-    }
-
     /// Starts a pass: what was read before may have changed.
     pub(super) fn begin_pass(&mut self) {
         self.pass.clear();
@@ -73,12 +63,12 @@ impl ProcReader {
     }
 
     fn read(&self, pid: u32) -> Option<ProcEntry> {
-        let dir = self.root.join(pid.to_string());
+        let dir = PathBuf::from(format!("/proc/{pid}"));
         let status = std::fs::read_to_string(dir.join("status")).ok()?;
         let status = parse_status(&status)?;
         let start_time = std::fs::read_to_string(dir.join("stat")).ok().as_deref().and_then(start_time);
         let pid_namespace =
-            if status.ns_depth == 1 { self.own_namespace } else { namespace_inode(&dir.join("ns/pid")) };
+            if status.ns_depth == 1 { own_pid_namespace() } else { namespace_inode(&dir.join("ns/pid")) };
         Some(ProcEntry {
             name: status.name,
             parent: status.parent,
@@ -127,12 +117,13 @@ fn start_time(stat: &str) -> Option<u64> {
 /// sees processes in (its own `/proc/self/ns/pid`) and `pid`'s start time, each `None` when
 /// `/proc` does not say (`vramguard run` sends them with its child's pid).
 pub(crate) fn client_identity(pid: u32) -> (Option<u64>, Option<u64>) {
-    let ns = namespace_inode(Path::new("/proc/self/ns/pid"));
+    let ns = own_pid_namespace();
     let start = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(start_time);
     (ns, start)
 }
 
-/// vramguard's own pid namespace, read once: the namespace of a lease's pids when it names none.
+/// vramguard's own pid namespace, read once (readable by any user): the namespace of a lease's
+/// pids when it names none, and of every process with a single `NSpid:` entry.
 pub(crate) fn own_pid_namespace() -> Option<u64> {
     static OWN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *OWN.get_or_init(|| namespace_inode(Path::new("/proc/self/ns/pid")))
@@ -169,7 +160,7 @@ mod tests {
 
     #[test]
     fn this_process_and_its_parents_are_read_from_proc() {
-        let mut reader = ProcReader::new("/proc");
+        let mut reader = ProcReader::default();
         reader.begin_pass();
         let me = std::process::id();
         let (name, lineage) = reader.lineage(me);

@@ -168,25 +168,40 @@ impl HeadScan {
         if self.done {
             return None;
         }
+        // Usually the whole head arrives in one read: scan it where it lies, copying nothing.
+        if self.bytes.is_empty()
+            && let Some(end) = head_end(bytes)
+        {
+            self.done = true;
+            return Some(repeats_length(&bytes[..end]));
+        }
         self.bytes.extend_from_slice(&bytes[..bytes.len().min(HEAD_SCAN_LIMIT.saturating_sub(self.bytes.len()))]);
-        let end = self.bytes.windows(4).position(|w| w == b"\r\n\r\n");
+        let end = head_end(&self.bytes);
         if end.is_none() && self.bytes.len() < HEAD_SCAN_LIMIT {
             return None;
         }
         self.done = true;
-        let head = &self.bytes[..end.unwrap_or(self.bytes.len())];
-        let lengths = head
-            .split(|b| *b == b'\n')
-            .filter(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-            .count();
-        self.bytes = Vec::new();
-        Some(lengths > 1)
+        let repeated = repeats_length(&self.bytes[..end.unwrap_or(self.bytes.len())]);
+        self.bytes.clear();
+        Some(repeated)
     }
 
     fn restart(&mut self) {
         self.done = false;
         self.bytes.clear();
     }
+}
+
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// Whether a request head names `Content-Length` more than once.
+fn repeats_length(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n')
+        .filter(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+        .count()
+        > 1
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -400,6 +415,10 @@ async fn read_body(
     use axum::response::IntoResponse;
     use http_body_util::BodyExt;
     let (parts, body) = req.into_parts();
+    if hyper::body::Body::is_end_stream(&body) {
+        // No body (a GET, a POST with Content-Length 0): nothing to wait for, no timer to arm.
+        return Ok(hyper::Request::from_parts(parts, axum::body::Body::new(body)));
+    }
     let declared =
         parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > crate::limits::BODY_LIMIT as u64) {
