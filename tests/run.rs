@@ -125,7 +125,19 @@ fn the_commands_tree_is_attributed_and_sigint_is_forwarded() {
     assert_eq!(lease["vram_outstanding_gb"], json!(4.0), "{lease}");
     assert_eq!(lease["client"], json!("sh"));
     common::signal(child.id(), "INT");
-    let status = child.wait().unwrap();
+    // Bounded: if the signal were not forwarded the command would loop for ever.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("SIGINT was not forwarded: the command still runs");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(status.code(), Some(3));
     assert_eq!(vg.get_json("/api/v1/system/generations").1["active_generations"], json!(0));
     // Exit 3 is an error: nothing learned, though its VRAM was seen.
