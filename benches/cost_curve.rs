@@ -55,6 +55,12 @@ fn per_gpu(g: u32, n: u32, p: u32) -> u32 {
     p / n + u32::from(g < p % n)
 }
 
+/// Every telemetry reading supported, so a pass makes each of their NVML calls.
+const TELEMETRY: &str = "power_limit_mw 700000\nenergy_mj 123456789123\nfans 30,30\nencoder_utilization 0\n\
+decoder_utilization 0\npcie_tx_kbps 1024\npcie_rx_kbps 2048\npcie_link_gen 5\npcie_link_width 16\npstate 0\n\
+violation_power_ns 12500000000\nviolation_thermal_ns 0\nviolation_sync_boost_ns 0\nviolation_board_limit_ns 0\n\
+violation_low_utilization_ns 0\nviolation_reliability_ns 0\n";
+
 /// The fake NVML scenario of N GPUs and P processes in total, all with this process's pid.
 fn scenario(n: u32, p: u32) -> String {
     let pid = std::process::id();
@@ -62,12 +68,12 @@ fn scenario(n: u32, p: u32) -> String {
     for g in 0..n {
         let k = per_gpu(g, n, p);
         s += &format!(
-            "[gpu]\nname NVIDIA H100 80GB HBM3\nmemory_total {}\nmemory_used {}\nutilization_gpu 50\ntemperature 50\npower_mw 300000\n",
+            "[gpu]\nname NVIDIA H100 80GB HBM3\nmemory_total {}\nmemory_used {}\nutilization_gpu 50\ntemperature 50\npower_mw 300000\n{TELEMETRY}",
             TOTAL_GIB * GIB,
             USED_GIB * GIB
         );
         for _ in 0..k {
-            s += &format!("process {pid} {}\n", USED_GIB * GIB / u64::from(k));
+            s += &format!("process {pid} {}\nprocess_sm {pid} 10\n", USED_GIB * GIB / u64::from(k));
         }
     }
     s

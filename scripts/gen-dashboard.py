@@ -94,8 +94,34 @@ panel("VRAM used, outstanding and total",
                                  {"id": "custom.fillOpacity", "value": 40}]}])
 panel("GPU temperature", [(f"vramguard_gpu_temperature_celsius{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}")],
       "celsius", x=8, w=8, description="Core temperature per GPU; the GPUTemperatureHigh alert fires at 85 °C.")
-panel("GPU power", [(f"vramguard_gpu_power_watts{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}")],
-      "watt", x=16, w=8, description="Board power draw per GPU.")
+panel("GPU power", [(f"vramguard_gpu_power_watts{{{GPU_SEL}}}" + NAMED, "{{name}} #{{gpu}}"),
+                    (f"vramguard_gpu_power_limit_watts{{{GPU_SEL}}}" + NAMED, "limit {{name}} #{{gpu}}")],
+      "watt", x=16, w=8, description="Board power draw per GPU, and the enforced power limit (dashed).",
+      overrides=[threshold_style("limit .*")])
+y += 8
+
+row("GPU energy and I/O")
+panel("Energy (average power)",
+      [(f"rate(vramguard_gpu_energy_joules_total{{{GPU_SEL}}}[$__rate_interval])" + NAMED, "{{name}} #{{gpu}}")],
+      "watt", x=0, w=6, description="Energy per second from NVML's energy counter: the average power over each "
+                                    "interval, which the instantaneous power reading can miss. "
+                                    "increase() over a day gives joules per day.")
+panel("Time held back, by reason",
+      [(f"rate(vramguard_gpu_throttle_seconds_total{{{GPU_SEL}}}[$__rate_interval])" + NAMED,
+        "{{reason}} {{name}} #{{gpu}}")],
+      "percentunit", x=6, w=6, description="Fraction of each interval the GPU's clocks were held back, by reason "
+                                           "(NVML violation time): power, thermal, sync_boost, board_limit, "
+                                           "low_utilization, reliability. GPUPowerThrottled fires when power is "
+                                           "above half for 10 minutes.")
+panel("PCIe throughput",
+      [(f"vramguard_gpu_pcie_throughput_bytes_per_second{{{GPU_SEL}}}" + NAMED, "{{direction}} {{name}} #{{gpu}}")],
+      "Bps", x=12, w=6, description="PCIe traffic per GPU: tx sent by the GPU, rx received (NVML's 20 ms window "
+                                    "at each sample). Offloading pipelines move weights over it.")
+panel("Video encoder and decoder",
+      [(f"vramguard_gpu_encoder_utilization_ratio{{{GPU_SEL}}}" + NAMED, "encoder {{name}} #{{gpu}}"),
+       (f"vramguard_gpu_decoder_utilization_ratio{{{GPU_SEL}}}" + NAMED, "decoder {{name}} #{{gpu}}")],
+      "percentunit", x=18, w=6, description="NVENC and NVDEC busy fraction per GPU (video pipelines that encode "
+                                            "their output on the GPU).")
 y += 8
 
 row("GPU health")
@@ -159,6 +185,16 @@ panel("Admission decisions",
         "{{result}} {{reason}}")],
       "reqps", x=16, w=8, description="Resource-checks and lease requests per second, by result and the "
                                        "first refusal reason.")
+y += 8
+panel("Generations finished, by outcome",
+      [(f"sum by (outcome) (increase(vramguard_generations_finished_total{{{SEL}}}[$__rate_interval]))", "{{outcome}}")],
+      "short", x=0, w=24,
+      description="How many admitted generations ended in each interval, by outcome: ok, oom (died of CUDA "
+                  "out-of-memory: its reservation was too small; alert GenerationOutOfMemory), error, cancelled "
+                  "(as the release said) or expired (no release). Only ok and oom ends teach the estimates.",
+      extra={"fieldConfig": {"defaults": {"unit": "short", "custom": {"lineWidth": 1, "fillOpacity": 10,
+                                                                      "showPoints": "never", "drawStyle": "bars"}},
+                             "overrides": []}})
 y += 8
 
 row("Exporter")

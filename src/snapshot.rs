@@ -67,6 +67,9 @@ pub struct GpuStats {
     pub processes: Option<Vec<GpuProcess>>,
     /// Fault readings: ECC, row remapping, clock slowdowns, XID events.
     pub faults: GpuFaults,
+    /// The readings other GPU exporters publish: power limit, energy, fans, codecs, PCIe,
+    /// throttle time, performance state.
+    pub telemetry: GpuTelemetry,
     /// Fault health judged from `faults` when the snapshot was taken.
     pub health: GpuHealth,
 }
@@ -89,6 +92,44 @@ pub struct GpuFaults {
     /// XIDs seen since vramguard started watching, by code; empty when none (or not watched).
     pub xids: Vec<XidSeen>,
 }
+
+/// The readings nvidia_gpu_exporter and dcgm-exporter users expect, one NVML call each. Every
+/// reading the board does not support is `None` (or empty).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuTelemetry {
+    /// The enforced power limit, W.
+    pub power_limit_watts: Option<f64>,
+    /// Energy since the driver loaded, J; kept monotonic across a driver reload while vramguard
+    /// runs (the sampler adds the count before a reset).
+    pub energy_joules: Option<f64>,
+    /// (fan index, speed as a fraction of its maximum) for each fan NVML reads; empty without
+    /// fans or support.
+    pub fan_ratios: Vec<(u32, f64)>,
+    /// Memory (bandwidth) busy fraction: NVML's memory utilization.
+    pub memory_bandwidth_ratio: Option<f64>,
+    /// Video encoder busy fraction.
+    pub encoder_ratio: Option<f64>,
+    /// Video decoder busy fraction.
+    pub decoder_ratio: Option<f64>,
+    /// PCIe bytes sent by the GPU per second (NVML measures a 20 ms window).
+    pub pcie_tx_bytes_per_second: Option<f64>,
+    /// PCIe bytes received by the GPU per second.
+    pub pcie_rx_bytes_per_second: Option<f64>,
+    /// Current PCIe link generation.
+    pub pcie_link_generation: Option<u32>,
+    /// Current PCIe link width (lanes).
+    pub pcie_link_width: Option<u32>,
+    /// Seconds the GPU was held back, by reason (labels of [`VIOLATION_REASONS`]), for the
+    /// reasons the board reports; monotonic like `energy_joules`.
+    pub throttle_seconds: Vec<(&'static str, f64)>,
+    /// Performance state, 0 (fastest) to 15; `None` when unsupported or unknown.
+    pub performance_state: Option<u8>,
+}
+
+/// The violation (held-back time) reasons vramguard reports, in NVML's policy order
+/// (`NVML_PERF_POLICY_POWER` = 0 ... `NVML_PERF_POLICY_RELIABILITY` = 5).
+pub const VIOLATION_REASONS: [&str; 6] =
+    ["power", "thermal", "sync_boost", "board_limit", "low_utilization", "reliability"];
 
 /// Row remapping counters and flags (`nvmlDeviceGetRemappedRows`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -167,7 +208,7 @@ pub struct GpuMemory {
 }
 
 /// A compute process holding VRAM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GpuProcess {
     /// Process id as NVML reports it (in vramguard's pid namespace when vramguard sees the host's
     /// processes).
@@ -180,13 +221,17 @@ pub struct GpuProcess {
     /// them: what a lease's pids are matched against. Just the process (its `pid`, nothing
     /// else known) when `/proc` has no entry for it.
     pub lineage: Vec<ProcessIdentity>,
+    /// Its SM busy fraction over the last sample interval (NVML's process utilization
+    /// samples; 0 when NVML had no sample of it, as NVML samples only busy processes); `None`
+    /// when the board does not report per-process utilization.
+    pub sm_utilization_ratio: Option<f64>,
 }
 
 impl GpuProcess {
     /// A process `/proc` says nothing about (a scripted one, or one in a pid namespace vramguard
     /// cannot see): known by its pid only.
     pub fn unresolved(pid: u32, name: Option<String>, used_bytes: u64) -> Self {
-        Self { pid, name, used_bytes, lineage: vec![ProcessIdentity::bare(pid)] }
+        Self { pid, name, used_bytes, lineage: vec![ProcessIdentity::bare(pid)], sm_utilization_ratio: None }
     }
 }
 

@@ -19,7 +19,8 @@ const GPU_A: &str = "GPU-11111111-2222-3333-4444-555555555555";
 fn scenario(util_a: u32, used_a_gib: u64) -> String {
     format!(
         "[gpu]\nuuid {GPU_A}\nname NVIDIA GeForce RTX 4090\nmemory_total {}\nmemory_used {}\n\
-         utilization_gpu {util_a}\ntemperature 63\npower_mw 231500\n\
+         utilization_gpu {util_a}\ntemperature 63\npower_mw 231500\npower_limit_mw 450000\nfans 45,50\n\
+         encoder_utilization 7\ndecoder_utilization 0\n\
          [gpu]\nuuid GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee\nname NVIDIA RTX A6000\nmemory_total {}\n\
          memory_used {}\nutilization_gpu 71\ntemperature unsupported\npower_mw 280000\n",
         24 * GIB,
@@ -81,6 +82,15 @@ fn the_page_in_chromium() {
     assert!(cards.contains("used 6.00 GiB (25.0 %)"), "{cards}");
     // The A6000 has no temperature sensor: a dash, not 0.
     assert!(b.text(".gpu:nth-of-type(2) .readings").contains('—'), "{cards}");
+    // Power of its limit, the fastest fan, the video engines while one is busy; the A6000's
+    // board reports no limit, fans or video load, so it shows none of those rows.
+    let first = b.text(".gpu:nth-of-type(1) .readings");
+    for shown in ["231.5 W of 450.0 W", "Fan", "50.0 %", "Encoder / decoder", "7.0 % / 0.0 %"] {
+        assert!(first.contains(shown), "{shown} missing: {first}");
+    }
+    let second = b.text(".gpu:nth-of-type(2) .readings");
+    assert!(second.contains("280.0 W") && !second.contains(" of "), "{second}");
+    assert!(!second.contains("Fan") && !second.contains("Encoder"), "{second}");
     assert_eq!(b.text("#health"), "health: healthy");
     assert_eq!(b.text("#conn"), "live");
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use common::{GIB, MIB, Metrics, Vramguard, require_tool};
 
-/// Two GPUs with every reading set, one of them running two compute processes.
+/// Two GPUs with every reading set, one of them running two compute processes (one of them
+/// busy on the SMs). GPU 1 is a fanless board that reports only some held-back reasons.
 fn two_gpus(lost_second: bool, test_pid: u32) -> String {
     format!(
         "driver_version 550.54.15\n\
@@ -21,6 +22,25 @@ fn two_gpus(lost_second: bool, test_pid: u32) -> String {
          power_mw 215500\n\
          process {test_pid} {}\n\
          process 999999999 {}\n\
+         process_sm {test_pid} 35\n\
+         utilization_memory 20\n\
+         power_limit_mw 320000\n\
+         energy_mj 123456789\n\
+         fans 45,50\n\
+         encoder_utilization 12\n\
+         decoder_utilization 3\n\
+         pcie_tx_kbps 1000\n\
+         pcie_rx_kbps 250000\n\
+         pcie_link_gen 4\n\
+         pcie_link_width 16\n\
+         pstate 2\n\
+         violation_power_ns 5000000000\n\
+         violation_thermal_ns 250000000\n\
+         violation_sync_boost_ns 0\n\
+         violation_board_limit_ns 0\n\
+         violation_low_utilization_ns 1000000000\n\
+         violation_reliability_ns 0\n\
+         xid 31 1\n\
          ecc_mode unsupported\n\
          remapped_rows unsupported\n\
          clock_event_reasons sw_power_cap\n\
@@ -35,6 +55,20 @@ fn two_gpus(lost_second: bool, test_pid: u32) -> String {
          utilization_gpu 90\n\
          temperature 74\n\
          power_mw 280000\n\
+         utilization_memory 55\n\
+         power_limit_mw 300000\n\
+         energy_mj 9876543\n\
+         fans none\n\
+         encoder_utilization 0\n\
+         decoder_utilization 0\n\
+         pcie_tx_kbps 0\n\
+         pcie_rx_kbps 0\n\
+         pcie_link_gen 4\n\
+         pcie_link_width 16\n\
+         pstate 8\n\
+         violation_power_ns 0\n\
+         violation_thermal_ns 0\n\
+         process_utilization unsupported\n\
          ecc_corrected 3\n\
          remapped_rows_correctable 1\n\
          clock_event_reasons gpu_idle\n\
@@ -290,13 +324,20 @@ const VOLATILE: &[&str] = &[
     "vramguard_config_last_reload_success_timestamp_seconds",
 ];
 
+/// Series whose labels are fixed but whose value is a time: the golden file keeps the line with
+/// the value replaced.
+const TIMESTAMPS: &[&str] = &["vramguard_gpu_xid_last_timestamp_seconds{"];
+
 fn stable_lines(text: &str) -> String {
     text.lines()
         .filter(|line| {
             let name = line.trim_start_matches("# HELP ").trim_start_matches("# TYPE ");
             !VOLATILE.iter().any(|v| name.starts_with(v))
         })
-        .map(|l| format!("{l}\n"))
+        .map(|l| match l.rsplit_once(' ') {
+            Some((series, _)) if TIMESTAMPS.iter().any(|t| l.starts_with(t)) => format!("{series} <unix time>\n"),
+            _ => format!("{l}\n"),
+        })
         .collect()
 }
 
@@ -306,7 +347,9 @@ fn stable_lines(text: &str) -> String {
 fn golden_metrics() {
     let vg = Vramguard::with_fake(&two_gpus(false, 999_999_998), "250ms");
     vg.wait_ready();
-    let text = stable_lines(&vg.metrics().text);
+    // The XID arrives on its own thread; the snapshot after it is the one to compare.
+    let m = vg.wait_metrics("the scripted XID", Duration::from_secs(10), |m| m.has("vramguard_gpu_xid_errors_total"));
+    let text = stable_lines(&m.text);
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/two_gpus.metrics");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &text).unwrap();

@@ -67,7 +67,10 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
             memory: Some(GpuMemory { total_bytes: 16 * GIB, used_bytes: 2 * GIB, free_bytes: 14 * GIB }),
             temperature_celsius: Some(50.0),
             power_watts: Some(100.0),
-            processes: Some(vec![GpuProcess::unresolved(1, Some("p".to_owned()), GIB)]),
+            processes: Some(vec![GpuProcess {
+                sm_utilization_ratio: Some(0.5),
+                ..GpuProcess::unresolved(1, Some("p".to_owned()), GIB)
+            }]),
             faults: GpuFaults {
                 ecc_corrected: Some(1),
                 ecc_uncorrected: Some(0),
@@ -76,6 +79,20 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
                 sm_clock_hz: Some(1_980_000_000),
                 memory_clock_hz: Some(2_619_000_000),
                 xids: vec![XidSeen { xid: 79, count: 1, last_seen: SystemTime::now() }],
+            },
+            telemetry: GpuTelemetry {
+                power_limit_watts: Some(450.0),
+                energy_joules: Some(1000.0),
+                fan_ratios: vec![(0, 0.4)],
+                memory_bandwidth_ratio: Some(0.2),
+                encoder_ratio: Some(0.1),
+                decoder_ratio: Some(0.1),
+                pcie_tx_bytes_per_second: Some(1e6),
+                pcie_rx_bytes_per_second: Some(1e6),
+                pcie_link_generation: Some(4),
+                pcie_link_width: Some(16),
+                throttle_seconds: VIOLATION_REASONS.iter().map(|r| (*r, 1.0)).collect(),
+                performance_state: Some(0),
             },
             health: Default::default(),
         }],
@@ -153,7 +170,7 @@ fn dashboard_structure() {
     assert!(vars[3]["query"]["query"].as_str().unwrap().contains("instance=\"$instance\""));
     let panels = d["panels"].as_array().unwrap();
     let rows: Vec<&str> = panels.iter().filter(|p| p["type"] == "row").map(|p| p["title"].as_str().unwrap()).collect();
-    assert_eq!(rows, ["Host", "GPUs", "GPU health", "Processes", "Policy", "Exporter"]);
+    assert_eq!(rows, ["Host", "GPUs", "GPU energy and I/O", "GPU health", "Processes", "Policy", "Exporter"]);
     for p in panels.iter().filter(|p| p["type"] != "row") {
         assert!(p["fieldConfig"]["defaults"]["unit"].is_string(), "{} has no unit", p["title"]);
         assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
@@ -191,7 +208,10 @@ fn end_to_end_with_a_real_prometheus() {
     let me = std::process::id();
     let scenario = format!(
         "[gpu]\nname NVIDIA GeForce RTX 4080\nmemory_total {}\nmemory_used {}\nutilization_gpu 97\ntemperature 70\npower_mw 250000\nprocess {me} {}\n\
-         ecc_corrected 4\nremapped_rows_correctable 1\nclock_event_reasons sw_power_cap\nclock_sm 2505\nclock_memory 11201\nxid 31 1\n",
+         ecc_corrected 4\nremapped_rows_correctable 1\nclock_event_reasons sw_power_cap\nclock_sm 2505\nclock_memory 11201\nxid 31 1\n\
+         power_limit_mw 320000\nenergy_mj 5000000\nfans 60\nencoder_utilization 5\ndecoder_utilization 0\n\
+         pcie_tx_kbps 1024\npcie_rx_kbps 4096\npcie_link_gen 4\npcie_link_width 16\npstate 0\n\
+         violation_power_ns 1000000000\nviolation_thermal_ns 0\n",
         25 * GIB,
         24 * GIB,
         24 * GIB

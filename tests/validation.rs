@@ -36,6 +36,7 @@ fn snapshot() -> Snapshot {
             power_watts: Some(100.0),
             processes: None,
             faults: Default::default(),
+            telemetry: Default::default(),
             health: Default::default(),
         }],
         driver_version: None,

@@ -35,6 +35,22 @@ pub(crate) struct GpuStatsBody {
     pub temperature_c: Option<f64>,
     /// Board power draw, W.
     pub power_w: Option<f64>,
+    /// Enforced power limit, W.
+    pub power_limit_w: Option<f64>,
+    /// Energy since the driver loaded, J.
+    pub energy_j: Option<f64>,
+    /// The fastest fan's speed, percent of its maximum; null without fans.
+    pub fan_percent: Option<f64>,
+    /// Video encoder busy, percent.
+    pub encoder_percent: Option<f64>,
+    /// Video decoder busy, percent.
+    pub decoder_percent: Option<f64>,
+    /// PCIe bytes per second sent by the GPU.
+    pub pcie_tx_bytes_per_s: Option<f64>,
+    /// PCIe bytes per second received by the GPU.
+    pub pcie_rx_bytes_per_s: Option<f64>,
+    /// Performance state, 0 (P0, fastest) to 15.
+    pub pstate: Option<u8>,
     /// Whether the GPU may take new work: false while a fault (pending or failed row remap,
     /// uncorrected ECC errors, a recent fatal XID) takes it out of placement.
     pub healthy: bool,
@@ -64,7 +80,7 @@ impl From<&Snapshot> for StatsBody {
                 index: g.index,
                 uuid: g.uuid.clone(),
                 name: g.name.clone(),
-                gpu_percent: g.utilization_ratio.map(|u| round1(u * 100.0)),
+                gpu_percent: g.utilization_ratio.map(percent),
                 vram_used_mb: g.memory.map(|m| round1(m.used_bytes as f64 / MIB)),
                 vram_total_mb: g.memory.map(|m| round1(m.total_bytes as f64 / MIB)),
                 vram_percent: g
@@ -73,6 +89,14 @@ impl From<&Snapshot> for StatsBody {
                     .map(|m| round1(m.used_bytes as f64 / m.total_bytes as f64 * 100.0)),
                 temperature_c: g.temperature_celsius,
                 power_w: g.power_watts,
+                power_limit_w: g.telemetry.power_limit_watts,
+                energy_j: g.telemetry.energy_joules.map(round1),
+                fan_percent: g.telemetry.fan_ratios.iter().map(|(_, r)| r).copied().reduce(f64::max).map(percent),
+                encoder_percent: g.telemetry.encoder_ratio.map(percent),
+                decoder_percent: g.telemetry.decoder_ratio.map(percent),
+                pcie_tx_bytes_per_s: g.telemetry.pcie_tx_bytes_per_second,
+                pcie_rx_bytes_per_s: g.telemetry.pcie_rx_bytes_per_second,
+                pstate: g.telemetry.performance_state,
                 healthy: g.health.healthy,
                 health_reasons: g.health.reasons.clone(),
             })
@@ -83,6 +107,11 @@ impl From<&Snapshot> for StatsBody {
             gpus,
         }
     }
+}
+
+/// A 0–1 ratio as a percent with one decimal.
+fn percent(ratio: f64) -> f64 {
+    round1(ratio * 100.0)
 }
 
 /// `stats` takes no query parameters; any is rejected, as on every other endpoint.

@@ -42,6 +42,7 @@ fn snapshot(total: u64, used: u64, procs: &[(u32, u64)]) -> Snapshot {
             power_watts: None,
             processes: Some(procs.iter().map(|(pid, b)| GpuProcess::unresolved(*pid, None, *b)).collect()),
             faults: Default::default(),
+            telemetry: Default::default(),
             health: Default::default(),
         }],
         driver_version: None,
@@ -130,7 +131,13 @@ fn snapshot_of(used: u64, procs: Vec<(Vec<ProcessIdentity>, u64)>) -> Snapshot {
     s.gpus[0].processes = Some(
         procs
             .into_iter()
-            .map(|(lineage, b)| GpuProcess { pid: lineage[0].pid, name: None, used_bytes: b, lineage })
+            .map(|(lineage, b)| GpuProcess {
+                pid: lineage[0].pid,
+                name: None,
+                used_bytes: b,
+                lineage,
+                sm_utilization_ratio: None,
+            })
             .collect(),
     );
     s

@@ -10,6 +10,7 @@ use crate::snapshot::{Snapshot, THROTTLE_REASONS};
 pub(super) fn families(s: &Snapshot) -> Vec<MetricFamily> {
     let (mut ecc, mut remapped, mut pending, mut failed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut xids, mut throttle, mut clocks, mut healthy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut xid_last = Vec::new();
     for g in &s.gpus {
         let index = g.index.to_string();
         let id: [(&str, &str); 2] = [("gpu", &index), ("uuid", &g.uuid)];
@@ -30,6 +31,7 @@ pub(super) fn families(s: &Snapshot) -> Vec<MetricFamily> {
         for x in &f.xids {
             let code = x.xid.to_string();
             xids.push(counter(&[id[0], id[1], ("xid", &code)], x.count as f64));
+            xid_last.push(sample(&[id[0], id[1], ("xid", &code)], crate::time::unix(x.last_seen)));
         }
         if let Some(bits) = f.throttle_reasons {
             for (reason, bit) in THROTTLE_REASONS {
@@ -61,6 +63,11 @@ pub(super) fn families(s: &Snapshot) -> Vec<MetricFamily> {
             "vramguard_gpu_xid_errors_total",
             "XID error events seen since vramguard started, by XID code.",
             xids,
+        ),
+        family(
+            "vramguard_gpu_xid_last_timestamp_seconds",
+            "Unix time the latest XID error event of each code arrived.",
+            xid_last,
         ),
         family(
             "vramguard_gpu_throttle_reason",
@@ -95,6 +102,7 @@ mod tests {
             power_watts: None,
             processes: None,
             faults,
+            telemetry: crate::snapshot::GpuTelemetry::default(),
             health: GpuHealth { healthy, ..GpuHealth::default() },
         }
     }
@@ -131,6 +139,7 @@ mod tests {
             "vramguard_gpu_remap_failed{gpu=\"0\",uuid=\"GPU-0\"} 0",
             "# TYPE vramguard_gpu_xid_errors_total counter",
             "vramguard_gpu_xid_errors_total{gpu=\"0\",uuid=\"GPU-0\",xid=\"79\"} 1",
+            "vramguard_gpu_xid_last_timestamp_seconds{gpu=\"0\",uuid=\"GPU-0\",xid=\"79\"} 1",
             "vramguard_gpu_throttle_reason{gpu=\"0\",uuid=\"GPU-0\",reason=\"hw_thermal_slowdown\"} 1",
             "vramguard_gpu_throttle_reason{gpu=\"0\",uuid=\"GPU-0\",reason=\"gpu_idle\"} 0",
             "vramguard_gpu_clock_hertz{gpu=\"0\",uuid=\"GPU-0\",clock=\"sm\"} 1980000000",

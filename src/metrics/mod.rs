@@ -9,7 +9,8 @@
 //! - [`exposition`]: the whole text, reused while nothing in it changed.
 //! - [`policy`]: the policy's part (estimates, outstanding VRAM, the queue, thresholds, health),
 //!   kept by the caller while its inputs hold.
-//! - [`snapshot`] (with `faults`): the series of one snapshot, encoded once per sample.
+//! - [`snapshot`] (with `faults` and `telemetry`): the series of one snapshot, encoded once per
+//!   sample.
 //! - `family`: the builders every part uses.
 //! - `process`: vramguard's own `process_*` series.
 
@@ -19,6 +20,7 @@ mod faults;
 mod policy;
 mod process;
 mod snapshot;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 

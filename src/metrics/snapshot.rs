@@ -1,11 +1,12 @@
 //! The series of one snapshot: the host, each GPU (identity, load, VRAM, temperature, power,
-//! processes), their fault readings ([`super::faults`]) and the collectors. Unavailable
+//! processes), their fault readings ([`super::faults`]), the peers' readings
+//! ([`super::telemetry`]) and the collectors. Unavailable
 //! readings produce no sample.
 
 use prometheus::proto::MetricFamily;
 
 use super::family::{family, sample};
-use super::faults;
+use super::{faults, telemetry};
 use crate::snapshot::{HostStats, Snapshot};
 
 /// Series derived from one snapshot. Unavailable readings produce no sample.
@@ -14,6 +15,7 @@ pub(super) fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     out.push(family("vramguard_gpus", "Number of GPUs visible now.", vec![sample(&[], s.gpus.len() as f64)]));
     out.extend(gpu_families(s));
     out.extend(faults::families(s));
+    out.extend(telemetry::families(s));
     out.extend(collector_families(s));
     out
 }
@@ -59,7 +61,7 @@ fn gpu_families(s: &Snapshot) -> Vec<MetricFamily> {
     let mut info = Vec::new();
     let mut util = Vec::new();
     let (mut total, mut used, mut free) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut temp, mut power, mut procs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut temp, mut power, mut procs, mut proc_sm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for g in &s.gpus {
         let index = g.index.to_string();
         let id: [(&str, &str); 2] = [("gpu", &index), ("uuid", &g.uuid)];
@@ -89,10 +91,16 @@ fn gpu_families(s: &Snapshot) -> Vec<MetricFamily> {
         }
         for p in g.processes.iter().flatten() {
             let pid = p.pid.to_string();
-            procs.push(sample(
-                &[("gpu", &index), ("uuid", &g.uuid), ("pid", &pid), ("process", p.name.as_deref().unwrap_or(""))],
-                p.used_bytes as f64,
-            ));
+            let labels = [
+                ("gpu", index.as_str()),
+                ("uuid", &g.uuid),
+                ("pid", &pid),
+                ("process", p.name.as_deref().unwrap_or("")),
+            ];
+            procs.push(sample(&labels, p.used_bytes as f64));
+            if let Some(ratio) = p.sm_utilization_ratio {
+                proc_sm.push(sample(&labels, ratio));
+            }
         }
     }
     out.push(family("vramguard_gpu_info", "GPU identity; the value is always 1.", info));
@@ -103,6 +111,11 @@ fn gpu_families(s: &Snapshot) -> Vec<MetricFamily> {
     out.push(family("vramguard_gpu_temperature_celsius", "GPU core temperature in degrees Celsius.", temp));
     out.push(family("vramguard_gpu_power_watts", "GPU board power draw in watts.", power));
     out.push(family("vramguard_gpu_process_memory_used_bytes", "VRAM held by a compute process in bytes.", procs));
+    out.push(family(
+        "vramguard_gpu_process_sm_utilization_ratio",
+        "SM busy fraction of a compute process over the last sample interval (0 when NVML sampled it idle).",
+        proc_sm,
+    ));
     out
 }
 

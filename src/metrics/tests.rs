@@ -20,6 +20,7 @@ fn gpu(index: u32) -> GpuStats {
         power_watts: Some(120.5),
         processes: None,
         faults: Default::default(),
+        telemetry: Default::default(),
         health: Default::default(),
     }
 }

@@ -251,6 +251,7 @@ mod tests {
                 processes: None,
                 health: judge(&faults, &GpuHealthConfig::default(), at(0)),
                 faults,
+                telemetry: Default::default(),
             }
         }
 

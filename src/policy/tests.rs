@@ -23,6 +23,7 @@ fn gpu(index: u32, total_gib: u64, used_bytes: u64) -> GpuStats {
         power_watts: None,
         processes: Some(vec![GpuProcess::unresolved(4242, Some("python3".to_owned()), used_bytes)]),
         faults: Default::default(),
+        telemetry: Default::default(),
         health: Default::default(),
     }
 }

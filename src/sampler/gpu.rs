@@ -1,6 +1,6 @@
-//! GPU collector: per-GPU identity, utilization, VRAM, temperature, power, per-process VRAM and
-//! fault readings (`faults.rs`) through nvml-wrapper, plus the XID counts of the event thread
-//! (`xid.rs`).
+//! GPU collector: per-GPU identity, utilization, VRAM, temperature, power, per-process VRAM,
+//! fault readings (`faults.rs`) and the peers' readings (`telemetry.rs`) through nvml-wrapper,
+//! plus the XID counts of the event thread (`xid.rs`).
 //!
 //! "No NVML here" is a state, not an error: the collector reports failure (so
 //! `vramguard_collector_success{collector="gpu"}` is 0) and logs once at info. NVML is
@@ -18,6 +18,7 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 
 use super::procfs::ProcReader;
+use super::telemetry::TelemetryReader;
 use super::xid::XidWatcher;
 use super::{Collector, GpuReading, Reading, faults};
 use crate::snapshot::{GpuHealth, GpuMemory, GpuProcess, GpuStats};
@@ -35,6 +36,7 @@ pub(crate) struct GpuCollector {
     last_init_error: Option<String>,
     xids: XidWatcher,
     procs: ProcReader,
+    telemetry: TelemetryReader,
 }
 
 impl GpuCollector {
@@ -48,6 +50,7 @@ impl GpuCollector {
             last_init_error: None,
             xids: XidWatcher::new(library.clone()),
             procs: ProcReader::default(),
+            telemetry: TelemetryReader::default(),
             library,
         }
     }
@@ -76,7 +79,7 @@ impl GpuCollector {
                 return Err(format!("nvmlDeviceGetCount failed: {e}"));
             }
         };
-        let mut reading = read_all(nvml, count, self.per_process, &mut self.procs);
+        let mut reading = read_all(nvml, count, self.per_process, &mut self.procs, &mut self.telemetry);
         if reading.partial_error.is_none() {
             self.backoff = BACKOFF_START;
             self.next_attempt = Instant::now();
@@ -89,7 +92,7 @@ impl GpuCollector {
                 self.nvml = Some(fresh);
                 let nvml = self.nvml.as_ref().expect("set just now");
                 if let Ok(count) = nvml.device_count() {
-                    reading = read_all(nvml, count, self.per_process, &mut self.procs);
+                    reading = read_all(nvml, count, self.per_process, &mut self.procs, &mut self.telemetry);
                 }
             }
         }
@@ -140,12 +143,18 @@ impl GpuCollector {
     }
 }
 
-fn read_all(nvml: &Nvml, count: u32, per_process: bool, procs: &mut ProcReader) -> GpuReading {
+fn read_all(
+    nvml: &Nvml,
+    count: u32,
+    per_process: bool,
+    procs: &mut ProcReader,
+    telemetry: &mut TelemetryReader,
+) -> GpuReading {
     let mut reading = GpuReading { driver_version: nvml.sys_driver_version().ok(), ..GpuReading::default() };
     let mut failed = Vec::new();
     procs.begin_pass();
     for index in 0..count {
-        match read_device(nvml, index, per_process, procs) {
+        match read_device(nvml, index, per_process, procs, telemetry) {
             Ok(gpu) => reading.gpus.push(gpu),
             Err(e) => failed.push(format!("GPU {index}: {e}")),
         }
@@ -158,22 +167,31 @@ fn read_all(nvml: &Nvml, count: u32, per_process: bool, procs: &mut ProcReader) 
 
 /// Reads one device. Identity or a lost GPU fails the device; any single reading that is not
 /// supported is left out and the rest is kept.
-fn read_device(nvml: &Nvml, index: u32, per_process: bool, procs: &mut ProcReader) -> Result<GpuStats, NvmlError> {
+fn read_device(
+    nvml: &Nvml,
+    index: u32,
+    per_process: bool,
+    procs: &mut ProcReader,
+    telemetry: &mut TelemetryReader,
+) -> Result<GpuStats, NvmlError> {
     let device = nvml.device_by_index(index)?;
     let uuid = device.uuid()?;
+    let utilization = optional(device.utilization_rates())?;
     let memory = optional(device.memory_info())?.map(|m| GpuMemory {
         total_bytes: m.total,
         used_bytes: m.used,
         free_bytes: m.free,
     });
     let processes = if per_process {
+        let sm = telemetry.process_sm(&uuid, &device)?;
         optional(device.running_compute_processes())?.map(|running| {
             running
                 .into_iter()
                 .filter_map(|p| match p.used_gpu_memory {
                     UsedGpuMemory::Used(bytes) => {
                         let (name, lineage) = procs.lineage(p.pid);
-                        Some(GpuProcess { pid: p.pid, name, used_bytes: bytes, lineage })
+                        let sm_utilization_ratio = sm.as_ref().map(|by_pid| by_pid.get(&p.pid).copied().unwrap_or(0.0));
+                        Some(GpuProcess { pid: p.pid, name, used_bytes: bytes, lineage, sm_utilization_ratio })
                     }
                     // NVML cannot see this process's memory (e.g. under some virtualisation):
                     // omit it rather than report 0.
@@ -184,17 +202,19 @@ fn read_device(nvml: &Nvml, index: u32, per_process: bool, procs: &mut ProcReade
     } else {
         None
     };
+    let telemetry = telemetry.read(&uuid, &device, utilization.as_ref().map(|u| u.memory))?;
     Ok(GpuStats {
         index,
         uuid,
         name: optional(device.name())?,
         pci_bus_id: optional(device.pci_info())?.map(|p| p.bus_id),
-        utilization_ratio: optional(device.utilization_rates())?.map(|u| percent_to_ratio(u.gpu)),
+        utilization_ratio: utilization.as_ref().map(|u| percent_to_ratio(u.gpu)),
         memory,
         temperature_celsius: optional(device.temperature(TemperatureSensor::Gpu))?.map(f64::from),
         power_watts: optional(device.power_usage())?.map(milliwatts_to_watts),
         processes,
         faults: faults::read(nvml, &device)?,
+        telemetry,
         // Judged by the sampler once the snapshot is complete.
         health: GpuHealth::default(),
     })

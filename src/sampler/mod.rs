@@ -18,6 +18,7 @@ mod gpu;
 mod host;
 mod procfs;
 mod scripted;
+mod telemetry;
 mod xid;
 
 use std::sync::{Arc, Mutex};

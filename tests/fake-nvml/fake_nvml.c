@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,16 @@ typedef struct {
 } nvmlProcessInfo_t;
 
 typedef struct {
+    unsigned long long referenceTime, violationTime;
+} nvmlViolationTime_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long timeStamp;
+    unsigned int smUtil, memUtil, encUtil, decUtil;
+} nvmlProcessUtilizationSample_t;
+
+typedef struct {
     nvmlDevice_t device;
     unsigned long long eventType;
     unsigned long long eventData;
@@ -70,6 +81,9 @@ typedef struct {
 #define MAX_GPUS 16
 #define MAX_PROCS 256
 #define MAX_XIDS 32
+#define MAX_FANS 8
+#define VIOLATION_POLICIES 6 /* power, thermal, sync_boost, board_limit, low_utilization, reliability */
+#define PSTATE_UNKNOWN 32
 #define NOT_SUPPORTED (-1LL)
 #define EVENT_XID 0x8ULL /* nvmlEventTypeXidCriticalError */
 
@@ -96,6 +110,18 @@ typedef struct {
     int nxids;
     unsigned long long xid_code[MAX_XIDS];
     long long xid_seq[MAX_XIDS];
+    /* telemetry (all NOT_SUPPORTED unless the scenario sets them) */
+    long long power_limit_mw, energy_mj;
+    int nfans; /* -1: nvmlDeviceGetNumFans fails NOT_SUPPORTED */
+    long long fan_percent[MAX_FANS];
+    long long encoder_utilization, decoder_utilization;
+    long long pcie_tx_kbps, pcie_rx_kbps, pcie_link_gen, pcie_link_width;
+    long long pstate;
+    long long violation_ns[VIOLATION_POLICIES];
+    int process_utilization_unsupported;
+    int nsm;
+    unsigned int sm_pid[MAX_PROCS];
+    long long sm_percent[MAX_PROCS];
 } fake_gpu;
 
 typedef struct {
@@ -162,7 +188,32 @@ static void default_gpu(fake_gpu *g, int index) {
     snprintf(g->pci_bus_id, sizeof g->pci_bus_id, "00000000:%02X:00.0", index + 1);
     g->memory_total = 16LL << 30;
     g->ecc_mode = 1;
+    /* The telemetry readings default to unsupported, so a scenario that does not name them is a
+       board without them (and the scenarios written before they existed read as before). */
+    g->power_limit_mw = g->energy_mj = NOT_SUPPORTED;
+    g->nfans = -1;
+    g->encoder_utilization = g->decoder_utilization = NOT_SUPPORTED;
+    g->pcie_tx_kbps = g->pcie_rx_kbps = g->pcie_link_gen = g->pcie_link_width = NOT_SUPPORTED;
+    g->pstate = NOT_SUPPORTED;
+    for (int i = 0; i < VIOLATION_POLICIES; i++) g->violation_ns[i] = NOT_SUPPORTED;
+    g->process_utilization_unsupported = 1;
 }
+
+/* "45,50": one percent per fan; "unsupported"; "none" (a board without fans: 0 fans). */
+static void parse_fans(fake_gpu *g, const char *v) {
+    if (!strcmp(v, "unsupported")) { g->nfans = -1; return; }
+    g->nfans = 0;
+    if (!strcmp(v, "none")) return;
+    char copy[400];
+    snprintf(copy, sizeof copy, "%s", v);
+    for (char *tok = strtok(copy, ","); tok && g->nfans < MAX_FANS; tok = strtok(NULL, ","))
+        g->fan_percent[g->nfans++] = parse_value(tok);
+}
+
+static const char *violation_keys[VIOLATION_POLICIES] = {
+    "violation_power_ns", "violation_thermal_ns", "violation_sync_boost_ns",
+    "violation_board_limit_ns", "violation_low_utilization_ns", "violation_reliability_ns",
+};
 
 /* Re-reads the scenario when the file changed. Called with the lock held. The file is looked at
    at most every 20 ms: one sample makes a hundred calls or more, and the real NVML reads no
@@ -257,6 +308,27 @@ static void refresh(void) {
             /* without a sequence number, the line's place among this GPU's xid lines */
             g->xid_seq[g->nxids] = n == 3 ? strtoll(extra, NULL, 10) : g->nxids + 1;
             g->nxids++;
+        }
+        else if (!strcmp(key, "power_limit_mw")) g->power_limit_mw = parse_value(val);
+        else if (!strcmp(key, "energy_mj")) g->energy_mj = parse_value(val);
+        else if (!strcmp(key, "fans")) parse_fans(g, val);
+        else if (!strcmp(key, "encoder_utilization")) g->encoder_utilization = parse_value(val);
+        else if (!strcmp(key, "decoder_utilization")) g->decoder_utilization = parse_value(val);
+        else if (!strcmp(key, "pcie_tx_kbps")) g->pcie_tx_kbps = parse_value(val);
+        else if (!strcmp(key, "pcie_rx_kbps")) g->pcie_rx_kbps = parse_value(val);
+        else if (!strcmp(key, "pcie_link_gen")) g->pcie_link_gen = parse_value(val);
+        else if (!strcmp(key, "pcie_link_width")) g->pcie_link_width = parse_value(val);
+        else if (!strcmp(key, "pstate")) g->pstate = !strcmp(val, "unknown") ? PSTATE_UNKNOWN : parse_value(val);
+        else if (!strncmp(key, "violation_", 10)) {
+            for (int i = 0; i < VIOLATION_POLICIES; i++)
+                if (!strcmp(key, violation_keys[i])) g->violation_ns[i] = parse_value(val);
+        }
+        else if (!strcmp(key, "process_utilization")) g->process_utilization_unsupported = !strcmp(val, "unsupported");
+        else if (!strcmp(key, "process_sm") && n == 3 && g->nsm < MAX_PROCS) {
+            g->process_utilization_unsupported = 0;
+            g->sm_pid[g->nsm] = (unsigned int)strtoul(val, NULL, 10);
+            g->sm_percent[g->nsm] = parse_value(extra);
+            g->nsm++;
         }
         else if (!strcmp(key, "process") && n == 3 && g->nprocs < MAX_PROCS) {
             g->proc_pid[g->nprocs] = (unsigned int)strtoul(val, NULL, 10);
@@ -526,6 +598,136 @@ nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int *cloc
     long long v = type == 0 || type == 1 ? g.clock_sm : type == 2 ? g.clock_memory : NOT_SUPPORTED;
     if (v == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
     *clock = (unsigned int)v;
+    return NVML_SUCCESS;
+}
+
+/* One unsigned-int reading that the scenario may mark unsupported. */
+static nvmlReturn_t uint_reading(nvmlDevice_t d, size_t offset, unsigned int *out) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!out) return NVML_ERROR_INVALID_ARGUMENT;
+    long long v = *(long long *)((char *)&g + offset);
+    if (v == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *out = (unsigned int)v;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t d, unsigned int *limit) {
+    return uint_reading(d, offsetof(fake_gpu, power_limit_mw), limit);
+}
+
+/* Millijoules since the driver loaded. */
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t d, unsigned long long *energy) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!energy) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.energy_mj == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *energy = (unsigned long long)g.energy_mj;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t d, unsigned int *count) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.nfans < 0) return NVML_ERROR_NOT_SUPPORTED;
+    *count = (unsigned int)g.nfans;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t d, unsigned int fan, unsigned int *speed) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!speed) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.nfans < 0) return NVML_ERROR_NOT_SUPPORTED;
+    if (fan >= (unsigned int)g.nfans) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.fan_percent[fan] == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    *speed = (unsigned int)g.fan_percent[fan];
+    return NVML_SUCCESS;
+}
+
+/* Percent over the driver's sampling period, which is reported as 167 ms as on a real board. */
+static nvmlReturn_t codec_utilization(nvmlDevice_t d, int decoder, unsigned int *util, unsigned int *period) {
+    size_t offset = decoder ? offsetof(fake_gpu, decoder_utilization) : offsetof(fake_gpu, encoder_utilization);
+    if (!period) return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = uint_reading(d, offset, util);
+    if (rc == NVML_SUCCESS) *period = 167000;
+    return rc;
+}
+
+nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t d, unsigned int *util, unsigned int *period) {
+    return codec_utilization(d, 0, util, period);
+}
+
+nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t d, unsigned int *util, unsigned int *period) {
+    return codec_utilization(d, 1, util, period);
+}
+
+/* counter 0 TX, 1 RX; KB/s as NVML reports them. */
+nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t d, int counter, unsigned int *value) {
+    if (counter != 0 && counter != 1) return NVML_ERROR_INVALID_ARGUMENT;
+    return uint_reading(d, counter == 0 ? offsetof(fake_gpu, pcie_tx_kbps) : offsetof(fake_gpu, pcie_rx_kbps), value);
+}
+
+nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t d, unsigned int *gen) {
+    return uint_reading(d, offsetof(fake_gpu, pcie_link_gen), gen);
+}
+
+nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t d, unsigned int *width) {
+    return uint_reading(d, offsetof(fake_gpu, pcie_link_width), width);
+}
+
+/* nvmlPstates_t is an int enum: 0-15, 32 unknown. */
+nvmlReturn_t nvmlDeviceGetPerformanceState(nvmlDevice_t d, int *state) {
+    return uint_reading(d, offsetof(fake_gpu, pstate), (unsigned int *)state);
+}
+
+/* policy 0 power, 1 thermal, 2 sync boost, 3 board limit, 4 low utilization, 5 reliability;
+   the total-clocks policies (6, 7) are not scripted. Nanoseconds since the driver loaded. */
+nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t d, int policy, nvmlViolationTime_t *t) {
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!t || policy < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    if (policy >= VIOLATION_POLICIES || g.violation_ns[policy] == NOT_SUPPORTED) return NVML_ERROR_NOT_SUPPORTED;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    t->referenceTime = (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000ULL;
+    t->violationTime = (unsigned long long)g.violation_ns[policy];
+    return NVML_SUCCESS;
+}
+
+/* One sample per scripted `process_sm` line, stamped now (so always newer than the caller's
+   last seen timestamp). As the real call: NULL buffer -> INSUFFICIENT_SIZE with the count, no
+   samples -> NOT_FOUND. */
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizationSample_t *samples,
+                                             unsigned int *count, unsigned long long lastSeen) {
+    (void)lastSeen;
+    fake_gpu g;
+    nvmlReturn_t rc = device(d, &g);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (g.process_utilization_unsupported) return NVML_ERROR_NOT_SUPPORTED;
+    unsigned int want = (unsigned int)g.nsm;
+    if (want == 0) return NVML_ERROR_NOT_FOUND;
+    if (!samples || *count < want) {
+        *count = want;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    unsigned long long stamp = (unsigned long long)now.tv_sec * 1000000ULL + (unsigned long long)now.tv_nsec / 1000ULL;
+    for (unsigned int i = 0; i < want; i++) {
+        memset(&samples[i], 0, sizeof samples[i]);
+        samples[i].pid = g.sm_pid[i];
+        samples[i].timeStamp = stamp;
+        samples[i].smUtil = g.sm_percent[i] == NOT_SUPPORTED ? 0 : (unsigned int)g.sm_percent[i];
+    }
+    *count = want;
     return NVML_SUCCESS;
 }
 

@@ -33,6 +33,9 @@ function makeCard(gpu) {
   const util = reading(dl, 'Utilization');
   const temp = reading(dl, 'Temperature');
   const power = reading(dl, 'Power');
+  // Shown only where the board has them (fans) or they are in use (video engines).
+  const fan = reading(dl, 'Fan');
+  const codec = reading(dl, 'Encoder / decoder');
   const bar = el('div', 'bar');
   bar.setAttribute('role', 'img');
   const used = el('span', 'used');
@@ -42,7 +45,7 @@ function makeCard(gpu) {
   bar.append(used, owed, warn, crit);
   const legend = el('div', 'vram-legend');
   root.append(title, dl, bar, legend);
-  return { root, title, util, temp, power, bar, used, owed, warn, crit, legend };
+  return { root, title, util, temp, power, fan, codec, bar, used, owed, warn, crit, legend };
 }
 
 function legendItem(swatch, text) {
@@ -55,7 +58,13 @@ function fillCard(c, gpu, owedGb, thresholds) {
   c.title.textContent = gpuLabel(gpu);
   c.util.textContent = pct(gpu.gpu_percent);
   c.temp.textContent = celsius(gpu.temperature_c);
-  c.power.textContent = watts(gpu.power_w);
+  c.power.textContent = typeof gpu.power_limit_w === 'number'
+    ? `${watts(gpu.power_w)} of ${watts(gpu.power_limit_w)}` : watts(gpu.power_w);
+  c.fan.parentElement.hidden = typeof gpu.fan_percent !== 'number';
+  c.fan.textContent = pct(gpu.fan_percent);
+  const codecBusy = [gpu.encoder_percent, gpu.decoder_percent].some((v) => typeof v === 'number' && v > 0);
+  c.codec.parentElement.hidden = !codecBusy;
+  c.codec.textContent = `${pct(gpu.encoder_percent)} / ${pct(gpu.decoder_percent)}`;
   const total = mibToGib(gpu.vram_total_mb);
   const used = mibToGib(gpu.vram_used_mb);
   if (total === null || used === null || total <= 0) {
