@@ -1,5 +1,6 @@
 //! Build script: records the git revision for `vramguard_build_info` and compiles the fake NVML
-//! library (tests/fake-nvml) that the integration tests load in place of libnvidia-ml.so.
+//! library (tests/fake-nvml) that the integration tests load in place of libnvidia-ml.so and
+//! that `vramguard --demo` embeds.
 //!
 //! The fake is built here rather than by the tests so that plain `cargo test` has it ready and
 //! its path is known at compile time (`VRAMGUARD_FAKE_NVML`). It needs only the C compiler that
@@ -33,17 +34,23 @@ fn main() {
         .args(["-O2", "-Wall", "-shared", "-fPIC", "-o"])
         .arg(&lib)
         .arg("tests/fake-nvml/fake_nvml.c")
-        .arg("-lpthread")
+        .args(["-lpthread", "-ldl"])
         .status();
+    // `vramguard --demo` embeds the same library (include_bytes! of VRAMGUARD_DEMO_NVML); without
+    // a C compiler it embeds an empty file and `--demo` says the build has no demo.
+    let demo = out.join("demo-nvml.so");
     match status {
         Ok(s) if s.success() => {
             println!("cargo:rustc-env=VRAMGUARD_FAKE_NVML={}", lib.display());
+            std::fs::copy(&lib, &demo).expect("copy the fake NVML for the demo");
         }
         other => {
             println!("cargo:warning=could not build the fake NVML library with {cc}: {other:?}");
             println!("cargo:rustc-env=VRAMGUARD_FAKE_NVML=");
+            std::fs::write(&demo, b"").expect("write the empty demo library");
         }
     }
+    println!("cargo:rustc-env=VRAMGUARD_DEMO_NVML={}", demo.display());
 }
 
 /// The outside programs some integration tests drive, each as the `cfg` the tests read: a test

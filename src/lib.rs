@@ -44,6 +44,8 @@
 //!     the configuration on SIGHUP and hands freed heap memory back to the system.
 //! 13. `runner`: `vramguard run`, a client of the HTTP API: takes a lease, runs a command on
 //!     its GPU, follows it to its end and releases with the job's outcome.
+//! 14. `demo`: `vramguard --demo`, simulated hardware: writes the embedded fake NVML and a
+//!     two-GPU scenario that moves every second (it imports nothing of vramguard's).
 
 pub(crate) mod units;
 pub(crate) mod time;
@@ -61,6 +63,7 @@ pub(crate) mod app;
 pub(crate) mod http;
 pub(crate) mod server;
 pub(crate) mod runner;
+pub(crate) mod demo;
 
 // The façade: everything outside `src/` may use. Only [`snapshot`] is a public module (the plain
 // data the tests and benches build snapshots from); the rest is named here, one item at a time,
@@ -69,6 +72,7 @@ pub(crate) mod runner;
 /// The binary: configuration, start-up and the state store's reset (`main.rs`).
 pub use app::AppState;
 pub use config::Config;
+pub use demo::Demo;
 pub use runner::{RunArgs, run as run_command};
 pub use server::{Reload, SetLogFilter, bind, run, run_with, runtime};
 pub use store::{StoreError, move_aside};

@@ -29,6 +29,12 @@ struct Cli {
     /// A store that opens normally is kept, so the flag never wipes good state.
     #[arg(long)]
     reset_state: bool,
+    /// Serve two simulated GPUs (load, VRAM, temperature and power move; a generation starts
+    /// and ends every minute) through the fake NVML built into the binary: the page, the metrics
+    /// and admission on a machine without a GPU. Built-in defaults only; state goes to a
+    /// temporary directory.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -81,6 +87,24 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
+    // Kept until the end of main: dropping it stops the simulation and removes its files.
+    let _demo = if cli.demo {
+        match vramguard::Demo::start() {
+            Ok(demo) => {
+                config.gpu.enabled = true;
+                config.gpu.per_process = true;
+                config.gpu.nvml_library = Some(demo.library());
+                config.state_dir = demo.state_dir();
+                Some(demo)
+            }
+            Err(e) => {
+                eprintln!("vramguard: --demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let set_log_filter = init_logging(cli.log_format, &config.log_level);
     let reload = vramguard::Reload { path: cli.config.clone(), set_log_filter: Some(set_log_filter) };
     if cli.reset_state

@@ -96,11 +96,13 @@ impl Vramguard {
     pub fn spawn(mut cmd: Command, dir: tempfile::TempDir, scenario_path: &Path) -> Self {
         let mut program = vec![cmd.get_program().to_owned()];
         program.extend(cmd.get_args().map(|a| a.to_owned()));
-        cmd.env("FAKE_NVML_SCENARIO", scenario_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        // An empty path: no scenario variable at all (`--demo` finds its scenario itself).
+        if scenario_path.as_os_str().is_empty() {
+            cmd.env_remove("FAKE_NVML_SCENARIO");
+        } else {
+            cmd.env("FAKE_NVML_SCENARIO", scenario_path);
+        }
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn vramguard");
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = Arc::new(Mutex::new(String::new()));

@@ -7,6 +7,7 @@
  * lazily and never asks for them.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -221,6 +222,27 @@ static const char *violation_keys[VIOLATION_POLICIES] = {
    rewrites the scenario waits for the next sample, which is always later than that. */
 static int scenario_changed; /* set by the XID wait when the directory changed; under the lock */
 
+/* The scenario file: FAKE_NVML_SCENARIO, else `scenario.txt` beside this library (how
+   `vramguard --demo` points its embedded copy at the scenario it writes, without touching the
+   environment of a running process). NULL when neither applies. */
+static char beside_path[4096];
+static pthread_once_t beside_once = PTHREAD_ONCE_INIT;
+
+static void find_beside(void) {
+    Dl_info info;
+    if (!dladdr((void *)find_beside, &info) || !info.dli_fname || !strchr(info.dli_fname, '/')) return;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", info.dli_fname);
+    snprintf(beside_path, sizeof beside_path, "%s/scenario.txt", dirname(dir));
+}
+
+static const char *scenario_path(void) {
+    const char *env = getenv("FAKE_NVML_SCENARIO");
+    if (env) return env;
+    pthread_once(&beside_once, find_beside);
+    return beside_path[0] ? beside_path : NULL;
+}
+
 static void refresh(void) {
     static struct timespec last_look;
     struct timespec now;
@@ -229,7 +251,7 @@ static void refresh(void) {
     if (loaded && !scenario_changed && since >= 0 && since < 20) return;
     last_look = now;
     scenario_changed = 0;
-    const char *path = getenv("FAKE_NVML_SCENARIO");
+    const char *path = scenario_path();
     struct stat st;
     if (!path || stat(path, &st) != 0) {
         if (!loaded) {
@@ -776,7 +798,7 @@ static int watch_fd = -1;
 static pthread_once_t watch_once = PTHREAD_ONCE_INIT;
 
 static void watch_scenario_dir(void) {
-    const char *path = getenv("FAKE_NVML_SCENARIO");
+    const char *path = scenario_path();
     if (!path) return;
     int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
     if (fd < 0) return;
