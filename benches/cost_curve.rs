@@ -114,6 +114,9 @@ fn sample(c: &mut Criterion, scenario_file: &Path) {
     for n in GPUS {
         for p in PROCESSES {
             replace(scenario_file, &scenario(n, p));
+            // The fake looks at its file at most every 20 ms (tests/fake-nvml/README.md): let that
+            // pass, so the first pass reads this shape and not the previous one.
+            std::thread::sleep(Duration::from_millis(25));
             // A fresh collector per shape: NVML initialised once, then one pass per iteration.
             let mut collect = vramguard::bench_gpu_collector(PathBuf::from(fake));
             let first = collect().expect("the fake NVML answers");

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, TextEncoder};
 
+use super::family::encode;
 use super::{Metrics, PolicyText, process, snapshot::snapshot_families};
 use crate::snapshot::Snapshot;
 
@@ -105,12 +106,4 @@ pub(super) fn encode_one(family: MetricFamily) -> Option<String> {
     Some(String::from_utf8(out).expect("the text encoder writes UTF-8"))
 }
 
-/// The text format of `families` (empty ones dropped), sorted by name.
-fn encode(mut families: Vec<MetricFamily>) -> String {
-    families.retain(|f| !f.get_metric().is_empty());
-    families.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut out = Vec::with_capacity(8 * 1024);
-    // Encoding into a Vec cannot fail for well-formed families.
-    TextEncoder::new().encode(&families, &mut out).expect("text encoding into memory");
-    String::from_utf8(out).expect("the text encoder writes UTF-8")
-}
+

@@ -1,13 +1,11 @@
 //! Per-GPU fault series: ECC, row remapping, XIDs, clock event reasons, clocks and the fault
 //! health verdict. A reading the board does not support has no series at all.
 
-use prometheus::proto::MetricFamily;
-
-use super::family::{counter, counter_family, family, sample};
+use super::family::{Family, counter, counter_family, family, sample};
 use crate::snapshot::{Snapshot, THROTTLE_REASONS};
 
 /// The fault families of one snapshot.
-pub(super) fn families(s: &Snapshot) -> Vec<MetricFamily> {
+pub(super) fn families(s: &Snapshot) -> Vec<Family> {
     let (mut ecc, mut remapped, mut pending, mut failed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut xids, mut throttle, mut clocks, mut healthy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut xid_last = Vec::new();
@@ -109,11 +107,7 @@ mod tests {
 
     fn render(g: GpuStats) -> String {
         let s = Snapshot { taken_at: UNIX_EPOCH, host: None, gpus: vec![g], driver_version: None, collectors: vec![] };
-        let mut out = Vec::new();
-        let mut fams = families(&s);
-        fams.retain(|f| !f.get_metric().is_empty());
-        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &fams, &mut out).unwrap();
-        String::from_utf8(out).unwrap()
+        crate::metrics::family::encode(families(&s))
     }
 
     #[test]

@@ -1,10 +1,7 @@
 //! The policy's part of the exposition: a function of the decision inputs only, so the caller
 //! keeps it while they hold ([`crate::app`]'s kept answers).
 
-use prometheus::proto::MetricFamily;
-
-use super::exposition::encode_one;
-use super::family::{family, sample};
+use super::family::{Family, family, sample};
 use super::{Metrics, REVISION, VERSION};
 use crate::config::Constraints;
 use crate::policy::health::HealthStatus;
@@ -100,11 +97,19 @@ impl Metrics {
             "A metric with a constant 1 labelled by vramguard's version and git revision.",
             vec![sample(&[("version", VERSION), ("revision", REVISION)], 1.0)],
         ));
-        PolicyText(families.into_iter().filter_map(|f| Some((f.name().to_owned(), encode_one(f)?))).collect())
+        PolicyText(
+            families
+                .into_iter()
+                .filter_map(|f| {
+                    let name = f.name().to_owned();
+                    Some((name, f.into_text()?))
+                })
+                .collect(),
+        )
     }
 }
 
-fn policy_families(c: &Constraints) -> Vec<MetricFamily> {
+fn policy_families(c: &Constraints) -> Vec<Family> {
     vec![
         family(
             "vramguard_threshold_ratio",

@@ -15,7 +15,7 @@ use procfs::process::{LimitValue, Process};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use super::family::{counter, counter_family, family, sample};
+use super::family::proto::{counter, counter_family, family, sample};
 
 /// How long one read of the process series is served.
 pub(super) const REREAD: Duration = Duration::from_secs(1);

@@ -3,14 +3,12 @@
 //! ([`super::telemetry`]) and the collectors. Unavailable
 //! readings produce no sample.
 
-use prometheus::proto::MetricFamily;
-
-use super::family::{family, sample};
+use super::family::{Family, family, sample};
 use super::{faults, telemetry};
 use crate::snapshot::{HostStats, Snapshot};
 
 /// Series derived from one snapshot. Unavailable readings produce no sample.
-pub(super) fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
+pub(super) fn snapshot_families(s: &Snapshot) -> Vec<Family> {
     let mut out = s.host.as_ref().map(host_families).unwrap_or_default();
     out.push(family("vramguard_gpus", "Number of GPUs visible now.", vec![sample(&[], s.gpus.len() as f64)]));
     out.extend(gpu_families(s));
@@ -20,7 +18,7 @@ pub(super) fn snapshot_families(s: &Snapshot) -> Vec<MetricFamily> {
     out
 }
 
-fn host_families(h: &HostStats) -> Vec<MetricFamily> {
+fn host_families(h: &HostStats) -> Vec<Family> {
     let mut out = Vec::new();
     {
         out.push(family(
@@ -55,7 +53,7 @@ fn host_families(h: &HostStats) -> Vec<MetricFamily> {
 }
 
 /// Each GPU's identity, load, VRAM, temperature, power and processes.
-fn gpu_families(s: &Snapshot) -> Vec<MetricFamily> {
+fn gpu_families(s: &Snapshot) -> Vec<Family> {
     let mut out = Vec::new();
     let driver = s.driver_version.as_deref().unwrap_or("");
     let mut info = Vec::new();
@@ -119,7 +117,7 @@ fn gpu_families(s: &Snapshot) -> Vec<MetricFamily> {
     out
 }
 
-fn collector_families(s: &Snapshot) -> Vec<MetricFamily> {
+fn collector_families(s: &Snapshot) -> Vec<Family> {
     let mut out = Vec::new();
     let mut success = Vec::new();
     let mut duration = Vec::new();

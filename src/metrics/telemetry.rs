@@ -2,13 +2,11 @@
 //! limit, energy, fans, memory-bandwidth and codec load, PCIe, held-back time and performance
 //! state. A reading the board does not support has no series at all.
 
-use prometheus::proto::MetricFamily;
-
-use super::family::{counter, counter_family, family, sample};
+use super::family::{Family, counter, counter_family, family, sample};
 use crate::snapshot::Snapshot;
 
 /// The telemetry families of one snapshot.
-pub(super) fn families(s: &Snapshot) -> Vec<MetricFamily> {
+pub(super) fn families(s: &Snapshot) -> Vec<Family> {
     let (mut limit, mut energy, mut fans, mut bandwidth) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut encoder, mut decoder, mut pcie, mut generation) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut width, mut throttle, mut pstate) = (Vec::new(), Vec::new(), Vec::new());
@@ -98,11 +96,7 @@ mod tests {
             health: GpuHealth::default(),
         };
         let s = Snapshot { taken_at: UNIX_EPOCH, host: None, gpus: vec![g], driver_version: None, collectors: vec![] };
-        let mut fams = families(&s);
-        fams.retain(|f| !f.get_metric().is_empty());
-        let mut out = Vec::new();
-        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &fams, &mut out).unwrap();
-        String::from_utf8(out).unwrap()
+        crate::metrics::family::encode(families(&s))
     }
 
     #[test]

@@ -99,18 +99,12 @@ typedef struct {
     long long utilization_gpu, utilization_memory, temperature, power_mw;
     int lost;
     long long hang_ms;
-    int nprocs;
-    unsigned int proc_pid[MAX_PROCS];
-    long long proc_mem[MAX_PROCS];
     /* faults: NOT_SUPPORTED makes the call fail with NVML_ERROR_NOT_SUPPORTED */
     long long ecc_mode, ecc_corrected, ecc_uncorrected;
     long long remapped_correctable, remapped_uncorrectable, remap_pending, remap_failed;
     int remapped_rows_unsupported;
     long long clock_event_reasons, clock_sm, clock_memory;
     int xid_events_unsupported;
-    int nxids;
-    unsigned long long xid_code[MAX_XIDS];
-    long long xid_seq[MAX_XIDS];
     /* telemetry (all NOT_SUPPORTED unless the scenario sets them) */
     long long power_limit_mw, energy_mj;
     int nfans; /* -1: nvmlDeviceGetNumFans fails NOT_SUPPORTED */
@@ -120,10 +114,18 @@ typedef struct {
     long long pstate;
     long long violation_ns[VIOLATION_POLICIES];
     int process_utilization_unsupported;
-    int nsm;
+    int nprocs, nxids, nsm;
+    /* The lists last: most calls copy only what comes before them (DEVICE_HEAD), so a call
+       costs about what a real driver's bookkeeping would, not a copy of every list. */
+    unsigned int proc_pid[MAX_PROCS];
+    long long proc_mem[MAX_PROCS];
+    unsigned long long xid_code[MAX_XIDS];
+    long long xid_seq[MAX_XIDS];
     unsigned int sm_pid[MAX_PROCS];
     long long sm_percent[MAX_PROCS];
 } fake_gpu;
+
+#define DEVICE_HEAD offsetof(fake_gpu, proc_pid)
 
 typedef struct {
     char driver_version[80];
@@ -370,8 +372,12 @@ static void sleep_ms(long long ms) {
     nanosleep(&ts, NULL);
 }
 
-/* Looks up a device handle; copies the device so the lock can be dropped before any hang. */
-static nvmlReturn_t device(nvmlDevice_t handle, fake_gpu *out) {
+/* What of a device's lists a call needs copied besides its head. */
+enum { LISTS_NONE, LISTS_PROCS, LISTS_SM };
+
+/* Looks up a device handle; copies the device (and the one list the call reads) so the lock can
+   be dropped before any hang. */
+static nvmlReturn_t device_copy(nvmlDevice_t handle, fake_gpu *out, int lists) {
     pthread_mutex_lock(&lock);
     refresh();
     nvmlReturn_t rc = NVML_SUCCESS;
@@ -379,12 +385,24 @@ static nvmlReturn_t device(nvmlDevice_t handle, fake_gpu *out) {
     if (init_count == 0) rc = NVML_ERROR_UNINITIALIZED;
     else if (idx == 0 || idx > (uintptr_t)cur.ngpus) rc = NVML_ERROR_INVALID_ARGUMENT;
     else {
-        *out = cur.gpus[idx - 1];
+        const fake_gpu *g = &cur.gpus[idx - 1];
+        memcpy(out, g, DEVICE_HEAD);
+        if (lists == LISTS_PROCS) {
+            memcpy(out->proc_pid, g->proc_pid, sizeof g->proc_pid[0] * (size_t)g->nprocs);
+            memcpy(out->proc_mem, g->proc_mem, sizeof g->proc_mem[0] * (size_t)g->nprocs);
+        } else if (lists == LISTS_SM) {
+            memcpy(out->sm_pid, g->sm_pid, sizeof g->sm_pid[0] * (size_t)g->nsm);
+            memcpy(out->sm_percent, g->sm_percent, sizeof g->sm_percent[0] * (size_t)g->nsm);
+        }
         if (out->lost) rc = NVML_ERROR_GPU_IS_LOST;
     }
     pthread_mutex_unlock(&lock);
     if (rc == NVML_SUCCESS) sleep_ms(out->hang_ms);
     return rc;
+}
+
+static nvmlReturn_t device(nvmlDevice_t handle, fake_gpu *out) {
+    return device_copy(handle, out, LISTS_NONE);
 }
 
 static nvmlReturn_t copy_string(char *dst, unsigned int len, const char *src) {
@@ -540,7 +558,7 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *power) {
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *count,
                                                      nvmlProcessInfo_t *infos) {
     fake_gpu g;
-    nvmlReturn_t rc = device(d, &g);
+    nvmlReturn_t rc = device_copy(d, &g, LISTS_PROCS);
     if (rc != NVML_SUCCESS) return rc;
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned int want = (unsigned int)g.nprocs;
@@ -730,7 +748,7 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
                                              unsigned int *count, unsigned long long lastSeen) {
     (void)lastSeen;
     fake_gpu g;
-    nvmlReturn_t rc = device(d, &g);
+    nvmlReturn_t rc = device_copy(d, &g, LISTS_SM);
     if (rc != NVML_SUCCESS) return rc;
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
     if (g.process_utilization_unsupported) return NVML_ERROR_NOT_SUPPORTED;
