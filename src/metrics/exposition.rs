@@ -105,5 +105,3 @@ pub(super) fn encode_one(family: MetricFamily) -> Option<String> {
     TextEncoder::new().encode(std::slice::from_ref(&family), &mut out).expect("text encoding into memory");
     Some(String::from_utf8(out).expect("the text encoder writes UTF-8"))
 }
-
-
