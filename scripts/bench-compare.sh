@@ -18,11 +18,13 @@ tree=$(mktemp -d)
 trap 'git -C "$root" worktree remove --force "$tree" >/dev/null 2>&1 || rm -rf "$tree"' EXIT
 git -C "$root" worktree add --detach -f "$tree" "$rev" >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%FT%RZ)"
-run() {
-    echo "== $1 ($(git -C "$2" rev-parse --short=12 HEAD)$3)"
-    (cd "$2" && CARGO_TARGET_DIR=$target cargo bench --quiet --bench cost_curve -- "$filter" 2>/dev/null |
+run() { # label, tree, target dir, note
+    echo "== $1 ($(git -C "$2" rev-parse --short=12 HEAD)$4)"
+    (cd "$2" && CARGO_TARGET_DIR=$3 cargo bench --quiet --bench cost_curve -- "$filter" 2>/dev/null |
         grep -E '^cost_|time:')
 }
-run before "$tree" ""
+# The old revision builds in a target directory of its own: sharing one, the two revisions' build
+# scripts (same package, same name) overwrite each other's output.
+run before "$tree" "$target/bench-compare" ""
 dirty=$(git -C "$root" status --porcelain | grep -q . && echo ", with uncommitted changes" || true)
-run after "$root" "$dirty"
+run after "$root" "$target" "$dirty"

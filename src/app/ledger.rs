@@ -311,7 +311,7 @@ impl Ledger {
         check_ttl(ttl)?;
         processes.validate()?;
         self.critical("heartbeat failed", move |l, store, now| {
-            // The tracker may raise the peak while the store writes; only the fields a heartbeat
+            // The sample follower may raise the peak while the store writes; only the fields a heartbeat
             // owns are merged back into the book, so its update is never overwritten.
             let mut lease = l.inputs.book.read().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
             check_owner(&caller, &lease, "heartbeat")?;
@@ -346,11 +346,11 @@ impl Ledger {
         let id_for_log = id.clone();
         let (released, durable) = self
             .critical_with("release failed", move |l, store, now| {
-                // Out of the book first, so the tracker cannot raise a peak the observation
+                // Out of the book first, so the sample follower cannot raise a peak the observation
                 // misses; no decision runs meanwhile (this is the critical section). It stays out
                 // if the store does not take the write: a lease that cannot be released would
                 // hold its slot for its whole TTL.
-                // What the latest sample shows of the job counts too: the tracker may not have seen
+                // What the latest sample shows of the job counts too: the sample follower may not have seen
                 // it yet (a lease taken after that sample was published).
                 if let Some(snapshot) = l.inputs.snapshot() {
                     l.observe(&snapshot, now);
@@ -407,22 +407,10 @@ pub(crate) async fn reaper(ledger: Ledger, mut stop: tokio::sync::watch::Receive
 
 /// Follows every new snapshot: raises the peaks of leases with pids and counts overruns (each
 /// lease once). In memory only; heartbeats and the lease's end persist what it learned.
-pub(crate) async fn tracker(ledger: Ledger, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut snapshots = ledger.inputs.snapshots.clone();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            changed = snapshots.changed() => if changed.is_err() { return },
-        }
-        let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
-        ledger.observe(&snapshot, now_unix());
-    }
-}
-
 impl Ledger {
     /// Follows live leases' processes on `snapshot` (peaks, seen, overruns, each overrun
-    /// counted once).
-    fn observe(&self, snapshot: &crate::snapshot::Snapshot, now: f64) {
+    /// counted once); the sample follower ([`super::AppState`]'s) calls it on every sample.
+    pub(crate) fn observe(&self, snapshot: &crate::snapshot::Snapshot, now: f64) {
         let overran = self.inputs.book.write().observe(snapshot, now);
         for l in overran {
             self.metrics.record_overrun();

@@ -143,13 +143,13 @@ impl AppState {
         Ok(())
     }
 
-    /// Starts the background tasks (the lease reaper and tracker, the queue's dispatcher, the
-    /// history recorder); each ends when `stop` flips.
+    /// Starts the background tasks (the lease reaper, the sample follower, the queue's
+    /// dispatcher, the history recorder); each ends when `stop` flips.
     pub(crate) fn spawn_background(&self, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             tokio::spawn(records::recorder(Arc::clone(&self.0.records), stop.clone())),
             tokio::spawn(ledger::reaper(self.0.ledger.clone(), stop.clone())),
-            tokio::spawn(ledger::tracker(self.0.ledger.clone(), stop.clone())),
+            tokio::spawn(follow_samples(self.clone(), stop.clone())),
             tokio::spawn(queue::dispatcher(Arc::clone(&self.0.queue), stop.clone())),
         ]
     }
@@ -222,5 +222,23 @@ impl AppState {
         credentials: Credentials,
     ) -> Result<Vec<&'static str>, ServiceError> {
         reload::reload(&self.0.inputs, &self.0.writer, next, credentials).await
+    }
+}
+
+/// On every new sample: the live leases' processes are followed on it (peaks, overruns), then the
+/// exposition of that sample is rendered, so that the scrape that comes next (Prometheus scrapes
+/// every 5-60 s, vramguard samples every second) finds it ready instead of rendering it on the
+/// request path. The rendering is the scrape's own ([`Decisions::render_metrics`]), kept under
+/// the same inputs; a scrape that finds them changed since renders afresh, as before.
+async fn follow_samples(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut snapshots = state.0.inputs.snapshots.clone();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+        let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
+        state.ledger().observe(&snapshot, crate::time::now_unix());
+        let _ = state.decisions().render_metrics();
     }
 }

@@ -224,7 +224,7 @@ impl LeaseBook {
     }
 
     /// Applies a heartbeat's fields of `renewed` (lifetime and processes) to the book's own copy
-    /// of the lease, keeping what the tracker wrote (peak, seen, overrun), and returns the
+    /// of the lease, keeping what the sample follower wrote (peak, seen, overrun), and returns the
     /// result; `None` if the lease is gone.
     pub(crate) fn renew(&mut self, renewed: &Lease) -> Option<Lease> {
         let l = self.leases.get_mut(&renewed.id)?;
