@@ -12,7 +12,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 
-use super::host_check::AllowedHosts;
+use super::host_check::{AllowedHosts, FrontDoor};
 use crate::app::AppState;
 
 /// Adds [`Edge`] in front of a service.
@@ -90,6 +90,55 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for EdgeFuture<F> 
             EdgeFutureProj::Inner { future } => future.poll(cx),
             // Polled once: a future is not polled again after it is ready.
             EdgeFutureProj::Refused { response } => Poll::Ready(Ok(response.take().unwrap_or_default())),
+        }
+    }
+}
+
+/// The checks only a real connection needs ([`FrontDoor::check`]), in front of the router: the
+/// server adds it, so the router driven in-process by tests keeps only the checks that need no
+/// connection. A plain service like [`Edge`], for the same reason (a passing request costs four
+/// header lookups and nothing boxed).
+#[derive(Clone)]
+pub(crate) struct FrontDoorLayer(std::sync::Arc<FrontDoor>);
+
+impl FrontDoorLayer {
+    /// The layer for the server's front door.
+    pub(crate) fn new(front: std::sync::Arc<FrontDoor>) -> Self {
+        Self(front)
+    }
+}
+
+impl<S> Layer<S> for FrontDoorLayer {
+    type Service = FrontDoorService<S>;
+
+    fn layer(&self, inner: S) -> FrontDoorService<S> {
+        FrontDoorService { inner, front: std::sync::Arc::clone(&self.0) }
+    }
+}
+
+/// Answers a request that fails the connection checks itself; passes the others on.
+#[derive(Clone)]
+pub(crate) struct FrontDoorService<S> {
+    inner: S,
+    front: std::sync::Arc<FrontDoor>,
+}
+
+impl<S> Service<Request> for FrontDoorService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match self.front.check(&req) {
+            Ok(()) => EdgeFuture::Inner { future: self.inner.call(req) },
+            Err(refusal) => EdgeFuture::Refused { response: Some(refusal.into_response()) },
         }
     }
 }

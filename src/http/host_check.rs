@@ -143,19 +143,10 @@ impl FrontDoor {
     pub(crate) fn new(config: &Config, scheme: &'static str, port: u16) -> Self {
         Self { hosts: AllowedHosts::from_config(config), served: Served::new(scheme, port, config) }
     }
-}
 
-/// [`check_connection`] as a middleware: the server layers it over the router, so the router
-/// itself (driven in-process by tests) keeps only the checks that need no connection.
-pub(crate) async fn front_door(
-    axum::extract::State(front): axum::extract::State<Arc<FrontDoor>>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match check_connection(&front.hosts, &front.served, &req) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+    /// [`check_connection`] with these hosts and this listener.
+    pub(crate) fn check<B>(&self, req: &axum::http::Request<B>) -> Result<(), ApiError> {
+        check_connection(&self.hosts, &self.served, req)
     }
 }
 

@@ -128,7 +128,7 @@ pub async fn run_with(
     });
     let server = listener::serve(
         listener,
-        app(state.clone()).layer(axum::middleware::from_fn_with_state(front, crate::http::host_check::front_door)),
+        app(state.clone()).layer(crate::http::edge::FrontDoorLayer::new(front)),
         limits,
         tls,
         stop_rx.clone(),
