@@ -2,7 +2,8 @@
 //! resource-check answer and the policy's part of the exposition are kept between changes of
 //! their inputs ([`super::decision_memo`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::IntCounter;
@@ -52,11 +53,37 @@ pub(crate) struct Decisions {
     kept_checks: Kept<CheckAnswer>,
     /// The policy's part of the exposition, kept likewise.
     kept_policy: Kept<Arc<PolicyText>>,
+    /// When `/metrics` was last asked for, and the time between the last two scrapes.
+    scrapes: Mutex<Scrapes>,
+}
+
+/// The scrape rhythm, as seen from here.
+#[derive(Default)]
+struct Scrapes {
+    last: Option<Instant>,
+    period: Option<Duration>,
+}
+
+impl Scrapes {
+    /// Whether the next scrape (the last one plus the last period) comes before `now +
+    /// sample_interval`, and the scraper has not stopped (`now` within a period past it).
+    fn due(&self, now: Instant, sample_interval: Duration) -> bool {
+        let (Some(last), Some(period)) = (self.last, self.period) else { return false };
+        let next = last + period;
+        next <= now + sample_interval && now <= next + period
+    }
 }
 
 impl Decisions {
     pub(crate) fn new(inputs: Arc<Inputs>, queue: Arc<Queue>, metrics: Arc<Metrics>) -> Self {
-        Self { inputs, queue, metrics, kept_checks: Kept::default(), kept_policy: Kept::default() }
+        Self {
+            inputs,
+            queue,
+            metrics,
+            kept_checks: Kept::default(),
+            kept_policy: Kept::default(),
+            scrapes: Mutex::default(),
+        }
     }
 
     /// Every workload profile with its default job and vramguard's estimate of it under the
@@ -117,7 +144,26 @@ impl Decisions {
         Ok(json)
     }
 
-    /// The `/metrics` exposition of the latest snapshot and the live policy values.
+    /// A scrape: the `/metrics` exposition of the latest snapshot and the live policy values.
+    pub(crate) fn scrape(&self) -> Bytes {
+        let now = Instant::now();
+        {
+            let mut s = self.scrapes.lock().unwrap_or_else(PoisonError::into_inner);
+            s.period = s.last.map(|last| now.duration_since(last));
+            s.last = Some(now);
+        }
+        self.render_metrics()
+    }
+
+    /// Whether a scrape is due before the sample after this one (`sample_interval` from now), by
+    /// the rhythm of the last two: then the sample now is the one it will read, and rendering it
+    /// ahead takes the work off that scrape's path. Nobody scraping (or a scraper that stopped for
+    /// longer than its own period) means no rendering ahead, so an idle vramguard stays idle.
+    pub(crate) fn scrape_due(&self, sample_interval: Duration) -> bool {
+        self.scrapes.lock().unwrap_or_else(PoisonError::into_inner).due(Instant::now(), sample_interval)
+    }
+
+    /// Renders the exposition now, kept as a scrape keeps it (the sample follower's render ahead).
     pub(crate) fn render_metrics(&self) -> Bytes {
         let stamp = self.inputs.stamp();
         let status = &self.inputs.store_status;
@@ -164,5 +210,28 @@ impl Decisions {
         let text =
             self.metrics.policy_text(view.snapshot.as_deref(), &view.live.constraints, status, view.active, &figures);
         (text, view.snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_is_due_by_the_rhythm_of_the_last_two() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let every = |period: u64| Scrapes { last: Some(t0), period: Some(Duration::from_secs(period)) };
+        // Nobody scraped twice yet: nothing is rendered ahead.
+        assert!(!Scrapes::default().due(t0, second));
+        assert!(!Scrapes { last: Some(t0), period: None }.due(t0, second));
+        // Every 15 s: due from 14 s on (the sample then is the one the scrape at 15 s reads).
+        assert!(!every(15).due(t0 + Duration::from_secs(13), second));
+        assert!(every(15).due(t0 + Duration::from_secs(14), second));
+        assert!(every(15).due(t0 + Duration::from_secs(20), second));
+        // A scraper silent for more than its own period after the scrape it owed has stopped.
+        assert!(!every(15).due(t0 + Duration::from_secs(31), second));
+        // Scraping faster than sampling: every sample is due.
+        assert!(every(1).due(t0 + Duration::from_millis(500), second));
     }
 }

@@ -225,11 +225,12 @@ impl AppState {
     }
 }
 
-/// On every new sample: the live leases' processes are followed on it (peaks, overruns), then the
-/// exposition of that sample is rendered, so that the scrape that comes next (Prometheus scrapes
-/// every 5-60 s, vramguard samples every second) finds it ready instead of rendering it on the
-/// request path. The rendering is the scrape's own ([`Decisions::render_metrics`]), kept under
-/// the same inputs; a scrape that finds them changed since renders afresh, as before.
+/// On every new sample: the live leases' processes are followed on it (peaks, overruns), then,
+/// when a scrape is due before the next sample (by the rhythm of the last scrapes: Prometheus
+/// scrapes every 5-60 s, vramguard samples every second), the exposition of that sample is
+/// rendered ahead, so the scrape finds it ready instead of rendering it on the request path. The
+/// rendering is the scrape's own ([`Decisions::render_metrics`]), kept under the same inputs; a
+/// scrape that finds them changed since renders afresh, as before.
 async fn follow_samples(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut snapshots = state.0.inputs.snapshots.clone();
     loop {
@@ -239,6 +240,8 @@ async fn follow_samples(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         let Some(snapshot) = snapshots.borrow_and_update().clone() else { continue };
         state.ledger().observe(&snapshot, crate::time::now_unix());
-        let _ = state.decisions().render_metrics();
+        if state.decisions().scrape_due(state.config().sample_interval.0) {
+            let _ = state.decisions().render_metrics();
+        }
     }
 }

@@ -8,7 +8,7 @@ use crate::app::AppState;
 
 /// `GET /metrics`: renders the latest snapshot; never touches hardware.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.decisions().render_metrics();
+    let body = state.decisions().scrape();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
