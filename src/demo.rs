@@ -46,7 +46,9 @@ impl Demo {
         }
         let dir = std::env::temp_dir().join(format!("vramguard-demo-{}", std::process::id()));
         let prepare = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
+            // Created here, mode 0700, and refused if it exists already: another user cannot have
+            // prepared it (or a link in it) for the library this process is about to load.
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir)?;
             std::fs::write(dir.join("libnvidia-ml-demo.so"), LIBRARY)?;
             write_atomically(&dir.join("scenario.txt"), &Simulation::default().scenario())
         };
