@@ -27,17 +27,27 @@ const CYCLE_S: f64 = 60.0;
 /// Pids above Linux's largest possible pid (`PID_MAX_LIMIT`, 2^22), so a simulated process can
 /// never be mistaken for a real one on this machine.
 const FIRST_PID: u32 = (1 << 22) + 1000;
+/// The variable that points the fake NVML at a scenario file elsewhere.
+const SCENARIO_VARIABLE: &str = "FAKE_NVML_SCENARIO";
 
 /// The running demo: its directory and the thread that moves the hardware. Dropping it stops the
 /// thread and removes the directory.
 pub struct Demo {
     dir: PathBuf,
     stop: Arc<AtomicBool>,
+    mover: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Demo {
     /// Writes the library and a first scenario, and starts the thread that moves them.
     pub fn start() -> Result<Self, String> {
+        if let Some(scenario) = std::env::var_os(SCENARIO_VARIABLE) {
+            // The fake reads that file before the one beside it: the demo's GPUs would not move.
+            return Err(format!(
+                "{SCENARIO_VARIABLE} is set ({}), and the demo's fake NVML would read that scenario instead of its own; unset it",
+                Path::new(&scenario).display()
+            ));
+        }
         if LIBRARY.is_empty() {
             return Err(
                 "this build has no demo: the fake NVML library could not be compiled (no C compiler at build time)"
@@ -55,11 +65,11 @@ impl Demo {
         prepare().map_err(|e| format!("cannot prepare the demo in {}: {e}", dir.display()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (path, flag) = (dir.join("scenario.txt"), Arc::clone(&stop));
-        std::thread::Builder::new()
+        let mover = std::thread::Builder::new()
             .name("vramguard-demo".to_owned())
             .spawn(move || run(&path, &flag))
             .map_err(|e| format!("cannot start the demo thread: {e}"))?;
-        Ok(Self { dir, stop })
+        Ok(Self { dir, stop, mover: Some(mover) })
     }
 
     /// The fake NVML library to load as `gpu.nvml_library`.
@@ -76,6 +86,12 @@ impl Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wait for the mover (woken from its pause) so it cannot write a scenario into the
+        // directory after it is removed.
+        if let Some(mover) = self.mover.take() {
+            mover.thread().unpark();
+            let _ = mover.join();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -84,7 +100,11 @@ fn run(path: &Path, stop: &AtomicBool) {
     let mut sim = Simulation::default();
     let mut next = Instant::now() + STEP;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
+        if Instant::now() < next {
+            // Woken early: by the drop (the loop ends) or spuriously (pause again).
+            continue;
+        }
         next += STEP;
         sim.step(STEP.as_secs_f64());
         if let Err(e) = write_atomically(path, &sim.scenario()) {

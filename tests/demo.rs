@@ -70,3 +70,28 @@ fn the_demo_refuses_a_config_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{out:?}");
 }
+
+/// An inherited `FAKE_NVML_SCENARIO` would make the demo's library read that file instead of the
+/// demo's own: the demo refuses to start rather than show GPUs that do not move.
+#[test]
+fn the_demo_refuses_an_inherited_scenario() {
+    let out = Command::new(BIN)
+        .args(["--demo", "--listen", "127.0.0.1:0"])
+        .env("FAKE_NVML_SCENARIO", "/tmp/elsewhere.txt")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FAKE_NVML_SCENARIO is set (/tmp/elsewhere.txt)"), "{stderr}");
+}
+
+/// The demo's private directory (library, scenario, state) is gone once vramguard has stopped.
+#[test]
+fn the_demo_removes_its_directory_on_exit() {
+    let mut vg = start_demo();
+    let dir = std::env::temp_dir().join(format!("vramguard-demo-{}", vg.pid()));
+    assert!(dir.join("scenario.txt").exists(), "{}", dir.display());
+    let (status, _) = vg.terminate(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
