@@ -221,9 +221,9 @@ pub struct GpuProcess {
     /// them: what a lease's pids are matched against. Just the process (its `pid`, nothing
     /// else known) when `/proc` has no entry for it.
     pub lineage: Vec<ProcessIdentity>,
-    /// Its SM busy fraction over the last sample interval (NVML's process utilization
-    /// samples; 0 when NVML had no sample of it, as NVML samples only busy processes); `None`
-    /// when the board does not report per-process utilization.
+    /// Its SM busy fraction since the previous sample: the mean of NVML's process utilization
+    /// samples of it taken since then (0 when NVML had none, as NVML samples only busy processes);
+    /// `None` when the board does not report per-process utilization.
     pub sm_utilization_ratio: Option<f64>,
 }
 

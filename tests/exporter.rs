@@ -369,7 +369,12 @@ fn promtool_accepts_exposition() {
     }
     let vg = Vramguard::with_fake(&two_gpus(false, std::process::id()), "250ms");
     vg.wait_ready();
-    let text = vg.metrics().text;
+    // Every series of the scenario, the XID's (delivered by the event thread) included.
+    let text = vg
+        .wait_metrics("the scripted XID", Duration::from_secs(10), |m| {
+            m.has("vramguard_gpu_xid_last_timestamp_seconds") && m.has("vramguard_gpu_pcie_throughput_bytes_per_second")
+        })
+        .text;
     common::promtool_check_metrics(&text);
 }
 

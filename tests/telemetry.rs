@@ -123,14 +123,26 @@ fn every_reading_in_base_units() {
 }
 
 /// A board that supports none of the readings (the fake's defaults) exposes none of their
-/// series, its stats fields are null, and it stays healthy.
+/// series, its stats fields are null, and it stays healthy. It runs a process (whose VRAM is
+/// published, but no SM load: the board does not sample processes, and that is not 0) and has an
+/// XID scripted that it cannot report (no event registration, so no XID time either).
 #[test]
 fn a_board_without_any_of_them() {
-    let vg = Vramguard::with_fake("[gpu]\nmemory_total 8589934592\nutilization_gpu unsupported\n", "250ms");
+    let vg = Vramguard::with_fake(
+        "[gpu]\nmemory_total 8589934592\nutilization_gpu unsupported\nprocess 4242 1073741824\n\
+         xid_events unsupported\nxid 31 1\n",
+        "250ms",
+    );
     vg.wait_ready();
+    // A few passes, so an XID thread or a later reading would have had time to show.
+    vg.wait_metrics("the process's VRAM", Duration::from_secs(5), |m| {
+        m.value("vramguard_gpu_process_memory_used_bytes", &[("pid", "4242")]) == Some(GIB as f64)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
     let m = vg.metrics();
     assert_eq!(m.value("vramguard_collector_success", &[("collector", "gpu")]), Some(1.0));
     assert_eq!(m.value("vramguard_gpu_healthy", &[("gpu", "0")]), Some(1.0));
+    assert_eq!(m.value("vramguard_gpu_process_memory_used_bytes", &[("pid", "4242")]), Some(GIB as f64));
     for absent in NEW_SERIES {
         assert!(!m.has(absent), "{absent} should be omitted:\n{}", m.text);
     }
@@ -148,6 +160,49 @@ fn a_board_without_any_of_them() {
     ] {
         assert!(g.as_object().unwrap().contains_key(null) && g[null].is_null(), "{null}: {g}");
     }
+}
+
+/// Per-process SM load is the mean of NVML's samples of the process since the previous pass
+/// (two samples, 20 % and 60 %: 0.4), and a process that turns busy between nvml-wrapper's
+/// count and its read (NVML's INSUFFICIENT_SIZE, scripted on every pass) does not cost the pass
+/// its reading.
+#[test]
+fn process_sm_load_is_the_mean_of_the_samples_and_survives_a_race() {
+    let vg = Vramguard::with_fake(
+        "[gpu]\nmemory_total 8589934592\nutilization_gpu 50\nprocess 4242 1073741824\nprocess 4343 1073741824\n\
+         process_sm 4242 20\nprocess_sm 4242 60\nprocess_sm_race 1\n",
+        "250ms",
+    );
+    vg.wait_ready();
+    std::thread::sleep(Duration::from_millis(600));
+    let m = vg.metrics();
+    let sm = "vramguard_gpu_process_sm_utilization_ratio";
+    assert_eq!(m.value(sm, &[("pid", "4242")]), Some(0.4), "{}", m.text);
+    assert_eq!(m.value(sm, &[("pid", "4343")]), Some(0.0), "{}", m.text);
+}
+
+/// A real driver waits 20 ms per direction for each PCIe reading. With 8 GPUs at 100 ms each
+/// (1.6 s of PCIe waiting per pass if every GPU were read every pass, past the 500 ms timeout)
+/// the collector keeps succeeding, and every GPU's throughput appears within a few passes.
+#[test]
+fn slow_pcie_readings_do_not_stall_the_sampler() {
+    let gpu = "[gpu]\nmemory_total 8589934592\nutilization_gpu 10\npcie_tx_kbps 1000\npcie_rx_kbps 2000\npcie_window_ms 100\n";
+    let vg = Vramguard::with_fake(&gpu.repeat(8), "250ms");
+    vg.wait_ready();
+    let pcie = "vramguard_gpu_pcie_throughput_bytes_per_second";
+    let m = vg.wait_metrics("every GPU's PCIe reading", Duration::from_secs(15), |m| {
+        m.find(pcie, &[("direction", "rx")]).len() == 8
+    });
+    for gpu in 0..8 {
+        let index = gpu.to_string();
+        assert_eq!(m.value(pcie, &[("gpu", &index), ("direction", "tx")]), Some(1_024_000.0));
+    }
+    // Several more passes: none timed out.
+    std::thread::sleep(Duration::from_secs(2));
+    let m = vg.metrics();
+    assert_eq!(m.value("vramguard_collector_success", &[("collector", "gpu")]), Some(1.0), "{}", m.text);
+    let last = m.value("vramguard_collector_duration_seconds", &[("collector", "gpu")]).unwrap();
+    assert!(last < 0.5, "a pass took {last} s");
 }
 
 /// Energy and held-back time never go down while vramguard runs, even when NVML's counters

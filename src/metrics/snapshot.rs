@@ -111,7 +111,7 @@ fn gpu_families(s: &Snapshot) -> Vec<Family> {
     out.push(family("vramguard_gpu_process_memory_used_bytes", "VRAM held by a compute process in bytes.", procs));
     out.push(family(
         "vramguard_gpu_process_sm_utilization_ratio",
-        "SM busy fraction of a compute process over the last sample interval (0 when NVML sampled it idle).",
+        "SM busy fraction of a compute process since the previous sample, mean of NVML's samples (0 when none: idle).",
         proc_sm,
     ));
     out

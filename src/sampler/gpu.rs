@@ -159,6 +159,7 @@ fn read_all(
             Err(e) => failed.push(format!("GPU {index}: {e}")),
         }
     }
+    telemetry.pcie(nvml, &mut reading.gpus);
     if !failed.is_empty() {
         reading.partial_error = Some(failed.join("; "));
     }

@@ -12,15 +12,27 @@
 //! last raw value and what it had reached before any reset: the published value is that
 //! offset plus the raw one, and never goes down while vramguard runs. A restart of vramguard
 //! starts again from NVML's raw figure, which Prometheus handles as the reset it is.
+//!
+//! **PCIe throughput.** A real driver answers `nvmlDeviceGetPcieThroughput` only after sampling
+//! the link for 20 ms, per direction: 40 ms of waiting per GPU, 320 ms at 8 GPUs and past the
+//! sampler's timeout beyond that. So a pass spends at most [`PCIE_BUDGET`] on it, taking the GPUs
+//! whose reading is oldest first (at least one per pass), and every other GPU keeps its last
+//! reading: on a box with many GPUs each figure is refreshed every few passes instead of every
+//! pass, and no pass waits longer than the budget plus one GPU's window.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use nvml_wrapper::Device;
 use nvml_wrapper::enum_wrappers::device::{PcieUtilCounter, PerformancePolicy, PerformanceState};
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
 
 use super::gpu::{milliwatts_to_watts, optional, percent_to_ratio};
-use crate::snapshot::{GpuTelemetry, VIOLATION_REASONS};
+use crate::snapshot::{GpuStats, GpuTelemetry, VIOLATION_REASONS};
+
+/// Longest a pass spends starting PCIe throughput reads (see the module's note): with a real
+/// driver's 40 ms per GPU, three GPUs per pass.
+const PCIE_BUDGET: Duration = Duration::from_millis(100);
 
 /// NVML's violation policies, in the order of [`VIOLATION_REASONS`].
 const POLICIES: [PerformancePolicy; 6] = [
@@ -40,6 +52,15 @@ pub(super) struct TelemetryReader {
     /// UUID → newest process-utilization timestamp seen (µs), so each pass asks only for
     /// samples taken since the previous one.
     last_sample: HashMap<String, u64>,
+    /// UUID → the last PCIe reading (TX, RX in bytes/s) and when it was taken.
+    pcie: HashMap<String, Pcie>,
+}
+
+/// One GPU's last PCIe throughput reading.
+struct Pcie {
+    taken: Instant,
+    tx: Option<f64>,
+    rx: Option<f64>,
 }
 
 impl TelemetryReader {
@@ -66,8 +87,9 @@ impl TelemetryReader {
             memory_bandwidth_ratio: memory_busy.map(percent_to_ratio),
             encoder_ratio: optional(device.encoder_utilization())?.map(|u| percent_to_ratio(u.utilization)),
             decoder_ratio: optional(device.decoder_utilization())?.map(|u| percent_to_ratio(u.utilization)),
-            pcie_tx_bytes_per_second: optional(device.pcie_throughput(PcieUtilCounter::Send))?.map(kib_per_second),
-            pcie_rx_bytes_per_second: optional(device.pcie_throughput(PcieUtilCounter::Receive))?.map(kib_per_second),
+            // Filled in by `pcie` once every GPU has been read.
+            pcie_tx_bytes_per_second: None,
+            pcie_rx_bytes_per_second: None,
             pcie_link_generation: optional(device.current_pcie_link_gen())?,
             pcie_link_width: optional(device.current_pcie_link_width())?,
             throttle_seconds,
@@ -75,36 +97,67 @@ impl TelemetryReader {
         })
     }
 
-    /// Each process's SM busy fraction since the previous pass, by pid: `None` when the board
-    /// does not sample per-process utilization. A pid without a sample was idle (NVML keeps
-    /// samples of busy processes only), so callers read a missing pid as 0.
+    /// Each process's SM busy fraction since the previous pass, by pid: the mean of NVML's
+    /// samples of it taken since then (NVML samples every ~167 ms). `None` when the board does
+    /// not sample per-process utilization. A pid without a sample was idle (NVML keeps samples
+    /// of busy processes only), so callers read a missing pid as 0.
     pub(super) fn process_sm(
         &mut self,
         uuid: &str,
         device: &Device<'_>,
     ) -> Result<Option<HashMap<u32, f64>>, NvmlError> {
         let since = self.last_sample.get(uuid).copied();
-        let samples = match device.process_utilization_stats(since) {
+        let mut result = device.process_utilization_stats(since);
+        if matches!(result, Err(NvmlError::InsufficientSize(_))) {
+            // A process became busy between nvml-wrapper's count and its read: ask again once.
+            result = device.process_utilization_stats(since);
+        }
+        let samples = match result {
             Ok(samples) => samples,
             // NVML's answer when no process was busy since `since`.
             Err(NvmlError::NotFound) => return Ok(Some(HashMap::new())),
             Err(e) => {
-                // Unsupported: no reading; a lost GPU: the device fails.
+                // Unsupported (or still racing): no reading; a lost GPU: the device fails.
                 optional::<()>(Err(e))?;
                 return Ok(None);
             }
         };
-        let mut newest: HashMap<u32, (u64, f64)> = HashMap::new();
+        let mut sums: HashMap<u32, (u32, u32)> = HashMap::new();
         for s in &samples {
-            let entry = newest.entry(s.pid).or_insert((0, 0.0));
-            if s.timestamp >= entry.0 {
-                *entry = (s.timestamp, percent_to_ratio(s.sm_util));
-            }
+            let (total, n) = sums.entry(s.pid).or_insert((0, 0));
+            *total += s.sm_util.min(100);
+            *n += 1;
         }
         if let Some(latest) = samples.iter().map(|s| s.timestamp).max() {
             self.last_sample.insert(uuid.to_owned(), latest);
         }
-        Ok(Some(newest.into_iter().map(|(pid, (_, ratio))| (pid, ratio)).collect()))
+        Ok(Some(sums.into_iter().map(|(pid, (total, n))| (pid, f64::from(total) / f64::from(n) / 100.0)).collect()))
+    }
+
+    /// Fills every GPU's PCIe throughput: fresh readings for the GPUs read longest ago, as many
+    /// as [`PCIE_BUDGET`] allows (at least one), the last reading for the rest. A GPU's
+    /// reading that fails is no reading; a lost GPU shows on the next pass's other calls.
+    pub(super) fn pcie(&mut self, nvml: &Nvml, gpus: &mut [GpuStats]) {
+        self.pcie.retain(|uuid, _| gpus.iter().any(|g| &g.uuid == uuid));
+        let mut order: Vec<usize> = (0..gpus.len()).collect();
+        order.sort_by_key(|&i| self.pcie.get(&gpus[i].uuid).map(|p| p.taken));
+        let start = Instant::now();
+        for (n, i) in order.into_iter().enumerate() {
+            if n > 0 && start.elapsed() >= PCIE_BUDGET {
+                break;
+            }
+            let Ok(device) = nvml.device_by_index(gpus[i].index) else { continue };
+            let read = |counter| optional(device.pcie_throughput(counter)).ok().flatten().map(kib_per_second);
+            let tx = read(PcieUtilCounter::Send);
+            let rx = read(PcieUtilCounter::Receive);
+            self.pcie.insert(gpus[i].uuid.clone(), Pcie { taken: Instant::now(), tx, rx });
+        }
+        for g in gpus {
+            if let Some(p) = self.pcie.get(&g.uuid) {
+                g.telemetry.pcie_tx_bytes_per_second = p.tx;
+                g.telemetry.pcie_rx_bytes_per_second = p.rx;
+            }
+        }
     }
 
     /// `raw` made monotonic across resets of NVML's counter (see the module's note).
@@ -131,7 +184,7 @@ fn fans(device: &Device<'_>) -> Result<Vec<(u32, f64)>, NvmlError> {
     Ok(out)
 }
 
-/// NVML reports PCIe throughput in KiB/s.
+/// NVML documents PCIe throughput as KB/s; a KB is taken as 1024 bytes (docs/metrics.md).
 fn kib_per_second(kib: u32) -> f64 {
     f64::from(kib) * 1024.0
 }

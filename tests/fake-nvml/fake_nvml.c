@@ -111,9 +111,11 @@ typedef struct {
     long long fan_percent[MAX_FANS];
     long long encoder_utilization, decoder_utilization;
     long long pcie_tx_kbps, pcie_rx_kbps, pcie_link_gen, pcie_link_width;
+    long long pcie_window_ms;
     long long pstate;
     long long violation_ns[VIOLATION_POLICIES];
     int process_utilization_unsupported;
+    int process_sm_race;
     int nprocs, nxids, nsm;
     /* The lists last: most calls copy only what comes before them (DEVICE_HEAD), so a call
        costs about what a real driver's bookkeeping would, not a copy of every list. */
@@ -144,6 +146,8 @@ static int loaded;
 /* The highest XID sequence delivered per GPU index, for the whole process: each scripted event
    is delivered once, to whichever event set waits first, however often the file is re-read. */
 static long long xid_delivered[MAX_GPUS];
+/* Filled nvmlDeviceGetProcessUtilization calls so far, per GPU index (see `process_sm_race`). */
+static long long sm_filled_calls[MAX_GPUS];
 
 static int parse_error(const char *name) {
     if (!strcmp(name, "DRIVER_NOT_LOADED")) return NVML_ERROR_DRIVER_NOT_LOADED;
@@ -342,6 +346,8 @@ static void refresh(void) {
         else if (!strcmp(key, "pcie_rx_kbps")) g->pcie_rx_kbps = parse_value(val);
         else if (!strcmp(key, "pcie_link_gen")) g->pcie_link_gen = parse_value(val);
         else if (!strcmp(key, "pcie_link_width")) g->pcie_link_width = parse_value(val);
+        else if (!strcmp(key, "pcie_window_ms")) g->pcie_window_ms = parse_value(val);
+        else if (!strcmp(key, "process_sm_race")) g->process_sm_race = atoi(val) != 0;
         else if (!strcmp(key, "pstate")) g->pstate = !strcmp(val, "unknown") ? PSTATE_UNKNOWN : parse_value(val);
         else if (!strncmp(key, "violation_", 10)) {
             for (int i = 0; i < VIOLATION_POLICIES; i++)
@@ -707,10 +713,17 @@ nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t d, unsigned int *util,
     return codec_utilization(d, 1, util, period);
 }
 
-/* counter 0 TX, 1 RX; KB/s as NVML reports them. */
+/* counter 0 TX, 1 RX; KB/s as NVML reports them. A real driver samples the link for 20 ms per
+   call before answering: `pcie_window_ms` makes the call wait that long. */
 nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t d, int counter, unsigned int *value) {
     if (counter != 0 && counter != 1) return NVML_ERROR_INVALID_ARGUMENT;
-    return uint_reading(d, counter == 0 ? offsetof(fake_gpu, pcie_tx_kbps) : offsetof(fake_gpu, pcie_rx_kbps), value);
+    nvmlReturn_t rc =
+        uint_reading(d, counter == 0 ? offsetof(fake_gpu, pcie_tx_kbps) : offsetof(fake_gpu, pcie_rx_kbps), value);
+    if (rc == NVML_SUCCESS) {
+        fake_gpu g;
+        if (device(d, &g) == NVML_SUCCESS) sleep_ms(g.pcie_window_ms);
+    }
+    return rc;
 }
 
 nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t d, unsigned int *gen) {
@@ -756,6 +769,17 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
     if (want == 0) return NVML_ERROR_NOT_FOUND;
     if (!samples || *count < want) {
         *count = want;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    /* `process_sm_race 1`: every other filled call (the 1st, 3rd, ...) finds one more sample than
+       the caller sized its buffer for, as when a process turns busy between the count and the
+       read: a caller that asks again once gets its samples on every pass. */
+    uintptr_t idx = (uintptr_t)d - 1;
+    pthread_mutex_lock(&lock);
+    int race = g.process_sm_race && idx < MAX_GPUS && sm_filled_calls[idx]++ % 2 == 0;
+    pthread_mutex_unlock(&lock);
+    if (race) {
+        *count = want + 1;
         return NVML_ERROR_INSUFFICIENT_SIZE;
     }
     struct timespec now;
