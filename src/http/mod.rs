@@ -74,6 +74,6 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Outermost: a request from the wrong Host or Origin, or without the token it needs,
         // meets nothing else.
-        .layer(edge::EdgeLayer::new(state.clone()))
+        .layer(edge::Edge::layer(state.clone()))
         .with_state(state)
 }

@@ -31,6 +31,14 @@ pub(super) fn sample(labels: &[(&str, &str)], value: f64) -> Sample {
     Sample(s)
 }
 
+/// Adds a sample for `value` when there is one: a reading that is unavailable has no series,
+/// never a 0. For gauges and counters alike.
+pub(super) fn push_some(into: &mut Vec<Sample>, labels: &[(&str, &str)], value: Option<f64>) {
+    if let Some(v) = value {
+        into.push(sample(labels, v));
+    }
+}
+
 /// A counter sample (the same line as a gauge's; the family carries the type).
 pub(super) fn counter(labels: &[(&str, &str)], value: f64) -> Sample {
     sample(labels, value)

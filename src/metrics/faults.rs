@@ -1,7 +1,7 @@
 //! Per-GPU fault series: ECC, row remapping, XIDs, clock event reasons, clocks and the fault
 //! health verdict. A reading the board does not support has no series at all.
 
-use super::family::{Family, counter, counter_family, family, sample};
+use super::family::{Family, counter, counter_family, family, push_some, sample};
 use crate::snapshot::{Snapshot, THROTTLE_REASONS};
 
 /// The fault families of one snapshot.
@@ -14,12 +14,8 @@ pub(super) fn families(s: &Snapshot) -> Vec<Family> {
         let id: [(&str, &str); 2] = [("gpu", &index), ("uuid", &g.uuid)];
         let with = |key: &'static str, value: &'static str| [id[0], id[1], (key, value)];
         let f = &g.faults;
-        if let Some(n) = f.ecc_corrected {
-            ecc.push(counter(&with("type", "corrected"), n as f64));
-        }
-        if let Some(n) = f.ecc_uncorrected {
-            ecc.push(counter(&with("type", "uncorrected"), n as f64));
-        }
+        push_some(&mut ecc, &with("type", "corrected"), f.ecc_corrected.map(|n| n as f64));
+        push_some(&mut ecc, &with("type", "uncorrected"), f.ecc_uncorrected.map(|n| n as f64));
         if let Some(r) = f.remapped_rows {
             remapped.push(sample(&with("type", "correctable"), f64::from(r.correctable)));
             remapped.push(sample(&with("type", "uncorrectable"), f64::from(r.uncorrectable)));
@@ -36,12 +32,8 @@ pub(super) fn families(s: &Snapshot) -> Vec<Family> {
                 throttle.push(sample(&with("reason", reason), f64::from(u8::from(bits & bit != 0))));
             }
         }
-        if let Some(hz) = f.sm_clock_hz {
-            clocks.push(sample(&with("clock", "sm"), hz as f64));
-        }
-        if let Some(hz) = f.memory_clock_hz {
-            clocks.push(sample(&with("clock", "memory"), hz as f64));
-        }
+        push_some(&mut clocks, &with("clock", "sm"), f.sm_clock_hz.map(|hz| hz as f64));
+        push_some(&mut clocks, &with("clock", "memory"), f.memory_clock_hz.map(|hz| hz as f64));
         healthy.push(sample(&id, f64::from(u8::from(g.health.healthy))));
     }
     vec![

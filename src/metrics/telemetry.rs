@@ -2,7 +2,7 @@
 //! limit, energy, fans, memory-bandwidth and codec load, PCIe, held-back time and performance
 //! state. A reading the board does not support has no series at all.
 
-use super::family::{Family, counter, counter_family, family, sample};
+use super::family::{Family, counter, counter_family, family, push_some, sample};
 use crate::snapshot::Snapshot;
 
 /// The telemetry families of one snapshot.
@@ -14,11 +14,7 @@ pub(super) fn families(s: &Snapshot) -> Vec<Family> {
         let index = g.index.to_string();
         let id: [(&str, &str); 2] = [("gpu", &index), ("uuid", &g.uuid)];
         let t = &g.telemetry;
-        let gauge = |into: &mut Vec<_>, value: Option<f64>| {
-            if let Some(v) = value {
-                into.push(sample(&id, v));
-            }
-        };
+        let gauge = |into: &mut Vec<_>, value: Option<f64>| push_some(into, &id, value);
         gauge(&mut limit, t.power_limit_watts);
         gauge(&mut bandwidth, t.memory_bandwidth_ratio);
         gauge(&mut encoder, t.encoder_ratio);
@@ -26,17 +22,13 @@ pub(super) fn families(s: &Snapshot) -> Vec<Family> {
         gauge(&mut generation, t.pcie_link_generation.map(f64::from));
         gauge(&mut width, t.pcie_link_width.map(f64::from));
         gauge(&mut pstate, t.performance_state.map(f64::from));
-        if let Some(j) = t.energy_joules {
-            energy.push(counter(&id, j));
-        }
+        gauge(&mut energy, t.energy_joules);
         for (fan, ratio) in &t.fan_ratios {
             let fan = fan.to_string();
             fans.push(sample(&[id[0], id[1], ("fan", &fan)], *ratio));
         }
         for (direction, value) in [("tx", t.pcie_tx_bytes_per_second), ("rx", t.pcie_rx_bytes_per_second)] {
-            if let Some(v) = value {
-                pcie.push(sample(&[id[0], id[1], ("direction", direction)], v));
-            }
+            push_some(&mut pcie, &[id[0], id[1], ("direction", direction)], value);
         }
         for (reason, seconds) in &t.throttle_seconds {
             throttle.push(counter(&[id[0], id[1], ("reason", reason)], *seconds));

@@ -128,7 +128,7 @@ pub async fn run_with(
     });
     let server = listener::serve(
         listener,
-        app(state.clone()).layer(crate::http::edge::FrontDoorLayer::new(front)),
+        app(state.clone()).layer(crate::http::edge::front_door(front)),
         limits,
         tls,
         stop_rx.clone(),
