@@ -136,6 +136,7 @@ fn exposition(c: &mut Criterion) {
         estimates: vec![("default".to_owned(), "model", 9.5)],
         waiting: 0,
         that_fit: vec![("default".to_owned(), 1)],
+        gangs_that_fit: vec![("default".to_owned(), 2, 1), ("default".to_owned(), 4, 0)],
     };
     let mut group = c.benchmark_group("cost_exposition");
     for n in GPUS {

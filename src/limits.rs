@@ -225,6 +225,27 @@ pub(crate) const FRAMES: RangeInclusive<u32> = 1..=1001;
 /// `frames` in the API's field lists.
 pub(crate) const FRAMES_WORDS: &str = "integers 1 to 1001";
 
+/// Most GPUs one generation (a gang) may take.
+pub(crate) const MAX_GANG: u32 = 16;
+/// GPUs one generation asks for.
+pub(crate) const GANG: RangeInclusive<u32> = 1..=MAX_GANG;
+/// `gpus` in the API's field lists.
+pub(crate) const GANG_WORDS: &str = "integers 1 to 16";
+/// `gpu_indices` in the API's field lists.
+pub(crate) const GPU_INDICES_WORDS: &str =
+    "distinct GPU indices (integers), as many as `gpus`, rank 0 first; comma-separated in a query";
+
+/// A gang's pinned GPUs: as many as it has ranks, each once.
+pub(crate) fn check_pins(gpus: u32, indices: &[u32]) -> Result<(), String> {
+    if indices.len() != gpus as usize {
+        return Err(format!("{} indices for {gpus} GPUs; allowed {GPU_INDICES_WORDS}", indices.len()));
+    }
+    if let Some(dup) = indices.iter().enumerate().find(|(i, v)| indices[..*i].contains(v)).map(|(_, v)| v) {
+        return Err(format!("GPU {dup} is listed twice; allowed {GPU_INDICES_WORDS}"));
+    }
+    Ok(())
+}
+
 /// One side of a video.
 pub(crate) fn check_side(v: u32) -> Result<(), String> {
     if SIDE.contains(&v) && v.is_multiple_of(16) {
@@ -335,6 +356,7 @@ mod tests {
     fn written_out_ranges_match_their_ranges() {
         assert_eq!(CONCURRENCY_WORDS, integers(&CONCURRENCY));
         assert_eq!(FRAMES_WORDS, integers(&FRAMES));
+        assert_eq!(GANG_WORDS, integers(&GANG));
         assert_eq!(OBSERVATIONS_LIMIT_WORDS, integers(&OBSERVATIONS_LIMIT));
         assert_eq!(SIDE_WORDS, format!("{}, multiples of 16", integers(&SIDE)));
         assert_eq!(REQUIRED_GB_WORDS, format!("a number above 0 up to {MAX_VRAM_GB} (GiB)"));

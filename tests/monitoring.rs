@@ -114,6 +114,7 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
             estimates: vec![("default".to_owned(), "model", 11.8)],
             waiting: 1,
             that_fit: vec![("default".to_owned(), 2)],
+            gangs_that_fit: vec![("default".to_owned(), 2, 1)],
         },
     );
     let body = metrics.render_cached(Some(&snapshot), &std::sync::Arc::new(policy), 0);

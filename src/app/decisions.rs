@@ -15,6 +15,7 @@ use super::queue::Queue;
 use crate::metrics::{LeaseFigures, Metrics, PolicyText};
 use crate::policy::admission::{CheckRequest, ResourceCheck, generations_that_fit};
 use crate::policy::estimate::Estimate;
+use crate::policy::gang;
 use crate::policy::health::{Health, health};
 use crate::policy::phases::{self, Geometry};
 use crate::snapshot::Snapshot;
@@ -206,7 +207,15 @@ impl Decisions {
                 .collect(),
             None => Vec::new(),
         };
-        let figures = LeaseFigures { outstanding: view.outstanding.clone(), estimates, waiting, that_fit };
+        let gpus = view.snapshot.as_ref().map_or(0, |s| s.gpus.len());
+        let gangs_that_fit = config
+            .configured_profile_names()
+            .into_iter()
+            .flat_map(|name| gang::SIZES.into_iter().filter(|n| *n as usize <= gpus).map(move |n| (name, n)))
+            .map(|(name, n)| (name.to_owned(), n, gang::gangs_that_fit(&view.context_for(&config, name), n)))
+            .collect();
+        let figures =
+            LeaseFigures { outstanding: view.outstanding.clone(), estimates, waiting, that_fit, gangs_that_fit };
         let text =
             self.metrics.policy_text(view.snapshot.as_deref(), &view.live.constraints, status, view.active, &figures);
         (text, view.snapshot)

@@ -81,6 +81,9 @@ impl LeaseAsk {
             model_loaded: self.model_loaded,
             gpu: self.gpu,
             size: self.size,
+            // Leases are one GPU each until gang leases land (issue #24).
+            gpus: 1,
+            pins: None,
         }
     }
 

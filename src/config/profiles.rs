@@ -43,8 +43,32 @@
 //!   (at most 4,447, or T2V-1.3B would peak above 8.19 at 480P).
 //! - `OVERHEAD_GB` = 0.75: the CUDA context and cuBLAS workspaces, which PyTorch's peaks leave
 //!   out and a GPU holds anyway (0.3–1 GiB).
+//!
+//! Several GPUs (a gang; `policy::phases::rank_need_gb`), against [T22]'s 4- and 8-GPU columns
+//! (per-GPU peaks; the table's notes: 14B models `--ulysses_size 4/8 --dit_fsdp --t5_fsdp`, no
+//! offload; TI2V-5B `--ulysses_size 4/8 --offload_model True --convert_model_dtype --t5_cpu`):
+//! - The sharded weights: [W22] `wan/text2video.py:140-166` converts the transformer's dtype
+//!   "only without FSDP", so FSDP shards hold the fp32 checkpoint: two 14.29 B experts at 4 bytes
+//!   plus umT5-XXL in bf16 [W22 shared_config.py:9-10] = 117.05 GiB, over N ranks. This alone
+//!   explains the table's drop from 4 to 8 GPUs (117.05 / 8 = 14.6; T2V-A14B 480P 40.9 → 26.3,
+//!   720P 51.7 → 37.0).
+//! - `FSDP.sequence_bytes` = 52.6 bytes per token per unit of width, held whatever N: the 720P and
+//!   480P columns differ by the same 10.8 GiB at 4 and at 8 GPUs, over 75,600 − 32,760 tokens of
+//!   width 5120. Wan computes the time embeddings for the whole sequence in fp32 before splitting
+//!   it, and `torch.chunk` keeps views of them [W22 `wan/distributed/sequence_parallel.py:99-122`]:
+//!   `e` (4 bytes) and `e0` (6 × 4 bytes) account for 28 of the 52.6; the patch embeddings and
+//!   their padded copy (bf16) for 4 more; the rest is transient. The split part (each rank's
+//!   blocks over 1/N of the tokens) does not show in the peaks and is left out.
+//! - `FSDP.fixed_gb` = 2.21: what each rank holds beyond that, the CUDA context and the VAE —
+//!   FSDP's gathered units in bf16 (the root's embeddings and heads, 0.43 GiB, and one block,
+//!   0.65 GiB, for a 14B-class expert) and NCCL's buffers. Least squares over the four T2V-A14B
+//!   figures with the weights fixed by the architecture; all eight A14B figures then agree within
+//!   0.7 %.
+//! - TI2V-5B's runs did not shard: every rank holds its model as on one GPU, with offload, and
+//!   rank 0 decodes the video, whose decode is the single-GPU peak (22.9 modelled, 22.6 in both
+//!   columns).
 
-use super::workload::{TextEncoder, Transformer, Vae, Workload};
+use super::workload::{MultiGpu, TextEncoder, Transformer, Vae, Workload};
 
 /// The profile the shipped configuration uses.
 pub(crate) const DEFAULT: &str = "wan2.2-ti2v-5b";
@@ -57,6 +81,10 @@ const ACTIVATION_BYTES: f64 = 90.6;
 const WAN22_DECODE_BYTES_PER_PIXEL: f64 = 5_451.0;
 const WAN21_DECODE_BYTES_PER_PIXEL: f64 = 2_044.0;
 const OVERHEAD_GB: f64 = 0.75;
+/// Wan's FSDP multi-GPU runs (see the module's note).
+pub(crate) const FSDP: MultiGpu = MultiGpu { shard: true, sequence_bytes: 52.6, fixed_gb: 2.21 };
+/// Every rank holds the whole model; only the sequence is split (TI2V-5B's published runs).
+const REPLICATED: MultiGpu = MultiGpu { shard: false, sequence_bytes: 0.0, fixed_gb: 0.0 };
 const UMT5_XXL_BILLIONS: f64 = 5.68;
 /// [W21]/[W22] `patch_size = (1, 2, 2)` for every model.
 const PATCH: [u32; 3] = [1, 2, 2];
@@ -87,6 +115,7 @@ fn profile(
     clip: f64,
     dit: Transformer,
     vae: Vae,
+    multi_gpu: MultiGpu,
 ) -> Workload {
     Workload {
         name: name.to_owned(),
@@ -98,6 +127,7 @@ fn profile(
         transformer: dit,
         vae,
         overhead_gb: OVERHEAD_GB,
+        multi_gpu,
     }
 }
 
@@ -119,15 +149,27 @@ fn make(name: &str) -> Option<Workload> {
     Some(match name {
         // 1280×704, 121 frames at 24 fps [W22 wan_ti2v_5B.py, `frame_num`]; [T22] ran it with
         // `--t5_cpu`.
-        "wan2.2-ti2v-5b" => profile("Wan2.2 TI2V-5B", (1280, 704, 121), true, 0.0, expert(5.00, 1, 3072), WAN22_VAE),
+        "wan2.2-ti2v-5b" => {
+            profile("Wan2.2 TI2V-5B", (1280, 704, 121), true, 0.0, expert(5.00, 1, 3072), WAN22_VAE, REPLICATED)
+        }
         // Two experts (high-noise, low-noise), one active per step [W22 wan_t2v_A14B.py,
         // `boundary`]; 81 frames; [T22] ran them without `--t5_cpu`.
-        "wan2.2-t2v-a14b" => profile("Wan2.2 T2V-A14B", (1280, 720, 81), false, 0.0, expert(14.29, 2, 5120), WAN21_VAE),
+        "wan2.2-t2v-a14b" => {
+            profile("Wan2.2 T2V-A14B", (1280, 720, 81), false, 0.0, expert(14.29, 2, 5120), WAN21_VAE, FSDP)
+        }
         // Image conditioning is concatenated latents, no CLIP [W22 wan_i2v_A14B.py].
-        "wan2.2-i2v-a14b" => profile("Wan2.2 I2V-A14B", (1280, 720, 81), false, 0.0, expert(14.29, 2, 5120), WAN21_VAE),
-        "wan2.1-t2v-1.3b" => profile("Wan2.1 T2V-1.3B", (832, 480, 81), true, 0.0, expert(1.42, 1, 1536), WAN21_VAE),
-        "wan2.1-t2v-14b" => profile("Wan2.1 T2V-14B", (1280, 720, 81), false, 0.0, expert(14.29, 1, 5120), WAN21_VAE),
-        "wan2.1-i2v-14b" => profile("Wan2.1 I2V-14B", (1280, 720, 81), false, 1.19, expert(16.39, 1, 5120), WAN21_VAE),
+        "wan2.2-i2v-a14b" => {
+            profile("Wan2.2 I2V-A14B", (1280, 720, 81), false, 0.0, expert(14.29, 2, 5120), WAN21_VAE, FSDP)
+        }
+        "wan2.1-t2v-1.3b" => {
+            profile("Wan2.1 T2V-1.3B", (832, 480, 81), true, 0.0, expert(1.42, 1, 1536), WAN21_VAE, FSDP)
+        }
+        "wan2.1-t2v-14b" => {
+            profile("Wan2.1 T2V-14B", (1280, 720, 81), false, 0.0, expert(14.29, 1, 5120), WAN21_VAE, FSDP)
+        }
+        "wan2.1-i2v-14b" => {
+            profile("Wan2.1 I2V-14B", (1280, 720, 81), false, 1.19, expert(16.39, 1, 5120), WAN21_VAE, FSDP)
+        }
         _ => return None,
     })
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::workload::MultiGpu;
 use super::*;
 
 /// The shipped config.yaml is valid and says exactly what the built-in defaults say.
@@ -11,6 +12,37 @@ fn shipped_config_equals_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
     let shipped = Config::load(&path).expect("shipped config.yaml parses");
     assert_eq!(shipped, Config::default());
+}
+
+/// The whole-profile example commented in config.yaml parses as written, `multi_gpu` included,
+/// and its `multi_gpu` figures are the defaults a profile without them gets.
+#[test]
+fn the_commented_profile_example_parses() {
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml")).unwrap();
+    let example: String = shipped
+        .lines()
+        .skip_while(|l| *l != "#   workloads:")
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    assert!(example.contains("multi_gpu:"), "{example}");
+    let c = Config::parse(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+    let profile = c.profile("my-14b-lora").expect("the example's profile");
+    assert_eq!(profile.multi_gpu, MultiGpu::default());
+    let without = example
+        .lines()
+        .filter(|l| {
+            !l.contains("multi_gpu")
+                && !l.contains("shard:")
+                && !l.contains("sequence_bytes:")
+                && !l.contains("fixed_gb:")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(Config::parse(&without).unwrap().profile("my-14b-lora").unwrap().multi_gpu, MultiGpu::default());
+    let bad = example.replace("fixed_gb: 2.21", "fixed_gb: -1");
+    let err = Config::parse(&bad).unwrap_err().to_string();
+    assert!(err.contains("workloads.my-14b-lora.multi_gpu.fixed_gb"), "{err}");
 }
 
 /// An unknown key is rejected with its full path, not silently ignored.

@@ -33,6 +33,34 @@ pub struct Workload {
     pub vae: Vae,
     /// CUDA context, cuBLAS workspaces and allocator slack, GiB.
     pub overhead_gb: f64,
+    /// How one generation runs across several GPUs (a gang); the default is Wan's FSDP way.
+    #[serde(default)]
+    pub multi_gpu: MultiGpu,
+}
+
+/// How a sharded generation holds the model on each of its GPUs (its ranks). The figures of the
+/// built-in profiles and their sources are in [`super::profiles`].
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultiGpu {
+    /// `true`: the transformer and the text encoder are sharded across the ranks (Wan's
+    /// `--dit_fsdp --t5_fsdp`, no offload; Wan keeps a sharded transformer's weights in fp32).
+    /// `false`: every rank holds the whole model under the pipeline's settings and only the
+    /// sequence is split (Ulysses alone).
+    pub shard: bool,
+    /// What each rank holds per token of the whole sequence per unit of width, whatever the
+    /// number of ranks (full-sequence tensors made before the sequence is split), bytes.
+    pub sequence_bytes: f64,
+    /// What each rank holds besides weights and tokens (gathered shards, communication
+    /// buffers), GiB.
+    pub fixed_gb: f64,
+}
+
+impl Default for MultiGpu {
+    /// Wan's published multi-GPU runs of its 14B-class models (see [`super::profiles`]).
+    fn default() -> Self {
+        profiles::FSDP
+    }
 }
 
 /// The text encoder (umT5-XXL in every Wan model).
@@ -146,10 +174,16 @@ impl Workload {
                 return bad(key, format!("{value} is out of range; allowed 0 to 1000000 (bytes)"));
             }
         }
-        if !(self.overhead_gb.is_finite() && (0.0..=limits::MAX_VRAM_GB).contains(&self.overhead_gb)) {
+        for (key, value) in [("overhead_gb", self.overhead_gb), ("multi_gpu.fixed_gb", self.multi_gpu.fixed_gb)] {
+            if !(value.is_finite() && (0.0..=limits::MAX_VRAM_GB).contains(&value)) {
+                return bad(key, format!("{value} is out of range; allowed 0 to {}", limits::MAX_VRAM_GB));
+            }
+        }
+        let sequence = self.multi_gpu.sequence_bytes;
+        if !(sequence.is_finite() && (0.0..=1e6).contains(&sequence)) {
             return bad(
-                "overhead_gb",
-                format!("{} is out of range; allowed 0 to {}", self.overhead_gb, limits::MAX_VRAM_GB),
+                "multi_gpu.sequence_bytes",
+                format!("{sequence} is out of range; allowed 0 to 1000000 (bytes)"),
             );
         }
         for (key, value, range) in [

@@ -15,6 +15,7 @@ use crate::app::AppState;
 use crate::app::ServiceError;
 use crate::limits;
 use crate::policy::admission::CheckRequest;
+use crate::policy::gang::Pins;
 use crate::policy::phases::SizeAsk;
 
 /// Health report: always 200 while vramguard can answer.
@@ -52,6 +53,27 @@ pub(crate) struct ResourceCheckQuery {
     #[serde(default, deserialize_with = "de::opt_u32")]
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1001)]
     pub frames: Option<u32>,
+    /// GPUs the one job is sharded over (1–16; default 1): the answer says where each rank would
+    /// go (`gpus`), each GPU holding its rank's figure.
+    #[serde(default, deserialize_with = "de::opt_u32")]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 16)]
+    pub gpus: Option<u32>,
+    /// The GPUs the ranks must use, rank 0 first, comma-separated (as many as `gpus`).
+    #[param(value_type = Option<String>, example = "0,1,2,3")]
+    pub gpu_indices: Option<String>,
+}
+
+/// `gpus` and `gpu_indices` of a query, checked; the error names the field.
+fn gang(q: &ResourceCheckQuery) -> Result<(u32, Option<Pins>), ServiceError> {
+    let gpus = q.gpus.unwrap_or(1);
+    limits::in_range(gpus, &limits::GANG).map_err(|m| ServiceError::Invalid(format!("gpus: {m}")))?;
+    let Some(list) = &q.gpu_indices else { return Ok((gpus, None)) };
+    let indices: Vec<u32> =
+        list.split(',').map(|s| s.trim().parse::<u32>()).collect::<Result<_, _>>().map_err(|_| {
+            ServiceError::Invalid(format!("gpu_indices: {list:?} is not a list; allowed {}", limits::GPU_INDICES_WORDS))
+        })?;
+    limits::check_pins(gpus, &indices).map_err(|m| ServiceError::Invalid(format!("gpu_indices: {m}")))?;
+    Ok((gpus, Pins::new(&indices)))
 }
 
 impl Allowed for ResourceCheckQuery {
@@ -62,6 +84,8 @@ impl Allowed for ResourceCheckQuery {
         ("width", limits::SIDE_WORDS),
         ("height", limits::SIDE_WORDS),
         ("frames", limits::FRAMES_WORDS),
+        ("gpus", limits::GANG_WORDS),
+        ("gpu_indices", limits::GPU_INDICES_WORDS),
     ];
 }
 
@@ -85,11 +109,15 @@ pub(crate) async fn resource_check(
             }
             let size = SizeAsk { width: q.width, height: q.height, frames: q.frames };
             size.validate().map_err(ServiceError::Invalid)?;
+            let (gpus, pins) = gang(&q)?;
             let request = CheckRequest {
                 vram_required_gb: q.vram_required_gb,
                 model_loaded: q.model_loaded.unwrap_or(false),
-                gpu: None,
+                // One pinned GPU is the single-GPU pin.
+                gpu: pins.filter(|_| gpus == 1).map(|p| p.as_slice()[0]),
                 size,
+                gpus,
+                pins: pins.filter(|_| gpus > 1),
             };
             Ok((request, q.workload))
         },

@@ -177,6 +177,27 @@ pub(crate) struct ResourceCheck {
     pub estimate_samples: usize,
     /// The job the decision was about and vramguard's estimate of it.
     pub estimate: EstimateBody,
+    /// Where each rank of a job on several GPUs (`gpus` above 1) would go, rank 0 first; only
+    /// when it fits now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<RankGpu>>,
+}
+
+/// One rank of a job sharded over several GPUs, and its GPU.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub(crate) struct RankGpu {
+    /// The rank (0 decodes the video).
+    pub rank: u32,
+    /// NVML index.
+    pub index: u32,
+    /// NVML UUID.
+    pub uuid: String,
+    /// What the rank needs there, GiB.
+    pub vram_required_gb: f64,
+    /// Free VRAM there after reservations, GiB.
+    pub free_gb: f64,
+    /// VRAM use there with the rank, percent.
+    pub projected_percent: f64,
 }
 
 /// vramguard's estimate of one job: its profile, its video size (what the request gave, the
@@ -237,6 +258,19 @@ impl From<&policy::admission::ResourceCheck> for ResourceCheck {
                 source: c.estimate_source,
                 samples: c.estimate_samples,
             },
+            gpus: (!c.ranks.is_empty()).then(|| {
+                c.ranks
+                    .iter()
+                    .map(|r| RankGpu {
+                        rank: r.rank,
+                        index: r.index,
+                        uuid: r.uuid.clone(),
+                        vram_required_gb: crate::units::round2(r.need_gb),
+                        free_gb: crate::units::round2(r.free_gb),
+                        projected_percent: crate::units::round1(r.projected * 100.0),
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -414,6 +448,7 @@ mod tests {
                 gb: 11.234,
             },
             required_gb: 9.4999,
+            ranks: vec![],
             reasons: vec![],
             lasting: false,
         };
@@ -422,7 +457,7 @@ mod tests {
         assert!(json["current_usage"].get("active_generations").is_none(), "{json}");
         assert_eq!(json["current_usage"]["cpu_percent"], serde_json::Value::Null, "unknown, not 0: {json}");
         assert_eq!(json["vram_required_gb"], 9.5);
-        for internal in ["required_gb", "reasons", "lasting"] {
+        for internal in ["required_gb", "reasons", "lasting", "ranks", "gpus"] {
             assert!(json.get(internal).is_none(), "{internal} went out: {json}");
         }
         let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();

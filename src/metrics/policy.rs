@@ -20,6 +20,9 @@ pub struct LeaseFigures {
     /// Per workload profile: how many more generations of its estimate would be admitted now
     /// (empty before the first sample).
     pub that_fit: Vec<(String, u32)>,
+    /// Per workload profile and gang size: how many more generations sharded over that many
+    /// GPUs would be admitted now (sizes the machine has GPUs for only).
+    pub gangs_that_fit: Vec<(String, u32, u32)>,
 }
 
 /// The policy's part of an exposition, encoded: (family name, text) per family.
@@ -75,6 +78,15 @@ impl Metrics {
             "vramguard_generations_that_fit",
             "How many more generations of the workload's current estimate would be admitted now, placed greedily on the GPUs.",
             leases.that_fit.iter().map(|(name, n)| sample(&[("workload", name)], f64::from(*n))).collect(),
+        ));
+        families.push(family(
+            "vramguard_gangs_that_fit",
+            "How many more generations of the workload sharded over `gpus` GPUs would be admitted now, each rank with its per-rank estimate.",
+            leases
+                .gangs_that_fit
+                .iter()
+                .map(|(name, gpus, n)| sample(&[("workload", name), ("gpus", &gpus.to_string())], f64::from(*n)))
+                .collect(),
         ));
         families.extend(policy_families(constraints));
         families.push(family(

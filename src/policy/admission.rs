@@ -10,6 +10,7 @@
 //! candidate, and when no healthy GPU is left (or the pinned one is unhealthy) the refusal says
 //! which GPU and why.
 
+use super::gang::{self, Pins, RankPlace};
 use super::phases::{self, SizeAsk};
 use super::verdict::{self, HostVerdict, VramLevel, at_or_above, fits_under};
 use super::{Context, GpuView, best_gpu, gpu_health, search, top_holders};
@@ -27,6 +28,10 @@ pub struct CheckRequest {
     pub gpu: Option<u32>,
     /// The video's size; what is left out is the profile's.
     pub size: SizeAsk,
+    /// GPUs the one job is sharded over (0 or 1: one GPU); see [`super::gang`].
+    pub gpus: u32,
+    /// The GPUs a gang must use, rank 0 first.
+    pub pins: Option<Pins>,
 }
 
 impl CheckRequest {
@@ -143,8 +148,10 @@ pub struct ResourceCheck {
     pub estimate_samples: usize,
     /// The job the estimate is of: its profile and video size, and the estimate, GiB.
     pub estimate: JobEstimate,
-    /// The same, unrounded: what a lease reserves.
+    /// The same, unrounded: what a lease reserves (per GPU; rank 0's for a gang).
     pub required_gb: f64,
+    /// Where each rank of a gang goes, rank 0 first, when it fits; empty for one GPU.
+    pub ranks: Vec<RankPlace>,
     /// Why it refused, first reason first (feeds the decision counter).
     pub reasons: Vec<Reason>,
     /// The refusal cannot clear by waiting (no GPU, an unknown pinned GPU, a job larger than
@@ -174,15 +181,15 @@ impl ResourceCheck {
 
 /// What the checks found, in the order the client reads it.
 #[derive(Default)]
-struct Findings {
-    blocking: Vec<String>,
-    recommendations: Vec<String>,
-    reasons: Vec<Reason>,
-    lasting: bool,
+pub(super) struct Findings {
+    pub(super) blocking: Vec<String>,
+    pub(super) recommendations: Vec<String>,
+    pub(super) reasons: Vec<Reason>,
+    pub(super) lasting: bool,
 }
 
 impl Findings {
-    fn block(&mut self, reason: Reason, text: String) {
+    pub(super) fn block(&mut self, reason: Reason, text: String) {
         self.blocking.push(text);
         self.reasons.push(reason);
     }
@@ -191,9 +198,16 @@ impl Findings {
 /// Decides whether a generation can start now.
 pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
     let est = ctx.estimate(req.model_loaded, Some(req.size.resolve(ctx.workload)));
-    let required = req.vram_required_gb.unwrap_or(est.gb);
     let mut f = Findings::default();
-    let (vram_available, chosen) = check_vram(ctx, req, required, est.scale, &mut f);
+    // A gang's figures come from the model's per-rank estimate (no learned estimate is per rank).
+    let (required, estimate_gb, estimate_source, estimate_samples, vram_available, chosen, ranks) = if req.gpus > 1 {
+        let g = gang::check_vram(ctx, req, &mut f);
+        (g.required, g.estimate_gb, "model", 0, g.ok, g.chosen, g.ranks)
+    } else {
+        let required = req.vram_required_gb.unwrap_or(est.gb);
+        let (ok, chosen) = check_vram(ctx, req, required, est.scale, &mut f);
+        (required, est.gb, est.source.as_str(), est.samples, ok, chosen, Vec::new())
+    };
     let cpu = verdict::cpu(ctx);
     let ram = verdict::ram(ctx);
     let cpu_available = check_cpu(ctx, &cpu, &mut f);
@@ -227,14 +241,15 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
             projected_percent: round1(g.projected(required) * 100.0),
         }),
         vram_required_gb: round2(required),
-        estimate_source: est.source.as_str(),
-        estimate_samples: est.samples,
+        estimate_source,
+        estimate_samples,
         estimate: JobEstimate {
             workload: ctx.workload_name.to_owned(),
             geometry: req.size.resolve(ctx.workload),
-            gb: est.gb,
+            gb: estimate_gb,
         },
         required_gb: required,
+        ranks,
         reasons: f.reasons,
         lasting: f.lasting,
     }
@@ -431,10 +446,13 @@ fn check_ram(ctx: &Context<'_>, ram: &HostVerdict, f: &mut Findings) -> bool {
 /// holds its model already holds that RAM.
 fn check_offload_ram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings) -> bool {
     let Some(host) = ctx.snapshot.and_then(|s| s.host.as_ref()) else { return true };
-    if req.model_loaded || !ctx.settings.enable_offload {
+    // A sharded gang does not offload; a replicated one offloads a copy per rank.
+    let sharded = req.gpus > 1 && ctx.workload.multi_gpu.shard;
+    if req.model_loaded || !ctx.settings.enable_offload || sharded {
         return true;
     }
-    let need = phases::host_ram_gb(ctx.workload, ctx.settings);
+    let copies = f64::from(req.gpus.max(1));
+    let need = phases::host_ram_gb(ctx.workload, ctx.settings) * copies;
     let available = gib(host.memory_available_bytes.min(host.cgroup_memory_limit_bytes.unwrap_or(u64::MAX)));
     if need <= available {
         return true;
@@ -442,7 +460,7 @@ fn check_offload_ram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings) ->
     f.block(Reason::Ram, format!("Offloading needs ~{need:.1} GB of host RAM; {available:.1} GB available"));
     if ctx.settings.quantization != Quantization::Int8 {
         let int8 = Optimization { quantization: Quantization::Int8, ..*ctx.settings };
-        let smaller = phases::host_ram_gb(ctx.workload, &int8);
+        let smaller = phases::host_ram_gb(ctx.workload, &int8) * copies;
         let verdict = if smaller <= available { "fits" } else { "does not fit" };
         f.recommendations.push(format!(
             "Switch to int8 quantization: offloading then needs ~{smaller:.1} GB of host RAM ({verdict})"

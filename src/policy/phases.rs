@@ -130,14 +130,7 @@ pub(crate) fn phases(workload: &Workload, settings: &Optimization, model_loaded:
     let (text_w, image_w, expert_w, experts_w, vae_w) = weights(workload, settings);
     let t = &workload.transformer;
     let activations = t.activation_bytes * tokens(workload, g) * f64::from(t.dim) / GIB;
-    let side = if settings.vae_tiling {
-        f64::from(settings.vae_tile_size).powi(2).min(f64::from(g.width) * f64::from(g.height))
-    } else {
-        f64::from(g.width) * f64::from(g.height)
-    };
-    let in_flight = f64::from(workload.vae.temporal_stride) * side;
-    let video = f64::from(g.frames) * f64::from(g.width) * f64::from(g.height) * 3.0 * 4.0 / GIB;
-    let decode_work = workload.vae.decode_bytes_per_pixel * in_flight / GIB + video;
+    let decode_work = decode_work_gb(workload, settings, g);
     // Weights on the GPU in each phase (none new for a worker that holds its model).
     let (text_on, denoise_on, decode_on) = match (model_loaded, settings.enable_offload) {
         (true, _) => (0.0, 0.0, 0.0),
@@ -156,6 +149,79 @@ pub(crate) fn phases(workload: &Workload, settings: &Optimization, model_loaded:
 /// VRAM one generation needs, GiB: its largest phase plus the overhead.
 pub(crate) fn need_gb(workload: &Workload, settings: &Optimization, model_loaded: bool, g: Geometry) -> f64 {
     phases(workload, settings, model_loaded, g).peak() + workload.overhead_gb
+}
+
+/// What each GPU of a generation sharded over `gpus` GPUs needs, GiB: rank 0, which alone
+/// decodes the video, and each other rank. One GPU: both are [`need_gb`].
+///
+/// ```text
+/// sharded (multi_gpu.shard): rank = (text encoder + every expert in fp32) / gpus
+///                                   + image encoder + VAE + fixed_gb
+///                                   + max(sequence_bytes × tokens × dim, rank 0: decode work)
+///                                   + overhead
+/// replicated:               rank = the one-GPU phases with the denoising activations over gpus
+///                                   (the sequence is split); only rank 0 decodes
+/// ```
+///
+/// A sharded run does not offload (Wan's FSDP runs keep every shard on its GPU), whatever
+/// `enable_offload` says; a worker that holds its model needs no new VRAM for weights.
+pub(crate) fn rank_need_gb(
+    workload: &Workload,
+    settings: &Optimization,
+    model_loaded: bool,
+    g: Geometry,
+    gpus: u32,
+) -> RankNeed {
+    if gpus <= 1 {
+        let one = need_gb(workload, settings, model_loaded, g);
+        return RankNeed { rank0: one, other: one };
+    }
+    let n = f64::from(gpus);
+    let m = &workload.multi_gpu;
+    let t = &workload.transformer;
+    let (text_w, image_w, _, _, vae_w) = weights(workload, settings);
+    let decode_work = decode_work_gb(workload, settings, g);
+    if m.shard {
+        // fp32: Wan converts the transformer's dtype only without FSDP (config::profiles).
+        let experts_fp32 = gb(t.params_billions, 4.0) * f64::from(t.experts);
+        let weights = if model_loaded { 0.0 } else { (text_w + experts_fp32) / n + image_w + vae_w };
+        let sequence = m.sequence_bytes * tokens(workload, g) * f64::from(t.dim) / GIB;
+        let base = weights + m.fixed_gb + workload.overhead_gb;
+        return RankNeed { rank0: base + sequence.max(decode_work), other: base + sequence };
+    }
+    let p = phases(workload, settings, model_loaded, g);
+    let activations = t.activation_bytes * tokens(workload, g) * f64::from(t.dim) / GIB;
+    let denoise = p.denoise - activations + activations / n;
+    let other = p.text.max(denoise) + workload.overhead_gb;
+    RankNeed { rank0: other.max(p.decode + workload.overhead_gb), other }
+}
+
+/// What each GPU of a gang needs, GiB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RankNeed {
+    /// Rank 0 (it alone decodes the video).
+    pub rank0: f64,
+    /// Every other rank.
+    pub other: f64,
+}
+
+impl RankNeed {
+    /// What rank `rank` needs.
+    pub(crate) fn of(&self, rank: usize) -> f64 {
+        if rank == 0 { self.rank0 } else { self.other }
+    }
+}
+
+/// The VAE decode's working memory and the decoded video, GiB (weights not included).
+fn decode_work_gb(workload: &Workload, settings: &Optimization, g: Geometry) -> f64 {
+    let side = if settings.vae_tiling {
+        f64::from(settings.vae_tile_size).powi(2).min(f64::from(g.width) * f64::from(g.height))
+    } else {
+        f64::from(g.width) * f64::from(g.height)
+    };
+    let in_flight = f64::from(workload.vae.temporal_stride) * side;
+    let video = f64::from(g.frames) * f64::from(g.width) * f64::from(g.height) * 3.0 * 4.0 / GIB;
+    workload.vae.decode_bytes_per_pixel * in_flight / GIB + video
 }
 
 /// Host RAM offloading needs, GiB: what it moves off the GPU (the text encoder, the image
@@ -219,6 +285,49 @@ mod tests {
         assert!((host_ram_gb(&a14b, &published()) - (text_w + experts_w)).abs() < 1e-9);
         let loaded = phases(&a14b, &published(), true, g);
         assert!((on.denoise - loaded.denoise - (expert_w + weights(&a14b, &published()).4)).abs() < 1e-9);
+    }
+
+    /// Must show 4 of issue #24: the Wan2.2 table's 4- and 8-GPU per-GPU peaks, within 10 %, under
+    /// the table's settings (A14B: FSDP, no offload; TI2V-5B: offload, bf16, T5 on the CPU).
+    #[test]
+    fn the_published_multi_gpu_peaks_are_reproduced() {
+        let (p480, p720, p704) = ((832, 480, 81), (1280, 720, 81), (1280, 704, 121));
+        for (name, (w, h, f), gpus, published_gb) in [
+            ("wan2.2-t2v-a14b", p480, 4, 40.9),
+            ("wan2.2-t2v-a14b", p480, 8, 26.3),
+            ("wan2.2-t2v-a14b", p720, 4, 51.7),
+            ("wan2.2-t2v-a14b", p720, 8, 37.0),
+            ("wan2.2-i2v-a14b", p480, 4, 40.8),
+            ("wan2.2-i2v-a14b", p480, 8, 26.1),
+            ("wan2.2-i2v-a14b", p720, 4, 51.6),
+            ("wan2.2-i2v-a14b", p720, 8, 37.0),
+            ("wan2.2-ti2v-5b", p704, 4, 22.6),
+            ("wan2.2-ti2v-5b", p704, 8, 22.6),
+        ] {
+            let need = rank_need_gb(&wan(name), &published(), false, Geometry { width: w, height: h, frames: f }, gpus);
+            let peak = need.rank0.max(need.other);
+            let off = (peak - published_gb).abs() / published_gb;
+            assert!(off < 0.10, "{name} {w}x{h} on {gpus}: {peak:.2} vs {published_gb} ({:.1} %)", off * 100.0);
+        }
+    }
+
+    #[test]
+    fn rank_zero_carries_the_decode_and_one_gpu_is_the_single_figure() {
+        let five = wan("wan2.2-ti2v-5b");
+        let g = Geometry::of(&five);
+        let need = rank_need_gb(&five, &published(), false, g, 4);
+        assert!(need.rank0 > need.other, "{need:?}");
+        assert_eq!(need.of(0), need.rank0);
+        assert_eq!(need.of(3), need.other);
+        let one = rank_need_gb(&five, &published(), false, g, 1);
+        assert_eq!(one.rank0, need_gb(&five, &published(), false, g));
+        // Sharding: more GPUs, less each; a loaded model needs no weights.
+        let a14b = wan("wan2.2-t2v-a14b");
+        let g = Geometry::of(&a14b);
+        let (four, eight) =
+            (rank_need_gb(&a14b, &published(), false, g, 4), rank_need_gb(&a14b, &published(), false, g, 8));
+        assert!(eight.other < four.other);
+        assert!(rank_need_gb(&a14b, &published(), true, g, 4).other < four.other - 20.0);
     }
 
     /// Must show 1 of issue #23: the Wan2.2 table's single-GPU peaks, within 10 %.

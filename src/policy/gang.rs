@@ -1,0 +1,352 @@
+//! Gangs: one generation sharded over several GPUs (Wan's `torchrun --nproc_per_node N`), placed
+//! all at once or not at all (issue #24).
+//!
+//! Each rank needs its own figure on its own GPU ([`super::phases::rank_need_gb`]: rank 0, which
+//! alone decodes the video, may need more than the others). A GPU takes a rank when the rank's
+//! figure keeps it under the critical threshold, the same whole-life rule as one job's. Placement
+//! takes the fitting GPUs by headroom (room left under the threshold after what live leases
+//! still owe), most first, and gives rank 0 the roomiest: since rank 0 needs the most, if any
+//! assignment fits, this one does. Pinned GPUs (`gpu_indices`) take the ranks in the order given.
+
+use super::admission::{CheckRequest, Findings, Reason};
+use super::phases::{self, RankNeed};
+use super::verdict::fits_under;
+use super::{Context, GpuView, best_gpu, gpu_health};
+use crate::limits::MAX_GANG;
+
+/// The GPUs a request pins its ranks to, rank 0 first (fixed capacity, so a request stays `Copy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Pins {
+    len: u8,
+    indices: [u32; MAX_GANG as usize],
+}
+
+impl Pins {
+    /// Pins from a list; `None` when it is longer than a gang may be.
+    pub fn new(indices: &[u32]) -> Option<Self> {
+        let mut pins = Self::default();
+        if indices.len() > pins.indices.len() {
+            return None;
+        }
+        pins.indices[..indices.len()].copy_from_slice(indices);
+        pins.len = indices.len() as u8;
+        Some(pins)
+    }
+
+    /// The pinned indices, rank 0 first.
+    pub fn as_slice(&self) -> &[u32] {
+        &self.indices[..usize::from(self.len)]
+    }
+}
+
+/// Where one rank of a gang goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankPlace {
+    /// The rank, 0 first.
+    pub rank: u32,
+    /// The GPU's NVML index.
+    pub index: u32,
+    /// Its UUID.
+    pub uuid: String,
+    /// What the rank reserves there, GiB.
+    pub need_gb: f64,
+    /// Free VRAM there after reservations, before this rank, GiB.
+    pub free_gb: f64,
+    /// VRAM use there with the rank, fraction.
+    pub projected: f64,
+}
+
+/// The outcome of placing a gang.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Placement {
+    /// Every rank has a GPU, rank 0 first.
+    Fits(Vec<RankPlace>),
+    /// Not every rank fits now: how many GPUs would take a rank, and the candidates that would
+    /// not (index, headroom GiB), roomiest first.
+    Short { fit: usize, short: Vec<(u32, f64)> },
+}
+
+/// Places a gang of `need.len()` ranks on `candidates` (healthy GPUs, pins applied).
+pub(crate) fn place(candidates: &[GpuView], need: &GangNeed, critical: f64, pins: Option<&Pins>) -> Placement {
+    let ranks = need.gpus as usize;
+    let fits = |g: &GpuView, rank: usize| fits_under(g.projected(need.of(rank)), critical);
+    let chosen: Vec<&GpuView> = match pins {
+        Some(p) => p.as_slice().iter().filter_map(|i| candidates.iter().find(|g| g.index == *i)).collect(),
+        None => {
+            let mut by_room: Vec<&GpuView> = candidates.iter().collect();
+            by_room.sort_by(|a, b| {
+                b.headroom_gb(critical).total_cmp(&a.headroom_gb(critical)).then(a.index.cmp(&b.index))
+            });
+            by_room.into_iter().filter(|g| fits(g, 1.min(ranks - 1))).take(ranks).collect()
+        }
+    };
+    let placed = chosen.len() == ranks && chosen.iter().enumerate().all(|(rank, g)| fits(g, rank));
+    if placed {
+        return Placement::Fits(
+            chosen
+                .iter()
+                .enumerate()
+                .map(|(rank, g)| RankPlace {
+                    rank: rank as u32,
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    need_gb: need.of(rank),
+                    free_gb: g.free_gb(),
+                    projected: g.projected(need.of(rank)),
+                })
+                .collect(),
+        );
+    }
+    let pool: Vec<&GpuView> = match pins {
+        Some(p) => candidates.iter().filter(|g| p.as_slice().contains(&g.index)).collect(),
+        None => candidates.iter().collect(),
+    };
+    let fit = pool.iter().filter(|g| fits(g, 1.min(ranks - 1))).count();
+    let mut short: Vec<(u32, f64)> =
+        pool.iter().filter(|g| !fits(g, 1.min(ranks - 1))).map(|g| (g.index, g.headroom_gb(critical))).collect();
+    short.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    // Enough GPUs take an ordinary rank, but none of them rank 0's larger figure.
+    let fit = if fit >= ranks { ranks - 1 } else { fit };
+    Placement::Short { fit, short }
+}
+
+/// What a gang needs: its size and each rank's figure, GiB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct GangNeed {
+    /// GPUs (ranks).
+    pub(crate) gpus: u32,
+    /// Rank 0's figure and every other rank's.
+    pub(crate) ranks: RankNeed,
+}
+
+impl GangNeed {
+    /// What rank `rank` needs.
+    pub(crate) fn of(&self, rank: usize) -> f64 {
+        self.ranks.of(rank)
+    }
+
+    /// "4 GPUs with 40.9 GB each", or with rank 0's own figure where it differs.
+    pub(crate) fn describe(&self) -> String {
+        let (first, other) = (self.ranks.rank0, self.ranks.other);
+        if (first - other).abs() < 0.05 {
+            format!("{} GPUs with {other:.1} GB each", self.gpus)
+        } else {
+            format!("{} GPUs with {first:.1} GB for rank 0 and {other:.1} GB for each other rank", self.gpus)
+        }
+    }
+}
+
+/// The VRAM part of a gang's decision.
+pub(super) struct GangVerdict {
+    /// Every rank has a GPU now, within the budget.
+    pub(super) ok: bool,
+    /// The largest rank's figure (rank 0's), GiB: what the answer reports as required.
+    pub(super) required: f64,
+    /// The model's figure for rank 0, GiB (the request's `vram_required_gb` aside).
+    pub(super) estimate_gb: f64,
+    /// Rank 0's GPU, or the roomiest candidate when the gang does not fit.
+    pub(super) chosen: Option<GpuView>,
+    /// Where each rank goes when it fits.
+    pub(super) ranks: Vec<RankPlace>,
+}
+
+/// Decides whether a gang of `req.gpus` ranks fits now; what blocks it goes into `f`.
+pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings) -> GangVerdict {
+    let critical = ctx.constraints.vram_critical_threshold;
+    let geometry = req.size.resolve(ctx.workload);
+    let model = phases::rank_need_gb(ctx.workload, ctx.settings, req.model_loaded, geometry, req.gpus);
+    // `vram_required_gb` is per GPU: every rank gets it.
+    let ranks = req.vram_required_gb.map_or(model, |gb| RankNeed { rank0: gb, other: gb });
+    let need = GangNeed { gpus: req.gpus, ranks };
+    let required = ranks.rank0.max(ranks.other);
+    let all = ctx.gpus();
+    let pins = req.pins.as_ref();
+    let pinned = |i: u32| pins.is_none_or(|p| p.as_slice().contains(&i));
+    let unhealthy: Vec<(u32, String)> =
+        gpu_health::out_of_placement(ctx.snapshot).into_iter().filter(|(i, _)| pinned(*i)).collect();
+    let candidates: Vec<GpuView> =
+        all.iter().filter(|g| pinned(g.index) && !unhealthy.iter().any(|(i, _)| *i == g.index)).cloned().collect();
+    let mut verdict = GangVerdict {
+        ok: false,
+        required,
+        estimate_gb: model.rank0,
+        chosen: best_gpu(&candidates).cloned(),
+        ranks: vec![],
+    };
+    if ctx.snapshot.is_none() {
+        f.block(Reason::NoGpu, "No resource sample yet; vramguard is starting".to_owned());
+        return verdict;
+    }
+    let missing: Vec<u32> = pins
+        .map(|p| p.as_slice().iter().copied().filter(|i| !all.iter().any(|g| g.index == *i)).collect())
+        .unwrap_or_default();
+    if !missing.is_empty() {
+        let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
+        let names: Vec<String> = missing.iter().map(u32::to_string).collect();
+        f.block(Reason::NoGpu, format!("GPU {} is not visible (visible: {})", names.join(", "), visible.join(", ")));
+        f.lasting = true;
+        return verdict;
+    }
+    if pins.is_some() && !unhealthy.is_empty() {
+        // A pinned GPU with a fault: the gang cannot go there until the fault clears.
+        for (_, text) in unhealthy {
+            f.block(Reason::NoGpu, text);
+        }
+        return verdict;
+    }
+    if !could_ever_fit(&candidates, &need, critical) {
+        let why = if candidates.len() < req.gpus as usize {
+            format!("needs {}; {} healthy GPUs here", need.describe(), candidates.len())
+        } else {
+            format!("needs {}; not that many GPUs here could hold it even with nothing else running", need.describe())
+        };
+        f.blocking.push(format!("Not enough GPUs for this generation ({why})"));
+        f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
+        f.reasons.push(Reason::Vram);
+        f.lasting = true;
+        if req.vram_required_gb.is_none() && pins.is_none() {
+            f.recommendations.extend(wider(ctx, req, &candidates, critical));
+        }
+        return verdict;
+    }
+    let placed = match place(&candidates, &need, critical, pins) {
+        Placement::Fits(ranks) => {
+            verdict.chosen = candidates.iter().find(|g| g.index == ranks[0].index).cloned();
+            verdict.ranks = ranks;
+            true
+        }
+        Placement::Short { fit, short } => {
+            let list: Vec<String> = short.iter().map(|(i, room)| format!("GPU {i} has {room:.1} GB free")).collect();
+            f.blocking.push(format!(
+                "Not enough free VRAM for this generation (needs {}; {fit} fit: {})",
+                need.describe(),
+                list.join(", ")
+            ));
+            f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
+            false
+        }
+    };
+    let within_budget = required <= ctx.settings.max_vram_usage_gb;
+    if !within_budget {
+        f.blocking.push(format!(
+            "Generation needs {required:.1} GB per GPU, more than max_vram_usage_gb {:.1}",
+            ctx.settings.max_vram_usage_gb
+        ));
+        f.lasting = true;
+    }
+    verdict.ok = placed && within_budget;
+    if !verdict.ok {
+        f.reasons.push(Reason::Vram);
+        if req.vram_required_gb.is_none() && pins.is_none() {
+            f.recommendations.extend(wider(ctx, req, &candidates, critical));
+        }
+    }
+    verdict
+}
+
+/// A larger gang that would fit now, when one would (each rank then holds a smaller share).
+fn wider(ctx: &Context<'_>, req: &CheckRequest, candidates: &[GpuView], critical: f64) -> Option<String> {
+    let geometry = req.size.resolve(ctx.workload);
+    [2, 4, 8, 16].into_iter().filter(|n| *n > req.gpus && *n as usize <= candidates.len()).find_map(|n| {
+        let ranks = phases::rank_need_gb(ctx.workload, ctx.settings, req.model_loaded, geometry, n);
+        let need = GangNeed { gpus: n, ranks };
+        matches!(place(candidates, &need, critical, None), Placement::Fits(_))
+            .then(|| format!("Shard it over {n} GPUs: it then needs {}, which fits now", need.describe()))
+    })
+}
+
+/// Gang sizes `vramguard_gangs_that_fit` answers for, where the machine has that many GPUs.
+pub(crate) const SIZES: [u32; 3] = [2, 4, 8];
+
+/// How many more gangs of `gpus` ranks of the context's workload (its per-rank estimate, model
+/// not loaded) would be admitted right now: each placed where admission would put it, its ranks
+/// then owed on their GPUs and one slot taken, until a decision refuses.
+pub(crate) fn gangs_that_fit(ctx: &Context<'_>, gpus: u32) -> u32 {
+    let mut outstanding: Vec<(u32, f64)> = ctx.outstanding.to_vec();
+    let mut active = ctx.active_generations;
+    let request = CheckRequest { gpus, ..CheckRequest::default() };
+    let mut n = 0;
+    while n < super::admission::FIT_COUNT_CAP {
+        let next = Context { outstanding: &outstanding, active_generations: active, ..*ctx };
+        let check = super::admission::resource_check(&next, &request);
+        if !check.can_start_generation || check.ranks.is_empty() {
+            break;
+        }
+        outstanding.extend(check.ranks.iter().map(|r| (r.index, r.need_gb)));
+        active = active.map(|a| a + 1);
+        n += 1;
+    }
+    n
+}
+
+/// How many GPUs among `candidates` could hold an ordinary rank with nothing else on them: fewer
+/// than the gang needs means waiting cannot help.
+pub(crate) fn could_ever_fit(candidates: &[GpuView], need: &GangNeed, critical: f64) -> bool {
+    let empty_fit = |g: &&GpuView, rank: usize| fits_under(need.of(rank) / g.total_gb, critical);
+    let mut by_size: Vec<&GpuView> = candidates.iter().collect();
+    by_size.sort_by(|a, b| b.total_gb.total_cmp(&a.total_gb));
+    let ranks = need.gpus as usize;
+    by_size.len() >= ranks && by_size.iter().take(ranks).enumerate().all(|(rank, g)| empty_fit(g, rank))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, total: f64, used: f64) -> GpuView {
+        GpuView { index, uuid: format!("GPU-{index}"), total_gb: total, used_gb: used, reserved_gb: 0.0 }
+    }
+
+    fn need(gpus: u32, rank0: f64, other: f64) -> GangNeed {
+        GangNeed { gpus, ranks: RankNeed { rank0, other } }
+    }
+
+    #[test]
+    fn rank_zero_goes_to_the_roomiest_and_the_rest_by_room() {
+        let gpus = [gpu(0, 48.0, 10.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 5.0), gpu(3, 48.0, 40.0)];
+        let Placement::Fits(p) = place(&gpus, &need(3, 42.0, 30.0), 0.95, None) else { panic!() };
+        assert_eq!(p.iter().map(|r| (r.rank, r.index)).collect::<Vec<_>>(), [(0, 1), (1, 2), (2, 0)]);
+        assert_eq!(p[0].need_gb, 42.0);
+        assert_eq!(p[1].need_gb, 30.0);
+    }
+
+    #[test]
+    fn short_names_the_gpus_that_do_not_fit() {
+        let gpus = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 0.0), gpu(5, 48.0, 14.6)];
+        let n = need(4, 40.9, 40.9);
+        match place(&gpus, &n, 0.95, None) {
+            Placement::Short { fit, short } => {
+                assert_eq!(fit, 3);
+                assert_eq!(short.len(), 1);
+                assert_eq!(short[0].0, 5);
+                assert!((short[0].1 - (0.95 * 48.0 - 14.6)).abs() < 1e-9);
+            }
+            p => panic!("{p:?}"),
+        }
+        assert!(could_ever_fit(&gpus, &n, 0.95));
+        assert!(!could_ever_fit(&gpus[..3], &n, 0.95), "three GPUs for four ranks");
+        let small: Vec<GpuView> = (0..4).map(|i| gpu(i, 40.0, 0.0)).collect();
+        assert!(!could_ever_fit(&small, &n, 0.95), "40.9 on 40 GiB cards");
+        assert_eq!(n.describe(), "4 GPUs with 40.9 GB each");
+    }
+
+    #[test]
+    fn pins_take_the_ranks_in_their_order() {
+        let gpus = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 0.0)];
+        let pins = Pins::new(&[2, 0]).unwrap();
+        let Placement::Fits(p) = place(&gpus, &need(2, 20.0, 10.0), 0.95, Some(&pins)) else { panic!() };
+        assert_eq!(p.iter().map(|r| r.index).collect::<Vec<_>>(), [2, 0]);
+        // A pinned GPU that cannot take its rank refuses the gang; another is not tried.
+        let busy = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 40.0)];
+        assert!(matches!(place(&busy, &need(2, 20.0, 10.0), 0.95, Some(&pins)), Placement::Short { .. }));
+    }
+
+    #[test]
+    fn rank_zero_larger_than_every_gpu_is_short_by_one() {
+        let gpus = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0)];
+        match place(&gpus, &need(2, 46.0, 10.0), 0.95, None) {
+            Placement::Short { fit, .. } => assert_eq!(fit, 1),
+            p => panic!("{p:?}"),
+        }
+    }
+}
