@@ -137,6 +137,7 @@ fn exposition(c: &mut Criterion) {
         waiting: 0,
         that_fit: vec![("default".to_owned(), 1)],
         gangs_that_fit: vec![("default".to_owned(), 2, 1), ("default".to_owned(), 4, 0)],
+        gpus_leased: 1,
     };
     let mut group = c.benchmark_group("cost_exposition");
     for n in GPUS {

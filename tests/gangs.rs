@@ -4,6 +4,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use common::{GIB, Vramguard};
 use serde_json::Value;
 
@@ -149,4 +153,148 @@ fn gangs_that_fit_counts_per_gang_size() {
     assert_eq!(m.value("vramguard_gangs_that_fit", &[("gpus", "4")]), Some(1.0), "{}", m.text);
     assert_eq!(m.value("vramguard_gangs_that_fit", &[("gpus", "2")]), Some(0.0));
     assert_eq!(m.value("vramguard_gangs_that_fit", &[("gpus", "8")]), None);
+}
+
+// ---- Gang leases -------------------------------------------------------------------------
+
+const LEASES: &str = "/api/v1/system/generations";
+
+/// A client that waits as long as any request here may.
+fn patient() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+/// POSTs a lease request; (status, body).
+fn take(url: &str, body: &Value) -> (u16, Value) {
+    let r = patient().post(url).json(body).send().expect("POST generations");
+    (r.status().as_u16(), r.json().unwrap())
+}
+
+fn lease_gpus(lease: &Value) -> Vec<u64> {
+    lease["gpus"].as_array().unwrap().iter().map(|g| g["index"].as_u64().unwrap()).collect()
+}
+
+fn release(vg: &Vramguard, lease: &Value) {
+    let (status, body) = vg.delete(&format!("{LEASES}/{}", lease["id"].as_str().unwrap()));
+    assert_eq!(status, 204, "{body}");
+}
+
+const GANG_480P: &str = r#"{"workload": "wan2.2-t2v-a14b", "width": 832, "height": 480, "gpus": 4"#;
+
+fn gang_body(extra: &str) -> Value {
+    serde_json::from_str(&format!("{GANG_480P}{extra}}}")).unwrap()
+}
+
+/// Must show 1: eight 48 GiB GPUs; two 4-GPU T2V-A14B 480P gangs (40.9 per rank) are granted on
+/// disjoint GPUs, each one generation with one lease body; a third waits; releasing one gang
+/// admits the third on those four.
+#[test]
+fn two_gangs_fit_a_third_waits_for_one_to_go() {
+    let vg = start_with("constraints: { max_concurrent_generations: 4 }\n", 8, 48, &[]);
+    let url = vg.url(LEASES);
+    let (s1, a) = take(&url, &gang_body(r#", "client": "a""#));
+    let (s2, b) = take(&url, &gang_body(r#", "client": "b""#));
+    assert_eq!((s1, s2), (201, 201), "{a}\n{b}");
+    let (ga, gb) = (lease_gpus(&a), lease_gpus(&b));
+    assert_eq!(ga.len(), 4);
+    assert!(ga.iter().all(|g| !gb.contains(g)), "disjoint: {ga:?} {gb:?}");
+    // The body: rank 0 first, CUDA_VISIBLE_DEVICES the UUIDs in rank order, totals over the GPUs.
+    let ranks: Vec<u64> = a["gpus"].as_array().unwrap().iter().map(|g| g["rank"].as_u64().unwrap()).collect();
+    assert_eq!(ranks, [0, 1, 2, 3]);
+    let uuids: Vec<&str> = a["gpus"].as_array().unwrap().iter().map(|g| g["uuid"].as_str().unwrap()).collect();
+    assert_eq!(a["cuda_visible_devices"], uuids.join(","));
+    assert_eq!(a["gpu"]["index"], a["gpus"][0]["index"]);
+    let per_rank = a["gpus"][0]["vram_reserved_gb"].as_f64().unwrap();
+    assert!((per_rank - 40.9).abs() / 40.9 < 0.10, "{per_rank}");
+    assert!((a["vram_reserved_gb"].as_f64().unwrap() - 4.0 * per_rank).abs() < 0.05, "{a}");
+    // One generation each, eight GPUs held.
+    let (_, list) = vg.get_json(LEASES);
+    assert_eq!(list["active_generations"], 2, "{list}");
+    assert_eq!(list["leases"].as_array().unwrap().len(), 2);
+    let m = vg.metrics();
+    assert_eq!(m.value("vramguard_active_generations", &[]), Some(2.0));
+    assert_eq!(m.value("vramguard_gpus_leased", &[]), Some(8.0));
+    // A third waits, and gets the four GPUs the first gang leaves.
+    let third = {
+        let url = url.clone();
+        std::thread::spawn(move || take(&url, &gang_body(r#", "client": "c", "wait_seconds": 30"#)))
+    };
+    vg.wait_until("the third gang to wait", Duration::from_secs(10), || {
+        let (_, q) = vg.get_json(&format!("{LEASES}/queue"));
+        q["waiting"].as_array().is_some_and(|w| w.len() == 1 && w[0]["gpus"] == 4)
+    });
+    let (_, q) = vg.get_json(&format!("{LEASES}/queue"));
+    assert_eq!(q["waiting"][0]["holding"], serde_json::json!([]), "nothing fits a rank while both gangs run: {q}");
+    release(&vg, &a);
+    let (s3, c) = third.join().unwrap();
+    assert_eq!(s3, 201, "{c}");
+    let mut gc = lease_gpus(&c);
+    gc.sort_unstable();
+    let mut freed = ga.clone();
+    freed.sort_unstable();
+    assert_eq!(gc, freed, "the third gang runs on the first one's GPUs");
+}
+
+/// Must show 2: 30 four-GPU gangs and 30 one-GPU jobs race for eight GPUs, all willing to wait.
+/// At no moment does any GPU hold more than the critical threshold allows, no gang holds fewer
+/// GPUs than it asked for, every request ends 201 or 409, and no lease is left.
+#[test]
+fn a_race_of_gangs_and_single_jobs_never_overcommits_a_gpu() {
+    let vg = start_with("constraints: { max_concurrent_generations: 10 }\n", 8, 48, &[]);
+    let url = vg.url(LEASES);
+    let done = Arc::new(AtomicBool::new(false));
+    let worst = Arc::new(Mutex::new(0.0f64));
+    let monitor = {
+        let (list_url, done, worst) = (url.clone(), Arc::clone(&done), Arc::clone(&worst));
+        std::thread::spawn(move || {
+            let client = patient();
+            let mut polls = 0;
+            while !done.load(Ordering::SeqCst) {
+                let list: Value = client.get(&list_url).send().unwrap().json().unwrap();
+                let mut per_gpu = [0.0f64; 8];
+                for lease in list["leases"].as_array().unwrap() {
+                    let gpus = lease["gpus"].as_array().unwrap();
+                    for g in gpus {
+                        per_gpu[g["index"].as_u64().unwrap() as usize] += g["vram_reserved_gb"].as_f64().unwrap();
+                    }
+                }
+                let top = per_gpu.iter().copied().fold(0.0, f64::max);
+                let mut w = worst.lock().unwrap();
+                *w = w.max(top);
+                polls += 1;
+            }
+            polls
+        })
+    };
+    let mut jobs = Vec::new();
+    for i in 0..60 {
+        let url = url.clone();
+        jobs.push(std::thread::spawn(move || {
+            let (gang, body) = if i % 2 == 0 {
+                (true, gang_body(&format!(r#", "client": "gang-{i}", "wait_seconds": 60"#)))
+            } else {
+                (false, serde_json::json!({"vram_required_gb": 20, "client": format!("one-{i}"), "wait_seconds": 60}))
+            };
+            let (status, lease) = take(&url, &body);
+            assert!(status == 201 || status == 409, "{status}: {lease}");
+            if status == 201 {
+                assert_eq!(lease["gpus"].as_array().unwrap().len(), if gang { 4 } else { 1 }, "{lease}");
+                std::thread::sleep(Duration::from_millis(150));
+                let r = patient().delete(format!("{url}/{}", lease["id"].as_str().unwrap())).send().unwrap();
+                assert_eq!(r.status().as_u16(), 204);
+            }
+            status
+        }));
+    }
+    let statuses: Vec<u16> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+    done.store(true, Ordering::SeqCst);
+    let polls = monitor.join().unwrap();
+    assert!(polls > 10, "the monitor looked {polls} times");
+    let worst = *worst.lock().unwrap();
+    assert!(worst <= 0.95 * 48.0, "a GPU held {worst} GiB of reservations");
+    assert!(statuses.iter().filter(|s| **s == 201).count() >= 30, "{statuses:?}");
+    let (_, list) = vg.get_json(LEASES);
+    assert_eq!(list["leases"], serde_json::json!([]), "{list}");
+    let (_, q) = vg.get_json(&format!("{LEASES}/queue"));
+    assert_eq!(q["waiting"], serde_json::json!([]), "{q}");
 }

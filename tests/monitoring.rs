@@ -115,6 +115,7 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
             waiting: 1,
             that_fit: vec![("default".to_owned(), 2)],
             gangs_that_fit: vec![("default".to_owned(), 2, 1)],
+            gpus_leased: 1,
         },
     );
     let body = metrics.render_cached(Some(&snapshot), &std::sync::Arc::new(policy), 0);

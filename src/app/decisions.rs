@@ -13,9 +13,9 @@ use super::error::ServiceError;
 use super::inputs::Inputs;
 use super::queue::Queue;
 use crate::metrics::{LeaseFigures, Metrics, PolicyText};
-use crate::policy::admission::{CheckRequest, ResourceCheck, generations_that_fit};
+use crate::policy::admission::{CheckRequest, ResourceCheck};
 use crate::policy::estimate::Estimate;
-use crate::policy::gang;
+use crate::policy::fit::{GANG_SIZES, generations_that_fit};
 use crate::policy::health::{Health, health};
 use crate::policy::phases::{self, Geometry};
 use crate::snapshot::Snapshot;
@@ -203,7 +203,7 @@ impl Decisions {
             Some(_) => config
                 .configured_profile_names()
                 .into_iter()
-                .map(|name| (name.to_owned(), generations_that_fit(&view.context_for(&config, name))))
+                .map(|name| (name.to_owned(), generations_that_fit(&view.context_for(&config, name), 1)))
                 .collect(),
             None => Vec::new(),
         };
@@ -211,11 +211,18 @@ impl Decisions {
         let gangs_that_fit = config
             .configured_profile_names()
             .into_iter()
-            .flat_map(|name| gang::SIZES.into_iter().filter(|n| *n as usize <= gpus).map(move |n| (name, n)))
-            .map(|(name, n)| (name.to_owned(), n, gang::gangs_that_fit(&view.context_for(&config, name), n)))
+            .flat_map(|name| GANG_SIZES.into_iter().filter(|n| *n as usize <= gpus).map(move |n| (name, n)))
+            .map(|(name, n)| (name.to_owned(), n, generations_that_fit(&view.context_for(&config, name), n)))
             .collect();
-        let figures =
-            LeaseFigures { outstanding: view.outstanding.clone(), estimates, waiting, that_fit, gangs_that_fit };
+        let gpus_leased = view.leases.iter().filter(|(l, _)| l.gpu_index.is_some()).count() as u32;
+        let figures = LeaseFigures {
+            outstanding: view.outstanding.clone(),
+            estimates,
+            waiting,
+            that_fit,
+            gangs_that_fit,
+            gpus_leased,
+        };
         let text =
             self.metrics.policy_text(view.snapshot.as_deref(), &view.live.constraints, status, view.active, &figures);
         (text, view.snapshot)

@@ -167,7 +167,7 @@ impl Inputs {
         let leases: Vec<(Lease, LeaseUsage)> = live.into_iter().cloned().zip(used).collect();
         drop(book);
         View {
-            active: leases.len() as u32,
+            active: leases.iter().filter(|(l, _)| l.is_generation()).count() as u32,
             snapshot,
             live: self.live(),
             leases,
@@ -195,7 +195,7 @@ pub(crate) struct View {
     pub overruns: Vec<Overrun>,
     /// Observed peaks, newest first.
     pub observed: Observed,
-    /// Live leases.
+    /// Live generations (a gang counts once).
     pub active: u32,
     /// Why the state store does not take writes, while it does not.
     pub store_problem: Option<String>,

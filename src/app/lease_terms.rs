@@ -4,9 +4,12 @@
 
 use super::access::Caller;
 use super::error::ServiceError;
-use crate::leases::{Lease, Outcome, is_valid_id};
+use super::inputs::View;
+use crate::leases::{Attribution, GangTie, Lease, Outcome, gpu_used_gb, is_valid_id, new_id};
 use crate::limits;
 use crate::policy::admission::{CheckRequest, ResourceCheck};
+use crate::policy::estimate::EstimateKey;
+use crate::policy::gang::Pins;
 use crate::policy::phases::SizeAsk;
 use crate::store::Observation;
 
@@ -34,6 +37,10 @@ pub(crate) struct LeaseAsk {
     /// Set by the server when the client's connection reached its end: nothing is granted to
     /// a client that hung up.
     pub hung_up: Option<HungUp>,
+    /// GPUs the one job is sharded over (1: one GPU).
+    pub gpus: u32,
+    /// The GPUs its ranks must use, rank 0 first.
+    pub pins: Option<Pins>,
 }
 
 /// Whether a client closed its side of the connection: what the server's reads saw, or what a
@@ -81,9 +88,8 @@ impl LeaseAsk {
             model_loaded: self.model_loaded,
             gpu: self.gpu,
             size: self.size,
-            // Leases are one GPU each until gang leases land (issue #24).
-            gpus: 1,
-            pins: None,
+            gpus: self.gpus.max(1),
+            pins: self.pins.filter(|_| self.gpus > 1),
         }
     }
 
@@ -94,6 +100,13 @@ impl LeaseAsk {
         }
         check_ttl(self.ttl_seconds)?;
         self.size.validate().map_err(ServiceError::Invalid)?;
+        limits::in_range(self.gpus, &limits::GANG).map_err(|m| invalid("gpus", m))?;
+        if let Some(p) = &self.pins {
+            limits::check_pins(self.gpus, p.as_slice()).map_err(|m| invalid("gpu_indices", m))?;
+        }
+        if self.gpus > 1 && self.gpu.is_some() {
+            return Err(invalid("gpu", "names one GPU; a job on several GPUs pins them with gpu_indices".to_owned()));
+        }
         if let Some(c) = &self.client {
             limits::check_client(c).map_err(|m| invalid("client", m))?;
         }
@@ -258,6 +271,10 @@ pub(super) fn observation(lease: &Lease, end: End, now: f64, evidence: &Evidence
     if !matches!(outcome, Outcome::Ok | Outcome::Oom) {
         return Learned::Skipped(outcome.as_str());
     }
+    if lease.gang.is_some() {
+        // Estimates are learned per GPU; a gang's per-rank figures come from the model.
+        return Learned::Skipped("gang");
+    }
     let (peak, source) = match (end, lease.vram_peak_gb) {
         (End::Released(_, Some(p)), _) => (p, "client"),
         (_, Some(p)) if lease.seen && !lease.pids.is_empty() => (p, "nvml"),
@@ -275,12 +292,74 @@ pub(super) fn observation(lease: &Lease, end: End, now: f64, evidence: &Evidence
     if used { Learned::Observed(o) } else { Learned::Implausible(o) }
 }
 
+/// The leases an admitting decision makes, rank 0 first: one lease, or one per rank of a gang,
+/// each on its GPU with its rank's figure (rank 0's id is the gang's). Each starts with the
+/// request's processes (a gang's ranks share the job's process tree; what each GPU's processes
+/// hold counts for the rank there) and the growth rule's baseline on its own GPU.
+pub(super) fn leases_for(
+    check: &ResourceCheck,
+    ask: &LeaseAsk,
+    view: &View,
+    now: f64,
+    ttl: u64,
+    grant: EstimateKey,
+) -> Result<Vec<Lease>, ServiceError> {
+    let places: Vec<(Option<u32>, Option<String>, f64)> = if check.ranks.is_empty() {
+        vec![(check.gpu.as_ref().map(|g| g.index), check.gpu.as_ref().map(|g| g.uuid.clone()), check.required_gb)]
+    } else {
+        check.ranks.iter().map(|r| (Some(r.index), Some(r.uuid.clone()), r.need_gb)).collect()
+    };
+    let size = places.len() as u32;
+    let gang_id = new_id();
+    let mut leases = Vec::with_capacity(places.len());
+    for (rank, (gpu_index, gpu_uuid, reserved)) in places.into_iter().enumerate() {
+        let mut lease = Lease {
+            id: if rank == 0 { gang_id.clone() } else { new_id() },
+            gpu_index,
+            gpu_uuid,
+            vram_reserved_gb: reserved,
+            granted_at: now,
+            expires_at: now + ttl as f64,
+            ttl_seconds: ttl,
+            client: ask.client.clone(),
+            pids: Vec::new(),
+            pid_namespace: None,
+            pid_start_times: Default::default(),
+            seen: false,
+            unattributed_used_at_grant_gb: gpu_index.and_then(|g| baseline(view, g)),
+            vram_peak_gb: None,
+            overrun: false,
+            grant: grant.clone(),
+            owner: ask.owner.clone(),
+            gang: (size > 1).then(|| GangTie { id: gang_id.clone(), rank: rank as u32, size }),
+        };
+        ask.processes.clone().add_to(&mut lease)?;
+        leases.push(lease);
+    }
+    Ok(leases)
+}
+
+/// The growth rule's baseline on GPU `gpu`: its used VRAM now less what leases' attributed
+/// processes hold there.
+fn baseline(view: &View, gpu: u32) -> Option<f64> {
+    let used = gpu_used_gb(view.snapshot.as_deref()?, gpu)?;
+    let attributed: f64 = view
+        .leases
+        .iter()
+        .filter(|(l, u)| l.gpu_index == Some(gpu) && u.attribution == Attribution::Pids)
+        .filter_map(|(_, u)| u.used_gb)
+        .sum();
+    Some((used - attributed).max(0.0))
+}
+
 /// A process counts for one live lease at a time, the one that listed it first: `lease` may not
 /// list a pid (in its namespace) that another of `live` lists.
 pub(super) fn check_unshared(lease: &Lease, live: &[&Lease]) -> Result<(), ServiceError> {
     let own = crate::sampler::own_pid_namespace();
     for (ns, pid) in lease.listed(own) {
-        if let Some(other) = live.iter().find(|o| o.id != lease.id && o.listed(own).any(|p| p == (ns, pid))) {
+        // The ranks of one gang list the same processes (the job's process tree).
+        let others = |o: &&&Lease| o.gang_id() != lease.gang_id();
+        if let Some(other) = live.iter().filter(others).find(|o| o.listed(own).any(|p| p == (ns, pid))) {
             return Err(ServiceError::Conflict(format!(
                 "pids: process {pid} is already listed by the live lease {}; a process counts for one lease at a time \
                  (release that lease first, or list the processes of this job only)",

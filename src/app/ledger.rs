@@ -14,11 +14,11 @@ use super::error::ServiceError;
 use super::inputs::Inputs;
 use super::lease_terms::{
     Acquired, End, Evidence, HungUp, Learned, LeaseAsk, Processes, Released, check_id, check_owner, check_ttl,
-    check_unshared, invalid, no_live_lease, observation, store_failed,
+    check_unshared, invalid, leases_for, no_live_lease, observation, store_failed,
 };
 use super::lease_thread::{Finish, Job, LeaseThread};
 use super::writer::Writer;
-use crate::leases::{Attribution, Lease, LeaseUsage, Outcome, gpu_used_gb, new_id};
+use crate::leases::{Lease, LeaseUsage, Outcome};
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::policy::admission::resource_check;
@@ -56,7 +56,8 @@ impl Ledger {
         let observations: Vec<Observation> = {
             let mut book = self.inputs.book.write();
             let ended: Vec<Lease> = expired.iter().filter_map(|id| book.remove(id)).collect();
-            ended.iter().filter_map(|l| self.learn(l, End::Expired, now)).collect()
+            // A gang's ranks lapse together; it ended once.
+            ended.iter().filter(|l| l.is_generation()).filter_map(|l| self.learn(l, End::Expired, now)).collect()
         };
         // A failure is recorded in the store's status and retried on the next call.
         let _ = self.writer.end_durably(store, expired.clone(), observations);
@@ -255,46 +256,38 @@ impl Ledger {
             return Ok(Acquired::Refused(check));
         }
         let ttl = ask.ttl_seconds.unwrap_or_else(|| config.leases.default_ttl.0.as_secs());
-        let mut lease = Lease {
-            id: new_id(),
-            gpu_index: check.gpu.as_ref().map(|g| g.index),
-            gpu_uuid: check.gpu.as_ref().map(|g| g.uuid.clone()),
-            vram_reserved_gb: check.required_gb,
-            granted_at: now,
-            expires_at: now + ttl as f64,
-            ttl_seconds: ttl,
-            client: ask.client.clone(),
-            pids: Vec::new(),
-            pid_namespace: None,
-            pid_start_times: Default::default(),
-            seen: false,
-            unattributed_used_at_grant_gb: check.gpu.as_ref().and_then(|g| {
-                let used = gpu_used_gb(view.snapshot.as_deref()?, g.index)?;
-                let attributed: f64 = view
-                    .leases
-                    .iter()
-                    .filter(|(l, u)| l.gpu_index == Some(g.index) && u.attribution == Attribution::Pids)
-                    .filter_map(|(_, u)| u.used_gb)
-                    .sum();
-                Some((used - attributed).max(0.0))
-            }),
-            vram_peak_gb: None,
-            overrun: false,
-            grant,
-            owner: ask.owner.clone(),
-        };
-        ask.processes.clone().add_to(&mut lease)?;
-        check_unshared(&lease, &self.inputs.book.read().live(now))?;
-        store.put_lease(&lease).map_err(store_failed)?;
-        self.inputs.book.write().insert(lease.clone());
+        // One lease, or one per rank of a gang: all recorded here, in one critical section.
+        let leases = leases_for(&check, ask, &view, now, ttl, grant)?;
+        {
+            let book = self.inputs.book.read();
+            let live = book.live(now);
+            for lease in &leases {
+                check_unshared(lease, &live)?;
+            }
+        }
+        for lease in &leases {
+            store.put_lease(lease).map_err(store_failed)?;
+        }
+        let mut book = self.inputs.book.write();
+        for lease in &leases {
+            book.insert(lease.clone());
+        }
+        let lease = leases.into_iter().next().expect("a grant makes at least one lease");
         Ok(Acquired::Granted(Box::new(lease), check))
     }
 
     /// Ends a lease nobody was told about (its waiter left as it was granted): no observation.
     /// Its slot is free at once; the store write may wait (see [`super::writer`]).
     pub(crate) fn end_unclaimed(&self, store: &mut Store, id: &str) -> Result<(), ServiceError> {
-        self.inputs.book.write().remove(id);
-        let _ = self.writer.end_durably(store, vec![id.to_owned()], Vec::new());
+        let ids: Vec<String> = {
+            let mut book = self.inputs.book.write();
+            let ids: Vec<String> = book.generation(id).iter().map(|l| l.id.clone()).collect();
+            for id in &ids {
+                book.remove(id);
+            }
+            ids
+        };
+        let _ = self.writer.end_durably(store, ids, Vec::new());
         Ok(())
     }
 
@@ -312,19 +305,30 @@ impl Ledger {
         processes.validate()?;
         self.critical("heartbeat failed", move |l, store, now| {
             // The sample follower may raise the peak while the store writes; only the fields a heartbeat
-            // owns are merged back into the book, so its update is never overwritten.
-            let mut lease = l.inputs.book.read().get_live(&id, now).cloned().ok_or_else(|| no_live_lease(&id))?;
-            check_owner(&caller, &lease, "heartbeat")?;
-            if let Some(t) = ttl {
-                lease.ttl_seconds = t;
+            // owns are merged back into the book, so its update is never overwritten. A gang's
+            // ranks are renewed together.
+            let ranks: Vec<Lease> = {
+                let book = l.inputs.book.read();
+                let first = book.get_live(&id, now).ok_or_else(|| no_live_lease(&id))?;
+                check_owner(&caller, first, "heartbeat")?;
+                book.generation(&id).into_iter().cloned().collect()
+            };
+            let mut renewed = Vec::with_capacity(ranks.len());
+            for mut lease in ranks {
+                if let Some(t) = ttl {
+                    lease.ttl_seconds = t;
+                }
+                processes.clone().add_to(&mut lease)?;
+                check_unshared(&lease, &l.inputs.book.read().live(now))?;
+                lease.expires_at = now + lease.ttl_seconds as f64;
+                renewed.push(lease);
             }
-            processes.add_to(&mut lease)?;
-            check_unshared(&lease, &l.inputs.book.read().live(now))?;
-            lease.expires_at = now + lease.ttl_seconds as f64;
-            store.put_lease(&lease).map_err(store_failed)?;
+            for lease in &renewed {
+                store.put_lease(lease).map_err(store_failed)?;
+            }
             let mut book = l.inputs.book.write();
-            let merged = book.renew(&lease).unwrap_or(lease);
-            Ok(merged)
+            let merged: Vec<Lease> = renewed.into_iter().map(|lease| book.renew(&lease).unwrap_or(lease)).collect();
+            Ok(merged.into_iter().next().expect("a live lease has at least one rank"))
         })
         .await
     }
@@ -355,14 +359,18 @@ impl Ledger {
                 if let Some(snapshot) = l.inputs.snapshot() {
                     l.observe(&snapshot, now);
                 }
-                let lease = {
+                let ranks: Vec<Lease> = {
                     let mut book = l.inputs.book.write();
                     check_owner(&caller, book.get_live(&id, now).ok_or_else(|| no_live_lease(&id))?, "release")?;
-                    book.remove(&id).ok_or_else(|| no_live_lease(&id))?
+                    let ids: Vec<String> = book.generation(&id).iter().map(|r| r.id.clone()).collect();
+                    ids.iter().filter_map(|i| book.remove(i)).collect()
                 };
+                // A gang ended once: learned (and counted) from rank 0.
+                let end = End::Released(outcome, peak_vram_gb);
                 let observations: Vec<Observation> =
-                    l.learn(&lease, End::Released(outcome, peak_vram_gb), now).into_iter().collect();
-                Ok(match l.writer.end_durably(store, vec![id], observations) {
+                    ranks.iter().filter(|r| r.is_generation()).filter_map(|r| l.learn(r, end, now)).collect();
+                let ids = ranks.into_iter().map(|r| r.id).collect();
+                Ok(match l.writer.end_durably(store, ids, observations) {
                     Ok(()) => Released::Durable,
                     Err(problem) => Released::InMemory(problem),
                 })
@@ -387,9 +395,16 @@ impl Ledger {
         self.inputs.view().leases
     }
 
-    /// One live lease with its usage, now.
-    pub(crate) fn lease_now(&self, id: &str) -> Option<(Lease, LeaseUsage)> {
-        self.inputs.view().leases.into_iter().find(|(l, _)| l.id == id)
+    /// The live generation `id` names with each lease's usage, now, rank 0 first: one lease, or
+    /// a gang's ranks; empty when it is gone.
+    pub(crate) fn generation_now(&self, id: &str) -> Vec<(Lease, LeaseUsage)> {
+        let leases = self.inputs.view().leases;
+        let Some(gang) = leases.iter().find(|(l, _)| l.id == id).map(|(l, _)| l.gang_id().to_owned()) else {
+            return Vec::new();
+        };
+        let mut ranks: Vec<(Lease, LeaseUsage)> = leases.into_iter().filter(|(l, _)| l.gang_id() == gang).collect();
+        ranks.sort_by_key(|(l, _)| l.gang.as_ref().map_or(0, |g| g.rank));
+        ranks
     }
 }
 

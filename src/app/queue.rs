@@ -68,6 +68,10 @@ pub(crate) struct WaitingView {
     pub waited_seconds: f64,
     /// When it stops waiting, Unix seconds.
     pub deadline: f64,
+    /// GPUs the job needs.
+    pub gpus: u32,
+    /// GPUs held for a gang nothing may pass any more: those that would take one of its ranks.
+    pub holding: Vec<u32>,
 }
 
 struct Waiter {
@@ -78,6 +82,8 @@ struct Waiter {
     deadline: Instant,
     deadline_unix: f64,
     last: Option<ResourceCheck>,
+    /// GPUs held for it (a gang nothing may pass any more), as the last pass found them.
+    holding: Vec<u32>,
     answer: oneshot::Sender<Admission>,
 }
 
@@ -163,6 +169,8 @@ impl Queue {
                 workload: w.workload.clone(),
                 waited_seconds: now.duration_since(w.since).as_secs_f64(),
                 deadline: w.deadline_unix,
+                gpus: w.ask.gpus.max(1),
+                holding: w.holding.clone(),
             })
             .collect()
     }
@@ -234,6 +242,7 @@ impl Queue {
                 deadline: started + wait,
                 deadline_unix: now_unix() + wait_seconds,
                 last: None,
+                holding: Vec::new(),
                 answer: tx,
             });
             seq
@@ -341,7 +350,12 @@ impl Queue {
                     });
                 }
                 Acquired::Refused(check) => {
+                    // The first request that waits on blocks the ones behind it: under fifo at
+                    // once, under backfill once it waited max_bypass. A gang's GPUs that would
+                    // take a rank are then held for it (shown as `holding`).
+                    let blocks = head_since.is_none() && (policy == QueuePolicy::Fifo || since.elapsed() >= max_bypass);
                     if let Some(w) = self.lock().waiters.iter_mut().find(|w| w.seq == seq) {
+                        w.holding = if blocks { check.gang_fitting.clone() } else { Vec::new() };
                         w.last = Some(check);
                     }
                     head_since.get_or_insert(since);

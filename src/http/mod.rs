@@ -43,6 +43,7 @@ pub(crate) mod stats;
 pub(crate) mod stream;
 pub(crate) mod history;
 pub(crate) mod decisions;
+pub(crate) mod lease_wire;
 pub(crate) mod generations;
 pub(crate) mod observations;
 pub(crate) mod workloads;

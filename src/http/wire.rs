@@ -449,6 +449,7 @@ mod tests {
             },
             required_gb: 9.4999,
             ranks: vec![],
+            gang_fitting: vec![],
             reasons: vec![],
             lasting: false,
         };

@@ -62,6 +62,21 @@ pub struct Lease {
     pub grant: EstimateKey,
     /// The name of the token that took it; `None` when vramguard had no tokens.
     pub owner: Option<String>,
+    /// For one rank of a generation sharded over several GPUs (a gang): which gang and rank.
+    /// Every rank is a lease of its own on its own GPU (so each is attributed, counted and owed
+    /// there like any lease); rank 0's id is the gang's, the one its client acts on.
+    pub gang: Option<GangTie>,
+}
+
+/// A lease's place in its gang.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangTie {
+    /// The gang's id: rank 0's lease id.
+    pub id: String,
+    /// This lease's rank, 0 first.
+    pub rank: u32,
+    /// How many ranks (GPUs) the gang has.
+    pub size: u32,
 }
 
 /// How a generation ended: what its release said, or its expiry.
@@ -111,6 +126,17 @@ impl Lease {
     /// Whether the lease still holds a slot at `now`.
     pub fn is_live(&self, now: f64) -> bool {
         self.expires_at > now
+    }
+
+    /// The id its client acts on: its gang's, else its own.
+    pub fn gang_id(&self) -> &str {
+        self.gang.as_ref().map_or(&self.id, |g| &g.id)
+    }
+
+    /// Whether it counts as a generation of its own: a lease on one GPU, or a gang's rank 0 (a
+    /// gang is one generation against `max_concurrent_generations`).
+    pub fn is_generation(&self) -> bool {
+        self.gang.as_ref().is_none_or(|g| g.rank == 0)
     }
 
     /// The name health, the page and logs use: its client, else its owner's token, else its
@@ -216,6 +242,19 @@ impl LeaseBook {
     /// A live lease by id.
     pub(crate) fn get_live(&self, id: &str, now: f64) -> Option<&Lease> {
         self.leases.get(id).filter(|l| l.is_live(now))
+    }
+
+    /// The leases of the generation `id` names, rank order: the lease alone, or every rank of
+    /// the gang it belongs to (any rank's id names the gang).
+    pub(crate) fn generation(&self, id: &str) -> Vec<&Lease> {
+        let Some(lease) = self.leases.get(id) else { return Vec::new() };
+        if lease.gang.is_none() {
+            return vec![lease];
+        }
+        let gang = lease.gang_id();
+        let mut ranks: Vec<&Lease> = self.leases.values().filter(|l| l.gang_id() == gang).collect();
+        ranks.sort_by_key(|l| l.gang.as_ref().map_or(0, |g| g.rank));
+        ranks
     }
 
     /// Adds or replaces a lease.

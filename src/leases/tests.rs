@@ -24,6 +24,7 @@ pub(crate) fn lease(id: &str, gpu: u32, gb: f64, granted: f64, expires: f64) -> 
         overrun: false,
         grant: EstimateKey::default(),
         owner: None,
+        gang: None,
     }
 }
 

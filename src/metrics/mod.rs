@@ -103,7 +103,7 @@ impl Metrics {
         let skipped = counter_vec(
             &registry,
             "vramguard_observations_skipped_total",
-            "Lease ends that taught the estimates nothing, by reason: not_seen (its processes were never seen holding VRAM and the client sent no peak), implausible (the client's peak was not borne out by what vramguard saw or the model), error, cancelled, expired.",
+            "Lease ends that taught the estimates nothing, by reason: not_seen (its processes were never seen holding VRAM and the client sent no peak), implausible (the client's peak was not borne out by what vramguard saw or the model), error, cancelled, expired, gang (a generation on several GPUs: its per-rank figures come from the model).",
             "reason",
             &SKIP_REASONS,
         );
@@ -207,7 +207,7 @@ impl Metrics {
 
 /// Why a lease's end may teach nothing (the `reason` label of
 /// `vramguard_observations_skipped_total`).
-pub(crate) const SKIP_REASONS: [&str; 5] = ["not_seen", "implausible", "error", "cancelled", "expired"];
+pub(crate) const SKIP_REASONS: [&str; 6] = ["not_seen", "implausible", "error", "cancelled", "expired", "gang"];
 
 /// A registered counter family with one label, its `values` started at 0 so `rate()` and
 /// `increase()` work from the first event.

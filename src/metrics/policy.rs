@@ -23,6 +23,8 @@ pub struct LeaseFigures {
     /// Per workload profile and gang size: how many more generations sharded over that many
     /// GPUs would be admitted now (sizes the machine has GPUs for only).
     pub gangs_that_fit: Vec<(String, u32, u32)>,
+    /// GPUs held by live leases (a gang holds one per rank).
+    pub gpus_leased: u32,
 }
 
 /// The policy's part of an exposition, encoded: (family name, text) per family.
@@ -69,30 +71,17 @@ impl Metrics {
                 owed,
             ));
         }
-        families.push(family(
-            "vramguard_admission_waiting",
-            "Generation requests waiting in the admission queue for room.",
-            vec![sample(&[], leases.waiting as f64)],
-        ));
-        families.push(family(
-            "vramguard_generations_that_fit",
-            "How many more generations of the workload's current estimate would be admitted now, placed greedily on the GPUs.",
-            leases.that_fit.iter().map(|(name, n)| sample(&[("workload", name)], f64::from(*n))).collect(),
-        ));
-        families.push(family(
-            "vramguard_gangs_that_fit",
-            "How many more generations of the workload sharded over `gpus` GPUs would be admitted now, each rank with its per-rank estimate.",
-            leases
-                .gangs_that_fit
-                .iter()
-                .map(|(name, gpus, n)| sample(&[("workload", name), ("gpus", &gpus.to_string())], f64::from(*n)))
-                .collect(),
-        ));
+        families.extend(fit_families(leases));
         families.extend(policy_families(constraints));
         families.push(family(
             "vramguard_active_generations",
-            "Generation leases held now.",
+            "Generations holding leases now (a job on several GPUs counts once).",
             vec![sample(&[], f64::from(active_generations))],
+        ));
+        families.push(family(
+            "vramguard_gpus_leased",
+            "GPUs held by live generation leases (a job on several GPUs holds one per rank).",
+            vec![sample(&[], f64::from(leases.gpus_leased))],
         ));
         if let Some(status) = health {
             families.push(family(
@@ -137,6 +126,31 @@ fn policy_families(c: &Constraints) -> Vec<Family> {
             "vramguard_max_concurrent_generations",
             "Live limit on generation leases held at once.",
             vec![sample(&[], f64::from(c.max_concurrent_generations))],
+        ),
+    ]
+}
+
+/// The queue's length and what still fits, one GPU each and per gang size.
+fn fit_families(leases: &LeaseFigures) -> Vec<Family> {
+    vec![
+        family(
+            "vramguard_admission_waiting",
+            "Generation requests waiting in the admission queue for room.",
+            vec![sample(&[], leases.waiting as f64)],
+        ),
+        family(
+            "vramguard_generations_that_fit",
+            "How many more generations of the workload's current estimate would be admitted now, placed greedily on the GPUs.",
+            leases.that_fit.iter().map(|(name, n)| sample(&[("workload", name)], f64::from(*n))).collect(),
+        ),
+        family(
+            "vramguard_gangs_that_fit",
+            "How many more generations of the workload sharded over `gpus` GPUs would be admitted now, each rank with its per-rank estimate.",
+            leases
+                .gangs_that_fit
+                .iter()
+                .map(|(name, gpus, n)| sample(&[("workload", name), ("gpus", &gpus.to_string())], f64::from(*n)))
+                .collect(),
         ),
     ]
 }

@@ -152,6 +152,8 @@ pub struct ResourceCheck {
     pub required_gb: f64,
     /// Where each rank of a gang goes, rank 0 first, when it fits; empty for one GPU.
     pub ranks: Vec<RankPlace>,
+    /// For a gang that does not fit yet: the GPUs that would take one of its ranks now.
+    pub gang_fitting: Vec<u32>,
     /// Why it refused, first reason first (feeds the decision counter).
     pub reasons: Vec<Reason>,
     /// The refusal cannot clear by waiting (no GPU, an unknown pinned GPU, a job larger than
@@ -200,14 +202,15 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
     let est = ctx.estimate(req.model_loaded, Some(req.size.resolve(ctx.workload)));
     let mut f = Findings::default();
     // A gang's figures come from the model's per-rank estimate (no learned estimate is per rank).
-    let (required, estimate_gb, estimate_source, estimate_samples, vram_available, chosen, ranks) = if req.gpus > 1 {
-        let g = gang::check_vram(ctx, req, &mut f);
-        (g.required, g.estimate_gb, "model", 0, g.ok, g.chosen, g.ranks)
-    } else {
-        let required = req.vram_required_gb.unwrap_or(est.gb);
-        let (ok, chosen) = check_vram(ctx, req, required, est.scale, &mut f);
-        (required, est.gb, est.source.as_str(), est.samples, ok, chosen, Vec::new())
-    };
+    let (required, estimate_gb, estimate_source, estimate_samples, vram_available, chosen, ranks, gang_fitting) =
+        if req.gpus > 1 {
+            let g = gang::check_vram(ctx, req, &mut f);
+            (g.required, g.estimate_gb, "model", 0, g.ok, g.chosen, g.ranks, g.fitting)
+        } else {
+            let required = req.vram_required_gb.unwrap_or(est.gb);
+            let (ok, chosen) = check_vram(ctx, req, required, est.scale, &mut f);
+            (required, est.gb, est.source.as_str(), est.samples, ok, chosen, Vec::new(), Vec::new())
+        };
     let cpu = verdict::cpu(ctx);
     let ram = verdict::ram(ctx);
     let cpu_available = check_cpu(ctx, &cpu, &mut f);
@@ -250,6 +253,7 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
         },
         required_gb: required,
         ranks,
+        gang_fitting,
         reasons: f.reasons,
         lasting: f.lasting,
     }
@@ -485,32 +489,4 @@ fn check_slots(ctx: &Context<'_>, f: &mut Findings) -> Option<bool> {
         ));
     }
     Some(free)
-}
-
-/// Most generations [`generations_that_fit`] counts: above any `max_concurrent_generations`, so
-/// it only bounds a GPU-less host with no VRAM to run out of.
-pub(crate) const FIT_COUNT_CAP: u32 = 1024;
-
-/// How many more generations of the context's workload (its current estimate, model not loaded)
-/// would be admitted right now: each one placed where admission would put it, its VRAM then
-/// owed on that GPU and its slot taken, until a decision refuses. 0 when CPU or RAM refuse or the
-/// estimate exceeds `max_vram_usage_gb`.
-pub(crate) fn generations_that_fit(ctx: &Context<'_>) -> u32 {
-    let mut outstanding: Vec<(u32, f64)> = ctx.outstanding.to_vec();
-    let mut active = ctx.active_generations;
-    let request = CheckRequest::default();
-    let mut n = 0;
-    while n < FIT_COUNT_CAP {
-        let next = Context { outstanding: &outstanding, active_generations: active, ..*ctx };
-        let check = resource_check(&next, &request);
-        if !check.can_start_generation {
-            break;
-        }
-        if let Some(g) = &check.gpu {
-            outstanding.push((g.index, check.required_gb));
-        }
-        active = active.map(|a| a + 1);
-        n += 1;
-    }
-    n
 }

@@ -61,9 +61,10 @@ pub struct RankPlace {
 pub(crate) enum Placement {
     /// Every rank has a GPU, rank 0 first.
     Fits(Vec<RankPlace>),
-    /// Not every rank fits now: how many GPUs would take a rank, and the candidates that would
-    /// not (index, headroom GiB), roomiest first.
-    Short { fit: usize, short: Vec<(u32, f64)> },
+    /// Not every rank fits now: the GPUs that would take a rank (roomiest first), how many
+    /// ranks could be placed, and the candidates that would not take one (index, headroom GiB),
+    /// roomiest first.
+    Short { fitting: Vec<u32>, fit: usize, short: Vec<(u32, f64)> },
 }
 
 /// Places a gang of `need.len()` ranks on `candidates` (healthy GPUs, pins applied).
@@ -101,13 +102,16 @@ pub(crate) fn place(candidates: &[GpuView], need: &GangNeed, critical: f64, pins
         Some(p) => candidates.iter().filter(|g| p.as_slice().contains(&g.index)).collect(),
         None => candidates.iter().collect(),
     };
-    let fit = pool.iter().filter(|g| fits(g, 1.min(ranks - 1))).count();
+    let mut roomy: Vec<&&GpuView> = pool.iter().filter(|g| fits(g, 1.min(ranks - 1))).collect();
+    roomy.sort_by(|a, b| b.headroom_gb(critical).total_cmp(&a.headroom_gb(critical)).then(a.index.cmp(&b.index)));
+    let fitting: Vec<u32> = roomy.iter().map(|g| g.index).collect();
+    let fit = fitting.len();
     let mut short: Vec<(u32, f64)> =
         pool.iter().filter(|g| !fits(g, 1.min(ranks - 1))).map(|g| (g.index, g.headroom_gb(critical))).collect();
     short.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     // Enough GPUs take an ordinary rank, but none of them rank 0's larger figure.
     let fit = if fit >= ranks { ranks - 1 } else { fit };
-    Placement::Short { fit, short }
+    Placement::Short { fitting, fit, short }
 }
 
 /// What a gang needs: its size and each rank's figure, GiB.
@@ -148,6 +152,8 @@ pub(super) struct GangVerdict {
     pub(super) chosen: Option<GpuView>,
     /// Where each rank goes when it fits.
     pub(super) ranks: Vec<RankPlace>,
+    /// When it does not fit yet: the GPUs that would take one of its ranks now.
+    pub(super) fitting: Vec<u32>,
 }
 
 /// Decides whether a gang of `req.gpus` ranks fits now; what blocks it goes into `f`.
@@ -172,26 +178,9 @@ pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings
         estimate_gb: model.rank0,
         chosen: best_gpu(&candidates).cloned(),
         ranks: vec![],
+        fitting: vec![],
     };
-    if ctx.snapshot.is_none() {
-        f.block(Reason::NoGpu, "No resource sample yet; vramguard is starting".to_owned());
-        return verdict;
-    }
-    let missing: Vec<u32> = pins
-        .map(|p| p.as_slice().iter().copied().filter(|i| !all.iter().any(|g| g.index == *i)).collect())
-        .unwrap_or_default();
-    if !missing.is_empty() {
-        let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
-        let names: Vec<String> = missing.iter().map(u32::to_string).collect();
-        f.block(Reason::NoGpu, format!("GPU {} is not visible (visible: {})", names.join(", "), visible.join(", ")));
-        f.lasting = true;
-        return verdict;
-    }
-    if pins.is_some() && !unhealthy.is_empty() {
-        // A pinned GPU with a fault: the gang cannot go there until the fault clears.
-        for (_, text) in unhealthy {
-            f.block(Reason::NoGpu, text);
-        }
+    if blocked_outright(ctx, pins, &all, &unhealthy, f) {
         return verdict;
     }
     if !could_ever_fit(&candidates, &need, critical) {
@@ -215,7 +204,8 @@ pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings
             verdict.ranks = ranks;
             true
         }
-        Placement::Short { fit, short } => {
+        Placement::Short { fitting, fit, short } => {
+            verdict.fitting = fitting;
             let list: Vec<String> = short.iter().map(|(i, room)| format!("GPU {i} has {room:.1} GB free")).collect();
             f.blocking.push(format!(
                 "Not enough free VRAM for this generation (needs {}; {fit} fit: {})",
@@ -244,6 +234,35 @@ pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings
     verdict
 }
 
+/// Refusals before any placement: no sample yet, a pinned GPU that is not visible (lasting) or
+/// has a fault (until it clears). Returns whether one applied.
+fn blocked_outright(
+    ctx: &Context<'_>,
+    pins: Option<&Pins>,
+    all: &[GpuView],
+    unhealthy: &[(u32, String)],
+    f: &mut Findings,
+) -> bool {
+    if ctx.snapshot.is_none() {
+        f.block(Reason::NoGpu, "No resource sample yet; vramguard is starting".to_owned());
+        return true;
+    }
+    let Some(pins) = pins else { return false };
+    let missing: Vec<String> =
+        pins.as_slice().iter().filter(|i| !all.iter().any(|g| g.index == **i)).map(u32::to_string).collect();
+    if !missing.is_empty() {
+        let visible: Vec<String> = all.iter().map(|g| g.index.to_string()).collect();
+        f.block(Reason::NoGpu, format!("GPU {} is not visible (visible: {})", missing.join(", "), visible.join(", ")));
+        f.lasting = true;
+        return true;
+    }
+    // A pinned GPU with a fault: the gang cannot go there until the fault clears.
+    for (_, text) in unhealthy {
+        f.block(Reason::NoGpu, text.clone());
+    }
+    !unhealthy.is_empty()
+}
+
 /// A larger gang that would fit now, when one would (each rank then holds a smaller share).
 fn wider(ctx: &Context<'_>, req: &CheckRequest, candidates: &[GpuView], critical: f64) -> Option<String> {
     let geometry = req.size.resolve(ctx.workload);
@@ -253,30 +272,6 @@ fn wider(ctx: &Context<'_>, req: &CheckRequest, candidates: &[GpuView], critical
         matches!(place(candidates, &need, critical, None), Placement::Fits(_))
             .then(|| format!("Shard it over {n} GPUs: it then needs {}, which fits now", need.describe()))
     })
-}
-
-/// Gang sizes `vramguard_gangs_that_fit` answers for, where the machine has that many GPUs.
-pub(crate) const SIZES: [u32; 3] = [2, 4, 8];
-
-/// How many more gangs of `gpus` ranks of the context's workload (its per-rank estimate, model
-/// not loaded) would be admitted right now: each placed where admission would put it, its ranks
-/// then owed on their GPUs and one slot taken, until a decision refuses.
-pub(crate) fn gangs_that_fit(ctx: &Context<'_>, gpus: u32) -> u32 {
-    let mut outstanding: Vec<(u32, f64)> = ctx.outstanding.to_vec();
-    let mut active = ctx.active_generations;
-    let request = CheckRequest { gpus, ..CheckRequest::default() };
-    let mut n = 0;
-    while n < super::admission::FIT_COUNT_CAP {
-        let next = Context { outstanding: &outstanding, active_generations: active, ..*ctx };
-        let check = super::admission::resource_check(&next, &request);
-        if !check.can_start_generation || check.ranks.is_empty() {
-            break;
-        }
-        outstanding.extend(check.ranks.iter().map(|r| (r.index, r.need_gb)));
-        active = active.map(|a| a + 1);
-        n += 1;
-    }
-    n
 }
 
 /// How many GPUs among `candidates` could hold an ordinary rank with nothing else on them: fewer
@@ -315,8 +310,9 @@ mod tests {
         let gpus = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 0.0), gpu(5, 48.0, 14.6)];
         let n = need(4, 40.9, 40.9);
         match place(&gpus, &n, 0.95, None) {
-            Placement::Short { fit, short } => {
+            Placement::Short { fitting, fit, short } => {
                 assert_eq!(fit, 3);
+                assert_eq!(fitting, [0, 1, 2]);
                 assert_eq!(short.len(), 1);
                 assert_eq!(short[0].0, 5);
                 assert!((short[0].1 - (0.95 * 48.0 - 14.6)).abs() < 1e-9);

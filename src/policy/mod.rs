@@ -4,6 +4,7 @@
 //! - [`estimate`]: VRAM need of one generation, savings, and the recommendation search.
 //! - [`admission`]: the resource-check decision (SPEC §4.2).
 //! - [`gang`]: placing one generation's ranks on several GPUs, all or none.
+//! - [`fit`]: how many more generations would be admitted now.
 //! - [`health`]: the health report (SPEC §4.1).
 //! - [`gpu_health`]: GPU fault health (ECC, row remapping, XIDs): which GPUs take no new work.
 //! - [`verdict`]: the per-resource verdicts both of them use; the boundary rule (a usage at or
@@ -11,6 +12,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod estimate;
+pub(crate) mod fit;
 pub(crate) mod gang;
 pub(crate) mod gpu_health;
 pub(crate) mod health;

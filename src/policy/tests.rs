@@ -308,23 +308,23 @@ fn five_gib_job() -> crate::config::Workload {
 /// for k ≤ 3. Seven in all, fewer when slots, an outstanding reservation, CPU or the budget say so.
 #[test]
 fn generations_that_fit_places_greedily_within_every_rule() {
-    use super::admission::generations_that_fit;
+    use super::fit::generations_that_fit;
     let mut f = Fixture::new();
     f.config.workload = five_gib_job();
     f.constraints.max_concurrent_generations = 10;
     let s = snapshot(0.2, 0.3, vec![gpu(0, 24, 2 * G), gpu(1, 16, 0)]);
     assert_eq!(resource_check(&f.ctx(&s), &CheckRequest::default()).vram_required_gb, 5.0);
-    assert_eq!(generations_that_fit(&f.ctx(&s)), 7);
+    assert_eq!(generations_that_fit(&f.ctx(&s), 1), 7);
     // Two slots left of ten.
-    assert_eq!(generations_that_fit(&Context { active_generations: Some(8), ..f.ctx(&s) }), 2);
+    assert_eq!(generations_that_fit(&Context { active_generations: Some(8), ..f.ctx(&s) }, 1), 2);
     // 6 GiB still owed on GPU 1: 6 + 5k < 15.2 for k ≤ 1.
-    assert_eq!(generations_that_fit(&Context { outstanding: &[(1, 6.0)], ..f.ctx(&s) }), 5);
+    assert_eq!(generations_that_fit(&Context { outstanding: &[(1, 6.0)], ..f.ctx(&s) }, 1), 5);
     // CPU over its threshold: none.
     let busy = snapshot(0.95, 0.3, vec![gpu(0, 24, 2 * G), gpu(1, 16, 0)]);
-    assert_eq!(generations_that_fit(&f.ctx(&busy)), 0);
+    assert_eq!(generations_that_fit(&f.ctx(&busy), 1), 0);
     // Over the budget: none.
     f.settings.max_vram_usage_gb = 4.0;
-    assert_eq!(generations_that_fit(&f.ctx(&s)), 0);
+    assert_eq!(generations_that_fit(&f.ctx(&s), 1), 0);
 }
 
 /// Waiting helps only where a release or a calmer host can make room.

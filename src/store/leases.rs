@@ -7,7 +7,7 @@ use rusqlite::params;
 
 use super::{Store, StoreError};
 use crate::config::{Optimization, Quantization};
-use crate::leases::{Lease, Outcome};
+use crate::leases::{GangTie, Lease, Outcome};
 use crate::policy::estimate::{EstimateKey, Peak};
 use crate::policy::phases::Geometry;
 
@@ -35,6 +35,9 @@ struct LeaseDetails {
     // Leases taken before tokens had names have no owner: only an admin acts on them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<String>,
+    // One rank of a gang; leases before gangs had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gang: Option<GangTie>,
 }
 
 impl Store {
@@ -69,6 +72,7 @@ impl Store {
                         overrun: false,
                         grant: EstimateKey::default(),
                         owner: None,
+                        gang: None,
                     },
                     details,
                 ))
@@ -91,6 +95,7 @@ impl Store {
                 lease.vram_peak_gb = d.vram_peak_gb;
                 lease.overrun = d.overrun;
                 lease.owner = d.owner;
+                lease.gang = d.gang;
                 if let Some(g) = d.grant {
                     lease.grant = g;
                 }
@@ -112,6 +117,7 @@ impl Store {
             seen: l.seen,
             grant: Some(l.grant.clone()),
             owner: l.owner.clone(),
+            gang: l.gang.clone(),
         })
         .expect("lease details serialise");
         self.join_batch()?;
@@ -310,6 +316,7 @@ mod tests {
                 geometry: Some(Geometry { width: 832, height: 480, frames: 49 }),
             },
             owner: Some("worker-1".to_owned()),
+            gang: Some(GangTie { id: "0123456789abcdef0123456789abcdee".to_owned(), rank: 1, size: 4 }),
         };
         {
             // Written into a batch that is never committed: not durable.
