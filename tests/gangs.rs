@@ -298,3 +298,164 @@ fn a_race_of_gangs_and_single_jobs_never_overcommits_a_gpu() {
     let (_, q) = vg.get_json(&format!("{LEASES}/queue"));
     assert_eq!(q["waiting"], serde_json::json!([]), "{q}");
 }
+
+/// Seconds since midnight UTC of an answer's RFC 3339 time (`…THH:MM:SS.mmmZ`).
+fn second_of_day(rfc3339: &str) -> f64 {
+    let time = rfc3339.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let parts: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+/// Seconds since midnight UTC now.
+fn now_of_day() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() % 86_400.0
+}
+
+/// One-GPU jobs of 30 GiB each (one per 48 GiB GPU at a time), from eight clients that ask again
+/// as soon as their job ends; each job runs 1 s, the clients started 125 ms apart, so some GPU is
+/// always busy. Returns (asked at, granted at) per grant.
+fn stream_of_jobs(url: &str, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<(f64, f64)>>> {
+    (0..8)
+        .map(|i| {
+            let (url, stop) = (url.to_owned(), Arc::clone(stop));
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(125 * i));
+                let mut grants = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let asked = now_of_day();
+                    let body =
+                        serde_json::json!({"vram_required_gb": 30, "client": format!("one-{i}"), "wait_seconds": 20});
+                    let (status, lease) = take(&url, &body);
+                    if status == 201 {
+                        grants.push((asked, second_of_day(lease["granted_at"].as_str().unwrap())));
+                        std::thread::sleep(Duration::from_secs(1));
+                        patient().delete(format!("{url}/{}", lease["id"].as_str().unwrap())).send().unwrap();
+                    }
+                }
+                grants
+            })
+        })
+        .collect()
+}
+
+/// An eight-GPU gang of 20 GiB per GPU fits only when no 30 GiB job runs on any GPU.
+fn big_gang() -> Value {
+    serde_json::json!({"gpus": 8, "vram_required_gb": 20, "workload": "wan2.2-t2v-a14b", "client": "gang", "wait_seconds": 30})
+}
+
+/// Must show 3, backfill: behind a stream of one-GPU jobs that would keep some GPU busy for
+/// ever, a waiting eight-GPU gang is passed only until it has waited `queue.max_bypass` (2 s);
+/// from then on no job starts before it, and it runs once the running ones end.
+#[test]
+fn a_waiting_gang_is_not_starved_under_backfill() {
+    let config = "constraints: { max_concurrent_generations: 10 }\nqueue: { policy: backfill, max_bypass: \"2s\" }\n";
+    let vg = start_with(config, 8, 48, &[]);
+    let url = vg.url(LEASES);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = stream_of_jobs(&url, &stop);
+    std::thread::sleep(Duration::from_millis(1500));
+    let joined = now_of_day();
+    let (status, gang) = take(&url, &big_gang());
+    assert_eq!(status, 201, "{gang}");
+    let granted = second_of_day(gang["granted_at"].as_str().unwrap());
+    release(&vg, &gang);
+    stop.store(true, Ordering::SeqCst);
+    let grants: Vec<(f64, f64)> = stream.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let passed: Vec<f64> = grants.iter().map(|(_, g)| *g).filter(|g| *g > joined && *g < granted).collect();
+    assert!(!passed.is_empty(), "backfill let jobs pass the gang at first: {grants:?}");
+    let late: Vec<f64> = passed.iter().copied().filter(|g| *g > joined + 2.0 + 0.3).collect();
+    assert!(late.is_empty(), "jobs started after the gang had waited max_bypass: {late:?} (joined {joined})");
+    // Past max_bypass only the jobs already running stood in its way (each runs 1 s).
+    assert!(granted - joined < 2.0 + 1.0 + 1.5, "the gang waited {} s", granted - joined);
+}
+
+/// Must show 3, fifo: a waiting eight-GPU gang runs before any job that asked after it.
+#[test]
+fn a_waiting_gang_goes_before_later_jobs_under_fifo() {
+    let vg = start_with("constraints: { max_concurrent_generations: 10 }\n", 8, 48, &[]);
+    let url = vg.url(LEASES);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = stream_of_jobs(&url, &stop);
+    std::thread::sleep(Duration::from_millis(1500));
+    let gang = {
+        let url = url.clone();
+        std::thread::spawn(move || take(&url, &big_gang()))
+    };
+    let visible = std::cell::Cell::new(0.0);
+    vg.wait_until("the gang in the queue", Duration::from_secs(10), || {
+        let (_, q) = vg.get_json(&format!("{LEASES}/queue"));
+        let there = q["waiting"].as_array().unwrap().iter().any(|w| w["client"] == "gang");
+        visible.set(now_of_day());
+        there
+    });
+    let visible = visible.get();
+    let (status, gang) = gang.join().unwrap();
+    assert_eq!(status, 201, "{gang}");
+    let granted = second_of_day(gang["granted_at"].as_str().unwrap());
+    release(&vg, &gang);
+    stop.store(true, Ordering::SeqCst);
+    let grants: Vec<(f64, f64)> = stream.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let overtook: Vec<&(f64, f64)> = grants.iter().filter(|(asked, g)| *asked > visible && *g < granted).collect();
+    assert!(overtook.is_empty(), "jobs that asked after the gang ran before it: {overtook:?}");
+    assert!(grants.iter().any(|(asked, _)| *asked > visible), "the stream went on asking: {grants:?}");
+}
+
+/// Must show 5: pinned GPUs take the ranks in their order; a pinned GPU with a fault refuses the
+/// gang naming it, and a gang needing every GPU counts only the healthy ones; a live gang
+/// survives `kill -9` (still held, still one generation on its GPUs) and is released whole.
+#[test]
+fn pins_faults_and_a_restart() {
+    let busy = 2 * GIB;
+    let mut scenario: String = (0..4).map(|_| format!("[gpu]\nmemory_total {}\n", 48 * GIB)).collect();
+    scenario.push_str(&format!(
+        "[gpu]\nmemory_total {}\nmemory_used {busy}\nremap_pending 1\nremapped_rows_uncorrectable 1\n",
+        48 * GIB
+    ));
+    let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\", per_process: true }}\n", common::fake_nvml());
+    let vg = Vramguard::start(
+        &format!("sample_interval: \"250ms\"\n{gpu}constraints: {{ max_concurrent_generations: 4 }}\n"),
+        Some(&scenario),
+        &[],
+    );
+    vg.wait_ready();
+    let url = vg.url(LEASES);
+    let pinned = serde_json::json!({"gpus": 2, "gpu_indices": [3, 1], "vram_required_gb": 10, "client": "pinned"});
+    let (status, lease) = take(&url, &pinned);
+    assert_eq!(status, 201, "{lease}");
+    assert_eq!(lease_gpus(&lease), [3, 1]);
+    let faulty = serde_json::json!({"gpus": 2, "gpu_indices": [4, 0], "vram_required_gb": 10});
+    let (status, refused) = take(&url, &faulty);
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("GPU 4 unhealthy: row remap pending"), "{refused}");
+    let (status, refused) = take(&url, &serde_json::json!({"gpus": 5, "vram_required_gb": 10}));
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("needs 5 GPUs with 10.0 GB each; 4 healthy GPUs here"),
+        "{refused}"
+    );
+    // Bad fields are 400s naming the field.
+    for (body, field) in [
+        (serde_json::json!({"gpus": 0}), "gpus: 0 is out of range"),
+        (serde_json::json!({"gpus": 2, "gpu_indices": [1]}), "gpu_indices: 1 indices for 2 GPUs"),
+        (serde_json::json!({"gpus": 2, "gpu": 1}), "gpu: names one GPU"),
+    ] {
+        let (status, answer) = take(&url, &body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["detail"].as_str().unwrap().starts_with(field), "{answer}");
+    }
+    // kill -9 and back: the gang is still held, one generation on its two GPUs.
+    let vg = vg.restart(true);
+    vg.wait_ready();
+    let (_, list) = vg.get_json(LEASES);
+    assert_eq!(list["active_generations"], 1, "{list}");
+    assert_eq!(lease_gpus(&list["leases"][0]), [3, 1], "{list}");
+    let m = vg.metrics();
+    assert_eq!(m.value("vramguard_gpus_leased", &[]), Some(2.0));
+    for gpu in ["3", "1"] {
+        assert_eq!(m.value("vramguard_gpu_memory_outstanding_bytes", &[("gpu", gpu)]), Some(10.0 * GIB as f64));
+    }
+    release(&vg, &lease);
+    let (_, list) = vg.get_json(LEASES);
+    assert_eq!(list["leases"], serde_json::json!([]));
+    assert_eq!(vg.metrics().value("vramguard_gpus_leased", &[]), Some(0.0));
+}
