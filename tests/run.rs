@@ -144,3 +144,50 @@ fn the_commands_tree_is_attributed_and_sigint_is_forwarded() {
     assert_eq!(finished(&vg, "error"), 1.0);
     assert_eq!(vg.get_json("/api/v1/system/observations").1["observations"], json!([]));
 }
+
+/// `vramguard run --gpus 2`: one lease on two GPUs, CUDA_VISIBLE_DEVICES their UUIDs in rank
+/// order, and every rank attributed: the command's two children (as torchrun's ranks) each
+/// hold VRAM on their own GPU and count for the lease there.
+#[test]
+fn a_job_on_two_gpus_gets_both_and_each_rank_is_attributed() {
+    let two = |procs: &[(u32, u32, u64)]| -> String {
+        (0..2)
+            .map(|g| {
+                let lines: String =
+                    procs.iter().filter(|p| p.0 == g).map(|(_, pid, b)| format!("process {pid} {b}\n")).collect();
+                let used: u64 = procs.iter().filter(|p| p.0 == g).map(|p| p.2).sum();
+                format!("[gpu]\nuuid GPU-{g}{g}{g}\nmemory_total {}\nmemory_used {used}\n{lines}", 24 * GIB)
+            })
+            .collect()
+    };
+    let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\", per_process: true }}\n", common::fake_nvml());
+    let vg = Vramguard::start(&format!("sample_interval: \"250ms\"\n{gpu}"), Some(&two(&[])), &[]);
+    vg.wait_ready();
+    let dir = tempfile::tempdir().unwrap();
+    let (env, ranks) = (dir.path().join("env"), dir.path().join("ranks"));
+    let script = format!(
+        "echo \"$CUDA_VISIBLE_DEVICES|$VRAMGUARD_GPU_INDICES\" > {e}; sleep 60 & a=$!; sleep 60 & b=$!; \
+         echo \"$a $b\" > {r}; trap 'kill $a $b; exit 0' TERM; wait",
+        e = env.display(),
+        r = ranks.display()
+    );
+    let mut child = run(&vg, &["--gpus", "2", "--vram-gb", "6", "--ttl", "30s"], &script).spawn().unwrap();
+    let seen = wait_for_file(&env);
+    assert_eq!(seen.trim(), "GPU-000,GPU-111|0,1");
+    let pids: Vec<u32> = wait_for_file(&ranks).split_whitespace().map(|p| p.parse().unwrap()).collect();
+    vg.set_scenario(&two(&[(0, pids[0], 5 * GIB), (1, pids[1], 4 * GIB)]));
+    let lease = || vg.get_json("/api/v1/system/generations").1["leases"][0].clone();
+    vg.wait_until("both ranks attributed", Duration::from_secs(10), || {
+        lease()["gpus"].as_array().is_some_and(|g| g.iter().all(|r| r["attribution"] == json!("pids")))
+    });
+    let l = lease();
+    assert_eq!(l["gpus"][0]["vram_used_gb"], json!(5.0), "{l}");
+    assert_eq!(l["gpus"][1]["vram_used_gb"], json!(4.0), "{l}");
+    assert_eq!(l["vram_used_gb"], json!(9.0), "{l}");
+    assert_eq!(l["vram_outstanding_gb"], json!(3.0), "{l}");
+    assert_eq!(vg.get_json("/api/v1/system/generations").1["active_generations"], json!(1));
+    common::signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the command's own exit (its trap) passes through");
+    assert_eq!(vg.get_json("/api/v1/system/generations").1["leases"], json!([]), "released whole");
+}

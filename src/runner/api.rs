@@ -44,6 +44,8 @@ impl TakeError {
 pub(super) struct Granted {
     pub(super) id: String,
     pub(super) gpu_index: Option<u64>,
+    /// Every GPU of the lease, rank 0 first.
+    pub(super) gpu_indices: Vec<u64>,
     pub(super) cuda_visible_devices: Option<String>,
     pub(super) ttl_seconds: u64,
 }
@@ -158,6 +160,10 @@ fn granted(body: &Value) -> Option<Granted> {
     Some(Granted {
         id: body["id"].as_str()?.to_owned(),
         gpu_index: body["gpu"]["index"].as_u64(),
+        gpu_indices: body["gpus"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|r| r["index"].as_u64()).collect())
+            .unwrap_or_default(),
         cuda_visible_devices: body["cuda_visible_devices"].as_str().map(str::to_owned),
         ttl_seconds: body["ttl_seconds"].as_u64()?,
     })

@@ -43,8 +43,12 @@ pub struct RunArgs {
     #[arg(long)]
     model_loaded: bool,
     /// Only this GPU index may be used.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "gpus")]
     gpu: Option<u32>,
+    /// GPUs the one job is sharded over (e.g. `torchrun --nproc_per_node N`): all granted at
+    /// once, CUDA_VISIBLE_DEVICES set to their UUIDs in rank order; --vram-gb is then per GPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    gpus: Option<u32>,
     /// How long to wait in vramguard's admission queue for room (e.g. 30s, 10m; default: answer
     /// at once).
     #[arg(long, value_name = "DURATION")]
@@ -133,6 +137,9 @@ fn lease_request(args: &RunArgs) -> Value {
     if let Some(g) = args.gpu {
         body["gpu"] = json!(g);
     }
+    if let Some(n) = args.gpus {
+        body["gpus"] = json!(n);
+    }
     if let Some(t) = args.ttl {
         body["ttl_seconds"] = json!(t.0.as_secs());
     }
@@ -159,6 +166,10 @@ async fn supervise(
     }
     if let Some(index) = lease.gpu_index {
         cmd.env("VRAMGUARD_GPU_INDEX", index.to_string());
+    }
+    if !lease.gpu_indices.is_empty() {
+        let list: Vec<String> = lease.gpu_indices.iter().map(u64::to_string).collect();
+        cmd.env("VRAMGUARD_GPU_INDICES", list.join(","));
     }
     // Listening before the start: a signal in between would otherwise end vramguard run and
     // leave the command running without its lease.

@@ -323,3 +323,30 @@ def test_unreachable_is_a_vramguard_error() -> None:
     with pytest.raises(VramguardError) as err:
         Vramguard(f"http://127.0.0.1:{port}", timeout=2).stats()
     assert err.value.status is None
+
+
+def test_a_job_on_several_gpus_takes_them_all_in_one_lease(server: Server) -> None:
+    two = "".join(f"[gpu]\nuuid GPU-{g}{g}{g}\nmemory_total {24 * GIB}\nmemory_used 0\n" for g in range(2))
+    server.set_scenario(two)
+    vg = Vramguard(server.url)
+    deadline = time.monotonic() + 10
+    while len(vg.stats()["gpus"]) != 2:
+        assert time.monotonic() < deadline, "the second GPU never appeared"
+        time.sleep(0.05)
+    check = vg.resource_check(vram_gb=4, gpus=2)
+    assert [g["rank"] for g in check["gpus"]] == [0, 1]
+    with vg.generation(vram_gb=4, gpus=2, client="sharded") as lease:
+        assert lease.gpu_indices == [0, 1]
+        assert lease.gpu_uuids == ["GPU-000", "GPU-111"]
+        assert lease.cuda_visible_devices == "GPU-000,GPU-111"
+        assert lease.gpu_index == 0
+        (listing,) = listed(server)
+        assert [g["index"] for g in listing["gpus"]] == [0, 1]
+    assert listed(server) == []
+    with vg.generation(vram_gb=4, gpus=2, gpu_indices=[1, 0]) as pinned:
+        assert pinned.gpu_indices == [1, 0]
+        assert pinned.cuda_visible_devices == "GPU-111,GPU-000"
+    with pytest.raises(Refused) as refused:
+        with vg.generation(vram_gb=30, gpus=2):
+            pytest.fail("two 30 GiB ranks were admitted on 24 GiB GPUs")
+    assert "needs 2 GPUs with 30.0 GB each" in str(refused.value)

@@ -9,7 +9,7 @@ import threading
 import time
 import warnings
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 import requests
 
@@ -89,8 +89,15 @@ class Lease:
         gpu = body.get("gpu")
         self.gpu_index: Optional[int] = gpu["index"] if gpu else None
         self.gpu_uuid: Optional[str] = gpu["uuid"] if gpu else None
-        #: The value for ``CUDA_VISIBLE_DEVICES`` that makes the lease's GPU device 0 of a
-        #: process started with it: the GPU's UUID (None on a host without GPUs).
+        ranks: List[Json] = body.get("gpus") or ([gpu] if gpu else [])
+        #: Every GPU of the lease by NVML index, rank 0 first (one for a one-GPU lease; a job
+        #: sharded over several GPUs, ``generation(gpus=N)``, has N; none on a GPU-less host).
+        self.gpu_indices: List[int] = [r["index"] for r in ranks]
+        #: Their UUIDs, in the same order.
+        self.gpu_uuids: List[str] = [r["uuid"] for r in ranks]
+        #: The value for ``CUDA_VISIBLE_DEVICES`` that makes the lease's GPUs devices 0, 1, ... of
+        #: a process started with it, rank 0 first: their UUIDs, comma-separated (None on a host
+        #: without GPUs).
         self.cuda_visible_devices: Optional[str] = body.get("cuda_visible_devices", self.gpu_uuid)
         self.vram_reserved_gb: float = body["vram_reserved_gb"]
         #: True once a heartbeat found the lease gone (expired or released elsewhere); the
@@ -294,11 +301,17 @@ class Vramguard:
         width: Optional[int] = None,
         height: Optional[int] = None,
         frames: Optional[int] = None,
+        gpus: int = 1,
+        gpu_indices: Optional[Sequence[int]] = None,
     ) -> Generation:
         """A context manager that holds a lease for the block; raises :class:`Refused` if not admitted.
 
         ``vram_gb`` defaults to vramguard's estimate for ``workload`` at ``width`` × ``height`` ×
         ``frames`` (each defaulting to the profile's); ``gpu`` pins a GPU index.
+        ``gpus`` > 1 takes one lease for a job sharded over that many GPUs (all granted at once or
+        none; ``vram_gb`` is then per GPU, the default each rank's estimate), pinned to
+        ``gpu_indices`` (rank 0 first) if given; the lease's ``gpu_indices`` and
+        ``cuda_visible_devices`` name its GPUs in rank order.
         The lease names this process (``pids=[os.getpid()]``, with the pid namespace it is
         counted in and its start time) so vramguard can see its VRAM, also from a container.
         Leaving the block releases the lease with its outcome (:func:`outcome_of`).
@@ -320,6 +333,10 @@ class Vramguard:
             body["workload"] = workload
         if gpu is not None:
             body["gpu"] = gpu
+        if gpus != 1:
+            body["gpus"] = gpus
+        if gpu_indices is not None:
+            body["gpu_indices"] = list(gpu_indices)
         body.update(_size(width, height, frames))
         return Generation(self, body, ttl_seconds, wait_seconds)
 
@@ -331,11 +348,15 @@ class Vramguard:
         width: Optional[int] = None,
         height: Optional[int] = None,
         frames: Optional[int] = None,
+        gpus: int = 1,
     ) -> Json:
         """May a generation start now? The ``resource_check`` dict (read-only, reserves nothing).
         Its ``estimate`` is vramguard's estimate for the job (the profile's video where
-        ``width``/``height``/``frames`` are left out)."""
+        ``width``/``height``/``frames`` are left out); with ``gpus`` > 1, for a job sharded over
+        that many GPUs, whose ``gpus`` list says where each rank would go."""
         params: Dict[str, str] = {"model_loaded": "true" if model_loaded else "false"}
+        if gpus != 1:
+            params["gpus"] = str(gpus)
         if vram_gb is not None:
             params["vram_required_gb"] = repr(float(vram_gb))
         if workload is not None:
