@@ -150,6 +150,22 @@ fn the_page_in_chromium() {
     b.wait("outstanding VRAM on GPU 1", Duration::from_secs(5), |b| {
         b.text(".gpu:nth-of-type(2) .vram-legend").contains("outstanding 2.50 GiB").then_some(())
     });
+    // A job on both GPUs (a gang) is one row naming both, and owes on each card.
+    let (status, gang) = vg.post_json(
+        "/api/v1/system/generations",
+        &json!({"vram_required_gb": 1.5, "client": "browser-gang", "ttl_seconds": 300, "gpus": 2}),
+    );
+    assert_eq!(status, 201, "{gang}");
+    let row = b.wait("the gang in the table", Duration::from_secs(5), |b| {
+        let t = b.text("#leases tbody");
+        t.contains("browser-gang").then_some(t)
+    });
+    let gang_row = row.lines().find(|l| l.contains("browser-gang")).unwrap_or(&row).to_owned();
+    assert!(gang_row.contains("#0") && gang_row.contains("#1") && gang_row.contains("3.00 GiB"), "{row}");
+    b.wait("the gang's outstanding VRAM on both GPUs", Duration::from_secs(5), |b| {
+        let (first, second) = (b.text(".gpu:nth-of-type(1) .vram-legend"), b.text(".gpu:nth-of-type(2) .vram-legend"));
+        (first.contains("outstanding 1.50 GiB") && second.contains("outstanding 4.00 GiB")).then_some(())
+    });
 
     // What if: 40 GiB does not fit anywhere, and the page says why.
     b.type_into("#whatif input[name=vram_required_gb]", "40");

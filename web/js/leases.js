@@ -11,12 +11,20 @@ export function syncClock(serverTimestamp) {
   if (Number.isFinite(t)) clockOffsetMs = t - Date.now();
 }
 
+/** Each GPU a lease holds, with what it still owes there: a job on several GPUs (a gang)
+ * lists them in `gpus`; a lease from a vramguard before gangs names only `gpu`. */
+function gpusOf(l) {
+  if (l.gpus && l.gpus.length) return l.gpus;
+  return l.gpu ? [{ ...l.gpu, vram_outstanding_gb: l.vram_outstanding_gb }] : [];
+}
+
 /** GiB each GPU (by uuid) has promised to live leases and not yet seen used. */
 export function owedByGpu() {
   const owed = new Map();
   for (const l of leases) {
-    if (!l.gpu) continue;
-    owed.set(l.gpu.uuid, (owed.get(l.gpu.uuid) || 0) + (l.vram_outstanding_gb || 0));
+    for (const g of gpusOf(l)) {
+      owed.set(g.uuid, (owed.get(g.uuid) || 0) + (g.vram_outstanding_gb || 0));
+    }
   }
   return owed;
 }
@@ -28,7 +36,8 @@ function row(l, now) {
   client.title = l.id ? `lease ${l.id}` : `lease of ${l.owner || 'another client'}`;
   const cells = [
     client,
-    el('td', '', l.gpu ? `#${l.gpu.index}` : DASH),
+    // A gang is one row: its GPUs in rank order.
+    el('td', '', gpusOf(l).map((g) => `#${g.index}`).join(' ') || DASH),
     el('td', 'num', gib(l.vram_reserved_gb)),
     el('td', 'num', gib(l.vram_used_gb)),
     el('td', 'num', gib(l.vram_peak_gb)),
