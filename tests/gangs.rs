@@ -459,3 +459,47 @@ fn pins_faults_and_a_restart() {
     assert_eq!(list["leases"], serde_json::json!([]));
     assert_eq!(vg.metrics().value("vramguard_gpus_leased", &[]), Some(0.0));
 }
+
+/// Under fifo, a waiting gang that nothing may pass has the GPUs that would take one of its
+/// ranks held for it: listed as `holding`, counted as owed (a resource-check for a job those GPUs
+/// could otherwise take says no), and given to the gang once the rest frees up.
+#[test]
+fn gpus_are_held_for_a_waiting_gang() {
+    let vg = start_with("constraints: { max_concurrent_generations: 10 }\n", 8, 48, &[]);
+    let url = vg.url(LEASES);
+    let singles: Vec<Value> = (0..4)
+        .map(|g| {
+            let (status, lease) = take(&url, &serde_json::json!({"vram_required_gb": 30, "gpu": g}));
+            assert_eq!(status, 201, "{lease}");
+            lease
+        })
+        .collect();
+    // Without the gang, GPU 4..7 would take a 30 GiB job.
+    assert_eq!(check(&vg, "vram_required_gb=30")["can_start_generation"], true);
+    let gang = {
+        let url = url.clone();
+        std::thread::spawn(move || take(&url, &big_gang()))
+    };
+    vg.wait_until("GPUs 4-7 held for the gang", Duration::from_secs(10), || {
+        let (_, q) = vg.get_json(&format!("{LEASES}/queue"));
+        q["waiting"][0]["holding"] == serde_json::json!([4, 5, 6, 7])
+    });
+    let refused = check(&vg, "vram_required_gb=30");
+    assert_eq!(refused["can_start_generation"], false, "{refused}");
+    let m = vg.metrics();
+    assert_eq!(m.value("vramguard_gpu_memory_outstanding_bytes", &[("gpu", "5")]), Some(20.0 * GIB as f64));
+    for lease in &singles {
+        release(&vg, lease);
+    }
+    let (status, gang) = gang.join().unwrap();
+    assert_eq!(status, 201, "{gang}");
+    assert_eq!(lease_gpus(&gang).len(), 8);
+    let (_, q) = vg.get_json(&format!("{LEASES}/queue"));
+    assert_eq!(q["waiting"], serde_json::json!([]));
+    // Held no more: GPU 5 owes the gang's own rank only.
+    let m = vg.metrics();
+    assert_eq!(m.value("vramguard_gpu_memory_outstanding_bytes", &[("gpu", "5")]), Some(20.0 * GIB as f64));
+    release(&vg, &gang);
+    let m = vg.metrics();
+    assert_eq!(m.value("vramguard_gpu_memory_outstanding_bytes", &[("gpu", "5")]), Some(0.0), "{}", m.text);
+}

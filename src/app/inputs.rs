@@ -49,6 +49,9 @@ pub(crate) struct Inputs {
     /// Notified when room may have freed (a release, an expiry, a change of settings or
     /// configuration): the waiting queue's dispatcher passes over its requests again.
     pub(crate) room: Notify,
+    /// VRAM held for a waiting gang nothing may pass any more, GiB per GPU index: counted as
+    /// owed in every decision but that gang's own (the queue's pass clears it first).
+    held: RwLock<Vec<(u32, f64)>>,
 }
 
 impl Inputs {
@@ -70,6 +73,17 @@ impl Inputs {
             store_status,
             version,
             room: Notify::new(),
+            held: RwLock::default(),
+        }
+    }
+
+    /// Puts the VRAM held for a waiting gang in force (empty: none held).
+    pub(crate) fn set_held(&self, held: Vec<(u32, f64)>) {
+        let mut current = self.held.write().unwrap_or_else(PoisonError::into_inner);
+        if *current != held {
+            *current = held;
+            drop(current);
+            self.version.bump();
         }
     }
 
@@ -163,7 +177,13 @@ impl Inputs {
                 })
             })
             .collect();
-        let outstanding = outstanding_by_gpu(&used);
+        let mut outstanding = outstanding_by_gpu(&used);
+        for (gpu, gb) in self.held.read().unwrap_or_else(PoisonError::into_inner).iter() {
+            match outstanding.iter_mut().find(|(g, _)| g == gpu) {
+                Some((_, owed)) => *owed += gb,
+                None => outstanding.push((*gpu, *gb)),
+            }
+        }
         let leases: Vec<(Lease, LeaseUsage)> = live.into_iter().cloned().zip(used).collect();
         drop(book);
         View {

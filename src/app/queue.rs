@@ -278,6 +278,8 @@ impl Queue {
     /// ended again.
     async fn dispatch(self: &Arc<Self>) -> Result<(), ServiceError> {
         if self.waiting() == 0 {
+            // The last waiter left: nothing is held any more.
+            self.inputs.set_held(Vec::new());
             return Ok(());
         }
         let queue = Arc::clone(self);
@@ -291,6 +293,24 @@ impl Queue {
     /// `max_bypass`). Runs in the lease critical section; returns the answers to send once the
     /// grants are durable.
     fn pass(&self, store: &mut Store, now: f64) -> Result<Vec<(Waiter, Admission)>, ServiceError> {
+        // The gang held for decides without its own hold; the pass sets the holds anew.
+        self.inputs.set_held(Vec::new());
+        let answers = self.decide_in_order(store, now);
+        self.inputs.set_held(self.holds());
+        answers
+    }
+
+    /// VRAM held for the gang nothing may pass (if one waits): on each GPU that would take one of
+    /// its ranks, its largest rank's figure.
+    fn holds(&self) -> Vec<(u32, f64)> {
+        let q = self.lock();
+        let Some(w) = q.waiters.iter().find(|w| !w.holding.is_empty()) else { return Vec::new() };
+        let gb = w.last.as_ref().map_or(0.0, |c| c.required_gb);
+        w.holding.iter().map(|g| (*g, gb)).collect()
+    }
+
+    /// The pass proper: each waiter in order, as far as the policy lets it go.
+    fn decide_in_order(&self, store: &mut Store, now: f64) -> Result<Vec<(Waiter, Admission)>, ServiceError> {
         let order: Vec<u64> = self.lock().waiters.iter().map(|w| w.seq).collect();
         let config = self.inputs.config();
         let (policy, max_bypass) = (config.queue.policy, config.queue.max_bypass.0);
@@ -371,6 +391,7 @@ impl BatchEnd for Queue {
     /// slot a release in this batch freed goes to the head of the queue with the same fsync.
     fn after_jobs(&self, store: &mut Store) -> Option<Finish> {
         if self.waiting() == 0 {
+            self.inputs.set_held(Vec::new());
             return None;
         }
         let answers = self.pass(store, now_unix());
