@@ -17,6 +17,10 @@ pub struct Snapshot {
     pub driver_version: Option<String>,
     /// How each collector fared; a disabled collector is absent.
     pub collectors: Vec<CollectorStatus>,
+    /// How closely pairs of GPUs are connected, where NVML reports it: (index, index, level)
+    /// with the lower index first and NVML's `nvmlGpuTopologyLevel_t` figure, 0 (same board) to
+    /// 50 (across CPU sockets); empty where NVML does not say.
+    pub topology: Vec<(u32, u32, u8)>,
 }
 
 /// Host CPU and memory.

@@ -503,3 +503,30 @@ fn gpus_are_held_for_a_waiting_gang() {
     let m = vg.metrics();
     assert_eq!(m.value("vramguard_gpu_memory_outstanding_bytes", &[("gpu", "5")]), Some(0.0), "{}", m.text);
 }
+
+/// Must show 5 (placement): where NVML reports topology (the fake's `pcie_switch`/`numa_node`),
+/// a gang goes to GPUs under one PCIe switch, though by free VRAM alone it would straddle two.
+#[test]
+fn a_gang_stays_under_one_pcie_switch_when_nvml_says_which() {
+    let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\", per_process: true }}\n", common::fake_nvml());
+    let scenario = |with_topology: bool| -> String {
+        (0..8)
+            .map(|i| {
+                let used = if i == 0 { 4 * GIB } else { 0 };
+                let topo = if with_topology {
+                    format!("pcie_switch sw{}\nnuma_node {}\n", i / 4, i / 4)
+                } else {
+                    String::new()
+                };
+                format!("[gpu]\nmemory_total {}\nmemory_used {used}\n{topo}", 48 * GIB)
+            })
+            .collect()
+    };
+    let vg = Vramguard::start(&format!("sample_interval: \"250ms\"\n{gpu}"), Some(&scenario(true)), &[]);
+    vg.wait_ready();
+    let a = check(&vg, "vram_required_gb=30&gpus=4");
+    assert_eq!(indices(&a), [4, 5, 6, 7], "{a}");
+    let flat = Vramguard::start(&format!("sample_interval: \"250ms\"\n{gpu}"), Some(&scenario(false)), &[]);
+    flat.wait_ready();
+    assert_eq!(indices(&check(&flat, "vram_required_gb=30&gpus=4")), [1, 2, 3, 4], "by free VRAM alone");
+}

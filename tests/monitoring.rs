@@ -51,6 +51,7 @@ fn every_metric_used_in_dashboards_and_alerts_is_exported() {
     use vramguard::snapshot::*;
     // A snapshot with every reading present, so every family vramguard can export is rendered.
     let snapshot = Snapshot {
+        topology: Vec::new(),
         taken_at: SystemTime::now(),
         host: Some(HostStats {
             cpu_usage_ratio: 0.5,

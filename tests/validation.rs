@@ -18,6 +18,7 @@ const GIB: u64 = 1 << 30;
 
 fn snapshot() -> Snapshot {
     Snapshot {
+        topology: Vec::new(),
         taken_at: SystemTime::now(),
         host: Some(HostStats {
             cpu_usage_ratio: 0.1,

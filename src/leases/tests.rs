@@ -30,6 +30,7 @@ pub(crate) fn lease(id: &str, gpu: u32, gb: f64, granted: f64, expires: f64) -> 
 
 fn snapshot(total: u64, used: u64, procs: &[(u32, u64)]) -> Snapshot {
     Snapshot {
+        topology: Vec::new(),
         taken_at: UNIX_EPOCH + Duration::from_secs(1000),
         host: None,
         gpus: vec![GpuStats {

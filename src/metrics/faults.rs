@@ -98,7 +98,14 @@ mod tests {
     }
 
     fn render(g: GpuStats) -> String {
-        let s = Snapshot { taken_at: UNIX_EPOCH, host: None, gpus: vec![g], driver_version: None, collectors: vec![] };
+        let s = Snapshot {
+            topology: Vec::new(),
+            taken_at: UNIX_EPOCH,
+            host: None,
+            gpus: vec![g],
+            driver_version: None,
+            collectors: vec![],
+        };
         crate::metrics::family::encode(families(&s))
     }
 

@@ -27,6 +27,7 @@ fn gpu(index: u32) -> GpuStats {
 
 fn snapshot(gpus: Vec<GpuStats>) -> Snapshot {
     Snapshot {
+        topology: Vec::new(),
         taken_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         host: Some(HostStats {
             cpu_usage_ratio: 0.25,

@@ -67,8 +67,15 @@ pub(crate) enum Placement {
     Short { fitting: Vec<u32>, fit: usize, short: Vec<(u32, f64)> },
 }
 
-/// Places a gang of `need.len()` ranks on `candidates` (healthy GPUs, pins applied).
-pub(crate) fn place(candidates: &[GpuView], need: &GangNeed, critical: f64, pins: Option<&Pins>) -> Placement {
+/// Places a gang on `candidates` (healthy GPUs, pins applied); `topology` is the snapshot's
+/// (see [`closest`]).
+pub(crate) fn place(
+    candidates: &[GpuView],
+    need: &GangNeed,
+    critical: f64,
+    pins: Option<&Pins>,
+    topology: &[(u32, u32, u8)],
+) -> Placement {
     let ranks = need.gpus as usize;
     let fits = |g: &GpuView, rank: usize| fits_under(g.projected(need.of(rank)), critical);
     let chosen: Vec<&GpuView> = match pins {
@@ -78,7 +85,8 @@ pub(crate) fn place(candidates: &[GpuView], need: &GangNeed, critical: f64, pins
             by_room.sort_by(|a, b| {
                 b.headroom_gb(critical).total_cmp(&a.headroom_gb(critical)).then(a.index.cmp(&b.index))
             });
-            by_room.into_iter().filter(|g| fits(g, 1.min(ranks - 1))).take(ranks).collect()
+            let fitting: Vec<&GpuView> = by_room.into_iter().filter(|g| fits(g, 1.min(ranks - 1))).collect();
+            closest(&fitting, ranks, topology, |g| fits(g, 0))
         }
     };
     let placed = chosen.len() == ranks && chosen.iter().enumerate().all(|(rank, g)| fits(g, rank));
@@ -112,6 +120,55 @@ pub(crate) fn place(candidates: &[GpuView], need: &GangNeed, critical: f64, pins
     // Enough GPUs take an ordinary rank, but none of them rank 0's larger figure.
     let fit = if fit >= ranks { ranks - 1 } else { fit };
     Placement::Short { fitting, fit, short }
+}
+
+/// The `ranks` GPUs of `fitting` (roomiest first) a gang takes: where NVML reports topology, the
+/// most closely connected group that holds the whole gang (all under one PCIe switch before
+/// several, before one host bridge, before one NUMA node), the roomiest such group when several
+/// do, its roomiest GPU rank 0's; otherwise, or when no closer group holds it, the roomiest GPUs.
+fn closest<'a>(
+    fitting: &[&'a GpuView],
+    ranks: usize,
+    topology: &[(u32, u32, u8)],
+    rank0_fits: impl Fn(&GpuView) -> bool,
+) -> Vec<&'a GpuView> {
+    let roomiest = || fitting.iter().copied().take(ranks).collect();
+    if topology.is_empty() || ranks < 2 {
+        return roomiest();
+    }
+    for level in [0, 10, 20, 30, 40] {
+        // Groups of GPUs connected at `level` or closer: each GPU labelled with its group's first
+        // member (the levels nest, so a group is connected pairwise).
+        let mut label: Vec<usize> = (0..fitting.len()).collect();
+        for &(a, b, _) in topology.iter().filter(|p| p.2 <= level) {
+            let at = |index: u32| fitting.iter().position(|g| g.index == index);
+            if let (Some(i), Some(j)) = (at(a), at(b)) {
+                let (keep, merge) = (label[i].min(label[j]), label[i].max(label[j]));
+                label.iter_mut().filter(|l| **l == merge).for_each(|l| *l = keep);
+            }
+        }
+        let mut groups = label.clone();
+        groups.sort_unstable();
+        groups.dedup();
+        let best = groups
+            .into_iter()
+            .filter_map(|g| {
+                // In `fitting`'s order: roomiest first.
+                let members: Vec<&'a GpuView> =
+                    (0..fitting.len()).filter(|i| label[*i] == g).map(|i| fitting[i]).take(ranks).collect();
+                (members.len() == ranks && rank0_fits(members[0])).then_some(members)
+            })
+            .max_by(|a, b| room(a).total_cmp(&room(b)));
+        if let Some(members) = best {
+            return members;
+        }
+    }
+    roomiest()
+}
+
+/// Free VRAM of a group of GPUs, GiB.
+fn room(gpus: &[&GpuView]) -> f64 {
+    gpus.iter().map(|g| g.free_gb()).sum()
 }
 
 /// What a gang needs: its size and each rank's figure, GiB.
@@ -198,7 +255,8 @@ pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings
         }
         return verdict;
     }
-    let placed = match place(&candidates, &need, critical, pins) {
+    let topology = ctx.snapshot.map_or(&[][..], |s| &s.topology[..]);
+    let placed = match place(&candidates, &need, critical, pins, topology) {
         Placement::Fits(ranks) => {
             verdict.chosen = candidates.iter().find(|g| g.index == ranks[0].index).cloned();
             verdict.ranks = ranks;
@@ -269,7 +327,8 @@ fn wider(ctx: &Context<'_>, req: &CheckRequest, candidates: &[GpuView], critical
     [2, 4, 8, 16].into_iter().filter(|n| *n > req.gpus && *n as usize <= candidates.len()).find_map(|n| {
         let ranks = phases::rank_need_gb(ctx.workload, ctx.settings, req.model_loaded, geometry, n);
         let need = GangNeed { gpus: n, ranks };
-        matches!(place(candidates, &need, critical, None), Placement::Fits(_))
+        let topology = ctx.snapshot.map_or(&[][..], |s| &s.topology[..]);
+        matches!(place(candidates, &need, critical, None, topology), Placement::Fits(_))
             .then(|| format!("Shard it over {n} GPUs: it then needs {}, which fits now", need.describe()))
     })
 }
@@ -299,7 +358,7 @@ mod tests {
     #[test]
     fn rank_zero_goes_to_the_roomiest_and_the_rest_by_room() {
         let gpus = [gpu(0, 48.0, 10.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 5.0), gpu(3, 48.0, 40.0)];
-        let Placement::Fits(p) = place(&gpus, &need(3, 42.0, 30.0), 0.95, None) else { panic!() };
+        let Placement::Fits(p) = place(&gpus, &need(3, 42.0, 30.0), 0.95, None, &[]) else { panic!() };
         assert_eq!(p.iter().map(|r| (r.rank, r.index)).collect::<Vec<_>>(), [(0, 1), (1, 2), (2, 0)]);
         assert_eq!(p[0].need_gb, 42.0);
         assert_eq!(p[1].need_gb, 30.0);
@@ -309,7 +368,7 @@ mod tests {
     fn short_names_the_gpus_that_do_not_fit() {
         let gpus = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 0.0), gpu(5, 48.0, 14.6)];
         let n = need(4, 40.9, 40.9);
-        match place(&gpus, &n, 0.95, None) {
+        match place(&gpus, &n, 0.95, None, &[]) {
             Placement::Short { fitting, fit, short } => {
                 assert_eq!(fit, 3);
                 assert_eq!(fitting, [0, 1, 2]);
@@ -330,17 +389,42 @@ mod tests {
     fn pins_take_the_ranks_in_their_order() {
         let gpus = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 0.0)];
         let pins = Pins::new(&[2, 0]).unwrap();
-        let Placement::Fits(p) = place(&gpus, &need(2, 20.0, 10.0), 0.95, Some(&pins)) else { panic!() };
+        let Placement::Fits(p) = place(&gpus, &need(2, 20.0, 10.0), 0.95, Some(&pins), &[]) else { panic!() };
         assert_eq!(p.iter().map(|r| r.index).collect::<Vec<_>>(), [2, 0]);
         // A pinned GPU that cannot take its rank refuses the gang; another is not tried.
         let busy = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0), gpu(2, 48.0, 40.0)];
-        assert!(matches!(place(&busy, &need(2, 20.0, 10.0), 0.95, Some(&pins)), Placement::Short { .. }));
+        assert!(matches!(place(&busy, &need(2, 20.0, 10.0), 0.95, Some(&pins), &[]), Placement::Short { .. }));
+    }
+
+    #[test]
+    fn the_closest_group_that_holds_the_gang_wins() {
+        // GPU 0 has the least room; by room alone a 4-gang would take 1, 2, 3 and 4, across two
+        // PCIe switches (0-3 on one, 4-7 on the other, one NUMA node each).
+        let gpus: Vec<GpuView> = (0..8).map(|i| gpu(i, 48.0, if i == 0 { 4.0 } else { 0.0 })).collect();
+        let mut topology = Vec::new();
+        for a in 0..8u32 {
+            for b in a + 1..8 {
+                topology.push((a, b, if a / 4 == b / 4 { 10 } else { 50 }));
+            }
+        }
+        let four = need(4, 30.0, 30.0);
+        let indices = |p: Placement| match p {
+            Placement::Fits(r) => r.iter().map(|r| r.index).collect::<Vec<_>>(),
+            p => panic!("{p:?}"),
+        };
+        assert_eq!(indices(place(&gpus, &four, 0.95, None, &[])), [1, 2, 3, 4]);
+        assert_eq!(indices(place(&gpus, &four, 0.95, None, &topology)), [4, 5, 6, 7]);
+        // Six ranks fit no switch: the roomiest six, across both.
+        assert_eq!(indices(place(&gpus, &need(6, 30.0, 30.0), 0.95, None, &topology)), [1, 2, 3, 4, 5, 6]);
+        // A switch whose GPUs are too full for a rank does not count.
+        let busy: Vec<GpuView> = (0..8).map(|i| gpu(i, 48.0, if i >= 5 { 30.0 } else { 0.0 })).collect();
+        assert_eq!(indices(place(&busy, &four, 0.95, None, &topology)), [0, 1, 2, 3]);
     }
 
     #[test]
     fn rank_zero_larger_than_every_gpu_is_short_by_one() {
         let gpus = [gpu(0, 48.0, 0.0), gpu(1, 48.0, 0.0)];
-        match place(&gpus, &need(2, 46.0, 10.0), 0.95, None) {
+        match place(&gpus, &need(2, 46.0, 10.0), 0.95, None, &[]) {
             Placement::Short { fit, .. } => assert_eq!(fit, 1),
             p => panic!("{p:?}"),
         }

@@ -264,6 +264,7 @@ mod tests {
 
         fn snapshot(gpus: Vec<GpuStats>) -> Snapshot {
             Snapshot {
+                topology: Vec::new(),
                 taken_at: at(0),
                 host: Some(crate::snapshot::HostStats {
                     cpu_usage_ratio: 0.1,

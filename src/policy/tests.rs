@@ -31,6 +31,7 @@ fn gpu(index: u32, total_gib: u64, used_bytes: u64) -> GpuStats {
 fn snapshot(cpu: f64, ram_used_fraction: f64, gpus: Vec<GpuStats>) -> Snapshot {
     let total = 60 * G;
     Snapshot {
+        topology: Vec::new(),
         taken_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         host: Some(HostStats {
             cpu_usage_ratio: cpu,

@@ -19,6 +19,7 @@ use nvml_wrapper::error::NvmlError;
 
 use super::procfs::ProcReader;
 use super::telemetry::TelemetryReader;
+use super::topology::TopologyReader;
 use super::xid::XidWatcher;
 use super::{Collector, GpuReading, Reading, faults};
 use crate::snapshot::{GpuHealth, GpuMemory, GpuProcess, GpuStats};
@@ -37,6 +38,7 @@ pub(crate) struct GpuCollector {
     xids: XidWatcher,
     procs: ProcReader,
     telemetry: TelemetryReader,
+    topology: TopologyReader,
 }
 
 impl GpuCollector {
@@ -51,6 +53,7 @@ impl GpuCollector {
             xids: XidWatcher::new(library.clone()),
             procs: ProcReader::default(),
             telemetry: TelemetryReader::default(),
+            topology: TopologyReader::default(),
             library,
         }
     }
@@ -95,6 +98,9 @@ impl GpuCollector {
                     reading = read_all(nvml, count, self.per_process, &mut self.procs, &mut self.telemetry);
                 }
             }
+        }
+        if let Some(nvml) = &self.nvml {
+            reading.topology = self.topology.read(nvml, &reading.gpus);
         }
         let uuids: Vec<String> = reading.gpus.iter().map(|g| g.uuid.clone()).collect();
         self.xids.follow(&uuids);

@@ -19,6 +19,7 @@ mod host;
 mod procfs;
 mod scripted;
 mod telemetry;
+mod topology;
 mod xid;
 
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,8 @@ pub(crate) struct GpuReading {
     pub(crate) driver_version: Option<String>,
     /// Set when some device could not be read (lost GPU): the rest is still served.
     pub(crate) partial_error: Option<String>,
+    /// GPU pairs and how closely they are connected (see [`Snapshot::topology`]).
+    pub(crate) topology: Vec<(u32, u32, u8)>,
 }
 
 impl Reading {
@@ -75,6 +78,7 @@ impl Reading {
                 }
                 snapshot.gpus = g.gpus;
                 snapshot.driver_version = g.driver_version;
+                snapshot.topology = g.topology;
             }
         }
     }
@@ -136,8 +140,14 @@ impl Sampler {
         let taken_at = SystemTime::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let started: Vec<_> = self.sources.iter().map(|(name, source)| (*name, spawn(source))).collect();
-        let mut snapshot =
-            Snapshot { taken_at, host: None, gpus: Vec::new(), driver_version: None, collectors: vec![] };
+        let mut snapshot = Snapshot {
+            topology: Vec::new(),
+            taken_at,
+            host: None,
+            gpus: Vec::new(),
+            driver_version: None,
+            collectors: vec![],
+        };
         for (name, (start, task)) in started {
             let result = match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(r)) => r,

@@ -112,6 +112,9 @@ typedef struct {
     long long encoder_utilization, decoder_utilization;
     long long pcie_tx_kbps, pcie_rx_kbps, pcie_link_gen, pcie_link_width;
     long long pcie_window_ms;
+    /* topology: GPUs under the same PCIe switch, on the same NUMA node */
+    char pcie_switch[32];
+    long long numa_node;
     long long pstate;
     long long violation_ns[VIOLATION_POLICIES];
     int process_utilization_unsupported;
@@ -202,6 +205,7 @@ static void default_gpu(fake_gpu *g, int index) {
     g->encoder_utilization = g->decoder_utilization = NOT_SUPPORTED;
     g->pcie_tx_kbps = g->pcie_rx_kbps = g->pcie_link_gen = g->pcie_link_width = NOT_SUPPORTED;
     g->pstate = NOT_SUPPORTED;
+    g->numa_node = NOT_SUPPORTED;
     for (int i = 0; i < VIOLATION_POLICIES; i++) g->violation_ns[i] = NOT_SUPPORTED;
     g->process_utilization_unsupported = 1;
 }
@@ -347,6 +351,8 @@ static void refresh(void) {
         else if (!strcmp(key, "pcie_link_gen")) g->pcie_link_gen = parse_value(val);
         else if (!strcmp(key, "pcie_link_width")) g->pcie_link_width = parse_value(val);
         else if (!strcmp(key, "pcie_window_ms")) g->pcie_window_ms = parse_value(val);
+        else if (!strcmp(key, "pcie_switch")) snprintf(g->pcie_switch, sizeof g->pcie_switch, "%s", val);
+        else if (!strcmp(key, "numa_node")) g->numa_node = parse_value(val);
         else if (!strcmp(key, "process_sm_race")) g->process_sm_race = atoi(val) != 0;
         else if (!strcmp(key, "pstate")) g->pstate = !strcmp(val, "unknown") ? PSTATE_UNKNOWN : parse_value(val);
         else if (!strncmp(key, "violation_", 10)) {
@@ -732,6 +738,23 @@ nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t d, unsigned int *g
 
 nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t d, unsigned int *width) {
     return uint_reading(d, offsetof(fake_gpu, pcie_link_width), width);
+}
+
+/* nvmlGpuTopologyLevel_t: 0 same board, 10 one PCIe switch, 40 one NUMA node, 50 across
+   sockets. Two GPUs with the same `pcie_switch` are 10 apart; otherwise their `numa_node`s
+   decide; a pair without them is not supported. */
+nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t d1, nvmlDevice_t d2, int *level) {
+    fake_gpu a, b;
+    nvmlReturn_t rc = device(d1, &a);
+    if (rc != NVML_SUCCESS) return rc;
+    rc = device(d2, &b);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!level) return NVML_ERROR_INVALID_ARGUMENT;
+    if (d1 == d2) *level = 0;
+    else if (a.pcie_switch[0] && !strcmp(a.pcie_switch, b.pcie_switch)) *level = 10;
+    else if (a.numa_node != NOT_SUPPORTED && b.numa_node != NOT_SUPPORTED) *level = a.numa_node == b.numa_node ? 40 : 50;
+    else return NVML_ERROR_NOT_SUPPORTED;
+    return NVML_SUCCESS;
 }
 
 /* nvmlPstates_t is an int enum: 0-15, 32 unknown. */
