@@ -226,6 +226,10 @@ fn two_gangs_fit_a_third_waits_for_one_to_go() {
     let (_, q) = vg.get_json(&format!("{LEASES}/queue"));
     assert_eq!(q["waiting"][0]["holding"], serde_json::json!([]), "nothing fits a rank while both gangs run: {q}");
     release(&vg, &a);
+    // One generation ended: counted once, and it taught no per-GPU estimate.
+    let m = vg.metrics();
+    assert_eq!(m.value("vramguard_generations_finished_total", &[("outcome", "ok")]), Some(1.0));
+    assert_eq!(m.value("vramguard_observations_skipped_total", &[("reason", "gang")]), Some(1.0));
     let (s3, c) = third.join().unwrap();
     assert_eq!(s3, 201, "{c}");
     let mut gc = lease_gpus(&c);
@@ -254,6 +258,9 @@ fn a_race_of_gangs_and_single_jobs_never_overcommits_a_gpu() {
                 let mut per_gpu = [0.0f64; 8];
                 for lease in list["leases"].as_array().unwrap() {
                     let gpus = lease["gpus"].as_array().unwrap();
+                    // Never part of a gang: all four GPUs or (a one-GPU job) one.
+                    let gang = lease["client"].as_str().unwrap().starts_with("gang-");
+                    assert_eq!(gpus.len(), if gang { 4 } else { 1 }, "{lease}");
                     for g in gpus {
                         per_gpu[g["index"].as_u64().unwrap() as usize] += g["vram_reserved_gb"].as_f64().unwrap();
                     }
