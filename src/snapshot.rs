@@ -23,6 +23,14 @@ pub struct Snapshot {
     pub topology: Vec<(u32, u32, u8)>,
 }
 
+impl Snapshot {
+    /// A snapshot holding `gpus` alone, taken at `taken_at`: no host reading, driver version,
+    /// collector status or topology (the collectors fill those in).
+    pub fn of_gpus(taken_at: SystemTime, gpus: Vec<GpuStats>) -> Self {
+        Self { taken_at, host: None, gpus, driver_version: None, collectors: vec![], topology: vec![] }
+    }
+}
+
 /// Host CPU and memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostStats {

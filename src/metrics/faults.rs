@@ -98,14 +98,7 @@ mod tests {
     }
 
     fn render(g: GpuStats) -> String {
-        let s = Snapshot {
-            topology: Vec::new(),
-            taken_at: UNIX_EPOCH,
-            host: None,
-            gpus: vec![g],
-            driver_version: None,
-            collectors: vec![],
-        };
+        let s = Snapshot::of_gpus(UNIX_EPOCH, vec![g]);
         crate::metrics::family::encode(families(&s))
     }
 

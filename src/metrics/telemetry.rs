@@ -87,14 +87,7 @@ mod tests {
             telemetry,
             health: GpuHealth::default(),
         };
-        let s = Snapshot {
-            topology: Vec::new(),
-            taken_at: UNIX_EPOCH,
-            host: None,
-            gpus: vec![g],
-            driver_version: None,
-            collectors: vec![],
-        };
+        let s = Snapshot::of_gpus(UNIX_EPOCH, vec![g]);
         crate::metrics::family::encode(families(&s))
     }
 

@@ -140,14 +140,7 @@ impl Sampler {
         let taken_at = SystemTime::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let started: Vec<_> = self.sources.iter().map(|(name, source)| (*name, spawn(source))).collect();
-        let mut snapshot = Snapshot {
-            topology: Vec::new(),
-            taken_at,
-            host: None,
-            gpus: Vec::new(),
-            driver_version: None,
-            collectors: vec![],
-        };
+        let mut snapshot = Snapshot::of_gpus(taken_at, Vec::new());
         for (name, (start, task)) in started {
             let result = match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(r)) => r,
