@@ -214,7 +214,8 @@ impl Decisions {
             .flat_map(|name| GANG_SIZES.into_iter().filter(|n| *n as usize <= gpus).map(move |n| (name, n)))
             .map(|(name, n)| (name.to_owned(), n, generations_that_fit(&view.context_for(&config, name), n)))
             .collect();
-        let gpus_leased = view.leases.iter().filter(|(l, _)| l.gpu_index.is_some()).count() as u32;
+        let held: std::collections::BTreeSet<u32> = view.leases.iter().filter_map(|(l, _)| l.gpu_index).collect();
+        let gpus_leased = held.len() as u32;
         let figures = LeaseFigures {
             outstanding: view.outstanding.clone(),
             estimates,

@@ -77,6 +77,11 @@ impl Inputs {
         }
     }
 
+    /// Whether VRAM is held for a waiting gang now.
+    pub(crate) fn holds_any(&self) -> bool {
+        !self.held.read().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
     /// Puts the VRAM held for a waiting gang in force (empty: none held).
     pub(crate) fn set_held(&self, held: Vec<(u32, f64)>) {
         let mut current = self.held.write().unwrap_or_else(PoisonError::into_inner);
@@ -159,26 +164,41 @@ impl Inputs {
 
     /// A consistent copy of what a decision reads, at `now`.
     pub(crate) fn view_at(&self, now: f64) -> View {
+        self.view_held(now, true)
+    }
+
+    /// [`Inputs::view_at`] without the VRAM held for a waiting gang: that gang's own view.
+    pub(crate) fn view_unheld(&self, now: f64) -> View {
+        self.view_held(now, false)
+    }
+
+    fn view_held(&self, now: f64, with_held: bool) -> View {
         let snapshot = self.snapshot();
         let book = self.book.read();
         let live = book.live(now);
         let used = usage(&live, snapshot.as_deref());
-        let overruns = live
-            .iter()
-            .zip(&used)
-            .filter_map(|(l, u)| {
-                let used_gb = u.used_gb?;
-                // Health warns while the job holds more than it reserved; the lease's `overrun`
-                // flag keeps the history, so a past overrun does not keep the warning up.
-                (used_gb > l.vram_reserved_gb + 0.01).then(|| Overrun {
-                    label: l.label(),
-                    used_gb,
-                    reserved_gb: l.vram_reserved_gb,
-                })
-            })
-            .collect();
+        let mut overruns: Vec<(String, Overrun)> = Vec::new();
+        for (l, u) in live.iter().zip(&used) {
+            // Health warns while the job holds more than it reserved; the lease's `overrun` flag
+            // keeps the history, so a past overrun does not keep the warning up. A gang is one
+            // warning: its ranks that overrun, added up.
+            let Some(used_gb) = u.used_gb.filter(|used| *used > l.vram_reserved_gb + 0.01) else { continue };
+            match overruns.iter_mut().find(|(gang, _)| gang == l.gang_id()) {
+                Some((_, o)) => {
+                    o.used_gb += used_gb;
+                    o.reserved_gb += l.vram_reserved_gb;
+                }
+                None => overruns.push((
+                    l.gang_id().to_owned(),
+                    Overrun { label: l.label(), used_gb, reserved_gb: l.vram_reserved_gb },
+                )),
+            }
+        }
+        let overruns = overruns.into_iter().map(|(_, o)| o).collect();
         let mut outstanding = outstanding_by_gpu(&used);
-        for (gpu, gb) in self.held.read().unwrap_or_else(PoisonError::into_inner).iter() {
+        let held =
+            if with_held { self.held.read().unwrap_or_else(PoisonError::into_inner).clone() } else { Vec::new() };
+        for (gpu, gb) in &held {
             match outstanding.iter_mut().find(|(g, _)| g == gpu) {
                 Some((_, owed)) => *owed += gb,
                 None => outstanding.push((*gpu, *gb)),

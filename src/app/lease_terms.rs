@@ -41,6 +41,9 @@ pub(crate) struct LeaseAsk {
     pub gpus: u32,
     /// The GPUs its ranks must use, rank 0 first.
     pub pins: Option<Pins>,
+    /// Set by the waiting queue for the gang GPUs are held for: its decision does not count its
+    /// own hold as owed.
+    pub holds_own: bool,
 }
 
 /// Whether a client closed its side of the connection: what the server's reads saw, or what a
@@ -86,7 +89,8 @@ impl LeaseAsk {
         CheckRequest {
             vram_required_gb: self.vram_required_gb,
             model_loaded: self.model_loaded,
-            gpu: self.gpu,
+            // One pinned GPU is the one-GPU pin, as on resource-check.
+            gpu: self.gpu.or_else(|| self.pins.filter(|_| self.gpus <= 1).map(|p| p.as_slice()[0])),
             size: self.size,
             gpus: self.gpus.max(1),
             pins: self.pins.filter(|_| self.gpus > 1),
@@ -106,6 +110,9 @@ impl LeaseAsk {
         }
         if self.gpus > 1 && self.gpu.is_some() {
             return Err(invalid("gpu", "names one GPU; a job on several GPUs pins them with gpu_indices".to_owned()));
+        }
+        if self.gpu.is_some() && self.pins.is_some() {
+            return Err(invalid("gpu", "and gpu_indices both pin GPUs; send one of them".to_owned()));
         }
         if let Some(c) = &self.client {
             limits::check_client(c).map_err(|m| invalid("client", m))?;

@@ -247,7 +247,7 @@ impl Ledger {
         ask: &LeaseAsk,
         workload: &str,
     ) -> Result<Acquired, ServiceError> {
-        let view = self.inputs.view_at(now);
+        let view = if ask.holds_own { self.inputs.view_unheld(now) } else { self.inputs.view_at(now) };
         let config = self.inputs.config();
         let ctx = view.context_for(&config, workload);
         let check = resource_check(&ctx, &ask.request());
@@ -265,9 +265,7 @@ impl Ledger {
                 check_unshared(lease, &live)?;
             }
         }
-        for lease in &leases {
-            store.put_lease(lease).map_err(store_failed)?;
-        }
+        store.put_leases(&leases).map_err(store_failed)?;
         let mut book = self.inputs.book.write();
         for lease in &leases {
             book.insert(lease.clone());
@@ -323,9 +321,7 @@ impl Ledger {
                 lease.expires_at = now + lease.ttl_seconds as f64;
                 renewed.push(lease);
             }
-            for lease in &renewed {
-                store.put_lease(lease).map_err(store_failed)?;
-            }
+            store.put_leases(&renewed).map_err(store_failed)?;
             let mut book = l.inputs.book.write();
             let merged: Vec<Lease> = renewed.into_iter().map(|lease| book.renew(&lease).unwrap_or(lease)).collect();
             Ok(merged.into_iter().next().expect("a live lease has at least one rank"))

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, HistoryBackend};
 use crate::history::prometheus::PrometheusSource;
-use crate::leases::LeaseBook;
+use crate::leases::{LeaseBook, whole_gangs};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotRx};
 use crate::store::{Store, StoreError};
@@ -91,9 +91,16 @@ impl AppState {
         credentials: Credentials,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, OpenError> {
-        let store = Store::open(&config.state_dir)?;
+        let mut store = Store::open(&config.state_dir)?;
         let live = settings::load_live(&store, &config)?;
-        let leases = LeaseBook::from_leases(store.load_leases()?);
+        let (leases, partial) = whole_gangs(store.load_leases()?);
+        if !partial.is_empty() {
+            // Ranks of a gang stored in part (a savepoint makes that unlikely): ended, not held.
+            tracing::warn!(leases = partial.len(), "ending the stored ranks of a gang that is not whole");
+            store.end_leases(&partial, &[])?;
+            store.commit_batch()?;
+        }
+        let leases = LeaseBook::from_leases(leases);
         let observations = store.load_observations()?;
         let reader = store.reader()?;
         let prometheus = match (&config.history.backend, &config.history.prometheus_url) {

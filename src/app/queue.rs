@@ -278,8 +278,22 @@ impl Queue {
     /// ended again.
     async fn dispatch(self: &Arc<Self>) -> Result<(), ServiceError> {
         if self.waiting() == 0 {
-            // The last waiter left: nothing is held any more.
-            self.inputs.set_held(Vec::new());
+            if !self.inputs.holds_any() {
+                return Ok(());
+            }
+            // The last waiter left: nothing is held any more. Cleared on the lease thread, so a
+            // pass that runs meanwhile cannot have its holds wiped.
+            let queue = Arc::clone(self);
+            // It writes nothing, so there is no durability to wait for.
+            let (_, _nothing_written) = self
+                .ledger
+                .critical_with("releasing held GPUs failed", move |_, _, _| {
+                    if queue.waiting() == 0 {
+                        queue.inputs.set_held(Vec::new());
+                    }
+                    Ok(())
+                })
+                .await?;
             return Ok(());
         }
         let queue = Arc::clone(self);
@@ -293,8 +307,8 @@ impl Queue {
     /// `max_bypass`). Runs in the lease critical section; returns the answers to send once the
     /// grants are durable.
     fn pass(&self, store: &mut Store, now: f64) -> Result<Vec<(Waiter, Admission)>, ServiceError> {
-        // The gang held for decides without its own hold; the pass sets the holds anew.
-        self.inputs.set_held(Vec::new());
+        // The holds stay in force while the pass runs (the gang held for decides without its
+        // own), and are set anew from what it found.
         let answers = self.decide_in_order(store, now);
         self.inputs.set_held(self.holds());
         answers
@@ -317,12 +331,11 @@ impl Queue {
         let mut head_since: Option<Instant> = None;
         let mut answers: Vec<(Waiter, Admission)> = Vec::new();
         for seq in order {
-            let Some((ask, workload, since, deadline, closed)) = self
-                .lock()
-                .waiters
-                .iter()
-                .find(|w| w.seq == seq)
-                .map(|w| (w.ask.clone(), w.workload.clone(), w.since, w.deadline, w.answer.is_closed()))
+            let Some((ask, workload, since, deadline, closed)) =
+                self.lock().waiters.iter().find(|w| w.seq == seq).map(|w| {
+                    let ask = LeaseAsk { holds_own: !w.holding.is_empty(), ..w.ask.clone() };
+                    (ask, w.workload.clone(), w.since, w.deadline, w.answer.is_closed())
+                })
             else {
                 continue;
             };

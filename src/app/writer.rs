@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::error::ServiceError;
 use super::inputs::Inputs;
-use crate::leases::LeaseBook;
+use crate::leases::{LeaseBook, whole_gangs};
 use crate::limits;
 use crate::store::{Observation, Store};
 
@@ -119,7 +119,7 @@ impl Writer {
         pending.ids.extend(ends.ids);
         pending.observations.extend(ends.observations);
         if let Ok(leases) = store.load_leases() {
-            let mut stored = LeaseBook::from_leases(leases);
+            let mut stored = LeaseBook::from_leases(whole_gangs(leases).0);
             for id in &pending.ids {
                 stored.remove(id);
             }

@@ -56,6 +56,7 @@ pub(crate) async fn acquire(
         size: SizeAsk { width: req.width, height: req.height, frames: req.frames },
         owner: caller.owner().map(str::to_owned),
         hung_up,
+        holds_own: false,
         gpus: req.gpus.unwrap_or(1),
         pins: match &req.gpu_indices {
             Some(list) => Some(Pins::new(list).ok_or_else(|| {

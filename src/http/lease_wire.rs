@@ -183,10 +183,10 @@ pub(crate) struct LeaseBody {
     pub client: Option<String>,
     /// Processes attributed to it.
     pub pids: Vec<u32>,
-    /// VRAM its pids hold now, GiB (over all its GPUs); null without pids.
+    /// VRAM its pids hold now, GiB (over all its GPUs that have a reading); null without pids.
     pub vram_used_gb: Option<f64>,
-    /// Highest VRAM its pids held while it was live, GiB (each GPU's highest, added up); null
-    /// without pids.
+    /// Highest VRAM its pids held while it was live, GiB (each GPU's highest, added up over
+    /// the GPUs seen so far); null without pids or before any was seen.
     pub vram_peak_gb: Option<f64>,
     /// Reserved VRAM the job has not used yet, GiB (over all its GPUs): it counts against them.
     pub vram_outstanding_gb: f64,
@@ -230,8 +230,10 @@ impl LeaseBody {
     pub(crate) fn of(ranks: &[(Lease, LeaseUsage)]) -> Self {
         let (l, u) = &ranks[0];
         let with_pids = !l.pids.is_empty();
-        let used: Option<f64> = ranks.iter().map(|(_, u)| u.used_gb).sum();
-        let peak: Option<f64> = ranks.iter().map(|(l, _)| l.vram_peak_gb).sum();
+        // Over the GPUs that have a figure; null only when none has one yet.
+        let total = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>());
+        let used = total(ranks.iter().filter_map(|(_, u)| u.used_gb).collect());
+        let peak = total(ranks.iter().filter_map(|(l, _)| l.vram_peak_gb).collect());
         let growth = ranks.iter().any(|(_, u)| u.attribution.as_str() == "growth");
         let uuids: Vec<&str> = ranks.iter().filter_map(|(l, _)| l.gpu_uuid.as_deref()).collect();
         Self {

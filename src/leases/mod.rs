@@ -217,6 +217,9 @@ impl LeaseBook {
             let Some(held) = held_gb(snapshot, gpu, &on_gpu) else { continue };
             readings.extend(on_gpu.iter().zip(held).map(|(l, gb)| (l.id.clone(), gb)));
         }
+        // Gangs that had overrun before this sample: a gang overruns once, whichever rank.
+        let mut gangs_overran: BTreeSet<String> =
+            self.leases.values().filter(|l| l.overrun && l.gang.is_some()).map(|l| l.gang_id().to_owned()).collect();
         let mut overran = Vec::new();
         for (id, used) in readings {
             let Some(l) = self.leases.get_mut(&id) else { continue };
@@ -228,7 +231,9 @@ impl LeaseBook {
             // A hundredth of a GiB of slack: rounding in a client's figure is not an overrun.
             if !l.overrun && used > l.vram_reserved_gb + 0.01 {
                 l.overrun = true;
-                overran.push(l.clone());
+                if l.gang.is_none() || gangs_overran.insert(l.gang_id().to_owned()) {
+                    overran.push(l.clone());
+                }
             }
         }
         overran
@@ -279,6 +284,30 @@ impl LeaseBook {
     pub(crate) fn remove(&mut self, id: &str) -> Option<Lease> {
         self.leases.remove(id)
     }
+}
+
+/// Stored leases without the gangs stored in part (fewer ranks than the gang's size, or no rank
+/// 0): such a gang describes no job vramguard could hold or release as one. Returns the leases
+/// to keep and the ids of the ranks to end.
+pub(crate) fn whole_gangs(leases: Vec<Lease>) -> (Vec<Lease>, Vec<String>) {
+    let whole = |l: &Lease| match &l.gang {
+        None => true,
+        Some(g) => {
+            let ranks: BTreeSet<u32> =
+                leases.iter().filter(|o| o.gang_id() == g.id).filter_map(|o| o.gang.as_ref().map(|t| t.rank)).collect();
+            ranks.len() == g.size as usize && ranks.contains(&0)
+        }
+    };
+    let keep: Vec<bool> = leases.iter().map(whole).collect();
+    let (mut kept, mut ended) = (Vec::new(), Vec::new());
+    for (lease, whole) in leases.into_iter().zip(keep) {
+        if whole {
+            kept.push(lease);
+        } else {
+            ended.push(lease.id);
+        }
+    }
+    (kept, ended)
 }
 
 /// A fresh lease id: 128 random bits from the kernel, as 32 hex digits.

@@ -230,3 +230,43 @@ fn ids_are_unique_and_well_formed() {
     assert!(!is_valid_id("xyz"));
     assert!(!is_valid_id(&a.to_uppercase()));
 }
+
+#[test]
+fn a_gang_stored_in_part_is_not_kept() {
+    let rank = |id: &str, gang: &str, rank: u32, size: u32| Lease {
+        gang: Some(GangTie { id: gang.to_owned(), rank, size }),
+        ..lease(id, rank, 10.0, 0.0, 100.0)
+    };
+    let stored = vec![
+        lease("single", 0, 5.0, 0.0, 100.0),
+        rank("whole", "whole", 0, 2),
+        rank("whole-1", "whole", 1, 2),
+        // Rank 1 of a three-rank gang is missing; of another, rank 0.
+        rank("part", "part", 0, 3),
+        rank("part-2", "part", 2, 3),
+        rank("headless-1", "headless", 1, 2),
+    ];
+    let (kept, ended) = whole_gangs(stored);
+    let kept: Vec<&str> = kept.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(kept, ["single", "whole", "whole-1"]);
+    assert_eq!(ended, ["part", "part-2", "headless-1"]);
+}
+
+#[test]
+fn a_gang_overruns_once_whichever_ranks_do() {
+    let mut book = LeaseBook::default();
+    for (id, gpu, r) in [("g", 0, 0), ("g-1", 1, 1)] {
+        book.insert(Lease {
+            pids: vec![42],
+            gang: Some(GangTie { id: "g".to_owned(), rank: r, size: 2 }),
+            ..lease(id, gpu, 4.0, 0.0, 100.0)
+        });
+    }
+    let who = vec![ProcessIdentity { pid: 42, ns_pid: 42, pid_namespace: None, start_time: None }];
+    let mut s = snapshot_of(8 * G, vec![(who, 6 * G)]);
+    let second = s.gpus[0].clone();
+    s.gpus.push(GpuStats { index: 1, uuid: "GPU-1".to_owned(), ..second });
+    let overran = book.observe(&s, 1.0);
+    assert_eq!(overran.len(), 1, "two ranks overran, one gang: {overran:?}");
+    assert!(book.observe(&s, 2.0).is_empty(), "and only once");
+}

@@ -23,7 +23,7 @@ pub struct LeaseFigures {
     /// Per workload profile and gang size: how many more generations sharded over that many
     /// GPUs would be admitted now (sizes the machine has GPUs for only).
     pub gangs_that_fit: Vec<(String, u32, u32)>,
-    /// GPUs held by live leases (a gang holds one per rank).
+    /// GPUs holding at least one live lease (a gang holds one per rank).
     pub gpus_leased: u32,
 }
 
@@ -80,7 +80,7 @@ impl Metrics {
         ));
         families.push(family(
             "vramguard_gpus_leased",
-            "GPUs held by live generation leases (a job on several GPUs holds one per rank).",
+            "GPUs holding at least one live generation lease (a job on several GPUs holds one per rank).",
             vec![sample(&[], f64::from(leases.gpus_leased))],
         ));
         if let Some(status) = health {

@@ -240,19 +240,8 @@ pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings
     if blocked_outright(ctx, pins, &all, &unhealthy, f) {
         return verdict;
     }
-    if !could_ever_fit(&candidates, &need, critical) {
-        let why = if candidates.len() < req.gpus as usize {
-            format!("needs {}; {} healthy GPUs here", need.describe(), candidates.len())
-        } else {
-            format!("needs {}; not that many GPUs here could hold it even with nothing else running", need.describe())
-        };
-        f.blocking.push(format!("Not enough GPUs for this generation ({why})"));
-        f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
-        f.reasons.push(Reason::Vram);
-        f.lasting = true;
-        if req.vram_required_gb.is_none() && pins.is_none() {
-            f.recommendations.extend(wider(ctx, req, &candidates, critical));
-        }
+    let visible: Vec<GpuView> = all.iter().filter(|g| pinned(g.index)).cloned().collect();
+    if too_few(ctx, req, &need, (&visible, &candidates), &unhealthy, f) {
         return verdict;
     }
     let topology = ctx.snapshot.map_or(&[][..], |s| &s.topology[..]);
@@ -263,12 +252,11 @@ pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings
             true
         }
         Placement::Short { fitting, fit, short } => {
+            let list = short_list(&short, &fitting, pins, &candidates, ranks.rank0, critical);
             verdict.fitting = fitting;
-            let list: Vec<String> = short.iter().map(|(i, room)| format!("GPU {i} has {room:.1} GB free")).collect();
             f.blocking.push(format!(
-                "Not enough free VRAM for this generation (needs {}; {fit} fit: {})",
-                need.describe(),
-                list.join(", ")
+                "Not enough free VRAM for this generation (needs {}; {fit} fit: {list})",
+                need.describe()
             ));
             f.blocking.extend(unhealthy.into_iter().map(|(_, text)| text));
             false
@@ -290,6 +278,63 @@ pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings
         }
     }
     verdict
+}
+
+/// Too few GPUs for the gang: none could hold it even with nothing else running and every fault
+/// cleared (lasting: waiting cannot help; faults clear, as an XID's window passes or a reset
+/// remaps rows), or too few are healthy now. `gpus` is (visible, healthy) candidates. Returns
+/// whether it refused.
+fn too_few(
+    ctx: &Context<'_>,
+    req: &CheckRequest,
+    need: &GangNeed,
+    (visible, healthy): (&[GpuView], &[GpuView]),
+    unhealthy: &[(u32, String)],
+    f: &mut Findings,
+) -> bool {
+    let critical = ctx.constraints.vram_critical_threshold;
+    if !could_ever_fit(visible, need, critical) {
+        let why = if visible.len() < req.gpus as usize {
+            format!("needs {}; {} GPUs here", need.describe(), visible.len())
+        } else {
+            format!("needs {}; not that many GPUs here could hold it even with nothing else running", need.describe())
+        };
+        f.blocking.push(format!("Not enough GPUs for this generation ({why})"));
+        f.reasons.push(Reason::Vram);
+        f.lasting = true;
+        if req.vram_required_gb.is_none() && req.pins.is_none() {
+            f.recommendations.extend(wider(ctx, req, healthy, critical));
+        }
+        return true;
+    }
+    if !could_ever_fit(healthy, need, critical) {
+        let what = format!("needs {}; {} healthy GPUs here", need.describe(), healthy.len());
+        f.block(Reason::NoGpu, format!("Not enough GPUs for this generation ({what})"));
+        f.blocking.extend(unhealthy.iter().map(|(_, text)| text.clone()));
+        return true;
+    }
+    false
+}
+
+/// The GPUs a gang was short on, for its refusal: each candidate that takes no rank with its
+/// room, or (when every one takes an ordinary rank) the one meant for rank 0.
+fn short_list(
+    short: &[(u32, f64)],
+    fitting: &[u32],
+    pins: Option<&Pins>,
+    candidates: &[GpuView],
+    rank0: f64,
+    critical: f64,
+) -> String {
+    if !short.is_empty() {
+        let list: Vec<String> = short.iter().map(|(i, room)| format!("GPU {i} has {room:.1} GB free")).collect();
+        return list.join(", ");
+    }
+    let first = pins.map(|p| p.as_slice()[0]).or(fitting.first().copied());
+    first
+        .and_then(|i| candidates.iter().find(|g| g.index == i))
+        .map(|g| format!("GPU {} has {:.1} GB free, short of rank 0's {rank0:.1}", g.index, g.headroom_gb(critical)))
+        .unwrap_or_default()
 }
 
 /// Refusals before any placement: no sample yet, a pinned GPU that is not visible (lasting) or

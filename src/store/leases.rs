@@ -40,6 +40,23 @@ struct LeaseDetails {
     gang: Option<GangTie>,
 }
 
+/// The lease fields kept as JSON.
+fn details(l: &Lease) -> String {
+    serde_json::to_string(&LeaseDetails {
+        pids: l.pids.clone(),
+        unattributed_used_at_grant_gb: l.unattributed_used_at_grant_gb,
+        vram_peak_gb: l.vram_peak_gb,
+        overrun: l.overrun,
+        pid_namespace: l.pid_namespace,
+        pid_start_times: l.pid_start_times.clone(),
+        seen: l.seen,
+        grant: Some(l.grant.clone()),
+        owner: l.owner.clone(),
+        gang: l.gang.clone(),
+    })
+    .expect("lease details serialise")
+}
+
 impl Store {
     /// Every stored lease, live or not (the caller reaps).
     pub fn load_leases(&self) -> Result<Vec<Lease>, StoreError> {
@@ -107,29 +124,26 @@ impl Store {
 
     /// Inserts or updates a lease in the open batch (durable once [`Store::commit_batch`] ran).
     pub fn put_lease(&mut self, l: &Lease) -> Result<(), StoreError> {
-        let details = serde_json::to_string(&LeaseDetails {
-            pids: l.pids.clone(),
-            unattributed_used_at_grant_gb: l.unattributed_used_at_grant_gb,
-            vram_peak_gb: l.vram_peak_gb,
-            overrun: l.overrun,
-            pid_namespace: l.pid_namespace,
-            pid_start_times: l.pid_start_times.clone(),
-            seen: l.seen,
-            grant: Some(l.grant.clone()),
-            owner: l.owner.clone(),
-            gang: l.gang.clone(),
-        })
-        .expect("lease details serialise");
+        self.put_leases(std::slice::from_ref(l))
+    }
+
+    /// Inserts or updates leases in the open batch, all or none (a savepoint: a gang's ranks are
+    /// never stored in part).
+    pub fn put_leases(&mut self, leases: &[Lease]) -> Result<(), StoreError> {
+        let rows: Vec<(&Lease, String)> = leases.iter().map(|l| (l, details(l))).collect();
         self.join_batch()?;
         self.write_in_batch(|conn| {
-            conn.prepare_cached(
-                "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds,
-                                               details = excluded.details",
-            )?
-            .execute(params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client, details])
-            .map(drop)
+            let tx = conn.savepoint()?;
+            for (l, details) in &rows {
+                tx.prepare_cached(
+                    "INSERT INTO leases (id, gpu_index, gpu_uuid, vram_reserved_gb, granted_at, expires_at, ttl_seconds, client, details)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT(id) DO UPDATE SET expires_at = excluded.expires_at, ttl_seconds = excluded.ttl_seconds,
+                                                   details = excluded.details",
+                )?
+                .execute(params![l.id, l.gpu_index, l.gpu_uuid, l.vram_reserved_gb, l.granted_at, l.expires_at, l.ttl_seconds, l.client, details])?;
+            }
+            tx.commit()
         })
     }
 
