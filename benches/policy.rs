@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use vramguard::Config;
 use vramguard::Metrics;
 use vramguard::snapshot::{GpuStats, Snapshot};
-use vramguard::{CheckRequest, resource_check};
+use vramguard::{CheckRequest, generations_that_fit, resource_check};
 use vramguard::{Context, gpu_views, recommendation_search};
 
 mod fixture;
@@ -72,6 +72,17 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             black_box(resource_check(&ctx, &CheckRequest { vram_required_gb: Some(79.0), ..CheckRequest::default() }))
         })
+    });
+    // One job on four of the eight GPUs (each rank 9.5 GiB), and the per-sample figures of
+    // `vramguard_generations_that_fit` and `vramguard_gangs_that_fit` (one GPU, 2, 4, 8).
+    c.bench_function("resource-check decision (8 GPUs, a 4-GPU gang that fits)", |b| {
+        b.iter(|| {
+            let ask = CheckRequest { vram_required_gb: Some(9.5), gpus: 4, ..CheckRequest::default() };
+            black_box(resource_check(&ctx, &ask))
+        })
+    });
+    c.bench_function("what fits now: one GPU and gangs of 2, 4, 8 (8 GPUs, default workload)", |b| {
+        b.iter(|| black_box([1, 2, 4, 8].map(|n| generations_that_fit(&ctx, n))))
     });
     let views = gpu_views(&snapshot, |_| 0.0);
     let settings = vramguard::Optimization {

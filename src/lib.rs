@@ -87,6 +87,7 @@ pub use http::app as router;
 pub use history::{GpuHistoryPoint, HistoryPoint};
 pub use metrics::{LeaseFigures, Metrics};
 pub use policy::admission::{CheckRequest, resource_check};
+pub use policy::fit::generations_that_fit;
 pub use policy::health::HealthStatus;
 pub use policy::phases::Geometry;
 pub use policy::search::{Job, search as recommendation_search};

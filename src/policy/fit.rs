@@ -16,7 +16,7 @@ pub(crate) const GANG_SIZES: [u32; 3] = [2, 4, 8];
 /// estimate, per rank for a gang; model not loaded) would be admitted right now: each placed
 /// where admission would put it, its VRAM then owed on its GPUs and one slot taken, until a
 /// decision refuses. 0 when CPU or RAM refuse or the estimate exceeds `max_vram_usage_gb`.
-pub(crate) fn generations_that_fit(ctx: &Context<'_>, gpus: u32) -> u32 {
+pub fn generations_that_fit(ctx: &Context<'_>, gpus: u32) -> u32 {
     let mut outstanding: Vec<(u32, f64)> = ctx.outstanding.to_vec();
     let mut active = ctx.active_generations;
     let request = CheckRequest { gpus, ..CheckRequest::default() };
