@@ -178,8 +178,10 @@ panel("Health status", [(f"vramguard_health_status{{{SEL}}} == 1", "{{status}}")
       "none", kind="state-timeline", x=0, w=8, description="healthy, warning or critical, as GET /api/v1/system/health says.",
       extra={"options": {"mergeValues": True, "showValue": "never", "rowHeight": 0.9}})
 panel("Generations: active vs limit",
-      [(f"vramguard_active_generations{{{SEL}}}", "active"), (f"vramguard_max_concurrent_generations{{{SEL}}}", "limit")],
-      "short", x=8, w=8, description="Generation leases held now against max_concurrent_generations.")
+      [(f"vramguard_active_generations{{{SEL}}}", "active"), (f"vramguard_max_concurrent_generations{{{SEL}}}", "limit"),
+       (f"vramguard_gpus_leased{{{SEL}}}", "GPUs leased")],
+      "short", x=8, w=8, description="Generations holding leases now (a job on several GPUs counts once) against "
+                                     "max_concurrent_generations, and the GPUs they hold.")
 panel("Admission decisions",
       [(f"sum by (result, reason) (rate(vramguard_admission_decisions_total{{{SEL}}}[$__rate_interval]))",
         "{{result}} {{reason}}")],
@@ -188,13 +190,20 @@ panel("Admission decisions",
 y += 8
 panel("Generations finished, by outcome",
       [(f"sum by (outcome) (increase(vramguard_generations_finished_total{{{SEL}}}[$__rate_interval]))", "{{outcome}}")],
-      "short", x=0, w=24,
+      "short", x=0, w=12,
       description="How many admitted generations ended in each interval, by outcome: ok, oom (died of CUDA "
                   "out-of-memory: its reservation was too small; alert GenerationOutOfMemory), error, cancelled "
                   "(as the release said) or expired (no release). Only ok and oom ends teach the estimates.",
       extra={"fieldConfig": {"defaults": {"unit": "short", "custom": {"lineWidth": 1, "fillOpacity": 10,
                                                                       "showPoints": "never", "drawStyle": "bars"}},
                              "overrides": []}})
+panel("What fits now",
+      [(f"vramguard_generations_that_fit{{{SEL}}}", "{{workload}} on one GPU"),
+       (f"vramguard_gangs_that_fit{{{SEL}}}", "{{workload}} on {{gpus}} GPUs")],
+      "short", x=12, w=12,
+      description="How many more generations of each workload profile's estimate would be admitted now, on one "
+                  "GPU each and sharded over 2, 4 or 8 GPUs (where the machine has them): what an autoscaler "
+                  "sends this machine.")
 y += 8
 
 row("Exporter")

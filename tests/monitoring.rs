@@ -214,10 +214,12 @@ fn end_to_end_with_a_real_prometheus() {
          ecc_corrected 4\nremapped_rows_correctable 1\nclock_event_reasons sw_power_cap\nclock_sm 2505\nclock_memory 11201\nxid 31 1\n\
          power_limit_mw 320000\nenergy_mj 5000000\nfans 60\nencoder_utilization 5\ndecoder_utilization 0\n\
          pcie_tx_kbps 1024\npcie_rx_kbps 4096\npcie_link_gen 4\npcie_link_width 16\npstate 0\n\
-         violation_power_ns 1000000000\nviolation_thermal_ns 0\n",
+         violation_power_ns 1000000000\nviolation_thermal_ns 0\n\
+         [gpu]\nname NVIDIA RTX A6000\nmemory_total {}\nutilization_gpu 0\n",
         25 * GIB,
         24 * GIB,
-        24 * GIB
+        24 * GIB,
+        48 * GIB
     );
     let secrets = tempfile::tempdir().unwrap();
     let reader = secrets.path().join("prometheus.token");
