@@ -136,32 +136,26 @@ fn the_page_in_chromium() {
         (points(b, "chart-util", "data-points") > before).then_some(())
     });
 
+    // Takes a lease through the API and waits for its row (by client) in the page's table.
+    let lease_row = |body: serde_json::Value| -> String {
+        let client = body["client"].as_str().unwrap().to_owned();
+        let (status, lease) = vg.post_json("/api/v1/system/generations", &body);
+        assert_eq!(status, 201, "{lease}");
+        let table = b.wait(&format!("{client} in the table"), Duration::from_secs(5), |b| {
+            let t = b.text("#leases tbody");
+            t.contains(&client).then_some(t)
+        });
+        table.lines().find(|l| l.contains(&client)).unwrap_or(&table).to_owned()
+    };
     // A lease taken through the API appears in the table and as outstanding VRAM on its GPU.
-    let (status, lease) = vg.post_json(
-        "/api/v1/system/generations",
-        &json!({"vram_required_gb": 2.5, "client": "browser-test", "ttl_seconds": 300, "gpu": 1}),
-    );
-    assert_eq!(status, 201, "{lease}");
-    let row = b.wait("the lease in the table", Duration::from_secs(5), |b| {
-        let t = b.text("#leases tbody");
-        t.contains("browser-test").then_some(t)
-    });
+    let row = lease_row(json!({"vram_required_gb": 2.5, "client": "browser-test", "ttl_seconds": 300, "gpu": 1}));
     assert!(row.contains("#1") && row.contains("2.50 GiB"), "{row}");
     b.wait("outstanding VRAM on GPU 1", Duration::from_secs(5), |b| {
         b.text(".gpu:nth-of-type(2) .vram-legend").contains("outstanding 2.50 GiB").then_some(())
     });
     // A job on both GPUs (a gang) is one row naming both, and owes on each card.
-    let (status, gang) = vg.post_json(
-        "/api/v1/system/generations",
-        &json!({"vram_required_gb": 1.5, "client": "browser-gang", "ttl_seconds": 300, "gpus": 2}),
-    );
-    assert_eq!(status, 201, "{gang}");
-    let row = b.wait("the gang in the table", Duration::from_secs(5), |b| {
-        let t = b.text("#leases tbody");
-        t.contains("browser-gang").then_some(t)
-    });
-    let gang_row = row.lines().find(|l| l.contains("browser-gang")).unwrap_or(&row).to_owned();
-    assert!(gang_row.contains("#0") && gang_row.contains("#1") && gang_row.contains("3.00 GiB"), "{row}");
+    let gang_row = lease_row(json!({"vram_required_gb": 1.5, "client": "browser-gang", "ttl_seconds": 300, "gpus": 2}));
+    assert!(gang_row.contains("#0") && gang_row.contains("#1") && gang_row.contains("3.00 GiB"), "{gang_row}");
     b.wait("the gang's outstanding VRAM on both GPUs", Duration::from_secs(5), |b| {
         let (first, second) = (b.text(".gpu:nth-of-type(1) .vram-legend"), b.text(".gpu:nth-of-type(2) .vram-legend"));
         (first.contains("outstanding 1.50 GiB") && second.contains("outstanding 4.00 GiB")).then_some(())

@@ -386,21 +386,25 @@ impl Ledger {
         Ok(released)
     }
 
-    /// Live leases, oldest first, with what each uses and still owes.
-    pub(crate) fn live_leases(&self) -> Vec<(Lease, LeaseUsage)> {
-        self.inputs.view().leases
+    /// Live generations, oldest first, each with its leases' usage in rank order: a lease
+    /// alone, or a gang's ranks together.
+    pub(crate) fn generations_now(&self) -> Vec<Vec<(Lease, LeaseUsage)>> {
+        let mut out: Vec<Vec<(Lease, LeaseUsage)>> = Vec::new();
+        for pair in self.inputs.view().leases {
+            match out.iter_mut().find(|g| pair.0.gang.is_some() && g[0].0.gang_id() == pair.0.gang_id()) {
+                Some(group) => group.push(pair),
+                None => out.push(vec![pair]),
+            }
+        }
+        for group in &mut out {
+            group.sort_by_key(|(l, _)| l.rank());
+        }
+        out
     }
 
-    /// The live generation `id` names with each lease's usage, now, rank 0 first: one lease, or
-    /// a gang's ranks; empty when it is gone.
+    /// The live generation `id` names (any of its ranks' ids), now; empty when it is gone.
     pub(crate) fn generation_now(&self, id: &str) -> Vec<(Lease, LeaseUsage)> {
-        let leases = self.inputs.view().leases;
-        let Some(gang) = leases.iter().find(|(l, _)| l.id == id).map(|(l, _)| l.gang_id().to_owned()) else {
-            return Vec::new();
-        };
-        let mut ranks: Vec<(Lease, LeaseUsage)> = leases.into_iter().filter(|(l, _)| l.gang_id() == gang).collect();
-        ranks.sort_by_key(|(l, _)| l.gang.as_ref().map_or(0, |g| g.rank));
-        ranks
+        self.generations_now().into_iter().find(|g| g.iter().any(|(l, _)| l.id == id)).unwrap_or_default()
     }
 }
 

@@ -11,7 +11,7 @@ use super::body::{JsonBody, QueryParams};
 use super::error::{ApiError, ErrorBody};
 use super::lease_wire::{
     HeartbeatRequest, LeaseBody, LeaseConflict, LeaseGranted, LeaseList, LeaseRefused, LeaseRequest, QueueList,
-    ReleasePending, ReleaseQuery, WaitingBody, generations,
+    ReleasePending, ReleaseQuery, WaitingBody,
 };
 use crate::app::AppState;
 use crate::app::Caller;
@@ -138,7 +138,7 @@ pub(crate) async fn queue(State(state): State<AppState>) -> Json<QueueList> {
 pub(crate) async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Json<LeaseList> {
     // A gang is one generation: one body with its GPUs.
     let leases: Vec<LeaseBody> =
-        generations(state.ledger().live_leases()).iter().map(|ranks| LeaseBody::seen_by(ranks, &caller)).collect();
+        state.ledger().generations_now().iter().map(|ranks| LeaseBody::seen_by(ranks, &caller)).collect();
     Json(LeaseList {
         active_generations: leases.len() as u32,
         leases,

@@ -244,7 +244,7 @@ impl LeaseBody {
                 .iter()
                 .filter_map(|(l, u)| {
                     Some(LeaseRank {
-                        rank: l.gang.as_ref().map_or(0, |g| g.rank),
+                        rank: l.rank(),
                         index: l.gpu_index?,
                         uuid: l.gpu_uuid.clone().unwrap_or_default(),
                         vram_reserved_gb: round2(l.vram_reserved_gb),
@@ -285,22 +285,6 @@ impl LeaseBody {
         }
         body
     }
-}
-
-/// Live leases grouped into generations, in the order of their first lease (oldest first), each
-/// in rank order: a lease alone, or a gang's ranks together.
-pub(crate) fn generations(leases: Vec<(Lease, LeaseUsage)>) -> Vec<Vec<(Lease, LeaseUsage)>> {
-    let mut out: Vec<Vec<(Lease, LeaseUsage)>> = Vec::new();
-    for pair in leases {
-        match out.iter_mut().find(|g| pair.0.gang.is_some() && g[0].0.gang_id() == pair.0.gang_id()) {
-            Some(group) => group.push(pair),
-            None => out.push(vec![pair]),
-        }
-    }
-    for group in &mut out {
-        group.sort_by_key(|(l, _)| l.gang.as_ref().map_or(0, |g| g.rank));
-    }
-    out
 }
 
 /// 202: released in memory, not yet in the store.

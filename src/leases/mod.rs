@@ -133,6 +133,11 @@ impl Lease {
         self.gang.as_ref().map_or(&self.id, |g| &g.id)
     }
 
+    /// Its rank in its gang; 0 for a lease on one GPU.
+    pub fn rank(&self) -> u32 {
+        self.gang.as_ref().map_or(0, |g| g.rank)
+    }
+
     /// Whether it counts as a generation of its own: a lease on one GPU, or a gang's rank 0 (a
     /// gang is one generation against `max_concurrent_generations`).
     pub fn is_generation(&self) -> bool {
@@ -258,7 +263,7 @@ impl LeaseBook {
         }
         let gang = lease.gang_id();
         let mut ranks: Vec<&Lease> = self.leases.values().filter(|l| l.gang_id() == gang).collect();
-        ranks.sort_by_key(|l| l.gang.as_ref().map_or(0, |g| g.rank));
+        ranks.sort_by_key(|l| l.rank());
         ranks
     }
 

@@ -78,16 +78,15 @@ pub(crate) fn place(
 ) -> Placement {
     let ranks = need.gpus as usize;
     let fits = |g: &GpuView, rank: usize| fits_under(g.projected(need.of(rank)), critical);
+    // The GPUs the gang may use, roomiest first (ties to the lower index), split by whether they
+    // take an ordinary rank.
+    let mut pool: Vec<&GpuView> =
+        candidates.iter().filter(|g| pins.is_none_or(|p| p.as_slice().contains(&g.index))).collect();
+    pool.sort_by(|a, b| b.headroom_gb(critical).total_cmp(&a.headroom_gb(critical)).then(a.index.cmp(&b.index)));
+    let (fitting, unfit): (Vec<&GpuView>, Vec<&GpuView>) = pool.into_iter().partition(|g| fits(g, 1.min(ranks - 1)));
     let chosen: Vec<&GpuView> = match pins {
         Some(p) => p.as_slice().iter().filter_map(|i| candidates.iter().find(|g| g.index == *i)).collect(),
-        None => {
-            let mut by_room: Vec<&GpuView> = candidates.iter().collect();
-            by_room.sort_by(|a, b| {
-                b.headroom_gb(critical).total_cmp(&a.headroom_gb(critical)).then(a.index.cmp(&b.index))
-            });
-            let fitting: Vec<&GpuView> = by_room.into_iter().filter(|g| fits(g, 1.min(ranks - 1))).collect();
-            closest(&fitting, ranks, topology, |g| fits(g, 0))
-        }
+        None => closest(&fitting, ranks, topology, |g| fits(g, 0)),
     };
     let placed = chosen.len() == ranks && chosen.iter().enumerate().all(|(rank, g)| fits(g, rank));
     if placed {
@@ -106,19 +105,10 @@ pub(crate) fn place(
                 .collect(),
         );
     }
-    let pool: Vec<&GpuView> = match pins {
-        Some(p) => candidates.iter().filter(|g| p.as_slice().contains(&g.index)).collect(),
-        None => candidates.iter().collect(),
-    };
-    let mut roomy: Vec<&&GpuView> = pool.iter().filter(|g| fits(g, 1.min(ranks - 1))).collect();
-    roomy.sort_by(|a, b| b.headroom_gb(critical).total_cmp(&a.headroom_gb(critical)).then(a.index.cmp(&b.index)));
-    let fitting: Vec<u32> = roomy.iter().map(|g| g.index).collect();
-    let fit = fitting.len();
-    let mut short: Vec<(u32, f64)> =
-        pool.iter().filter(|g| !fits(g, 1.min(ranks - 1))).map(|g| (g.index, g.headroom_gb(critical))).collect();
-    short.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let short: Vec<(u32, f64)> = unfit.iter().map(|g| (g.index, g.headroom_gb(critical))).collect();
     // Enough GPUs take an ordinary rank, but none of them rank 0's larger figure.
-    let fit = if fit >= ranks { ranks - 1 } else { fit };
+    let fit = fitting.len().min(ranks - 1);
+    let fitting: Vec<u32> = fitting.iter().map(|g| g.index).collect();
     Placement::Short { fitting, fit, short }
 }
 
