@@ -81,9 +81,10 @@ fn benches(c: &mut Criterion) {
             black_box(resource_check(&ctx, &ask))
         })
     });
-    c.bench_function("what fits now: one GPU and gangs of 2, 4, 8 (8 GPUs, limit 2 with 1 active: at most one more each)", |b| {
-        b.iter(|| black_box([1, 2, 4, 8].map(|n| generations_that_fit(&ctx, n))))
-    });
+    c.bench_function(
+        "what fits now: one GPU and gangs of 2, 4, 8 (8 GPUs, limit 2 with 1 active: at most one more each)",
+        |b| b.iter(|| black_box([1, 2, 4, 8].map(|n| generations_that_fit(&ctx, n)))),
+    );
     let views = gpu_views(&snapshot, |_| 0.0);
     let settings = vramguard::Optimization {
         quantization: vramguard::Quantization::Fp16,
