@@ -239,7 +239,7 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
         recommendations: f.recommendations,
         gpu: chosen.map(|g| ChosenGpu {
             index: g.index,
-            uuid: g.uuid.clone(),
+            uuid: g.uuid.to_owned(),
             free_gb: round2(g.free_gb()),
             projected_percent: round1(g.projected(required) * 100.0),
         }),
@@ -261,41 +261,38 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
 
 /// VRAM: some candidate GPU stays under critical with the job, and the job is within budget.
 /// Returns the verdict and the chosen GPU (or the best candidate when none fits).
-fn check_vram(
-    ctx: &Context<'_>,
+fn check_vram<'a>(
+    ctx: &Context<'a>,
     req: &CheckRequest,
     required: f64,
     scale: f64,
     f: &mut Findings,
-) -> (bool, Option<GpuView>) {
+) -> (bool, Option<GpuView<'a>>) {
     let c = ctx.constraints;
-    let all = ctx.gpus();
     // The one place unhealthy GPUs leave placement: nothing below sees them as candidates.
     let unhealthy: Vec<(u32, String)> = gpu_health::out_of_placement(ctx.snapshot)
         .into_iter()
         .filter(|(i, _)| req.gpu.is_none_or(|pin| pin == *i))
         .collect();
-    let candidates: Vec<GpuView> = all
-        .iter()
-        .filter(|g| req.gpu.is_none_or(|pin| pin == g.index) && !unhealthy.iter().any(|(i, _)| *i == g.index))
-        .cloned()
-        .collect();
-    let fitting: Vec<GpuView> =
-        candidates.iter().filter(|g| fits_under(g.projected(required), c.vram_critical_threshold)).cloned().collect();
-    let chosen = best_gpu(&fitting).or_else(|| best_gpu(&candidates)).cloned();
+    let mut candidates = ctx.gpus();
+    candidates.retain(|g| req.gpu.is_none_or(|pin| pin == g.index) && !unhealthy.iter().any(|(i, _)| *i == g.index));
+    let fits = |g: &&GpuView<'_>| fits_under(g.projected(required), c.vram_critical_threshold);
+    let best_fitting = best_gpu(candidates.iter().filter(fits)).copied();
+    let any_fits = best_fitting.is_some();
+    let chosen = best_fitting.or_else(|| best_gpu(&candidates).copied());
     if ctx.snapshot.is_none() {
         f.block(Reason::NoGpu, "No resource sample yet; vramguard is starting".to_owned());
         return (false, chosen);
     }
     if candidates.is_empty() {
-        return (no_candidate(ctx, req, &all, unhealthy, f), chosen);
+        return (no_candidate(ctx, req, &ctx.gpus(), unhealthy, f), chosen);
     }
     let within_budget = required <= ctx.settings.max_vram_usage_gb;
     // Not even an empty candidate GPU would take it: no release can make room.
     let larger_than_every_gpu =
         !candidates.iter().any(|g| fits_under(required / g.total_gb, c.vram_critical_threshold));
     f.lasting = !within_budget || larger_than_every_gpu;
-    if fitting.is_empty() {
+    if !any_fits {
         let g = chosen.as_ref().expect("candidates is not empty");
         f.blocking.push(too_full(g, required, c));
         // Say why the other GPUs were not tried.
@@ -306,7 +303,7 @@ fn check_vram(
             "Generation needs {required:.1} GB, more than max_vram_usage_gb {:.1}",
             ctx.settings.max_vram_usage_gb
         ));
-        if !fitting.is_empty() {
+        if any_fits {
             f.recommendations.push(format!(
                 "Raise max_vram_usage_gb to {:.1} or more: the GPU has room (projected VRAM {:.0}%)",
                 (required * 10.0).ceil() / 10.0,
@@ -314,7 +311,7 @@ fn check_vram(
             ));
         }
     }
-    let ok = !fitting.is_empty() && within_budget;
+    let ok = any_fits && within_budget;
     if !ok {
         f.reasons.push(Reason::Vram);
     }
@@ -330,7 +327,7 @@ fn check_vram(
 fn no_candidate(
     ctx: &Context<'_>,
     req: &CheckRequest,
-    all: &[GpuView],
+    all: &[GpuView<'_>],
     unhealthy: Vec<(u32, String)>,
     f: &mut Findings,
 ) -> bool {
@@ -354,7 +351,7 @@ fn no_candidate(
 }
 
 /// Why the best candidate `g` cannot take a job of `required` GiB.
-fn too_full(g: &GpuView, required: f64, c: &crate::config::Constraints) -> String {
+fn too_full(g: &GpuView<'_>, required: f64, c: &crate::config::Constraints) -> String {
     if verdict::vram_level(g.usage(), c) == VramLevel::Critical {
         format!("VRAM usage too high ({:.1}%)", g.usage() * 100.0)
     } else if g.reserved_gb > 0.005 {
@@ -381,7 +378,7 @@ fn recommend_changes(
     req: &CheckRequest,
     required: f64,
     scale: f64,
-    candidates: &[GpuView],
+    candidates: &[GpuView<'_>],
     ok: bool,
     f: &mut Findings,
 ) {

@@ -70,21 +70,22 @@ pub(crate) enum Placement {
 /// Places a gang on `candidates` (healthy GPUs, pins applied); `topology` is the snapshot's
 /// (see [`closest`]).
 pub(crate) fn place(
-    candidates: &[GpuView],
+    candidates: &[GpuView<'_>],
     need: &GangNeed,
     critical: f64,
     pins: Option<&Pins>,
     topology: &[(u32, u32, u8)],
 ) -> Placement {
     let ranks = need.gpus as usize;
-    let fits = |g: &GpuView, rank: usize| fits_under(g.projected(need.of(rank)), critical);
+    let fits = |g: &GpuView<'_>, rank: usize| fits_under(g.projected(need.of(rank)), critical);
     // The GPUs the gang may use, roomiest first (ties to the lower index), split by whether they
     // take an ordinary rank.
-    let mut pool: Vec<&GpuView> =
+    let mut pool: Vec<&GpuView<'_>> =
         candidates.iter().filter(|g| pins.is_none_or(|p| p.as_slice().contains(&g.index))).collect();
     pool.sort_by(|a, b| b.headroom_gb(critical).total_cmp(&a.headroom_gb(critical)).then(a.index.cmp(&b.index)));
-    let (fitting, unfit): (Vec<&GpuView>, Vec<&GpuView>) = pool.into_iter().partition(|g| fits(g, 1.min(ranks - 1)));
-    let chosen: Vec<&GpuView> = match pins {
+    let (fitting, unfit): (Vec<&GpuView<'_>>, Vec<&GpuView<'_>>) =
+        pool.into_iter().partition(|g| fits(g, 1.min(ranks - 1)));
+    let chosen: Vec<&GpuView<'_>> = match pins {
         Some(p) => p.as_slice().iter().filter_map(|i| candidates.iter().find(|g| g.index == *i)).collect(),
         None => closest(&fitting, ranks, topology, |g| fits(g, 0)),
     };
@@ -97,7 +98,7 @@ pub(crate) fn place(
                 .map(|(rank, g)| RankPlace {
                     rank: rank as u32,
                     index: g.index,
-                    uuid: g.uuid.clone(),
+                    uuid: g.uuid.to_owned(),
                     need_gb: need.of(rank),
                     free_gb: g.free_gb(),
                     projected: g.projected(need.of(rank)),
@@ -116,12 +117,12 @@ pub(crate) fn place(
 /// most closely connected group that holds the whole gang (all under one PCIe switch before
 /// several, before one host bridge, before one NUMA node), the roomiest such group when several
 /// do, its roomiest GPU rank 0's; otherwise, or when no closer group holds it, the roomiest GPUs.
-fn closest<'a>(
-    fitting: &[&'a GpuView],
+fn closest<'a, 'g>(
+    fitting: &[&'a GpuView<'g>],
     ranks: usize,
     topology: &[(u32, u32, u8)],
-    rank0_fits: impl Fn(&GpuView) -> bool,
-) -> Vec<&'a GpuView> {
+    rank0_fits: impl Fn(&GpuView<'_>) -> bool,
+) -> Vec<&'a GpuView<'g>> {
     let roomiest = || fitting.iter().copied().take(ranks).collect();
     if topology.is_empty() || ranks < 2 {
         return roomiest();
@@ -144,7 +145,7 @@ fn closest<'a>(
             .into_iter()
             .filter_map(|g| {
                 // In `fitting`'s order: roomiest first.
-                let members: Vec<&'a GpuView> =
+                let members: Vec<&'a GpuView<'g>> =
                     (0..fitting.len()).filter(|i| label[*i] == g).map(|i| fitting[i]).take(ranks).collect();
                 (members.len() == ranks && rank0_fits(members[0])).then_some(members)
             })
@@ -157,7 +158,7 @@ fn closest<'a>(
 }
 
 /// Free VRAM of a group of GPUs, GiB.
-fn room(gpus: &[&GpuView]) -> f64 {
+fn room(gpus: &[&GpuView<'_>]) -> f64 {
     gpus.iter().map(|g| g.free_gb()).sum()
 }
 
@@ -188,7 +189,7 @@ impl GangNeed {
 }
 
 /// The VRAM part of a gang's decision.
-pub(super) struct GangVerdict {
+pub(super) struct GangVerdict<'a> {
     /// Every rank has a GPU now, within the budget.
     pub(super) ok: bool,
     /// The largest rank's figure (rank 0's), GiB: what the answer reports as required.
@@ -196,7 +197,7 @@ pub(super) struct GangVerdict {
     /// The model's figure for rank 0, GiB (the request's `vram_required_gb` aside).
     pub(super) estimate_gb: f64,
     /// Rank 0's GPU, or the roomiest candidate when the gang does not fit.
-    pub(super) chosen: Option<GpuView>,
+    pub(super) chosen: Option<GpuView<'a>>,
     /// Where each rank goes when it fits.
     pub(super) ranks: Vec<RankPlace>,
     /// When it does not fit yet: the GPUs that would take one of its ranks now.
@@ -204,7 +205,7 @@ pub(super) struct GangVerdict {
 }
 
 /// Decides whether a gang of `req.gpus` ranks fits now; what blocks it goes into `f`.
-pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings) -> GangVerdict {
+pub(super) fn check_vram<'a>(ctx: &Context<'a>, req: &CheckRequest, f: &mut Findings) -> GangVerdict<'a> {
     let critical = ctx.constraints.vram_critical_threshold;
     let geometry = req.size.resolve(ctx.workload);
     let model = phases::rank_need_gb(ctx.workload, ctx.settings, req.model_loaded, geometry, req.gpus);
@@ -217,27 +218,27 @@ pub(super) fn check_vram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings
     let pinned = |i: u32| pins.is_none_or(|p| p.as_slice().contains(&i));
     let unhealthy: Vec<(u32, String)> =
         gpu_health::out_of_placement(ctx.snapshot).into_iter().filter(|(i, _)| pinned(*i)).collect();
-    let candidates: Vec<GpuView> =
-        all.iter().filter(|g| pinned(g.index) && !unhealthy.iter().any(|(i, _)| *i == g.index)).cloned().collect();
+    let candidates: Vec<GpuView<'_>> =
+        all.iter().filter(|g| pinned(g.index) && !unhealthy.iter().any(|(i, _)| *i == g.index)).copied().collect();
     let mut verdict = GangVerdict {
         ok: false,
         required,
         estimate_gb: model.rank0,
-        chosen: best_gpu(&candidates).cloned(),
+        chosen: best_gpu(&candidates).copied(),
         ranks: vec![],
         fitting: vec![],
     };
     if blocked_outright(ctx, pins, &all, &unhealthy, f) {
         return verdict;
     }
-    let visible: Vec<GpuView> = all.iter().filter(|g| pinned(g.index)).cloned().collect();
+    let visible: Vec<GpuView<'_>> = all.iter().filter(|g| pinned(g.index)).copied().collect();
     if too_few(ctx, req, &need, (&visible, &candidates), &unhealthy, f) {
         return verdict;
     }
     let topology = ctx.snapshot.map_or(&[][..], |s| &s.topology[..]);
     let placed = match place(&candidates, &need, critical, pins, topology) {
         Placement::Fits(ranks) => {
-            verdict.chosen = candidates.iter().find(|g| g.index == ranks[0].index).cloned();
+            verdict.chosen = candidates.iter().find(|g| g.index == ranks[0].index).copied();
             verdict.ranks = ranks;
             true
         }
@@ -278,7 +279,7 @@ fn too_few(
     ctx: &Context<'_>,
     req: &CheckRequest,
     need: &GangNeed,
-    (visible, healthy): (&[GpuView], &[GpuView]),
+    (visible, healthy): (&[GpuView<'_>], &[GpuView<'_>]),
     unhealthy: &[(u32, String)],
     f: &mut Findings,
 ) -> bool {
@@ -312,7 +313,7 @@ fn short_list(
     short: &[(u32, f64)],
     fitting: &[u32],
     pins: Option<&Pins>,
-    candidates: &[GpuView],
+    candidates: &[GpuView<'_>],
     rank0: f64,
     critical: f64,
 ) -> String {
@@ -332,7 +333,7 @@ fn short_list(
 fn blocked_outright(
     ctx: &Context<'_>,
     pins: Option<&Pins>,
-    all: &[GpuView],
+    all: &[GpuView<'_>],
     unhealthy: &[(u32, String)],
     f: &mut Findings,
 ) -> bool {
@@ -357,7 +358,7 @@ fn blocked_outright(
 }
 
 /// A larger gang that would fit now, when one would (each rank then holds a smaller share).
-fn wider(ctx: &Context<'_>, req: &CheckRequest, candidates: &[GpuView], critical: f64) -> Option<String> {
+fn wider(ctx: &Context<'_>, req: &CheckRequest, candidates: &[GpuView<'_>], critical: f64) -> Option<String> {
     let geometry = req.size.resolve(ctx.workload);
     [2, 4, 8, 16].into_iter().filter(|n| *n > req.gpus && *n as usize <= candidates.len()).find_map(|n| {
         let ranks = phases::rank_need_gb(ctx.workload, ctx.settings, req.model_loaded, geometry, n);
@@ -370,9 +371,9 @@ fn wider(ctx: &Context<'_>, req: &CheckRequest, candidates: &[GpuView], critical
 
 /// How many GPUs among `candidates` could hold an ordinary rank with nothing else on them: fewer
 /// than the gang needs means waiting cannot help.
-pub(crate) fn could_ever_fit(candidates: &[GpuView], need: &GangNeed, critical: f64) -> bool {
-    let empty_fit = |g: &&GpuView, rank: usize| fits_under(need.of(rank) / g.total_gb, critical);
-    let mut by_size: Vec<&GpuView> = candidates.iter().collect();
+pub(crate) fn could_ever_fit(candidates: &[GpuView<'_>], need: &GangNeed, critical: f64) -> bool {
+    let empty_fit = |g: &&GpuView<'_>, rank: usize| fits_under(need.of(rank) / g.total_gb, critical);
+    let mut by_size: Vec<&GpuView<'_>> = candidates.iter().collect();
     by_size.sort_by(|a, b| b.total_gb.total_cmp(&a.total_gb));
     let ranks = need.gpus as usize;
     by_size.len() >= ranks && by_size.iter().take(ranks).enumerate().all(|(rank, g)| empty_fit(g, rank))
@@ -382,8 +383,10 @@ pub(crate) fn could_ever_fit(candidates: &[GpuView], need: &GangNeed, critical: 
 mod tests {
     use super::*;
 
-    fn gpu(index: u32, total: f64, used: f64) -> GpuView {
-        GpuView { index, uuid: format!("GPU-{index}"), total_gb: total, used_gb: used, reserved_gb: 0.0 }
+    const UUIDS: [&str; 8] = ["GPU-0", "GPU-1", "GPU-2", "GPU-3", "GPU-4", "GPU-5", "GPU-6", "GPU-7"];
+
+    fn gpu(index: u32, total: f64, used: f64) -> GpuView<'static> {
+        GpuView { index, uuid: UUIDS[index as usize], total_gb: total, used_gb: used, reserved_gb: 0.0 }
     }
 
     fn need(gpus: u32, rank0: f64, other: f64) -> GangNeed {
@@ -415,7 +418,7 @@ mod tests {
         }
         assert!(could_ever_fit(&gpus, &n, 0.95));
         assert!(!could_ever_fit(&gpus[..3], &n, 0.95), "three GPUs for four ranks");
-        let small: Vec<GpuView> = (0..4).map(|i| gpu(i, 40.0, 0.0)).collect();
+        let small: Vec<GpuView<'_>> = (0..4).map(|i| gpu(i, 40.0, 0.0)).collect();
         assert!(!could_ever_fit(&small, &n, 0.95), "40.9 on 40 GiB cards");
         assert_eq!(n.describe(), "4 GPUs with 40.9 GB each");
     }
@@ -435,7 +438,7 @@ mod tests {
     fn the_closest_group_that_holds_the_gang_wins() {
         // GPU 0 has the least room; by room alone a 4-gang would take 1, 2, 3 and 4, across two
         // PCIe switches (0-3 on one, 4-7 on the other, one NUMA node each).
-        let gpus: Vec<GpuView> = (0..8).map(|i| gpu(i, 48.0, if i == 0 { 4.0 } else { 0.0 })).collect();
+        let gpus: Vec<GpuView<'_>> = (0..8).map(|i| gpu(i, 48.0, if i == 0 { 4.0 } else { 0.0 })).collect();
         let mut topology = Vec::new();
         for a in 0..8u32 {
             for b in a + 1..8 {
@@ -452,7 +455,7 @@ mod tests {
         // Six ranks fit no switch: the roomiest six, across both.
         assert_eq!(indices(place(&gpus, &need(6, 30.0, 30.0), 0.95, None, &topology)), [1, 2, 3, 4, 5, 6]);
         // A switch whose GPUs are too full for a rank does not count.
-        let busy: Vec<GpuView> = (0..8).map(|i| gpu(i, 48.0, if i >= 5 { 30.0 } else { 0.0 })).collect();
+        let busy: Vec<GpuView<'_>> = (0..8).map(|i| gpu(i, 48.0, if i >= 5 { 30.0 } else { 0.0 })).collect();
         assert_eq!(indices(place(&busy, &four, 0.95, None, &topology)), [0, 1, 2, 3]);
     }
 

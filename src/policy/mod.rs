@@ -28,12 +28,12 @@ use crate::units::{GIB, gib};
 use estimate::{Estimate, EstimateKey};
 
 /// One GPU as the policy sees it, in GiB.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuView {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuView<'a> {
     /// NVML index.
     pub index: u32,
-    /// NVML UUID.
-    pub uuid: String,
+    /// NVML UUID, borrowed from the snapshot (a decision copies views freely).
+    pub uuid: &'a str,
     /// Capacity.
     pub total_gb: f64,
     /// Not available to new work: capacity minus NVML's free (includes the driver's reserve).
@@ -42,7 +42,7 @@ pub struct GpuView {
     pub reserved_gb: f64,
 }
 
-impl GpuView {
+impl GpuView<'_> {
     /// Fraction of VRAM taken now (without reservations); what health looks at.
     pub fn usage(&self) -> f64 {
         self.used_gb / self.total_gb
@@ -65,27 +65,25 @@ impl GpuView {
 }
 
 /// The GPUs of a snapshot that report memory, with `reserved(index)` GiB promised on each.
-pub fn gpu_views(snapshot: &Snapshot, reserved: impl Fn(u32) -> f64) -> Vec<GpuView> {
-    snapshot
-        .gpus
-        .iter()
-        .filter_map(|g| {
-            let m = g.memory?;
-            (m.total_bytes > 0).then(|| GpuView {
-                index: g.index,
-                uuid: g.uuid.clone(),
-                total_gb: gib(m.total_bytes),
-                used_gb: gib(m.total_bytes.saturating_sub(m.free_bytes)),
-                reserved_gb: reserved(g.index),
-            })
+pub fn gpu_views(snapshot: &Snapshot, reserved: impl Fn(u32) -> f64) -> Vec<GpuView<'_>> {
+    let mut views = Vec::with_capacity(snapshot.gpus.len());
+    views.extend(snapshot.gpus.iter().filter_map(|g| {
+        let m = g.memory?;
+        (m.total_bytes > 0).then(|| GpuView {
+            index: g.index,
+            uuid: &g.uuid,
+            total_gb: gib(m.total_bytes),
+            used_gb: gib(m.total_bytes.saturating_sub(m.free_bytes)),
+            reserved_gb: reserved(g.index),
         })
-        .collect()
+    }));
+    views
 }
 
 /// The GPU with the most free VRAM after reservations (so also after any job); ties go to the
 /// lower index, so placement is stable.
-pub(crate) fn best_gpu(gpus: &[GpuView]) -> Option<&GpuView> {
-    gpus.iter().fold(None, |best: Option<&GpuView>, g| match best {
+pub(crate) fn best_gpu<'s, 'a: 's>(gpus: impl IntoIterator<Item = &'s GpuView<'a>>) -> Option<&'s GpuView<'a>> {
+    gpus.into_iter().fold(None, |best: Option<&GpuView<'_>>, g| match best {
         Some(b) if b.free_gb() >= g.free_gb() => Some(b),
         _ => Some(g),
     })
@@ -133,9 +131,9 @@ pub struct Overrun {
     pub reserved_gb: f64,
 }
 
-impl Context<'_> {
+impl<'a> Context<'a> {
     /// The GPUs with what live leases still owe applied.
-    pub fn gpus(&self) -> Vec<GpuView> {
+    pub fn gpus(&self) -> Vec<GpuView<'a>> {
         match self.snapshot {
             Some(s) => gpu_views(s, |i| self.outstanding.iter().filter(|(g, _)| *g == i).map(|(_, gb)| gb).sum()),
             None => Vec::new(),

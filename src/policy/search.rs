@@ -121,7 +121,7 @@ pub fn search(
     job: &Job,
     model_loaded: bool,
     required_gb: f64,
-    gpus: &[GpuView],
+    gpus: &[GpuView<'_>],
     critical: f64,
 ) -> Vec<Recommendation> {
     search_scaled(workload, job, model_loaded, required_gb, gpus, critical, 1.0)
@@ -133,7 +133,7 @@ pub(crate) fn search_scaled(
     job: &Job,
     model_loaded: bool,
     required_gb: f64,
-    gpus: &[GpuView],
+    gpus: &[GpuView<'_>],
     critical: f64,
     scale: f64,
 ) -> Vec<Recommendation> {
@@ -207,8 +207,8 @@ mod tests {
         Optimization { quantization: q, enable_offload: offload, vae_tile_size: tile, ..Optimization::default() }
     }
 
-    fn gpu(total_gb: f64, used_gb: f64) -> GpuView {
-        GpuView { index: 0, uuid: "GPU-0".to_owned(), total_gb, used_gb, reserved_gb: 0.0 }
+    fn gpu(total_gb: f64, used_gb: f64) -> GpuView<'static> {
+        GpuView { index: 0, uuid: "GPU-0", total_gb, used_gb, reserved_gb: 0.0 }
     }
 
     fn job(s: Optimization, sized: bool) -> Job {
