@@ -128,6 +128,13 @@ impl<S: Send + Sync, T: DeserializeOwned + Allowed> FromRequestParts<S> for Quer
 /// Parses a query string into `T`: each parameter at most once, values as strings for `T`'s
 /// fields to parse, unknown parameters named with the allowed ones.
 pub(crate) fn parse_query<T: DeserializeOwned + Allowed>(query: &str) -> Result<T, ApiError> {
+    // A well-formed query goes straight into `T`, without the copies below. The result is the
+    // same: every query type's fields take strings (`String` or a [`de`] parser), and a derived
+    // `Deserialize` refuses a repeated or unknown field itself; whatever it refuses is parsed
+    // again the long way, which names the field and what it allows.
+    if let Ok(parsed) = serde_urlencoded::from_str::<T>(query) {
+        return Ok(parsed);
+    }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request(format!("the query string is malformed: {e}")))?;
     let mut map = serde_json::Map::new();
@@ -148,31 +155,53 @@ pub(crate) fn parse_query<T: DeserializeOwned + Allowed>(query: &str) -> Result<
 
 /// Helpers for query fields, which arrive as strings.
 pub(crate) mod de {
-    use serde::{Deserialize, Deserializer};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
 
     /// Parses an optional number from a query string value, rejecting NaN and infinities.
     pub(crate) fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-        let s = String::deserialize(d)?;
-        let v: f64 = s.trim().parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number")))?;
-        if !v.is_finite() {
-            return Err(serde::de::Error::custom(format!("{s:?} is not a finite number")));
-        }
-        Ok(Some(v))
+        parse_str(d, |s| {
+            let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+            if !v.is_finite() {
+                return Err(format!("{s:?} is not a finite number"));
+            }
+            Ok(Some(v))
+        })
     }
 
     /// Parses an optional non-negative integer from a query string value.
     pub(crate) fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-        let s = String::deserialize(d)?;
-        s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number")))
+        parse_str(d, |s| s.trim().parse().map(Some).map_err(|_| format!("{s:?} is not a whole number")))
     }
 
     /// Parses an optional boolean (`true`/`false`, `1`/`0`) from a query string value.
     pub(crate) fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" => Ok(Some(true)),
-            "false" | "0" => Ok(Some(false)),
-            _ => Err(serde::de::Error::custom(format!("{s:?} is not a boolean"))),
+        parse_str(d, |s| match s.trim() {
+            t if t.eq_ignore_ascii_case("true") || t == "1" => Ok(Some(true)),
+            t if t.eq_ignore_ascii_case("false") || t == "0" => Ok(Some(false)),
+            _ => Err(format!("{s:?} is not a boolean")),
+        })
+    }
+
+    /// Runs `parse` on a string value where it lies (a query's unescaped values are lent, not
+    /// copied); its error becomes the deserializer's.
+    fn parse_str<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, D::Error> {
+        struct Str<F, T>(F, PhantomData<T>);
+        impl<F: FnOnce(&str) -> Result<T, String>, T> Visitor<'_> for Str<F, T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<T, E> {
+                (self.0)(v).map_err(E::custom)
+            }
         }
+        d.deserialize_str(Str(parse, PhantomData))
     }
 }
