@@ -52,17 +52,26 @@ pub(crate) mod admin;
 pub(crate) mod page;
 pub(crate) mod openapi;
 
+use std::convert::Infallible;
+
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::response::Response;
 use axum::routing::get;
+use tower::{Layer, Service};
 
 pub(crate) use crate::app::AppState;
 use crate::limits::BODY_LIMIT;
 
-/// The router with every endpoint.
-pub fn app(state: AppState) -> Router {
+/// Every endpoint behind the edge: what tests drive in-process and the server serves. The edge
+/// and the body limit wrap the router as a whole: `Router::layer` would wrap each route again,
+/// which costs a boxed clone of the layered route and a boxed future per layer and request.
+pub fn app(
+    state: AppState,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static> + Clone + Send + Sync + 'static
+{
     let (api, _doc) = openapi::api_router().split_for_parts();
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(admin::metrics))
         .route("/-/healthy", get(admin::healthy))
         .route("/-/ready", get(admin::ready))
@@ -72,9 +81,8 @@ pub fn app(state: AppState) -> Router {
         .merge(page::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // Outermost: a request from the wrong Host or Origin, or without the token it needs,
-        // meets nothing else.
-        .layer(edge::Edge::layer(state.clone()))
-        .with_state(state)
+        .with_state(state.clone());
+    // Outermost: a request from the wrong Host or Origin, or without the token it needs, meets
+    // nothing else.
+    edge::Edge::layer(state).layer(DefaultBodyLimit::max(BODY_LIMIT).layer(router))
 }

@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -36,6 +37,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use super::head_scan::HeadScan;
 use tower::ServiceExt;
 
 /// The listener's limits (config `http`).
@@ -151,59 +154,6 @@ struct Tracked<I> {
     head: HeadScan,
 }
 
-/// Scans a request's head as it arrives for a repeated `Content-Length`, which hyper's parser
-/// would merge when the values are identical (RFC 9112 wants such a request refused).
-#[derive(Default)]
-struct HeadScan {
-    done: bool,
-    bytes: Vec<u8>,
-}
-
-/// A head longer than this is hyper's to refuse; the scan gives up.
-const HEAD_SCAN_LIMIT: usize = 16 * 1024;
-
-impl HeadScan {
-    /// Takes newly read bytes; `Some(true)` once the head ended with `Content-Length` twice.
-    fn feed(&mut self, bytes: &[u8]) -> Option<bool> {
-        if self.done {
-            return None;
-        }
-        // Usually the whole head arrives in one read: scan it where it lies, copying nothing.
-        if self.bytes.is_empty()
-            && let Some(end) = head_end(bytes)
-        {
-            self.done = true;
-            return Some(repeats_length(&bytes[..end]));
-        }
-        self.bytes.extend_from_slice(&bytes[..bytes.len().min(HEAD_SCAN_LIMIT.saturating_sub(self.bytes.len()))]);
-        let end = head_end(&self.bytes);
-        if end.is_none() && self.bytes.len() < HEAD_SCAN_LIMIT {
-            return None;
-        }
-        self.done = true;
-        let repeated = repeats_length(&self.bytes[..end.unwrap_or(self.bytes.len())]);
-        self.bytes.clear();
-        Some(repeated)
-    }
-
-    fn restart(&mut self) {
-        self.done = false;
-        self.bytes.clear();
-    }
-}
-
-fn head_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n")
-}
-
-/// Whether a request head names `Content-Length` more than once.
-fn repeats_length(head: &[u8]) -> bool {
-    head.split(|b| *b == b'\n')
-        .filter(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-        .count()
-        > 1
-}
-
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
@@ -259,11 +209,30 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 }
 
+/// What the listener serves: the router behind its layers.
+pub(crate) trait App:
+    tower::Service<Request, Response = Response, Error = std::convert::Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `router` on `listener` until `stop` flips, then lets open requests finish (the caller
 /// bounds how long). `tls` wraps every connection when set.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S: App>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     limits: Limits,
     tls: Option<super::tls::Acceptor>,
     mut stop: watch::Receiver<bool>,
@@ -338,7 +307,7 @@ pub(crate) async fn serve(
 }
 
 /// Serves one connection until it ends, times out, is evicted, or shutdown closes it.
-async fn connection<I>(io: I, conn: Arc<Conn>, shared: Arc<Shared>, router: Router, mut stop: watch::Receiver<bool>)
+async fn connection<I, S: App>(io: I, conn: Arc<Conn>, shared: Arc<Shared>, router: S, mut stop: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -473,19 +442,4 @@ fn hung_up_probe(stream: &tokio::net::TcpStream) -> crate::app::lease_terms::Hun
 /// Resolves once `stop` is true (the borrow of the value ends here, so callers stay `Send`).
 async fn until_stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_repeated_content_length_is_found_across_reads() {
-        let mut scan = HeadScan::default();
-        assert_eq!(scan.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r"), None);
-        assert_eq!(scan.feed(b"\ncontent-length: 2\r\n\r\n{}"), Some(true));
-        assert_eq!(scan.feed(b"GET / HTTP/1.1\r\n\r\n"), None, "nothing until restarted");
-        scan.restart();
-        assert_eq!(scan.feed(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nContent-Length: 3"), Some(false));
-    }
 }

@@ -3,6 +3,7 @@
 //! stop everything within a bounded time once `shutdown` resolves. [`memory`] hands freed heap
 //! memory back to the system now and then.
 
+mod head_scan;
 mod listener;
 mod heap_trim;
 mod reload;
@@ -128,7 +129,7 @@ pub async fn run_with(
     });
     let server = listener::serve(
         listener,
-        app(state.clone()).layer(crate::http::edge::front_door(front)),
+        tower::Layer::layer(&crate::http::edge::front_door(front), app(state.clone())),
         limits,
         tls,
         stop_rx.clone(),
