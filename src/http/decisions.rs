@@ -2,13 +2,14 @@
 //! the latest snapshot and the live settings, as the service layer gives them.
 
 use axum::Json;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::body::{Allowed, de, parse_query};
+use super::check_json;
 use super::error::{ApiError, ErrorBody};
 use super::wire::{Health, ResourceCheck};
 use crate::app::AppState;
@@ -90,20 +91,22 @@ impl Allowed for ResourceCheckQuery {
 }
 
 /// May a generation start now, and on which GPU? Read-only: it records nothing but the
-/// decision counter. The same question under unchanged inputs is answered from the kept JSON.
+/// decision counter. A question asked again under unchanged inputs is answered from the kept
+/// JSON.
 #[utoipa::path(get, path = "/api/v1/system/resource-check", tag = "policy",
     params(ResourceCheckQuery),
     responses((status = 200, body = ResourceCheck), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody, description = "auth.protect_reads is on and no valid token was sent")))]
 pub(crate) async fn resource_check(
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    // The URI itself (shared, not copied): the raw query is the memo's key.
+    uri: Uri,
 ) -> Result<Response, ApiError> {
+    let query = uri.query().unwrap_or("");
     let json = state.decisions().resource_check_json(
-        query.as_deref().unwrap_or(""),
+        query,
         || {
-            let q: ResourceCheckQuery =
-                parse_query(query.as_deref().unwrap_or("")).map_err(|e| ServiceError::Invalid(e.detail))?;
+            let q: ResourceCheckQuery = parse_query(query).map_err(|e| ServiceError::Invalid(e.detail))?;
             if let Some(v) = q.vram_required_gb {
                 limits::check_required_gb(v).map_err(|m| ServiceError::Invalid(format!("vram_required_gb: {m}")))?;
             }
@@ -121,13 +124,7 @@ pub(crate) async fn resource_check(
             };
             Ok((request, q.workload))
         },
-        |check| {
-            // Sized for a whole answer (about 600 bytes, up to a few KiB with recommendations):
-            // growing from serde_json's default of 128 bytes was a tenth of a new question's cost.
-            let mut json = Vec::with_capacity(2048);
-            serde_json::to_writer(&mut json, &ResourceCheck::from(check))?;
-            Ok(json)
-        },
+        check_json::to_vec,
     )?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response())
 }

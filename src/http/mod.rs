@@ -36,6 +36,7 @@
 pub(crate) mod error;
 pub(crate) mod body;
 pub(crate) mod wire;
+pub(crate) mod check_json;
 pub(crate) mod host_check;
 pub(crate) mod auth;
 pub(crate) mod edge;
