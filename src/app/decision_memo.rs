@@ -10,8 +10,15 @@
 //! before it reads the state, so an answer is never filed under a stamp newer than its inputs.
 //! Leases also lapse with time alone: an answer that saw live leases is kept only until the
 //! first of them expires.
+//!
+//! Filing an answer costs (a copy of the question, a lock every reader waits on, a clearing when
+//! full), which only pays when the question comes again. Where the askers decide ([`Asked`]), an
+//! answer is kept from the second time its question is asked lately: a crowd of distinct
+//! questions (a pipeline sizing many jobs) files nothing, and a question asked in a loop is
+//! decided twice, then served.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -93,6 +100,34 @@ impl<V: Clone> Kept<V> {
     }
 }
 
+/// The questions asked lately, by their hash in one of [`ASKED`] slots: a question whose slot
+/// another one took since is asked "for the first time" again.
+pub(crate) struct Asked {
+    hasher: RandomState,
+    slots: Box<[AtomicU64]>,
+}
+
+/// Slots of [`Asked`]: four times the answers kept, so a question asked again within a few
+/// hundred others is still known.
+const ASKED: usize = 4 * MAX_KEPT;
+
+impl Default for Asked {
+    fn default() -> Self {
+        Self { hasher: RandomState::new(), slots: (0..ASKED).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl Asked {
+    /// Notes that `question` is asked; whether it was asked lately before this.
+    pub(crate) fn again(&self, question: &str) -> bool {
+        // Never 0, the empty slot.
+        let hash = self.hasher.hash_one(question) | 1;
+        // The slot from the hash's high bits, the low bit being forced.
+        let slot = &self.slots[(hash >> 32) as usize % ASKED];
+        slot.swap(hash, Ordering::Relaxed) == hash
+    }
+}
+
 /// The version of the decision inputs besides the snapshot and the configuration: bumped after
 /// every change of the live settings, the lease book or the observed peaks.
 #[derive(Debug, Default)]
@@ -143,6 +178,20 @@ mod tests {
         kept.put(stamp(&config, 2), "q", 9, f64::INFINITY);
         assert_eq!(kept.get(&stamp(&config, 2), "q"), Some(9));
         assert_eq!(kept.get(&stamp(&config, 1), "q"), None);
+    }
+
+    #[test]
+    fn a_question_is_asked_again_until_others_take_its_place() {
+        let asked = Asked::default();
+        assert!(!asked.again("q"), "first asking");
+        assert!(asked.again("q"), "second asking");
+        assert!(asked.again("q"));
+        // A crowd of other questions takes every slot: "q" is new again.
+        for i in 0..ASKED * 8 {
+            asked.again(&i.to_string());
+        }
+        assert!(!asked.again("q"), "forgotten after a crowd");
+        assert!(asked.again("q"));
     }
 
     #[test]

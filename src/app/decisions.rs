@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prometheus::IntCounter;
 
-use super::decision_memo::Kept;
+use super::decision_memo::{Asked, Kept};
 use super::error::ServiceError;
 use super::inputs::Inputs;
 use super::queue::Queue;
@@ -50,8 +50,10 @@ pub(crate) struct Decisions {
     inputs: Arc<Inputs>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
-    /// Resource-check answers kept between changes of their inputs.
+    /// Resource-check answers kept between changes of their inputs, for the questions asked
+    /// lately before.
     kept_checks: Kept<CheckAnswer>,
+    asked_checks: Asked,
     /// The policy's part of the exposition, kept likewise.
     kept_policy: Kept<Arc<PolicyText>>,
     /// When `/metrics` was last asked for, and the time between the last two scrapes.
@@ -82,6 +84,7 @@ impl Decisions {
             queue,
             metrics,
             kept_checks: Kept::default(),
+            asked_checks: Asked::default(),
             kept_policy: Kept::default(),
             scrapes: Mutex::default(),
         }
@@ -117,8 +120,8 @@ impl Decisions {
         health(&view.context(&self.inputs.config()))
     }
 
-    /// The resource-check answer to `question` (the raw query string) as JSON, counted. The
-    /// same question under the same inputs gets the kept answer; otherwise `parse` turns the
+    /// The resource-check answer to `question` (the raw query string) as JSON, counted. A
+    /// question asked again under the same inputs gets the kept answer; otherwise `parse` turns the
     /// question into a request and a workload name (or the refusal of a bad one, which is not
     /// kept), the policy decides, and `render` writes the answer's JSON (the HTTP edge owns its
     /// shape).
@@ -136,12 +139,15 @@ impl Decisions {
         let (request, workload) = parse()?;
         let workload = self.inputs.check_workload(workload.as_deref())?;
         // Before deciding: the first expiry among the leases the decision may see.
-        let valid_until = self.inputs.book.valid_until(crate::time::now_unix());
-        let check = self.inputs.decide(&request, &workload);
+        let now = crate::time::now_unix();
+        let valid_until = self.inputs.book.valid_until(now);
+        let check = self.inputs.decide_at(&request, &workload, now);
         let json = Bytes::from(render(&check).map_err(|e| ServiceError::failed("resource-check", e))?);
         let counter = self.metrics.decision_counter(check.can_start_generation, check.primary_reason());
         self.metrics.count(&counter);
-        self.kept_checks.put(stamp, question, CheckAnswer { json: json.clone(), counter }, valid_until);
+        if self.asked_checks.again(question) {
+            self.kept_checks.put(stamp, question, CheckAnswer { json: json.clone(), counter }, valid_until);
+        }
         Ok(json)
     }
 

@@ -153,7 +153,12 @@ impl Inputs {
     /// The resource-check decision now for a checked `workload`, not counted (the caller counts
     /// the answer it gives, once).
     pub(crate) fn decide(&self, request: &CheckRequest, workload: &str) -> ResourceCheck {
-        let view = self.view();
+        self.decide_at(request, workload, now_unix())
+    }
+
+    /// [`Inputs::decide`] on the view at `now`.
+    pub(crate) fn decide_at(&self, request: &CheckRequest, workload: &str, now: f64) -> ResourceCheck {
+        let view = self.view_at(now);
         resource_check(&view.context_for(&self.config(), workload), request)
     }
 

@@ -43,6 +43,8 @@ pub(crate) const REVISION: &str = env!("VRAMGUARD_REVISION");
 pub struct Metrics {
     registry: Registry,
     decisions: IntCounterVec,
+    /// The series of `decisions` every decision counts under (its other ones are looked up).
+    decided: Vec<(bool, &'static str, IntCounter)>,
     overruns: IntCounter,
     finished: IntCounterVec,
     skipped: IntCounterVec,
@@ -73,20 +75,7 @@ impl Metrics {
             // Registration only fails on a duplicate, which cannot happen on a fresh registry.
             registry.register(Box::new(pc)).expect("fresh registry accepts the process collector");
         }
-        let decisions = IntCounterVec::new(
-            Opts::new(
-                "vramguard_admission_decisions_total",
-                "Admission decisions (resource-checks and lease requests) by result and the first refusal reason.",
-            ),
-            &["result", "reason"],
-        )
-        .expect("valid metric definition");
-        registry.register(Box::new(decisions.clone())).expect("fresh registry accepts the decision counter");
-        // Start the common series at 0 so rate() works from the first decision.
-        decisions.with_label_values(&["admitted", "none"]);
-        for reason in ["vram", "cpu", "ram", "concurrency", "no_gpu", "queue"] {
-            decisions.with_label_values(&["refused", reason]);
-        }
+        let (decisions, decided) = decision_counters(&registry);
         let overruns = IntCounter::new(
             "vramguard_lease_overruns_total",
             "Generation leases whose processes used more VRAM than they reserved (each lease once).",
@@ -133,6 +122,7 @@ impl Metrics {
         Self {
             registry,
             decisions,
+            decided,
             overruns,
             finished,
             skipped,
@@ -200,9 +190,35 @@ impl Metrics {
 
     /// A decision counter, to count answers under later without looking it up again.
     pub fn decision_counter(&self, admitted: bool, reason: &str) -> IntCounter {
+        if let Some((_, _, counter)) = self.decided.iter().find(|(a, r, _)| *a == admitted && *r == reason) {
+            return counter.clone();
+        }
         let result = if admitted { "admitted" } else { "refused" };
         self.decisions.with_label_values(&[result, reason])
     }
+}
+
+/// `vramguard_admission_decisions_total`, registered, with the series every decision counts
+/// under started at 0 (so `rate()` works from the first decision) and kept at hand, so that a
+/// decision counts without a lookup by its labels.
+fn decision_counters(registry: &Registry) -> (IntCounterVec, Vec<(bool, &'static str, IntCounter)>) {
+    let decisions = IntCounterVec::new(
+        Opts::new(
+            "vramguard_admission_decisions_total",
+            "Admission decisions (resource-checks and lease requests) by result and the first refusal reason.",
+        ),
+        &["result", "reason"],
+    )
+    .expect("valid metric definition");
+    registry.register(Box::new(decisions.clone())).expect("fresh registry accepts the decision counter");
+    let decided = std::iter::once((true, "none"))
+        .chain(["vram", "cpu", "ram", "concurrency", "no_gpu", "queue"].map(|r| (false, r)))
+        .map(|(admitted, reason)| {
+            let result = if admitted { "admitted" } else { "refused" };
+            (admitted, reason, decisions.with_label_values(&[result, reason]))
+        })
+        .collect();
+    (decisions, decided)
 }
 
 /// Why a lease's end may teach nothing (the `reason` label of
