@@ -137,11 +137,11 @@ impl Inputs {
     }
 
     /// Checks a workload profile name: `None` is `default`; an unknown name lists the known ones.
-    pub(crate) fn check_workload(&self, name: Option<&str>) -> Result<String, ServiceError> {
+    pub(crate) fn check_workload<'a>(&self, name: Option<&'a str>) -> Result<&'a str, ServiceError> {
         let name = name.unwrap_or(DEFAULT_WORKLOAD);
         let config = self.config();
         if config.profile(name).is_some() {
-            Ok(name.to_owned())
+            Ok(name)
         } else {
             Err(ServiceError::Invalid(format!(
                 "workload: unknown profile {name:?}; known profiles: {}",

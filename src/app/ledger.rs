@@ -191,7 +191,7 @@ impl Ledger {
     /// Takes a generation lease if resources allow. A refusal is an answer, not an error.
     pub(crate) async fn acquire(&self, ask: LeaseAsk) -> Result<Acquired, ServiceError> {
         ask.validate()?;
-        let workload = self.inputs.check_workload(ask.workload.as_deref())?;
+        let workload = self.inputs.check_workload(ask.workload.as_deref())?.to_owned();
         // A refusal needs no lock: decided on the live view it is the answer the request would
         // have had a moment earlier, and it writes nothing. Only what may be admitted takes the
         // critical section, to be decided again there and recorded, so grants, releases and

@@ -184,7 +184,7 @@ impl Queue {
         ask.validate()?;
         crate::limits::check_wait_seconds(wait_seconds)
             .map_err(|m| ServiceError::Invalid(format!("wait_seconds: {m}")))?;
-        let workload = self.inputs.check_workload(ask.workload.as_deref())?;
+        let workload = self.inputs.check_workload(ask.workload.as_deref())?.to_owned();
         let config = self.inputs.config();
         // An operator may hold connections for less than the API's maximum.
         let wait_seconds = wait_seconds.min(config.queue.max_wait.0.as_secs_f64());

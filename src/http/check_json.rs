@@ -4,6 +4,8 @@
 //! names on every answer. Values still go through serde_json, so numbers and strings are
 //! formatted and escaped by the same code. The tests compare the two on decisions of every kind.
 
+use std::cell::RefCell;
+
 use serde::Serialize;
 
 use crate::policy::admission::ResourceCheck;
@@ -11,8 +13,28 @@ use crate::units::{round1, round2};
 
 /// The JSON of `c`, as `serde_json::to_vec(&wire::ResourceCheck::from(c))` writes it.
 pub(crate) fn to_vec(c: &ResourceCheck) -> Result<Vec<u8>, serde_json::Error> {
-    // About 600 bytes, up to a few KiB with recommendations.
-    let mut out = Out(Vec::with_capacity(1024));
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        write(c, &mut Out(scratch))?;
+        // Exactly its length: a vector with room to spare becomes `Bytes` through a second
+        // allocation.
+        let json = scratch.to_vec();
+        if scratch.capacity() > SCRATCH_KEPT {
+            *scratch = Vec::new();
+        }
+        Ok(json)
+    })
+}
+
+thread_local! {
+    /// Where each thread writes answers (about 600 bytes, a few KiB with recommendations).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The largest scratch space a thread keeps between answers.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+fn write(c: &ResourceCheck, out: &mut Out<'_>) -> Result<(), serde_json::Error> {
     let (s, u) = (&c.resource_status, &c.current_usage);
     out.key(b"{\"can_start_generation\":", &c.can_start_generation)?;
     out.key(b",\"resource_status\":{\"vram_available\":", &s.vram_available)?;
@@ -66,13 +88,13 @@ pub(crate) fn to_vec(c: &ResourceCheck) -> Result<Vec<u8>, serde_json::Error> {
         out.raw(b"]");
     }
     out.raw(b"}");
-    Ok(out.0)
+    Ok(())
 }
 
 /// The JSON being written.
-struct Out(Vec<u8>);
+struct Out<'a>(&'a mut Vec<u8>);
 
-impl Out {
+impl Out<'_> {
     fn raw(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
     }
@@ -81,7 +103,7 @@ impl Out {
     /// writes it.
     fn key<T: Serialize + ?Sized>(&mut self, text: &[u8], value: &T) -> Result<(), serde_json::Error> {
         self.raw(text);
-        serde_json::to_writer(&mut self.0, value)
+        serde_json::to_writer(&mut *self.0, value)
     }
 }
 
@@ -115,7 +137,7 @@ mod tests {
                 active_generations: Some(1),
             },
             blocking_issues: vec![],
-            message: "Resources available for generation".to_owned(),
+            message: "Resources available for generation".into(),
             recommendations: vec![],
             gpu: Some(ChosenGpu {
                 index: 3,

@@ -238,7 +238,7 @@ impl From<&policy::admission::ResourceCheck> for ResourceCheck {
                 active_generations: u.active_generations,
             },
             blocking_issues: c.blocking_issues.clone(),
-            message: c.message.clone(),
+            message: c.message.to_string(),
             recommendations: c.recommendations.clone(),
             gpu: c.gpu.as_ref().map(|g| ChosenGpu {
                 index: g.index,
@@ -436,7 +436,7 @@ mod tests {
                 active_generations: None,
             },
             blocking_issues: vec![],
-            message: "Resources available for generation".to_owned(),
+            message: "Resources available for generation".into(),
             recommendations: vec![],
             gpu: None,
             vram_required_gb: 9.5,

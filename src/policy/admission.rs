@@ -10,6 +10,8 @@
 //! candidate, and when no healthy GPU is left (or the pinned one is unhealthy) the refusal says
 //! which GPU and why.
 
+use std::borrow::Cow;
+
 use super::gang::{self, Pins, RankPlace};
 use super::phases::{self, SizeAsk};
 use super::verdict::{self, HostVerdict, VramLevel, at_or_above, fits_under};
@@ -134,7 +136,7 @@ pub struct ResourceCheck {
     /// Why it cannot start; empty when it can.
     pub blocking_issues: Vec<String>,
     /// One sentence.
-    pub message: String,
+    pub message: Cow<'static, str>,
     /// Setting changes with their savings and costs, or what to wait for.
     pub recommendations: Vec<String>,
     /// Chosen GPU, or the best candidate; null without a GPU.
@@ -177,7 +179,7 @@ impl ResourceCheck {
         self.can_start_generation = false;
         self.blocking_issues.insert(0, text);
         self.reasons.insert(0, reason);
-        self.message = format!("Cannot start generation: {}", self.blocking_issues.join(", "));
+        self.message = format!("Cannot start generation: {}", self.blocking_issues.join(", ")).into();
     }
 }
 
@@ -221,9 +223,9 @@ pub fn resource_check(ctx: &Context<'_>, req: &CheckRequest) -> ResourceCheck {
     let can_start = vram_available && cpu_available && ram_available && concurrency_available.unwrap_or(true);
     // The seed's texts, exactly; which GPU is in `gpu`.
     let message = if can_start {
-        "Resources available for generation".to_owned()
+        Cow::Borrowed("Resources available for generation")
     } else {
-        format!("Cannot start generation: {}", f.blocking.join(", "))
+        Cow::Owned(format!("Cannot start generation: {}", f.blocking.join(", ")))
     };
     ResourceCheck {
         can_start_generation: can_start,

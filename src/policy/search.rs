@@ -2,6 +2,9 @@
 //! smaller tile, int8) and, for a request that named its video's size, a smaller video, alone and
 //! in pairs, each with what it saves, what it costs and whether the job would then fit.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
 use super::GpuView;
 use super::estimate::need_gb;
 use super::phases::Geometry;
@@ -140,54 +143,92 @@ pub(crate) fn search_scaled(
     let need = |j: &Job| need_gb(workload, &j.settings, model_loaded, j.geometry);
     let current = need(job);
     let singles = available_changes(job);
-    let mut combos: Vec<Vec<Change>> = singles.iter().map(|c| vec![*c]).collect();
-    for (i, a) in singles.iter().enumerate() {
-        for b in &singles[i + 1..] {
-            combos.push(vec![*a, *b]);
-        }
-    }
+    let pairs =
+        singles.iter().enumerate().flat_map(|(i, a)| singles[i + 1..].iter().map(move |b| [Some(*a), Some(*b)]));
+    let combos = singles.iter().map(|c| [Some(*c), None]).chain(pairs);
     let max_gb = job.settings.max_vram_usage_gb;
-    let mut found: Vec<(bool, usize, Recommendation)> = Vec::new();
-    for combo in combos {
-        let mut changed = *job;
-        for c in &combo {
-            c.apply(&mut changed);
-        }
-        let saves = scale * (current - need(&changed));
-        if saves < 0.05 {
-            continue;
-        }
-        let after = (required_gb - saves).max(0.0);
-        let within_budget = after <= max_gb;
-        let label = combo.iter().map(|c| c.label(job)).collect::<Vec<_>>().join(" + ");
-        let costs: Vec<&str> = combo.iter().filter_map(|c| c.cost()).collect();
-        let cost = if costs.is_empty() { String::new() } else { format!(", {}", costs.join(" and ")) };
-        let (fits, outcome) = match super::best_gpu(gpus) {
-            Some(g) => {
-                let projected = g.projected(after);
-                let gpu_fits = fits_under(projected, critical);
-                let verdict = match (gpu_fits, within_budget) {
-                    (true, true) => "fits".to_owned(),
-                    (true, false) => format!("over max_vram_usage_gb {max_gb:.1}"),
-                    _ => "does not fit".to_owned(),
-                };
-                (gpu_fits && within_budget, format!("projected VRAM {:.0}% ({verdict})", projected * 100.0))
+    let best = super::best_gpu(gpus);
+    // The figures first, the sentences only for the few kept.
+    let mut found: Vec<Found> = combos
+        .filter_map(|combo| {
+            let mut changed = *job;
+            combo.iter().flatten().for_each(|c| c.apply(&mut changed));
+            let saves = scale * (current - need(&changed));
+            if saves < 0.05 {
+                return None;
             }
-            None => (false, format!("needs {after:.1} GB (no GPU visible)")),
-        };
-        let smaller_job = combo.iter().any(|c| c.changes_the_job());
-        found.push((
-            smaller_job,
-            combo.len(),
-            Recommendation { text: format!("{label}: saves ~{saves:.1} GB{cost}; {outcome}"), saves_gb: saves, fits },
-        ));
-    }
+            let after = (required_gb - saves).max(0.0);
+            let within_budget = after <= max_gb;
+            let projected = best.map(|g| g.projected(after));
+            let fits = projected.is_some_and(|p| fits_under(p, critical)) && within_budget;
+            let smaller_job = combo.iter().flatten().any(|c| c.changes_the_job());
+            Some(Found { combo, saves, after, within_budget, projected, fits, smaller_job })
+        })
+        .collect();
     // What fits first; then settings before a smaller video (cheaper in quality last); then
     // the fewest changes (least cost), then the biggest saving.
-    found.sort_by(|(ja, na, a), (jb, nb, b)| {
-        b.fits.cmp(&a.fits).then(ja.cmp(jb)).then(na.cmp(nb)).then(b.saves_gb.total_cmp(&a.saves_gb))
+    found.sort_by(|a, b| {
+        b.fits
+            .cmp(&a.fits)
+            .then(a.smaller_job.cmp(&b.smaller_job))
+            .then(a.changes().cmp(&b.changes()))
+            .then(b.saves.total_cmp(&a.saves))
     });
-    found.into_iter().map(|(_, _, r)| r).take(4).collect()
+    found
+        .iter()
+        .take(4)
+        .map(|f| Recommendation { text: f.sentence(job, critical, max_gb), saves_gb: f.saves, fits: f.fits })
+        .collect()
+}
+
+/// One change or pair the search tried, with what it would do.
+struct Found {
+    combo: [Option<Change>; 2],
+    saves: f64,
+    /// What the job would need after it, GiB.
+    after: f64,
+    within_budget: bool,
+    /// The roomiest GPU's VRAM use with the job after it; `None` without a GPU.
+    projected: Option<f64>,
+    fits: bool,
+    smaller_job: bool,
+}
+
+impl Found {
+    fn changes(&self) -> usize {
+        self.combo.iter().flatten().count()
+    }
+
+    /// "<changes>: saves ~<GB> GB[, <costs>]; <outcome>".
+    fn sentence(&self, job: &Job, critical: f64, max_gb: f64) -> String {
+        let mut text = String::with_capacity(128);
+        for (i, c) in self.combo.iter().flatten().enumerate() {
+            if i > 0 {
+                text.push_str(" + ");
+            }
+            text.push_str(&c.label(job));
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(text, ": saves ~{:.1} GB", self.saves);
+        for (i, cost) in self.combo.iter().flatten().filter_map(|c| c.cost()).enumerate() {
+            text.push_str(if i == 0 { ", " } else { " and " });
+            text.push_str(cost);
+        }
+        match self.projected {
+            Some(projected) => {
+                let verdict: Cow<'_, str> = match (fits_under(projected, critical), self.within_budget) {
+                    (true, true) => "fits".into(),
+                    (true, false) => format!("over max_vram_usage_gb {max_gb:.1}").into(),
+                    _ => "does not fit".into(),
+                };
+                let _ = write!(text, "; projected VRAM {:.0}% ({verdict})", projected * 100.0);
+            }
+            None => {
+                let _ = write!(text, "; needs {:.1} GB (no GPU visible)", self.after);
+            }
+        }
+        text
+    }
 }
 
 #[cfg(test)]
@@ -253,5 +294,35 @@ mod tests {
         assert!(recs[0].text.starts_with("Switch to int8 quantization: saves ~"), "{}", recs[0].text);
         assert!(recs[0].text.ends_with("(does not fit)"), "{}", recs[0].text);
         assert!(!recs[0].fits);
+    }
+
+    /// Every part of a sentence, pairs and budgets included, as clients have read them.
+    #[test]
+    fn every_sentence_is_written_in_full() {
+        let w = workload();
+        let s = Optimization { max_vram_usage_gb: 12.0, ..settings(Quantization::Fp16, false, 512) };
+        let need = need_gb(&w, &s, false, size());
+        let texts = |gpus: &[GpuView<'_>]| -> Vec<String> {
+            search(&w, &job(s, false), false, need, gpus, 0.95).into_iter().map(|r| r.text).collect()
+        };
+        let costs = [
+            "slower steps",
+            "possible quality loss",
+            "slower steps and possible quality loss",
+            "slower steps and slower VAE decode",
+        ];
+        let changes = [
+            "Enable model offloading: saves ~10.6 GB",
+            "Switch to int8 quantization: saves ~9.9 GB",
+            "Enable model offloading + Switch to int8 quantization: saves ~15.2 GB",
+            "Enable model offloading + Reduce VAE tile size to 256: saves ~10.6 GB",
+        ];
+        let on_gpu = ["91%", "93%", "71%", "91%"].map(|p| format!("projected VRAM {p} (over max_vram_usage_gb 12.0)"));
+        let no_gpu = ["19.8", "20.4", "15.1", "19.8"].map(|gb| format!("needs {gb} GB (no GPU visible)"));
+        let expect = |outcomes: [String; 4]| -> Vec<String> {
+            (0..4).map(|i| format!("{}, {}; {}", changes[i], costs[i], outcomes[i])).collect()
+        };
+        assert_eq!(texts(&[gpu(24.0, 2.0)]), expect(on_gpu));
+        assert_eq!(texts(&[]), expect(no_gpu));
     }
 }

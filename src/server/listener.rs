@@ -330,7 +330,10 @@ where
                     Ok(req) => req,
                     Err(refusal) => return Ok(refusal),
                 };
-                req.extensions_mut().insert(conn.hung_up.clone());
+                // Only a lease request waits on its client (and the others skip an extension).
+                if req.method() == axum::http::Method::POST {
+                    req.extensions_mut().insert(conn.hung_up.clone());
+                }
                 let guard = InFlight::begin(&conn, &shared);
                 let response = router.oneshot(req).await;
                 drop(guard);
