@@ -1,6 +1,6 @@
 //! The hello-world limit for `scripts/bench.sh`: an axum 0.8 server on vramguard's own tokio
-//! runtime (`vramguard::runtime`: multi-threaded, every driver on, at most 8 blocking
-//! threads) that answers `GET /api/v1/system/resource-check` with a fixed JSON body, read once
+//! runtime (`vramguard::runtime` with the default `http.worker_threads`: every driver on, at
+//! most 8 blocking threads) that answers `GET /api/v1/system/resource-check` with a fixed JSON body, read once
 //! from a file: the bench saves vramguard's own answer there, so both send a body of the same
 //! size. No routing beyond that one path, no middleware, no tracing, no work per request: what
 //! axum and hyper cost on this machine, the ceiling vramguard's resource-check is compared with.
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         }
     };
     // The same runtime as vramguard's.
-    let runtime = match vramguard::runtime() {
+    let runtime = match vramguard::runtime(vramguard::Config::default().http.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hello: cannot start the async runtime: {e}");

@@ -91,6 +91,8 @@ pub(crate) const DEFAULT_TTL: Durations =
 pub(crate) const SUBSCRIBERS: RangeInclusive<u32> = 1..=10_000;
 /// HTTP connections open at once (config `http.max_connections`).
 pub(crate) const CONNECTIONS: RangeInclusive<u32> = 1..=100_000;
+/// Threads answering requests (config `http.worker_threads`).
+pub(crate) const WORKER_THREADS: RangeInclusive<u32> = 1..=64;
 /// Generation requests waiting at once (config `queue.max_waiting`).
 pub(crate) const WAITING: RangeInclusive<u32> = 1..=100_000;
 /// Observed peaks an estimate needs (`learning.min_samples`) and may use (`learning.window`).

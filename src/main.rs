@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let runtime = match vramguard::runtime() {
+    let runtime = match vramguard::runtime(config.http.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vramguard: cannot start the async runtime: {e}");

@@ -38,6 +38,10 @@ pub struct HttpConfig {
     pub body_read_timeout: Dur,
     /// How long a kept-alive connection may sit idle between requests.
     pub idle_timeout: Dur,
+    /// Threads answering requests (read at start). One, as node_exporter keeps to one CPU by
+    /// default (`--runtime.gomaxprocs=1`): the box's CPUs feed its GPUs, and one thread answers
+    /// tens of thousands of requests a second. Blocking work has its own small pool.
+    pub worker_threads: u32,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +53,7 @@ impl Default for HttpConfig {
             header_read_timeout: Dur::secs(10),
             body_read_timeout: Dur::secs(10),
             idle_timeout: Dur::secs(60),
+            worker_threads: 1,
         }
     }
 }

@@ -96,6 +96,7 @@ fn out_of_range_values_are_rejected_with_key() {
         ("queue: { max_wait: 6m }", "queue.max_wait", "0s to 5m"),
         ("log_level: \"vramguard=loud\"", "log_level", "not a log filter"),
         ("http: { max_connections: 0 }", "http.max_connections", "1 to 100000"),
+        ("http: { worker_threads: 0 }", "http.worker_threads", "1 to 64"),
         ("http: { idle_timeout: 0s }", "http.idle_timeout", "1s to 1h"),
         ("http: { allowed_hosts: [\"evil.example/x\"] }", "http.allowed_hosts[0]", "not a host name"),
         (

@@ -129,6 +129,7 @@ impl QueueConfig {
 impl HttpConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         limits::in_range(self.max_connections, &limits::CONNECTIONS).map_err(|m| bad("http.max_connections", m))?;
+        limits::in_range(self.worker_threads, &limits::WORKER_THREADS).map_err(|m| bad("http.worker_threads", m))?;
         for (key, d) in [
             ("http.header_read_timeout", self.header_read_timeout),
             ("http.body_read_timeout", self.body_read_timeout),

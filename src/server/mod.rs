@@ -64,12 +64,17 @@ pub enum Error {
 }
 
 /// The async runtime vramguard runs on (`main.rs`, and `examples/hello.rs`, the peer the bench
-/// compares with, so both run on the same settings). Blocking work is a collector call, a store
-/// transaction or a history query, and store writers queue on one lock anyway: a small pool
-/// bounds the threads (and their allocator arenas) a burst of requests could otherwise spawn
-/// (tokio's default is 512).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(8).build()
+/// compares with, so both run on the same settings), with `worker_threads` answering requests
+/// (config `http.worker_threads`). Blocking work is a collector call, a store transaction or a
+/// history query, and store writers queue on one lock anyway: a small pool bounds the threads
+/// (and their allocator arenas) a burst of requests could otherwise spawn (tokio's default is
+/// 512).
+pub fn runtime(worker_threads: u32) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads.max(1) as usize)
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()
 }
 
 /// Binds `config.listen` (the caller may bind its own listener and call [`run`] instead).
