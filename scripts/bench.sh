@@ -183,17 +183,27 @@ pids+=("$hello_pid")
 hello_addr=$(listen_addr "$work/hello.log")
 hello_head=$(curl -s -D - -o /dev/null "http://$hello_addr$rc_path" | wc -c)
 body_bytes=$(wc -c <"$work/rc-body.json")
-# What pipelines ask: many distinct questions (1,200: 300 job sizes x model loaded or not x the
-# default workload and the same by name), each connection walking the list from its own place,
-# so the kept answers (64 questions per input stamp) almost never hold the next one. Against the
-# hello-world's fixed answer of the same size, wrk -t1 -c50 -d10s.
+# What pipelines ask: many distinct questions (1,200: 4 workloads (the default one and three built-in
+# profiles by name) x 5 video sides x 5 frame counts x model loaded or not x 6 sizes (the
+# estimate, or the job's own figure of 6 to 70 GiB)), each connection walking the list from its own
+# place, so the kept answers almost never hold the next one. Against the hello-world's fixed
+# answer of the same size, wrk -t1 -c50 -d10s.
 cat >"$work/distinct.lua" <<'LUA'
 local paths = {}
-for i = 1, 300 do
-  for _, loaded in ipairs({"false", "true"}) do
-    for _, w in ipairs({"", "&workload=default"}) do
-      paths[#paths + 1] = string.format("/api/v1/system/resource-check?vram_required_gb=%.2f&model_loaded=%s%s",
-        0.25 * i, loaded, w)
+local workloads = {"", "&workload=wan2.2-ti2v-5b", "&workload=wan2.2-t2v-a14b", "&workload=wan2.2-i2v-a14b"}
+local sides = {{832, 480}, {480, 832}, {1280, 704}, {704, 1280}, {1280, 720}}
+local frames = {17, 33, 49, 81, 121}
+local sizes = {"", "&vram_required_gb=6", "&vram_required_gb=12", "&vram_required_gb=24", "&vram_required_gb=48",
+  "&vram_required_gb=70"}
+for _, w in ipairs(workloads) do
+  for _, side in ipairs(sides) do
+    for _, f in ipairs(frames) do
+      for _, loaded in ipairs({"false", "true"}) do
+        for _, size in ipairs(sizes) do
+          paths[#paths + 1] = string.format("/api/v1/system/resource-check?width=%d&height=%d&frames=%d&model_loaded=%s%s%s",
+            side[1], side[2], f, loaded, size, w)
+        end
+      end
     end
   end
 end
