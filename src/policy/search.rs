@@ -159,8 +159,11 @@ pub(crate) fn search_scaled(
             }
             let after = (required_gb - saves).max(0.0);
             let within_budget = after <= max_gb;
-            let projected = best.map(|g| g.projected(after));
-            let fits = projected.is_some_and(|p| fits_under(p, critical)) && within_budget;
+            let projected = best.map(|g| {
+                let p = g.projected(after);
+                (p, fits_under(p, critical))
+            });
+            let fits = projected.is_some_and(|(_, gpu_fits)| gpu_fits) && within_budget;
             let smaller_job = combo.iter().flatten().any(|c| c.changes_the_job());
             Some(Found { combo, saves, after, within_budget, projected, fits, smaller_job })
         })
@@ -177,7 +180,7 @@ pub(crate) fn search_scaled(
     found
         .iter()
         .take(4)
-        .map(|f| Recommendation { text: f.sentence(job, critical, max_gb), saves_gb: f.saves, fits: f.fits })
+        .map(|f| Recommendation { text: f.sentence(job, max_gb), saves_gb: f.saves, fits: f.fits })
         .collect()
 }
 
@@ -188,8 +191,9 @@ struct Found {
     /// What the job would need after it, GiB.
     after: f64,
     within_budget: bool,
-    /// The roomiest GPU's VRAM use with the job after it; `None` without a GPU.
-    projected: Option<f64>,
+    /// The roomiest GPU's VRAM use with the job after it, and whether that is under the
+    /// critical threshold; `None` without a GPU.
+    projected: Option<(f64, bool)>,
     fits: bool,
     smaller_job: bool,
 }
@@ -200,7 +204,7 @@ impl Found {
     }
 
     /// "<changes>: saves ~<GB> GB[, <costs>]; <outcome>".
-    fn sentence(&self, job: &Job, critical: f64, max_gb: f64) -> String {
+    fn sentence(&self, job: &Job, max_gb: f64) -> String {
         let mut text = String::with_capacity(128);
         for (i, c) in self.combo.iter().flatten().enumerate() {
             if i > 0 {
@@ -215,8 +219,8 @@ impl Found {
             text.push_str(cost);
         }
         match self.projected {
-            Some(projected) => {
-                let verdict: Cow<'_, str> = match (fits_under(projected, critical), self.within_budget) {
+            Some((projected, gpu_fits)) => {
+                let verdict: Cow<'_, str> = match (gpu_fits, self.within_budget) {
                     (true, true) => "fits".into(),
                     (true, false) => format!("over max_vram_usage_gb {max_gb:.1}").into(),
                     _ => "does not fit".into(),

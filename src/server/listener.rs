@@ -37,9 +37,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tower::ServiceExt;
 
 use super::head_scan::HeadScan;
-use tower::ServiceExt;
 
 /// The listener's limits (config `http`).
 #[derive(Debug, Clone, Copy)]
