@@ -228,7 +228,9 @@ body_bytes=$(wc -c <"$work/rc-body.json")
 # profiles by name) x 5 video sides x 5 frame counts x model loaded or not x 6 sizes (the
 # estimate, or the job's own figure of 6 to 70 GiB)), each connection walking the list from its own
 # place, so the kept answers almost never hold the next one. Against the hello-world's fixed
-# answer of the same size, wrk -t1 -c50 -d10s.
+# answer (the repeated question's, about 630 bytes; distinct answers are that size or, with
+# recommendations, up to about 1,350 bytes, and more so while the load's CPU use refuses them),
+# wrk -t1 -c50 -d10s.
 cat >"$work/distinct.lua" <<'LUA'
 local paths = {}
 local workloads = {"", "&workload=wan2.2-ti2v-5b", "&workload=wan2.2-t2v-a14b", "&workload=wan2.2-i2v-a14b"}
