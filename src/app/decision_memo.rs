@@ -16,11 +16,17 @@
 //! answer is kept from the second time its question is asked lately: a crowd of distinct
 //! questions (a pipeline sizing many jobs) files nothing, and a question asked in a loop is
 //! decided twice, then served.
+//!
+//! Questions are hashed with foldhash (randomly seeded per process) rather than SipHash: a
+//! question is hashed twice on every asking, and a collision costs at most an answer not kept
+//! (`Asked`) or a longer probe among at most [`MAX_KEPT`] answers.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+
+use foldhash::fast::RandomState;
 
 use crate::config::Config;
 use crate::snapshot::Snapshot;
@@ -59,7 +65,7 @@ pub(crate) struct Kept<V> {
 
 struct Table<V> {
     stamp: Stamp,
-    answers: HashMap<String, (V, f64)>,
+    answers: HashMap<String, (V, f64), RandomState>,
 }
 
 /// Questions kept per stamp: clients ask a handful; a crowd of distinct ones starts over.
@@ -94,7 +100,9 @@ impl<V: Clone> Kept<V> {
             // Kept answers from another stamp are stale by now if this one is current; if this
             // one is the stale one, the next asker files a fresh answer.
             _ => {
-                *table = Some(Table { stamp, answers: HashMap::from([(question.to_owned(), (answer, valid_until))]) });
+                let mut answers = HashMap::with_hasher(RandomState::default());
+                answers.insert(question.to_owned(), (answer, valid_until));
+                *table = Some(Table { stamp, answers });
             }
         }
     }
@@ -113,7 +121,7 @@ const ASKED: usize = 4 * MAX_KEPT;
 
 impl Default for Asked {
     fn default() -> Self {
-        Self { hasher: RandomState::new(), slots: (0..ASKED).map(|_| AtomicU64::new(0)).collect() }
+        Self { hasher: RandomState::default(), slots: (0..ASKED).map(|_| AtomicU64::new(0)).collect() }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The resource-check answer's JSON, written straight from the decision: byte for byte what
 //! serde_json writes for [`super::wire::ResourceCheck`] (the documented shape, which lease
 //! bodies embed), without building that struct (copies of its strings) or escaping its field
-//! names on every answer. Values still go through serde_json, so numbers and strings are
-//! formatted and escaped by the same code. The tests compare the two on decisions of every kind.
+//! names on every answer. Numbers still go through serde_json, and so does any string with
+//! something to escape, so both are formatted and escaped by the same code. The tests compare the two on decisions of every kind.
 
 use std::cell::RefCell;
 
@@ -49,29 +49,29 @@ fn write(c: &ResourceCheck, out: &mut Out<'_>) -> Result<(), serde_json::Error> 
     if let Some(active) = u.active_generations {
         out.key(b",\"active_generations\":", &active)?;
     }
-    out.key(b"},\"blocking_issues\":", &c.blocking_issues)?;
-    out.key(b",\"message\":", &c.message)?;
-    out.key(b",\"recommendations\":", &c.recommendations)?;
+    out.strs(b"},\"blocking_issues\":", &c.blocking_issues)?;
+    out.str(b",\"message\":", &c.message)?;
+    out.strs(b",\"recommendations\":", &c.recommendations)?;
     match &c.gpu {
         None => out.raw(b",\"gpu\":null"),
         Some(g) => {
             out.key(b",\"gpu\":{\"index\":", &g.index)?;
-            out.key(b",\"uuid\":", &g.uuid)?;
+            out.str(b",\"uuid\":", &g.uuid)?;
             out.key(b",\"free_gb\":", &g.free_gb)?;
             out.key(b",\"projected_percent\":", &g.projected_percent)?;
             out.raw(b"}");
         }
     }
     out.key(b",\"vram_required_gb\":", &c.vram_required_gb)?;
-    out.key(b",\"estimate_source\":", c.estimate_source)?;
+    out.str(b",\"estimate_source\":", c.estimate_source)?;
     out.key(b",\"estimate_samples\":", &c.estimate_samples)?;
     let e = &c.estimate;
-    out.key(b",\"estimate\":{\"workload\":", &e.workload)?;
+    out.str(b",\"estimate\":{\"workload\":", &e.workload)?;
     out.key(b",\"width\":", &e.geometry.width)?;
     out.key(b",\"height\":", &e.geometry.height)?;
     out.key(b",\"frames\":", &e.geometry.frames)?;
     out.key(b",\"vram_required_gb\":", &round2(e.gb))?;
-    out.key(b",\"source\":", c.estimate_source)?;
+    out.str(b",\"source\":", c.estimate_source)?;
     out.key(b",\"samples\":", &c.estimate_samples)?;
     out.raw(b"}");
     if !c.ranks.is_empty() {
@@ -79,7 +79,7 @@ fn write(c: &ResourceCheck, out: &mut Out<'_>) -> Result<(), serde_json::Error> 
         for (i, r) in c.ranks.iter().enumerate() {
             out.key(if i == 0 { b"{\"rank\":" } else { b",{\"rank\":" }, &r.rank)?;
             out.key(b",\"index\":", &r.index)?;
-            out.key(b",\"uuid\":", &r.uuid)?;
+            out.str(b",\"uuid\":", &r.uuid)?;
             out.key(b",\"vram_required_gb\":", &round2(r.need_gb))?;
             out.key(b",\"free_gb\":", &round2(r.free_gb))?;
             out.key(b",\"projected_percent\":", &round1(r.projected * 100.0))?;
@@ -104,6 +104,33 @@ impl Out<'_> {
     fn key<T: Serialize + ?Sized>(&mut self, text: &[u8], value: &T) -> Result<(), serde_json::Error> {
         self.raw(text);
         serde_json::to_writer(&mut *self.0, value)
+    }
+
+    /// `text`, then the string `value`: copied between quotes when it has nothing JSON escapes
+    /// (a quote, a backslash, a control character: the sentences vramguard writes never do),
+    /// else escaped by serde_json.
+    fn str(&mut self, text: &[u8], value: &str) -> Result<(), serde_json::Error> {
+        // Not short-circuiting, so the compiler checks many bytes at a time.
+        let escapes = value.bytes().fold(0u8, |any, b| any | u8::from(b < 0x20 || b == b'"' || b == b'\\'));
+        if escapes != 0 {
+            return self.key(text, value);
+        }
+        self.raw(text);
+        self.raw(b"\"");
+        self.raw(value.as_bytes());
+        self.raw(b"\"");
+        Ok(())
+    }
+
+    /// `text`, then the strings `values` as a JSON array.
+    fn strs(&mut self, text: &[u8], values: &[String]) -> Result<(), serde_json::Error> {
+        self.raw(text);
+        self.raw(b"[");
+        for (i, v) in values.iter().enumerate() {
+            self.str(if i == 0 { b"" } else { b"," }, v)?;
+        }
+        self.raw(b"]");
+        Ok(())
     }
 }
 
@@ -170,7 +197,15 @@ mod tests {
     fn a_refusal_with_every_optional_part_is_written_as_serde_writes_it() {
         let mut c = check();
         c.refuse(Reason::Vram, "GPU 3 has \"only\" 1.5 GB free\n\u{1}; ½ of it is ∞".to_owned());
-        c.recommendations = vec!["Enable offload: saves 12.3 GB".to_owned(), "tab\there \\ and there".to_owned()];
+        c.refuse(Reason::Ram, "nothing to escape: / \u{7f} é".to_owned());
+        c.recommendations = vec![
+            "Enable offload: saves 12.3 GB".to_owned(),
+            "tab\there \\ and there".to_owned(),
+            String::new(),
+            "ends in a quote\"".to_owned(),
+            "a backslash \\ alone".to_owned(),
+            "\u{1f}".to_owned(),
+        ];
         c.resource_status.concurrency_available = None;
         c.current_usage =
             CurrentUsage { vram_percent: 0.0, cpu_percent: None, ram_percent: None, active_generations: None };
