@@ -167,3 +167,37 @@ fn every_input_change_shows_in_the_next_scrape() {
     assert_eq!(status, 204);
     assert_eq!(vg.metrics().value("vramguard_active_generations", &[]), Some(0.0));
 }
+
+/// A lease lapses at its expiry, before the reaper writes it off: every answer decided after
+/// that moment no longer counts it, even to a question never asked before (decided on a view
+/// kept since before the expiry).
+#[test]
+fn a_lapsed_lease_is_gone_from_every_answer_after_its_expiry() {
+    use std::time::{Duration, Instant};
+    let vg = start();
+    let (status, lease) = vg.post_json(LEASES, &json!({"vram_required_gb": 5.0, "ttl_seconds": 10}));
+    assert_eq!(status, 201, "{lease}");
+    // The lease expires at most 10 s after its answer came.
+    let lapsed = Instant::now() + Duration::from_secs(10);
+    let mut after = 0;
+    for i in 0.. {
+        let asked = Instant::now();
+        if asked > lapsed + Duration::from_millis(1500) {
+            break;
+        }
+        // A new question each time (no kept answer), every one decided on the kept view.
+        let (status, body) =
+            vg.get(&format!("/api/v1/system/resource-check?vram_required_gb={}", 1.0 + f64::from(i) / 1e4));
+        assert_eq!(status, 200, "{body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        if asked > lapsed {
+            after += 1;
+            assert_eq!(json["current_usage"]["active_generations"], 0, "asked after the expiry: {json}");
+            assert_eq!(json["gpu"]["free_gb"], 22.0, "asked after the expiry: {json}");
+        }
+        if asked + Duration::from_millis(600) < lapsed {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(after > 10, "only {after} answers after the expiry");
+}

@@ -45,6 +45,11 @@ impl Stamp {
     pub(crate) fn snapshot(&self) -> Option<&Arc<Snapshot>> {
         self.snapshot.as_ref()
     }
+
+    /// The configuration the stamp was taken on.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
 }
 
 impl PartialEq for Stamp {
@@ -105,6 +110,31 @@ impl<V: Clone> Kept<V> {
                 *table = Some(Table { stamp, answers });
             }
         }
+    }
+}
+
+/// One value kept under its stamp until `valid_until` (the first expiry of a lease it saw):
+/// what every decision between two changes reads, built once instead of by each.
+pub(crate) struct KeptOne<V> {
+    slot: RwLock<Option<(Stamp, V, f64)>>,
+}
+
+impl<V> Default for KeptOne<V> {
+    fn default() -> Self {
+        Self { slot: RwLock::new(None) }
+    }
+}
+
+impl<V: Clone> KeptOne<V> {
+    /// The value kept under `stamp`, if it is still valid at `now`.
+    pub(crate) fn get(&self, stamp: &Stamp, now: f64) -> Option<V> {
+        let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref().filter(|(s, _, valid_until)| s == stamp && now < *valid_until).map(|(_, v, _)| v.clone())
+    }
+
+    /// Keeps `value`, made under `stamp` and valid until `valid_until`, in place of the last.
+    pub(crate) fn put(&self, stamp: Stamp, value: V, valid_until: f64) {
+        *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Some((stamp, value, valid_until));
     }
 }
 
@@ -186,6 +216,20 @@ mod tests {
         kept.put(stamp(&config, 2), "q", 9, f64::INFINITY);
         assert_eq!(kept.get(&stamp(&config, 2), "q"), Some(9));
         assert_eq!(kept.get(&stamp(&config, 1), "q"), None);
+    }
+
+    #[test]
+    fn one_value_is_kept_under_its_stamp_until_it_lapses() {
+        let config = Arc::new(Config::default());
+        let kept: KeptOne<u32> = KeptOne::default();
+        assert_eq!(kept.get(&stamp(&config, 1), 0.0), None);
+        kept.put(stamp(&config, 1), 7, 10.0);
+        assert_eq!(kept.get(&stamp(&config, 1), 9.9), Some(7));
+        assert_eq!(kept.get(&stamp(&config, 1), 10.0), None, "lapsed");
+        assert_eq!(kept.get(&stamp(&config, 2), 0.0), None, "another stamp");
+        kept.put(stamp(&config, 2), 8, f64::INFINITY);
+        assert_eq!(kept.get(&stamp(&config, 1), 0.0), None, "replaced");
+        assert_eq!(kept.get(&stamp(&config, 2), 1e12), Some(8));
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl Decisions {
         // Before deciding: the first expiry among the leases the decision may see.
         let now = crate::time::now_unix();
         let valid_until = self.inputs.book.valid_until(now);
-        let check = self.inputs.decide_at(&request, workload, now);
+        let check = self.inputs.decide_on(&stamp, &request, workload, now);
         let json = Bytes::from(render(&check).map_err(|e| ServiceError::failed("resource-check", e))?);
         let counter = self.metrics.decision_counter(check.can_start_generation, check.primary_reason());
         self.metrics.count(&counter);

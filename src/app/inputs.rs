@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 
 use super::access::Credentials;
 use super::book::{Book, Observed};
-use super::decision_memo::{Stamp, Version};
+use super::decision_memo::{KeptOne, Stamp, Version};
 use super::error::ServiceError;
 use crate::config::{Config, Constraints, DEFAULT_WORKLOAD, Optimization};
 use crate::leases::{Lease, LeaseUsage, outstanding_by_gpu, usage};
@@ -52,6 +52,9 @@ pub(crate) struct Inputs {
     /// VRAM held for a waiting gang nothing may pass any more, GiB per GPU index: counted as
     /// owed in every decision but that gang's own (the queue's pass clears it first).
     held: RwLock<Vec<(u32, f64)>>,
+    /// The view resource-check decisions read, kept under the stamp it was taken at until the
+    /// first of its leases expires.
+    kept_view: KeptOne<Arc<View>>,
 }
 
 impl Inputs {
@@ -74,6 +77,7 @@ impl Inputs {
             version,
             room: Notify::new(),
             held: RwLock::default(),
+            kept_view: KeptOne::default(),
         }
     }
 
@@ -160,6 +164,21 @@ impl Inputs {
     pub(crate) fn decide_at(&self, request: &CheckRequest, workload: &str, now: f64) -> ResourceCheck {
         let view = self.view_at(now);
         resource_check(&view.context_for(&self.config(), workload), request)
+    }
+
+    /// [`Inputs::decide_at`] on the view kept under `stamp` (taken before), built if none is.
+    /// For answers, not admissions: an admission decides on a fresh view under the book's lock.
+    pub(crate) fn decide_on(&self, stamp: &Stamp, request: &CheckRequest, workload: &str, now: f64) -> ResourceCheck {
+        let view = match self.kept_view.get(stamp, now) {
+            Some(view) => view,
+            None => {
+                let view = Arc::new(self.view_at(now));
+                let valid_until = view.leases.iter().map(|(l, _)| l.expires_at).fold(f64::INFINITY, f64::min);
+                self.kept_view.put(stamp.clone(), Arc::clone(&view), valid_until);
+                view
+            }
+        };
+        resource_check(&view.context_for(stamp.config(), workload), request)
     }
 
     /// A consistent copy of what a decision reads, now.

@@ -17,7 +17,7 @@ use super::phases::{self, SizeAsk};
 use super::verdict::{self, HostVerdict, VramLevel, at_or_above, fits_under};
 use super::{Context, GpuView, best_gpu, gpu_health, search, top_holders};
 use crate::config::{Optimization, Quantization};
-use crate::units::{gib, round1, round2};
+use crate::units::{dec0, dec1, gib, round1, round2};
 
 /// What the client asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -302,14 +302,15 @@ fn check_vram<'a>(
     }
     if !within_budget {
         f.blocking.push(format!(
-            "Generation needs {required:.1} GB, more than max_vram_usage_gb {:.1}",
-            ctx.settings.max_vram_usage_gb
+            "Generation needs {} GB, more than max_vram_usage_gb {}",
+            dec1(required),
+            dec1(ctx.settings.max_vram_usage_gb)
         ));
         if any_fits {
             f.recommendations.push(format!(
-                "Raise max_vram_usage_gb to {:.1} or more: the GPU has room (projected VRAM {:.0}%)",
-                (required * 10.0).ceil() / 10.0,
-                chosen.as_ref().map_or(0.0, |g| g.projected(required) * 100.0)
+                "Raise max_vram_usage_gb to {} or more: the GPU has room (projected VRAM {}%)",
+                dec1((required * 10.0).ceil() / 10.0),
+                dec0(chosen.as_ref().map_or(0.0, |g| g.projected(required) * 100.0))
             ));
         }
     }
@@ -355,20 +356,22 @@ fn no_candidate(
 /// Why the best candidate `g` cannot take a job of `required` GiB.
 fn too_full(g: &GpuView<'_>, required: f64, c: &crate::config::Constraints) -> String {
     if verdict::vram_level(g.usage(), c) == VramLevel::Critical {
-        format!("VRAM usage too high ({:.1}%)", g.usage() * 100.0)
+        format!("VRAM usage too high ({}%)", dec1(g.usage() * 100.0))
     } else if g.reserved_gb > 0.005 {
         format!(
-            "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB free, {:.1} GB of it promised to running generations)",
+            "Not enough free VRAM for this generation (needs {} GB; GPU {} has {} GB free, {} GB of it promised to running generations)",
+            dec1(required),
             g.index,
-            g.total_gb - g.used_gb,
-            g.reserved_gb
+            dec1(g.total_gb - g.used_gb),
+            dec1(g.reserved_gb)
         )
     } else {
         format!(
-            "Not enough free VRAM for this generation (needs {required:.1} GB; GPU {} has {:.1} GB below the {:.0}% limit)",
+            "Not enough free VRAM for this generation (needs {} GB; GPU {} has {} GB below the {}% limit)",
+            dec1(required),
             g.index,
-            g.headroom_gb(c.vram_critical_threshold),
-            c.vram_critical_threshold * 100.0
+            dec1(g.headroom_gb(c.vram_critical_threshold)),
+            dec0(c.vram_critical_threshold * 100.0)
         )
     }
 }
@@ -406,11 +409,11 @@ fn check_cpu(ctx: &Context<'_>, cpu: &HostVerdict, f: &mut Findings) -> bool {
     }
     match cpu.value {
         Some(v) => {
-            f.block(Reason::Cpu, format!("CPU usage too high ({:.1}%)", v * 100.0));
+            f.block(Reason::Cpu, format!("CPU usage too high ({}%)", dec1(v * 100.0)));
             f.recommendations.push(format!(
-                "CPU is at {:.1}% (limit {:.0}%): wait for CPU-heavy work to finish before starting",
-                v * 100.0,
-                cpu.threshold * 100.0
+                "CPU is at {}% (limit {}%): wait for CPU-heavy work to finish before starting",
+                dec1(v * 100.0),
+                dec0(cpu.threshold * 100.0)
             ));
         }
         None if ctx.snapshot.is_some() => {
@@ -428,12 +431,12 @@ fn check_ram(ctx: &Context<'_>, ram: &HostVerdict, f: &mut Findings) -> bool {
     let host = ctx.snapshot.and_then(|s| s.host.as_ref());
     match (ram.value, host) {
         (Some(v), Some(h)) => {
-            f.block(Reason::Ram, format!("RAM usage too high ({:.1}%)", v * 100.0));
+            f.block(Reason::Ram, format!("RAM usage too high ({}%)", dec1(v * 100.0)));
             f.recommendations.push(format!(
-                "RAM is at {:.1}% (limit {:.0}%, {:.1} GB available): free host memory before starting",
-                v * 100.0,
-                ram.threshold * 100.0,
-                gib(h.memory_available_bytes)
+                "RAM is at {}% (limit {}%, {} GB available): free host memory before starting",
+                dec1(v * 100.0),
+                dec0(ram.threshold * 100.0),
+                dec1(gib(h.memory_available_bytes))
             ));
         }
         _ if ctx.snapshot.is_some() => {
@@ -460,19 +463,21 @@ fn check_offload_ram(ctx: &Context<'_>, req: &CheckRequest, f: &mut Findings) ->
     if need <= available {
         return true;
     }
-    f.block(Reason::Ram, format!("Offloading needs ~{need:.1} GB of host RAM; {available:.1} GB available"));
+    f.block(Reason::Ram, format!("Offloading needs ~{} GB of host RAM; {} GB available", dec1(need), dec1(available)));
     if ctx.settings.quantization != Quantization::Int8 {
         let int8 = Optimization { quantization: Quantization::Int8, ..*ctx.settings };
         let smaller = phases::host_ram_gb(ctx.workload, &int8) * copies;
         let verdict = if smaller <= available { "fits" } else { "does not fit" };
         f.recommendations.push(format!(
-            "Switch to int8 quantization: offloading then needs ~{smaller:.1} GB of host RAM ({verdict})"
+            "Switch to int8 quantization: offloading then needs ~{} GB of host RAM ({verdict})",
+            dec1(smaller)
         ));
     }
     let resident = Optimization { enable_offload: false, ..*ctx.settings };
     let vram = phases::need_gb(ctx.workload, &resident, false, req.size.resolve(ctx.workload));
     f.recommendations.push(format!(
-        "Disable model offloading on a GPU that can hold every weight: the job then needs ~{vram:.1} GB of VRAM and no host RAM for weights"
+        "Disable model offloading on a GPU that can hold every weight: the job then needs ~{} GB of VRAM and no host RAM for weights",
+        dec1(vram)
     ));
     false
 }

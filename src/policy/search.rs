@@ -10,6 +10,7 @@ use super::estimate::need_gb;
 use super::phases::Geometry;
 use super::verdict::fits_under;
 use crate::config::{Optimization, Quantization, Workload};
+use crate::units::{dec0, dec1};
 
 /// What a job is: the settings it runs under and the video it renders.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -213,7 +214,7 @@ impl Found {
             text.push_str(&c.label(job));
         }
         // Writing to a String cannot fail.
-        let _ = write!(text, ": saves ~{:.1} GB", self.saves);
+        let _ = write!(text, ": saves ~{} GB", dec1(self.saves));
         for (i, cost) in self.combo.iter().flatten().filter_map(|c| c.cost()).enumerate() {
             text.push_str(if i == 0 { ", " } else { " and " });
             text.push_str(cost);
@@ -222,13 +223,13 @@ impl Found {
             Some((projected, gpu_fits)) => {
                 let verdict: Cow<'_, str> = match (gpu_fits, self.within_budget) {
                     (true, true) => "fits".into(),
-                    (true, false) => format!("over max_vram_usage_gb {max_gb:.1}").into(),
+                    (true, false) => format!("over max_vram_usage_gb {}", dec1(max_gb)).into(),
                     _ => "does not fit".into(),
                 };
-                let _ = write!(text, "; projected VRAM {:.0}% ({verdict})", projected * 100.0);
+                let _ = write!(text, "; projected VRAM {}% ({verdict})", dec0(projected * 100.0));
             }
             None => {
-                let _ = write!(text, "; needs {:.1} GB (no GPU visible)", self.after);
+                let _ = write!(text, "; needs {} GB (no GPU visible)", dec1(self.after));
             }
         }
         text
