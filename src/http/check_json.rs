@@ -8,7 +8,7 @@ use std::cell::RefCell;
 
 use serde::Serialize;
 
-use crate::policy::admission::ResourceCheck;
+use crate::policy::admission::{CurrentUsage, ResourceCheck};
 use crate::units::{round1, round2};
 
 /// The JSON of `c`, as `serde_json::to_vec(&wire::ResourceCheck::from(c))` writes it.
@@ -43,13 +43,9 @@ fn write(c: &ResourceCheck, out: &mut Out<'_>) -> Result<(), serde_json::Error> 
     if let Some(free) = s.concurrency_available {
         out.key(b",\"concurrency_available\":", &free)?;
     }
-    out.key(b"},\"current_usage\":{\"vram_percent\":", &u.vram_percent)?;
-    out.key(b",\"cpu_percent\":", &u.cpu_percent)?;
-    out.key(b",\"ram_percent\":", &u.ram_percent)?;
-    if let Some(active) = u.active_generations {
-        out.key(b",\"active_generations\":", &active)?;
-    }
-    out.strs(b"},\"blocking_issues\":", &c.blocking_issues)?;
+    out.raw(b"},\"current_usage\":");
+    usage(u, out)?;
+    out.strs(b",\"blocking_issues\":", &c.blocking_issues)?;
     out.str(b",\"message\":", &c.message)?;
     out.strs(b",\"recommendations\":", &c.recommendations)?;
     match &c.gpu {
@@ -91,6 +87,45 @@ fn write(c: &ResourceCheck, out: &mut Out<'_>) -> Result<(), serde_json::Error> 
     Ok(())
 }
 
+/// `u` as an object. Every answer on one sample shows much the same usage, so each thread
+/// keeps the last one it wrote and copies it when `u` is the same again.
+fn usage(u: &CurrentUsage, out: &mut Out<'_>) -> Result<(), serde_json::Error> {
+    LAST_USAGE.with_borrow_mut(|last| {
+        if let Some((_, json)) = last.as_ref().filter(|(kept, _)| kept == u) {
+            out.raw(json);
+            return Ok(());
+        }
+        let start = out.0.len();
+        out.key(b"{\"vram_percent\":", &u.vram_percent)?;
+        out.key(b",\"cpu_percent\":", &u.cpu_percent)?;
+        out.key(b",\"ram_percent\":", &u.ram_percent)?;
+        if let Some(active) = u.active_generations {
+            out.key(b",\"active_generations\":", &active)?;
+        }
+        out.raw(b"}");
+        *last = Some((u.clone(), out.0[start..].to_vec()));
+        Ok(())
+    })
+}
+
+/// Whether JSON escapes any byte of `s`: a quote, a backslash or a control character.
+fn has_escapes(s: &[u8]) -> bool {
+    let escaped = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    // Sixteen bytes at a time, without stopping early inside a block: the compiler checks each
+    // block in a few vector instructions.
+    let mut blocks = s.chunks_exact(16);
+    let in_blocks = blocks.by_ref().any(|block| {
+        let block: &[u8; 16] = block.try_into().unwrap_or(&[0x20; 16]);
+        block.iter().fold(false, |any, &b| any | escaped(b))
+    });
+    in_blocks || blocks.remainder().iter().any(|&b| escaped(b))
+}
+
+thread_local! {
+    /// The last usage each thread wrote, and its JSON.
+    static LAST_USAGE: RefCell<Option<(CurrentUsage, Vec<u8>)>> = const { RefCell::new(None) };
+}
+
 /// The JSON being written.
 struct Out<'a>(&'a mut Vec<u8>);
 
@@ -110,9 +145,7 @@ impl Out<'_> {
     /// (a quote, a backslash, a control character: the sentences vramguard writes never do),
     /// else escaped by serde_json.
     fn str(&mut self, text: &[u8], value: &str) -> Result<(), serde_json::Error> {
-        // Not short-circuiting, so the compiler checks many bytes at a time.
-        let escapes = value.bytes().fold(0u8, |any, b| any | u8::from(b < 0x20 || b == b'"' || b == b'\\'));
-        if escapes != 0 {
+        if has_escapes(value.as_bytes()) {
             return self.key(text, value);
         }
         self.raw(text);
@@ -138,7 +171,7 @@ impl Out<'_> {
 mod tests {
     use super::*;
     use crate::http::wire;
-    use crate::policy::admission::{ChosenGpu, CurrentUsage, JobEstimate, Reason, ResourceStatus};
+    use crate::policy::admission::{ChosenGpu, JobEstimate, Reason, ResourceStatus};
     use crate::policy::gang::RankPlace;
     use crate::policy::phases::Geometry;
 
@@ -190,7 +223,14 @@ mod tests {
 
     #[test]
     fn an_admission_is_written_as_serde_writes_it() {
-        same(&check());
+        let mut c = check();
+        same(&c);
+        // The usage written last is copied only while it is the same.
+        same(&c);
+        c.current_usage.vram_percent = 12.6;
+        same(&c);
+        c.current_usage.active_generations = None;
+        same(&c);
     }
 
     #[test]
@@ -219,6 +259,27 @@ mod tests {
         c.estimate.gb = f64::NAN;
         c.vram_required_gb = f64::INFINITY;
         same(&c);
+    }
+
+    /// Every byte JSON escapes is found wherever it lies, in a block or after the last one.
+    #[test]
+    fn escapes_are_found_anywhere() {
+        for len in [0, 1, 15, 16, 17, 40] {
+            let plain = vec![b'a'; len];
+            assert!(!has_escapes(&plain));
+            for at in 0..len {
+                for b in (0..0x20).chain([b'"', b'\\']) {
+                    let mut s = plain.clone();
+                    s[at] = b;
+                    assert!(has_escapes(&s), "{b:#x} at {at} of {len}");
+                }
+                for b in [0x20, b'/', 0x7f, 0x80, 0xff] {
+                    let mut s = plain.clone();
+                    s[at] = b;
+                    assert!(!has_escapes(&s), "{b:#x} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]
