@@ -2,7 +2,6 @@
 //! smaller tile, int8) and, for a request that named its video's size, a smaller video, alone and
 //! in pairs, each with what it saves, what it costs and whether the job would then fit.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use super::GpuView;
@@ -35,15 +34,17 @@ enum Change {
 }
 
 impl Change {
-    fn label(self, job: &Job) -> String {
-        match self {
-            Change::Offload => "Enable model offloading".to_owned(),
-            Change::SmallerTile(t) => format!("Reduce VAE tile size to {t}"),
-            Change::Tiling => format!("Enable VAE tiling (tile {})", job.settings.vae_tile_size),
-            Change::Int8 => "Switch to int8 quantization".to_owned(),
-            Change::Resolution(w, h) => format!("Render at {w}×{h}"),
-            Change::Frames(f) => format!("Render {f} frames instead of {}", job.geometry.frames),
-        }
+    /// Writes what the change does onto `text`.
+    fn label(self, job: &Job, text: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = match self {
+            Change::Offload => text.write_str("Enable model offloading"),
+            Change::SmallerTile(t) => write!(text, "Reduce VAE tile size to {t}"),
+            Change::Tiling => write!(text, "Enable VAE tiling (tile {})", job.settings.vae_tile_size),
+            Change::Int8 => text.write_str("Switch to int8 quantization"),
+            Change::Resolution(w, h) => write!(text, "Render at {w}×{h}"),
+            Change::Frames(f) => write!(text, "Render {f} frames instead of {}", job.geometry.frames),
+        };
     }
 
     fn cost(self) -> Option<&'static str> {
@@ -211,7 +212,7 @@ impl Found {
             if i > 0 {
                 text.push_str(" + ");
             }
-            text.push_str(&c.label(job));
+            c.label(job, &mut text);
         }
         // Writing to a String cannot fail.
         let _ = write!(text, ": saves ~{} GB", dec1(self.saves));
@@ -221,12 +222,13 @@ impl Found {
         }
         match self.projected {
             Some((projected, gpu_fits)) => {
-                let verdict: Cow<'_, str> = match (gpu_fits, self.within_budget) {
-                    (true, true) => "fits".into(),
-                    (true, false) => format!("over max_vram_usage_gb {}", dec1(max_gb)).into(),
-                    _ => "does not fit".into(),
+                let _ = write!(text, "; projected VRAM {}% (", dec0(projected * 100.0));
+                let _ = match (gpu_fits, self.within_budget) {
+                    (true, true) => text.write_str("fits"),
+                    (true, false) => write!(text, "over max_vram_usage_gb {}", dec1(max_gb)),
+                    _ => text.write_str("does not fit"),
                 };
-                let _ = write!(text, "; projected VRAM {}% ({verdict})", dec0(projected * 100.0));
+                text.push(')');
             }
             None => {
                 let _ = write!(text, "; needs {} GB (no GPU visible)", dec1(self.after));
