@@ -1,6 +1,6 @@
 //! The environment vramguard runs in, as an attacker or a careless client uses it: a browser on
 //! the same machine (DNS rebinding, cross-site forms and WebSockets), floods of idle and slow
-//! connections, bodies that declare more than they send, and TLS.
+//! connections, bodies that declare more than they send, TLS, and what a burst leaves in memory.
 
 mod common;
 
@@ -515,4 +515,78 @@ fn a_lease_request_whose_client_hung_up_leaves_no_lease() {
     // A client that stays gets its lease as usual.
     let (status, lease) = vg.post_json("/api/v1/system/generations", &json!({"vram_required_gb": 1}));
     assert_eq!(status, 201, "{lease}");
+}
+
+/// glibc's arenas other than the main heap in process `pid`: each is a heap mapped at a 64 MiB
+/// boundary, its used part read-write and the rest of its 64 MiB reserved (`---p`) right after.
+fn glibc_arenas(pid: u32) -> usize {
+    const HEAP_MAX: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    // start, end, permissions, anonymous (the fields after them: offset, device, inode, path)
+    let regions: Vec<(u64, u64, String, bool)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let (a, b) = range.split_once('-')?;
+            let anonymous = f.nth(3).is_none();
+            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?, perms.to_owned(), anonymous))
+        })
+        .collect();
+    let reserved_after = |i: usize, start: u64, end: u64| {
+        regions.get(i + 1).is_some_and(|(s, e, p, _)| *s == end && p == "---p" && *e == start + HEAP_MAX)
+    };
+    regions
+        .iter()
+        .enumerate()
+        .filter(|(i, (start, end, perms, anonymous))| {
+            *anonymous
+                && perms == "rw-p"
+                && start % HEAP_MAX == 0
+                && (*end == start + HEAP_MAX || reserved_after(*i, *start, *end))
+        })
+        .count()
+}
+
+/// Requests of every kind from four clients at once: the worker, the blocking pool (samples,
+/// history) and the commit thread (leases) all allocate.
+fn exercise(vg: &Vramguard) {
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                for i in 0..40 {
+                    vg.get(&format!("/api/v1/system/resource-check?vram_required_gb={}", 1 + (t * 40 + i) % 20));
+                    let (status, lease) = vg.post_json("/api/v1/system/generations", &json!({"vram_required_gb": 1}));
+                    if status == 201 {
+                        vg.delete(&format!("/api/v1/system/generations/{}", lease["id"].as_str().unwrap()));
+                    }
+                    vg.get("/api/v1/system/stats/history?hours=1");
+                    vg.get("/metrics");
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_millis(600));
+}
+
+/// glibc gives every thread that allocates an arena of its own (up to eight per core), each
+/// keeping its freed memory: vramguard keeps to two (the main heap and one more), unless the
+/// environment sets `MALLOC_ARENA_MAX`, which wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_heap_keeps_to_two_arenas_unless_the_environment_sets_them() {
+    let gpu = format!("gpu: {{ enabled: true, nvml_library: \"{}\" }}\n", common::fake_nvml());
+    let scenario = format!("[gpu]\nmemory_total {}\nmemory_used {}\n", 24 * common::GIB, 2 * common::GIB);
+    let config = format!("sample_interval: \"250ms\"\n{gpu}");
+    let arenas = |env: &[(&str, Option<&str>)]| {
+        let vg = Vramguard::start_env(&config, Some(&scenario), &[], env);
+        vg.wait_ready();
+        exercise(&vg);
+        glibc_arenas(vg.pid())
+    };
+    let default = arenas(&[("MALLOC_ARENA_MAX", None), ("GLIBC_TUNABLES", None)]);
+    assert!(default <= 1, "{default} arenas besides the main heap");
+    // The count sees arenas where there are several: the operator's setting is kept.
+    let operator = arenas(&[("MALLOC_ARENA_MAX", Some("8")), ("GLIBC_TUNABLES", None)]);
+    assert!(operator >= 2, "{operator} arenas besides the main heap with MALLOC_ARENA_MAX=8");
 }

@@ -1,11 +1,11 @@
 //! Wiring: start the sampler and the service's background tasks, serve the router on the
 //! listener the caller bound ([`listener`]: connection cap and timeouts, optional [`tls`]), and
-//! stop everything within a bounded time once `shutdown` resolves. [`memory`] hands freed heap
-//! memory back to the system now and then.
+//! stop everything within a bounded time once `shutdown` resolves. [`heap`] keeps glibc to two
+//! arenas and hands freed heap memory back to the system now and then.
 
 mod head_scan;
+mod heap;
 mod listener;
-mod heap_trim;
 mod reload;
 mod tls;
 
@@ -68,8 +68,10 @@ pub enum Error {
 /// (config `http.worker_threads`). Blocking work is a collector call, a store transaction or a
 /// history query, and store writers queue on one lock anyway: a small pool bounds the threads
 /// (and their allocator arenas) a burst of requests could otherwise spawn (tokio's default is
-/// 512).
+/// 512). Before the threads start, the process's allocator arenas are capped at two
+/// ([`heap::cap_arenas`], unless the environment sets them).
 pub fn runtime(worker_threads: u32) -> std::io::Result<tokio::runtime::Runtime> {
+    heap::cap_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads.max(1) as usize)
         .enable_all()
@@ -123,7 +125,7 @@ pub async fn run_with(
     }));
     let background = state.spawn_background(&stop_rx);
     let reloader = tokio::spawn(reload::on_sighup(state.clone(), tls.clone(), reload, stop_rx.clone()));
-    let trimmer = tokio::spawn(heap_trim::trim_heap(stop_rx.clone()));
+    let trimmer = tokio::spawn(heap::trim_heap(stop_rx.clone()));
     tracing::info!(%addr, version = crate::metrics::VERSION, "listening on {scheme}://{addr}");
 
     let stop_for_server = stop_tx.clone();

@@ -71,6 +71,11 @@ impl Vramguard {
     /// file holding [`CALM`] figures (change them with [`Vramguard::set_host`]), so no decision
     /// depends on how busy the machine running the tests is.
     pub fn start(config: &str, scenario: Option<&str>, args: &[&str]) -> Self {
+        Self::start_env(config, scenario, args, &[])
+    }
+
+    /// [`Vramguard::start`] with environment variables set (`Some`) or removed (`None`).
+    pub fn start_env(config: &str, scenario: Option<&str>, args: &[&str], env: &[(&str, Option<&str>)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let scenario_path = dir.path().join("scenario.txt");
         if let Some(s) = scenario {
@@ -89,6 +94,12 @@ impl Vramguard {
         std::fs::write(&config_path, full).expect("write config");
         let mut cmd = Command::new(BIN);
         cmd.arg("--config").arg(&config_path).args(args);
+        for (name, value) in env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
         Self::spawn(cmd, dir, &scenario_path)
     }
 
